@@ -1,0 +1,115 @@
+"""Config validation, error messages, overrides, extra fields and the memory check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tme_abm.config import (ConfigError, apply_overrides, check_memory, load_config, memory_estimate_bytes,
+                            validate_config)
+from tme_abm.fields import FieldSet
+from tme_abm.backend import make_backend
+from tme_abm.lattice import Lattice
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults_have_the_seven_fields_of_the_model():
+    cfg = validate_config({})
+    assert list(cfg.enabled_fields) == ["oxygen", "adenosine", "protons", "cxcl10", "ccl2", "cxcl8", "cytokine"]
+    assert cfg.fields["oxygen"].diffusion_um2_per_min == 1e5
+    assert cfg.fields["oxygen"].uptake_per_min["tumor"] == 10.0
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    load_config(path)
+
+
+def write(tmp_path, data) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_typo_key_is_named_with_suggestion_and_file(tmp_path):
+    p = write(tmp_path, {"lattice": {"spacing_mu": 20}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "lattice.spacing_mu: unknown key" in msg
+    assert "did you mean lattice.spacing_um" in msg
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"time": {"tick_min": -1}}, "time.tick_min: value -1"),
+        ({"fields": {"oxygen": {"diffusion_um2_per_min": "fast"}}}, "fields.oxygen.diffusion_um2_per_min: value 'fast'"),
+        ({"lattice": {"dims": 3, "shape": [10, 10]}}, "has 2 entries but dims is 3"),
+        ({"lattice": {"vessels": {"density": 1.5}}}, "lattice.vessels.density: value 1.5"),
+        ({"tumor": {"radius_sites": 500}}, "does not fit the lattice"),
+        ({"tumor": {"necrosis_max_mmHg": 6}}, "must be below necrosis_threshold_mmHg"),
+        ({"time": {"duration_days": 0.001, "tick_min": 6}}, "shorter than one tick"),
+        ({"fields": {"oxygen": {"enabled": False}}}, "fields.oxygen must be enabled"),
+        ({"fields": {"oxygen": {"boundary": {"zmin": {"kind": "noflux"}}}}}, "a 2D lattice has faces"),
+        ({"fields": {"il2": {"uptake_per_min": {"tcell": 1}}}}, "fields.il2.uptake_per_min.tcell"),
+        ({"backend": "gpu"}, "backend: value 'gpu'"),
+    ],
+)
+def test_bad_values_are_refused_with_key_and_value(data, needle):
+    with pytest.raises(ConfigError) as e:
+        validate_config(data, "x.yaml")
+    assert needle in str(e.value)
+
+
+def test_dotted_overrides_set_nested_keys():
+    data = apply_overrides({}, ["fields.oxygen.decay_per_min=0.2", "lattice.shape=[50, 60]", "seed=7"])
+    cfg = validate_config(data)
+    assert cfg.fields["oxygen"].decay_per_min == 0.2
+    assert cfg.lattice.shape == [50, 60] and cfg.seed == 7
+    assert cfg.fields["oxygen"].diffusion_um2_per_min == 1e5  # other defaults kept
+
+
+@pytest.mark.parametrize("item", ["novalue", "=3", "a..b=1"])
+def test_malformed_overrides_are_refused(item):
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [item])
+
+
+def test_extra_field_declared_in_config_is_solved():
+    cfg = validate_config({
+        "lattice": {"shape": [20, 20]},
+        "fields": {"il2": {"units": "pg/mL", "diffusion_um2_per_min": 800, "decay_per_min": 0.02,
+                           "initial": 1.0, "secretion_per_min": {"tumor": 0.5}}},
+    })
+    assert "il2" in cfg.enabled_fields
+    import numpy as np
+    fs = FieldSet(cfg, Lattice.from_config(cfg.lattice, np.random.default_rng(0)), make_backend("numpy", "float64"))
+    assert fs.names[-1] == "il2" and fs.units[-1] == "pg/mL"
+    src = fs.sources({"tumor": np.array([0, 5, 9])})
+    before = float(fs.field("il2").sum())
+    fs.step(src, 3)
+    assert float(fs.field("il2").sum()) > before * np.exp(-0.02 * 18) * 0.99  # secretion offsets decay
+
+
+def test_lattice_too_large_for_memory_is_refused_with_estimate():
+    cfg = validate_config({"lattice": {"dims": 3, "shape": [2000, 2000, 2000]}})
+    assert memory_estimate_bytes(cfg) > 1e12
+    with pytest.raises(ConfigError, match=r"needs about .* GiB.*available"):
+        check_memory(cfg, 24 * 2**30)
+
+
+def test_resolved_config_round_trips_through_yaml():
+    cfg = validate_config({"seed": 3, "fields": {"il2": {"decay_per_min": 0.1}}})
+    again = validate_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_under_resolved_uptake_is_warned():
+    cfg = validate_config({"time": {"tick_min": 6, "field_substeps": 1}})
+    assert any("fields.oxygen" in w and "field_substeps >= 60" in w for w in cfg.accuracy_warnings())
+    ok = validate_config({"time": {"tick_min": 6, "field_substeps": 60}})
+    assert ok.accuracy_warnings() == []

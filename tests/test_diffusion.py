@@ -1,0 +1,235 @@
+"""The LOD solver against analytic solutions, conservation laws and a dense solve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tme_abm.backend import make_backend
+from tme_abm.diffusion import (NOFLUX, DiffusionSolver, Sources, axis_coefficients, rotate_numpy,
+                               thomas_sweep_numpy)
+
+DX = 20.0
+
+
+def host(solver):
+    return solver.backend.to_host(solver.values)
+
+
+def test_scaled_thomas_matches_dense_solve():
+    """One line of the scaled Thomas recurrence equals numpy.linalg.solve of the LOD matrix."""
+    n, r, kappa, lo, hi = 9, 3.7, 0.05, 2.0, NOFLUX
+    c = axis_coefficients(n, np.array([r]), np.array([kappa]), np.array([lo]), np.array([hi]), np.float64)
+    A = np.diag(np.full(n, 1 + 2 * r + kappa)) - r * np.eye(n, k=1) - r * np.eye(n, k=-1)
+    A[0, 0] = 1 + 3 * r + kappa  # fixed low face (ghost 2c - u0)
+    A[-1, -1] = 1 + r + kappa  # no-flux high face
+    d = np.random.default_rng(1).random(n)
+    rhs = d.copy()
+    rhs[0] += 2 * r * lo
+    v = d.reshape(1, n, 1).copy()
+    thomas_sweep_numpy(v, c.cp, c.rhs_lo, c.rhs_hi)
+    np.testing.assert_allclose(v[0, :, 0] * c.scale[0], np.linalg.solve(A, rhs), rtol=1e-12)
+
+
+def test_rotate_twin_is_scaled_transpose():
+    src = np.arange(2 * 3 * 5, dtype=float).reshape(2, 3, 5)
+    dst = np.empty((2, 5, 3))
+    rotate_numpy(src, dst, np.array([1.0, 0.5]))
+    np.testing.assert_array_equal(dst[0], src[0].T)
+    np.testing.assert_array_equal(dst[1], 0.5 * src[1].T)
+
+
+def test_blocked_cpu_engine_equals_whole_array_reference():
+    """The pipelined, blocked CPU engine gives the same numbers as the kernels' twins
+    applied to whole arrays (checks block planning, layouts and vessel handling)."""
+    be = make_backend("numpy", "float64")
+    shape = (7, 40, 300)  # W large enough for several blocks per field
+    rng = np.random.default_rng(3)
+    init = rng.random((3, *shape))
+    faces = np.full((3, 3, 2), NOFLUX)
+    faces[0, 2, 0] = 5.0
+    faces[1, 0, 1] = 1.0
+    vessels = rng.choice(np.prod(shape), 50, replace=False)
+    vv = np.array([9.0, np.nan, 2.0])
+    kw = dict(face_values=faces, vessel_sites=vessels, vessel_values=vv, initial=init, backend=be)
+    s = DiffusionSolver(shape, DX, [1e4, 50.0, 0.0], [0.1, 0.0, 0.3], dt_min=2.0, **kw)
+    s.step(n_steps=2)
+
+    ref = DiffusionSolver(shape, DX, [1e4, 50.0, 0.0], [0.1, 0.0, 0.3], dt_min=2.0, **kw)
+    u = ref.backend.to_host(ref.values).reshape(3, -1).copy()
+    coords = np.unravel_index(vessels, shape)
+    for _ in range(2):
+        for axis in range(3):
+            perm = tuple((axis + j) % 3 for j in range(3))
+            idx = np.ravel_multi_index(tuple(coords[a] for a in perm), tuple(shape[a] for a in perm))
+            u[0, idx], u[2, idx] = 9.0, 2.0
+            c = ref._coeffs[axis]
+            n = shape[axis]
+            block = u.reshape(3, n, -1)
+            thomas_sweep_numpy(block[:2], c.cp[:2], c.rhs_lo[:2], c.rhs_hi[:2])
+            block[2:] *= c.invb[2:, None, None]
+            out = np.empty((3, block.shape[2], n))
+            rotate_numpy(block, out, c.scale)
+            u = out.reshape(3, -1)
+    flat = u.reshape(3, -1)
+    flat[0, vessels], flat[2, vessels] = 9.0, 2.0
+    np.testing.assert_allclose(host(s).reshape(3, -1), flat, rtol=1e-13, atol=1e-13)
+
+
+def test_steady_state_1d_with_decay_matches_cosh_profile(backend64):
+    """Fixed value c at y=0, no flux at y=L, decay lambda: u = c cosh((L-y)/l)/cosh(L/l).
+
+    The remaining error is the LOD splitting error of the steady state, O(lambda*dt)
+    (the other axis's share of decay damps the face forcing), plus the O(dx^2) error of
+    the discrete Laplacian (5e-4 here): shrinking dt 4x shrinks the error ~3x."""
+    D, lam, c, n, dx = 1e4, 0.1, 1.0, 120, 20.0
+    ell, L = np.sqrt(D / lam), n * dx
+    y = (np.arange(n) + 0.5) * dx
+    exact = c * np.cosh((L - y) / ell) / np.cosh(L / ell)
+    errs = []
+    for dt in (0.05, 0.0125):
+        faces = np.full((1, 2, 2), NOFLUX)
+        faces[0, 0, 0] = c
+        s = DiffusionSolver((n, 2), dx, [D], [lam], dt_min=dt, face_values=faces, backend=backend64)
+        s.step(n_steps=round(200 / dt))  # 200 min >> 1/lambda: steady
+        errs.append(np.abs(host(s)[0, :, 0] - exact).max())
+    assert errs[0] < 0.005 * c and errs[1] < 0.0015 * c, errs
+    assert errs[1] < errs[0] / 2.2, errs
+
+
+def test_linear_profile_between_two_fixed_faces_is_exact(backend64):
+    faces = np.full((1, 2, 2), NOFLUX)
+    faces[0, 1, 0], faces[0, 1, 1] = 2.0, 10.0
+    s = DiffusionSolver((3, 40), DX, [1e5], [0.0], dt_min=10.0, face_values=faces, backend=backend64)
+    s.step(n_steps=300)
+    x = (np.arange(40) + 0.5) / 40
+    np.testing.assert_allclose(host(s)[0, 1], 2.0 + 8.0 * x, rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(101, 101), (45, 45, 45)])
+def test_point_source_spreads_with_variance_2Dt_per_axis(backend64, shape):
+    D, dt, steps = 1000.0, 0.5, 10 if len(shape) == 2 else 4
+    init = np.zeros((1, *shape))
+    centre = tuple(s // 2 for s in shape)
+    init[(0, *centre)] = 1.0
+    s = DiffusionSolver(shape, DX, [D], [0.0], dt_min=dt, initial=init, backend=backend64)
+    s.step(n_steps=steps)
+    u = host(s)[0]
+    t = dt * steps
+    assert u.sum() == pytest.approx(1.0, rel=1e-12)
+    for axis in range(len(shape)):
+        x = (np.arange(shape[axis]) - centre[axis]) * DX
+        marginal = u.sum(axis=tuple(a for a in range(len(shape)) if a != axis))
+        var = (marginal * x**2).sum()
+        # exact for backward Euler on an unbounded lattice; the faces (>= 6 sigma away)
+        # reflect a little of the tail
+        assert var == pytest.approx(2 * D * t, rel=1e-5)
+
+
+def test_decay_only_follows_exponential_with_first_order_error(backend64):
+    lam, t = 0.1, 10.0
+    errs = []
+    for dt in (0.01, 0.005):
+        s = DiffusionSolver((5, 5, 5), DX, [1e3, 0.0], [lam, lam], dt_min=dt, initial=3.0, backend=backend64)
+        s.step(n_steps=round(t / dt))
+        u = host(s)
+        exact = 3.0 * np.exp(-lam * t)
+        np.testing.assert_allclose(u, exact, rtol=2e-4)
+        errs.append(abs(u[0].mean() - exact))
+    assert 1.8 < errs[0] / errs[1] < 2.2  # first order in dt
+
+
+def test_mass_is_conserved_with_no_flux_faces(backend64):
+    rng = np.random.default_rng(7)
+    init = rng.random((2, 30, 20, 25))
+    s = DiffusionSolver((30, 20, 25), DX, [1e5, 300.0], [0.0, 0.0], dt_min=50.0, initial=init, backend=backend64)
+    m0 = s.total_mass()
+    s.step(n_steps=20)
+    # Rounding perturbs matrix entries of size ~r by ~eps, so column sums drift by
+    # ~r*eps per sweep: the float64 rounding bound is 20 steps * 3 sweeps * r * eps.
+    r_max = 1e5 * 50.0 / DX**2
+    bound = 20 * 3 * r_max * np.finfo(np.float64).eps
+    assert np.abs(s.total_mass() / m0 - 1).max() < bound
+
+
+def test_strong_uptake_never_makes_values_negative(backend64):
+    xp = backend64.xp
+    shape = (30, 30)
+    s = DiffusionSolver(shape, DX, [1e5], [0.0], dt_min=10.0, initial=38.0, backend=backend64)
+    sites = np.arange(0, 900, 7)
+    src = Sources(xp.asarray(sites), xp.zeros((1, len(sites))), xp.full((1, len(sites)), 1e6))
+    masses = [s.total_mass()[0]]
+    for _ in range(20):
+        s.step(src)
+        u = host(s)
+        assert (u >= 0).all()
+        masses.append(s.total_mass()[0])
+    assert np.all(np.diff(masses) < 0)  # consumed every step, never below zero
+    assert masses[-1] < 0.1 * masses[0]
+
+
+def test_stable_far_beyond_explicit_limit(backend64):
+    """dt = 1000x the explicit limit: bounded by the initial extremes (maximum principle)."""
+    D = 1e5
+    dt = 1000 * DX**2 / (2 * 3 * D)
+    rng = np.random.default_rng(11)
+    init = rng.random((1, 16, 16, 16)) * 10
+    s = DiffusionSolver((16, 16, 16), DX, [D], [0.01], dt_min=dt, initial=init, backend=backend64)
+    for _ in range(10):
+        s.step()
+        u = host(s)
+        assert np.isfinite(u).all()
+        assert u.min() >= -1e-12 and u.max() <= init.max()
+    assert u.std() < init.std() * 1e-2
+
+
+def test_observed_convergence_order_in_dt_is_one(backend64):
+    """Errors against a fine-dt reference fall by ~2x per halving of dt (backward Euler)."""
+    shape, T = (40, 30), 8.0
+    faces = np.full((1, 2, 2), NOFLUX)  # data compatible with the boundary: no order reduction
+    yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    init = (50.0 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / 50.0))[None]  # smooth data
+
+    def solve(dt):
+        s = DiffusionSolver(shape, DX, [2000.0], [0.05], dt_min=dt, face_values=faces, initial=init,
+                            backend=backend64)
+        s.step(n_steps=round(T / dt))
+        return host(s)[0]
+
+    ref = solve(T / 4096)
+    dts = [T / 32, T / 64, T / 128]
+    errs = [np.abs(solve(dt) - ref).max() for dt in dts]
+    order = np.polyfit(np.log(dts), np.log(errs), 1)[0]
+    assert 0.85 < order < 1.15, (errs, order)
+
+
+def test_vessel_sites_hold_their_value(backend64):
+    shape = (20, 20)
+    sites = np.array([5, 77, 250])
+    s = DiffusionSolver(shape, DX, [1e5, 1e3], [0.1, 0.1], dt_min=1.0, vessel_sites=sites,
+                        vessel_values=[38.0, np.nan], initial=0.0, backend=backend64)
+    s.step(n_steps=5)
+    u = host(s).reshape(2, -1)
+    np.testing.assert_allclose(u[0, sites], 38.0)
+    assert u[0].mean() > 1.0  # the vessels fed the lattice
+    np.testing.assert_allclose(u[1], 0.0)  # the second field is not fixed by vessels
+
+
+def test_float32_tracks_float64():
+    init = np.random.default_rng(5).random((2, 24, 24, 24))
+    out = []
+    for dt in ("float32", "float64"):
+        s = DiffusionSolver((24, 24, 24), DX, [1e5, 555.0], [0.1, 0.01], dt_min=6.0, initial=init,
+                            backend=make_backend("numpy", dt))
+        s.step(n_steps=5)
+        out.append(s.backend.to_host(s.values).astype(np.float64))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        DiffusionSolver((5,), DX, [1.0], [0.0], dt_min=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        DiffusionSolver((5, 5), DX, [-1.0], [0.0], dt_min=1.0)
+    with pytest.raises(ValueError, match="dt_min"):
+        DiffusionSolver((5, 5), DX, [1.0], [0.0], dt_min=0.0)

@@ -1,0 +1,18 @@
+"""tme_abm: GPU-accelerated agent-based simulator of the tumor microenvironment under CAR T therapy."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("tme-abm")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+from .backend import Backend, BackendError, make_backend  # noqa: E402
+from .config import Config, ConfigError, load_config  # noqa: E402
+from .diffusion import NOFLUX, DiffusionSolver, Sources  # noqa: E402
+from .model import TMEModel  # noqa: E402
+
+__all__ = [
+    "Backend", "BackendError", "Config", "ConfigError", "DiffusionSolver", "NOFLUX", "Sources",
+    "TMEModel", "__version__", "load_config", "make_backend",
+]

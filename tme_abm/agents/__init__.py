@@ -1,0 +1,5 @@
+"""Cell populations, each one ``mesa.Agent`` holding struct-of-arrays state."""
+
+from .tumor import TumorCells
+
+__all__ = ["TumorCells"]

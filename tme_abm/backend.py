@@ -1,0 +1,168 @@
+"""Array backend chosen once per run: NumPy on the CPU or CuPy on a CUDA device.
+
+This is the only module that imports CuPy. Everything else takes ``xp`` from a
+:class:`Backend` (or from its input arrays), so the same model code runs on both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKEND_ENV = "TME_ABM_BACKEND"
+BACKEND_CHOICES = ("auto", "numpy", "cupy")
+DTYPE_CHOICES = ("float32", "float64")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _cupy_device_usable() -> tuple[Any, str]:
+    """Return (cupy module, "") when a CUDA device is usable, else (None, reason)."""
+    try:
+        import cupy  # noqa: PLC0415  (the one import of cupy in the package)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising on import
+        return None, f"CuPy is not importable ({exc.__class__.__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return None, "CuPy found no CUDA device"
+        cupy.zeros(1).sum().item()  # a real launch: drivers can list a device yet fail here
+    except Exception as exc:
+        return None, f"no usable CUDA device ({exc.__class__.__name__}: {exc})"
+    return cupy, ""
+
+
+def kernels_dir() -> Path:
+    """Folder holding the CUDA sources (``*.cu``).
+
+    A wheel ships them as ``tme_abm/kernels``; an editable install or a source
+    checkout finds them at the repository's top-level ``kernels/``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernels", here.parent / "kernels"):
+        if candidate.is_dir() and any(candidate.glob("*.cu")):
+            return candidate
+    raise FileNotFoundError(
+        f"CUDA kernel sources not found in {here / 'kernels'} or {here.parent / 'kernels'}"
+    )
+
+
+@dataclass
+class Backend:
+    """The array module, dtype and device of a run.
+
+    Attributes:
+        name: "numpy" or "cupy".
+        xp: the array module (``numpy`` or ``cupy``).
+        dtype: floating dtype of field arrays (float32 or float64).
+        device: human-readable device description.
+    """
+
+    name: str
+    xp: Any
+    dtype: np.dtype
+    device: str
+    _modules: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def asarray(self, a, dtype=None):
+        """Move ``a`` onto this backend's device."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a) -> np.ndarray:
+        """Return ``a`` as a NumPy array (a copy from the device for CuPy)."""
+        if self.is_gpu:
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on NumPy); used by benchmarks."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def free_memory_bytes(self) -> int:
+        """Free memory on the device that arrays of this backend live in."""
+        if self.is_gpu:
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return int(free)
+        return host_available_memory_bytes()
+
+    def raw_module(self, filename: str):
+        """Compile (once) and return the ``cupy.RawModule`` for ``kernels/<filename>``."""
+        if not self.is_gpu:
+            raise BackendError("CUDA kernels need the cupy backend")
+        if filename not in self._modules:
+            source = (kernels_dir() / filename).read_text()
+            self._modules[filename] = self.xp.RawModule(code=source, options=("--std=c++14",))
+        return self._modules[filename]
+
+
+def host_available_memory_bytes() -> int:
+    """MemAvailable of this host in bytes (falls back to free physical pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def resolve_backend_name(requested: str | None) -> str:
+    """Apply the ``TME_ABM_BACKEND`` override to a requested backend name."""
+    env = os.environ.get(BACKEND_ENV, "").strip().lower()
+    name = env or (requested or "auto")
+    if name not in BACKEND_CHOICES:
+        source = f"environment variable {BACKEND_ENV}" if env else "backend"
+        raise BackendError(f"{source}: {name!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    return name
+
+
+_auto_notice_logged = False
+
+
+def make_backend(requested: str | None = "auto", dtype: str = "float32") -> Backend:
+    """Choose the backend once.
+
+    Args:
+        requested: "auto", "numpy" or "cupy"; ``TME_ABM_BACKEND`` overrides it.
+        dtype: "float32" or "float64" for field arrays.
+
+    "auto" uses CuPy when a CUDA device is usable and otherwise NumPy, logging one
+    notice per process. An explicit "cupy" without a device raises BackendError.
+    """
+    global _auto_notice_logged
+    if dtype not in DTYPE_CHOICES:
+        raise BackendError(f"dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    name = resolve_backend_name(requested)
+    np_dtype = np.dtype(dtype)
+    if name in ("auto", "cupy"):
+        cupy, reason = _cupy_device_usable()
+        if cupy is not None:
+            dev = cupy.cuda.Device()
+            props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+            label = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            return Backend("cupy", cupy, np_dtype, f"cuda:{dev.id} {label}")
+        if name == "cupy":
+            raise BackendError(
+                f"backend 'cupy' was requested but {reason}; install the extra "
+                "`pip install 'tme-abm[cuda12]'` on a machine with a CUDA GPU, or use --backend numpy"
+            )
+        if not _auto_notice_logged:
+            log.warning("backend auto: %s; using NumPy on the CPU", reason)
+            _auto_notice_logged = True
+    return Backend("numpy", np, np_dtype, "cpu")
+

@@ -1,0 +1,151 @@
+"""The ``tme-abm`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .backend import BACKEND_CHOICES, BackendError
+from .config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tme_abm: agent-based tumor microenvironment simulator under CAR T therapy.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (speed figures for reports).")
+app.add_typer(bench_app, name="bench")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: Optional[List[str]], backend: Optional[str] = None,
+          seed: Optional[int] = None):
+    extra = list(overrides or [])
+    if backend is not None:
+        if backend not in BACKEND_CHOICES:
+            _fail(f"--backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        extra.append(f"backend={backend}")
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    try:
+        return load_config(config, extra)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run file (default runs/<name>.h5)"),
+    backend: Optional[str] = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (overrides the config)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set fields.oxygen.decay_per_min=0.2"),
+    overwrite: bool = typer.Option(False, help="replace an existing run file"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run one config and write an HDF5 run file."""
+    from .runner import run as run_config
+
+    cfg = _load(config, set_, backend, seed)
+    for w in cfg.accuracy_warnings():
+        typer.echo(f"warning: {w}", err=True)
+    try:
+        path = run_config(cfg, out, overwrite=overwrite, quiet=quiet)
+    except (ConfigError, BackendError) as exc:
+        _fail(str(exc))
+    except FileExistsError as exc:
+        _fail(str(exc), 1)
+    typer.echo(str(path))
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key, as for run"),
+) -> None:
+    """Check a config; exit 0 if valid, non-zero with the problems otherwise."""
+    from .backend import host_available_memory_bytes
+    from .config import check_memory, memory_estimate_bytes
+
+    cfg = _load(config, set_)
+    try:
+        check_memory(cfg, host_available_memory_bytes())
+    except ConfigError as exc:
+        _fail(str(exc))
+    for w in cfg.accuracy_warnings():
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(
+        f"{config}: valid ({cfg.lattice.dims}D {cfg.lattice.shape}, {len(cfg.enabled_fields)} fields, "
+        f"{cfg.time.n_ticks} ticks, ~{memory_estimate_bytes(cfg) / 2**20:.1f} MiB)"
+    )
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        _fail(f"--shape {text!r}: expected 2 or 3 integers, e.g. --shape 200 200 200")
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        _fail(f"--shape {text!r}: expected 2 or 3 positive integers")
+    return shape
+
+
+@bench_app.command("diffusion")
+def bench_diffusion_cmd(
+    shape: str = typer.Option("200 200 200", help="lattice shape: 2 or 3 integers (200 200 200 or 200x200x200)"),
+    fields: int = typer.Option(4, min=1, help="number of fields"),
+    dtype: str = typer.Option("float32", help="float32 | float64"),
+    backend: str = typer.Option("auto", help="auto | numpy | cupy"),
+    repeats: int = typer.Option(5, min=1, help="timed steps (median reported)"),
+    warmup: int = typer.Option(2, min=0, help="untimed steps first"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Voxel-field updates per second of one LOD diffusion step."""
+    from .bench import bench_diffusion
+
+    if dtype not in ("float32", "float64"):
+        _fail(f"--dtype {dtype!r} is not one of float32, float64")
+    try:
+        res = bench_diffusion(_parse_shape(shape), fields, dtype, backend, repeats=repeats, warmup=warmup)
+    except BackendError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        typer.echo(
+            f"diffusion {'x'.join(map(str, res['shape']))} x {fields} fields {dtype} on {res['backend']} "
+            f"({res['device']}): {res['median_step_s'] * 1e3:.1f} ms/step, "
+            f"{res['voxel_field_updates_per_s']:.3g} voxel-field updates/s"
+        )
+
+
+def _join_shape_args(argv: list[str]) -> list[str]:
+    """Let ``--shape 200 200 200`` work: join the integers that follow --shape."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--shape":
+            vals = []
+            while i + 1 < len(argv) and argv[i + 1].isdigit():
+                vals.append(argv[i + 1])
+                i += 1
+            if vals:
+                out.append(",".join(vals))
+        i += 1
+    return out
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    app(args=_join_shape_args(sys.argv[1:]), prog_name="tme-abm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""Run configuration: YAML -> validated, typed :class:`Config`.
+
+Every key is checked (unknown keys, wrong types, out-of-range and physically
+impossible values are refused) and errors name the file, the dotted key path, the
+value and what is allowed. Fields default to the seven of MODEL.md; a config may
+change any of their keys or declare new fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CELL_TYPES = ("tumor", "car_t", "monocyte", "granulocyte")
+FACES = ("zmin", "zmax", "ymin", "ymax", "xmin", "xmax")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message fit for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class VesselConfig(_Strict):
+    """Where vessel sites are: oxygen sources and entry points from blood."""
+
+    layout: Literal["random", "grid", "boundary", "none"] = "random"
+    density: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Fraction of sites that are vessels (layout: random)."""
+    grid_spacing_sites: Annotated[int, Field(ge=2)] = 10
+    """Sites between vessels along each axis (layout: grid)."""
+
+
+class LatticeConfig(_Strict):
+    dims: Literal[2, 3] = 2
+    shape: list[Annotated[int, Field(ge=3, le=100_000)]] = [100, 100]
+    """Sites per axis, C order: [y, x] in 2D, [z, y, x] in 3D."""
+    spacing_um: Annotated[float, Field(gt=0, le=1000)] = 20.0
+    """Site spacing in micrometres (about one cell diameter)."""
+    vessels: VesselConfig = VesselConfig()
+
+    @model_validator(mode="after")
+    def _shape_matches_dims(self):
+        if len(self.shape) != self.dims:
+            raise ValueError(f"shape {self.shape} has {len(self.shape)} entries but dims is {self.dims}")
+        return self
+
+
+class TimeConfig(_Strict):
+    tick_min: Annotated[float, Field(gt=0, le=1440)] = 6.0
+    """Agent tick, minutes of simulated time."""
+    duration_days: Annotated[float, Field(gt=0, le=3650)] = 1.0
+    field_substeps: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Field solves per tick (field step = tick_min / field_substeps)."""
+
+    @property
+    def n_ticks(self) -> int:
+        return int(math.ceil(self.duration_days * 1440.0 / self.tick_min - 1e-9))
+
+    @model_validator(mode="after")
+    def _duration_covers_a_tick(self):
+        if self.duration_days * 1440.0 < self.tick_min:
+            raise ValueError(
+                f"duration_days {self.duration_days} is shorter than one tick ({self.tick_min} min)"
+            )
+        return self
+
+
+class FaceBC(_Strict):
+    kind: Literal["noflux", "dirichlet"] = "noflux"
+    value: NonNegFloat = 0.0
+    """Fixed face value (kind: dirichlet), field units."""
+
+
+class BoundaryConfig(_Strict):
+    """Boundary condition per domain face; ``default`` applies to faces not named."""
+
+    default: FaceBC = FaceBC()
+    zmin: FaceBC | None = None
+    zmax: FaceBC | None = None
+    ymin: FaceBC | None = None
+    ymax: FaceBC | None = None
+    xmin: FaceBC | None = None
+    xmax: FaceBC | None = None
+
+    def face(self, name: str) -> FaceBC:
+        return getattr(self, name) or self.default
+
+
+class FieldConfig(_Strict):
+    """One reaction-diffusion field."""
+
+    enabled: bool = True
+    units: str = "relative"
+    diffusion_um2_per_min: NonNegFloat = 1000.0
+    decay_per_min: NonNegFloat = 0.0
+    initial: NonNegFloat = 0.0
+    vessel_value: NonNegFloat | None = None
+    """Value held at vessel sites (null: vessels do not fix this field)."""
+    boundary: BoundaryConfig = BoundaryConfig()
+    secretion_per_min: dict[Literal["tumor", "car_t", "monocyte", "granulocyte"], NonNegFloat] = {}
+    """Secretion per cell type, field units per minute."""
+    uptake_per_min: dict[Literal["tumor", "car_t", "monocyte", "granulocyte"], NonNegFloat] = {}
+    """First-order uptake per cell type, 1/minute."""
+
+
+def default_fields() -> dict[str, dict]:
+    """The seven fields of MODEL.md with their starting defaults (see docs/model.md)."""
+    return {
+        "oxygen": dict(units="mmHg", diffusion_um2_per_min=1e5, decay_per_min=0.1, initial=38.0,
+                       vessel_value=38.0, uptake_per_min={"tumor": 10.0, "car_t": 1.0, "monocyte": 1.0,
+                                                         "granulocyte": 1.0}),
+        "adenosine": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.05, initial=0.05,
+                          vessel_value=0.05, secretion_per_min={"tumor": 0.5}),
+        # protons as H+ concentration in uM: pH 7.4 -> 0.0398 uM; pH = 6 - log10(H+ in uM)
+        "protons": dict(units="uM", diffusion_um2_per_min=1e5, decay_per_min=0.0, initial=0.0398,
+                        vessel_value=0.0398, secretion_per_min={"tumor": 0.002}),
+        "cxcl10": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
+                       secretion_per_min={"tumor": 0.01}),
+        "ccl2": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
+                     secretion_per_min={"tumor": 0.01}),
+        "cxcl8": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
+                      secretion_per_min={"tumor": 0.01}),
+        "cytokine": dict(units="pg/mL", diffusion_um2_per_min=1000.0, decay_per_min=0.016),
+    }
+
+
+class TumorConfig(_Strict):
+    """Initial tumor and its (placeholder, oxygen-driven) growth and death."""
+
+    archetype: Literal["solid", "dispersed"] = "solid"
+    radius_sites: Annotated[float, Field(gt=0)] = 8.0
+    """Spheroid radius in sites (archetype: solid)."""
+    initial_cells: Annotated[int, Field(ge=0)] = 200
+    """Cells scattered uniformly (archetype: dispersed)."""
+    cycle_rate_per_min: NonNegFloat = 0.00072
+    """Division rate in full oxygen (~1/day)."""
+    proliferation_saturation_mmHg: PosFloat = 38.0
+    """Oxygen at which division reaches its full rate."""
+    proliferation_arrest_mmHg: NonNegFloat = 5.0
+    """Division stops below this oxygen level."""
+    necrosis_threshold_mmHg: NonNegFloat = 5.0
+    necrosis_max_mmHg: NonNegFloat = 2.5
+    necrosis_max_rate_per_min: NonNegFloat = 1.0 / 360.0
+    apoptosis_rate_per_min: NonNegFloat = 1e-5
+    clearance_min: PosFloat = 1440.0
+    """Time a dead cell occupies its site before it is cleared."""
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self):
+        if self.proliferation_arrest_mmHg >= self.proliferation_saturation_mmHg:
+            raise ValueError(
+                f"proliferation_arrest_mmHg ({self.proliferation_arrest_mmHg}) must be below "
+                f"proliferation_saturation_mmHg ({self.proliferation_saturation_mmHg})"
+            )
+        if self.necrosis_max_mmHg >= self.necrosis_threshold_mmHg:
+            raise ValueError(
+                f"necrosis_max_mmHg ({self.necrosis_max_mmHg}) must be below "
+                f"necrosis_threshold_mmHg ({self.necrosis_threshold_mmHg})"
+            )
+        return self
+
+
+class OutputConfig(_Strict):
+    path: str | None = None
+    """Run file; default runs/<name>.h5 (relative to the working directory)."""
+    record_every_ticks: Annotated[int, Field(ge=1)] = 1
+    snapshot_every_min: Annotated[float, Field(gt=0)] = 360.0
+    hypoxic_threshold_mmHg: NonNegFloat = 10.0
+    """Voxels below this oxygen count as hypoxic in the time series."""
+
+
+class Config(_Strict):
+    """A complete, validated run configuration."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "run"
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    backend: Literal["auto", "numpy", "cupy"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    lattice: LatticeConfig = LatticeConfig()
+    time: TimeConfig = TimeConfig()
+    fields: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], FieldConfig] = {}
+    tumor: TumorConfig = TumorConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_fields(cls, data: Any):
+        if isinstance(data, dict):
+            data = dict(data)
+            user = data.get("fields") or {}
+            if not isinstance(user, dict):
+                return data  # let the type check report it
+            merged = default_fields()
+            for name, spec in user.items():
+                if isinstance(spec, dict) and name in merged:
+                    merged[name] = _deep_merge(merged[name], spec)
+                else:
+                    merged[name] = spec
+            data["fields"] = merged
+        return data
+
+    @model_validator(mode="after")
+    def _physically_possible(self):
+        if "oxygen" not in self.enabled_fields:
+            raise ValueError("fields.oxygen must be enabled: tumor growth and death depend on it")
+        faces = FACES[-2 * self.lattice.dims:]
+        for name, fc in self.fields.items():
+            for face in FACES[: 6 - 2 * self.lattice.dims]:
+                if getattr(fc.boundary, face) is not None:
+                    raise ValueError(
+                        f"fields.{name}.boundary.{face}: a {self.lattice.dims}D lattice has faces {', '.join(faces)}"
+                    )
+        if self.tumor.archetype == "solid" and 2 * self.tumor.radius_sites > min(self.lattice.shape):
+            raise ValueError(
+                f"tumor.radius_sites {self.tumor.radius_sites}: a spheroid of diameter "
+                f"{2 * self.tumor.radius_sites} sites does not fit the lattice {self.lattice.shape}"
+            )
+        n_sites = int(np.prod(self.lattice.shape))
+        if self.tumor.archetype == "dispersed" and self.tumor.initial_cells > n_sites:
+            raise ValueError(
+                f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
+            )
+        if self.output.snapshot_every_min < self.time.tick_min:
+            raise ValueError(
+                f"output.snapshot_every_min {self.output.snapshot_every_min} is shorter than one tick "
+                f"({self.time.tick_min} min)"
+            )
+        return self
+
+    @property
+    def enabled_fields(self) -> dict[str, FieldConfig]:
+        return {k: v for k, v in self.fields.items() if v.enabled}
+
+    @property
+    def field_dt_min(self) -> float:
+        return self.time.tick_min / self.time.field_substeps
+
+    def accuracy_warnings(self) -> list[str]:
+        """Settings that run but are inaccurate: cell uptake is applied implicitly but split
+        from diffusion, so the effective uptake rate is capped near 1/(field dt)."""
+        out = []
+        for name, fc in self.enabled_fields.items():
+            u_max = max(fc.uptake_per_min.values(), default=0.0)
+            if u_max * self.field_dt_min > 1.0:
+                need = math.ceil(u_max * self.time.tick_min)
+                out.append(
+                    f"fields.{name}: uptake {u_max}/min x field step {self.field_dt_min:g} min = "
+                    f"{u_max * self.field_dt_min:g} > 1; cell uptake is under-resolved (its effective rate "
+                    f"is capped near 1/dt); time.field_substeps >= {need} resolves it"
+                )
+        return out
+
+    def to_yaml(self) -> str:
+        """The resolved config (defaults filled in) as YAML text."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+# --------------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=VALUE`` (VALUE read as YAML: numbers, lists, booleans, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. fields.oxygen.decay_per_min=0.2")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in path):
+        raise ConfigError(f"--set {item!r}: the key {key!r} is not a dotted key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value {raw!r} is not valid YAML ({exc})") from None
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of the raw config dict with dotted ``KEY=VALUE`` overrides set."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"--set {item!r}: {where} is a value ({nxt!r}), not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors that name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def validate_config(data: dict, source: str = "config") -> Config:
+    """Validate a raw config mapping; raise ConfigError with readable messages."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file, apply dotted overrides, and validate it."""
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate_config(data, str(path))
+
+
+def _allowed_keys(loc: tuple) -> list[str] | None:
+    """Field names allowed at the parent of ``loc`` by walking the schema."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            info = model.model_fields.get(part)
+            if info is None:
+                return None
+            model = _unwrap(info.annotation)
+        elif isinstance(model, tuple) and model[0] == "dict":
+            model = model[1]
+        else:
+            return None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return None
+
+
+def _unwrap(annotation):
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return ("dict", _unwrap(typing.get_args(annotation)[1]))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for a in typing.get_args(annotation):
+            if a is not type(None):
+                return _unwrap(a)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    return annotation
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' * (exc.error_count() > 1)}):"]
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "config"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc) or []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"  {key}: unknown key"
+            if hint:
+                msg += f" (did you mean {'.'.join(str(p) for p in loc[:-1] + (hint[0],))}?)"
+            if allowed:
+                msg += f"; allowed keys here: {', '.join(allowed)}"
+            lines.append(msg)
+            continue
+        text = err["msg"]
+        if text.startswith("Value error, "):
+            text = text[len("Value error, "):]
+        shown = _short(value)
+        if err["type"] in ("missing",):
+            lines.append(f"  {key}: required key is missing")
+        elif err["type"].startswith("model_") or err["type"] == "value_error":
+            lines.append(f"  {key}: {text}")
+        else:
+            lines.append(f"  {key}: value {shown} is not allowed: {text}")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    s = repr(value)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# Memory estimate
+# --------------------------------------------------------------------------------------
+
+
+def memory_estimate_bytes(cfg: Config) -> int:
+    """Bytes a run needs for its lattice-sized arrays (fields, solver buffers, grids).
+
+    Fields: two solver buffers per field; sources and summaries add about one more
+    field-sized array; occupancy and masks add ~16 bytes per site. Cells are bounded
+    by the number of sites (~64 bytes of state per cell).
+    """
+    n_sites = int(np.prod(cfg.lattice.shape))
+    item = np.dtype(cfg.dtype).itemsize
+    n_fields = len(cfg.enabled_fields)
+    return n_sites * (n_fields * item * 3 + 16 + 64)
+
+
+def check_memory(cfg: Config, available_bytes: int, where: str = "host memory") -> None:
+    """Refuse a lattice that cannot fit, with the estimate in the message."""
+    need = memory_estimate_bytes(cfg)
+    if need > 0.8 * available_bytes:
+        raise ConfigError(
+            f"lattice.shape {cfg.lattice.shape} with {len(cfg.enabled_fields)} fields in {cfg.dtype} "
+            f"needs about {need / 2**30:.2f} GiB, but only {available_bytes / 2**30:.2f} GiB of "
+            f"{where} is available (at most 80% is used); use a smaller lattice, fewer fields or float32"
+        )

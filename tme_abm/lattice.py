@@ -1,0 +1,75 @@
+"""Lattice geometry: shape, Moore neighbourhood offsets, vessel sites."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .config import LatticeConfig
+
+
+class Lattice:
+    """A regular 2D or 3D lattice of sites, one cell at most per site.
+
+    Attributes:
+        shape: sites per axis, C order ((y, x) or (z, y, x)).
+        spacing_um: site spacing, micrometres.
+        n_sites: number of sites.
+        offsets: (m, ndim) int Moore-neighbourhood offsets (m = 8 in 2D, 26 in 3D).
+        vessel_sites: (k,) int64 flat indices of vessel sites (host array).
+    """
+
+    def __init__(self, shape, spacing_um: float, vessel_sites=None):
+        self.shape = tuple(int(s) for s in shape)
+        self.ndim = len(self.shape)
+        self.spacing_um = float(spacing_um)
+        self.n_sites = int(np.prod(self.shape))
+        self.offsets = np.array(
+            [o for o in itertools.product((-1, 0, 1), repeat=self.ndim) if any(o)], dtype=np.int64
+        )
+        self.vessel_sites = np.unique(np.asarray(vessel_sites if vessel_sites is not None else [], np.int64))
+
+    @classmethod
+    def from_config(cls, cfg: LatticeConfig, rng: np.random.Generator) -> "Lattice":
+        shape = tuple(cfg.shape)
+        n = int(np.prod(shape))
+        v = cfg.vessels
+        if v.layout == "random":
+            k = int(round(v.density * n))
+            sites = rng.choice(n, size=k, replace=False) if k else np.zeros(0, np.int64)
+        elif v.layout == "grid":
+            s = v.grid_spacing_sites
+            axes = [np.arange(s // 2, L, s) for L in shape]
+            grid = np.meshgrid(*axes, indexing="ij")
+            sites = np.ravel_multi_index(tuple(g.ravel() for g in grid), shape)
+        elif v.layout == "boundary":
+            coords = np.indices(shape).reshape(len(shape), -1)
+            on_face = np.zeros(n, bool)
+            for a, L in enumerate(shape):
+                on_face |= (coords[a] == 0) | (coords[a] == L - 1)
+            sites = np.flatnonzero(on_face)
+        else:
+            sites = np.zeros(0, np.int64)
+        return cls(shape, cfg.spacing_um, sites)
+
+    def coords(self, sites) -> np.ndarray:
+        """(k, ndim) integer coordinates of flat ``sites`` (host arrays)."""
+        return np.stack(np.unravel_index(np.asarray(sites), self.shape), axis=1)
+
+    def neighbours(self, sites, xp=np):
+        """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the lattice."""
+        sites = xp.asarray(sites, dtype=xp.int64)
+        shape = xp.asarray(self.shape, dtype=xp.int64)
+        strides = xp.asarray([int(np.prod(self.shape[a + 1:])) for a in range(self.ndim)], dtype=xp.int64)
+        coords = (sites[:, None] // strides[None, :]) % shape[None, :]  # (k, ndim)
+        nb = coords[:, None, :] + xp.asarray(self.offsets)[None, :, :]  # (k, m, ndim)
+        inside = ((nb >= 0) & (nb < shape)).all(axis=2)
+        flat = (nb * strides).sum(axis=2)
+        return xp.where(inside, flat, -1)
+
+    def sphere_sites(self, center, radius: float) -> np.ndarray:
+        """Flat indices of sites within ``radius`` (sites) of ``center`` (host)."""
+        coords = np.indices(self.shape).reshape(self.ndim, -1)
+        d2 = sum((coords[a] - center[a]) ** 2 for a in range(self.ndim))
+        return np.flatnonzero(d2 <= radius**2)
