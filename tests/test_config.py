@@ -110,6 +110,6 @@ def test_resolved_config_round_trips_through_yaml():
 
 def test_under_resolved_uptake_is_warned():
     cfg = validate_config({"time": {"tick_min": 6, "field_substeps": 1}})
-    assert any("fields.oxygen" in w and "field_substeps >= 60" in w for w in cfg.accuracy_warnings())
-    ok = validate_config({"time": {"tick_min": 6, "field_substeps": 60}})
+    assert any("fields.oxygen" in w and "field_substeps >= 40" in w for w in cfg.accuracy_warnings())
+    ok = validate_config({"time": {"tick_min": 6, "field_substeps": 10}})
     assert ok.accuracy_warnings() == []

@@ -51,7 +51,8 @@ def test_nvcc_compiles_kernel(cu, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     ptx = (tmp_path / "k.ptx").read_text()
-    for name in ("lod_sweep_f32", "lod_sweep_f64", "lod_rotate_f32", "lod_rotate_f64"):
+    for name in ("lod_sweep_f32", "lod_sweep_f64", "lod_sweep_sink_f32", "lod_sweep_sink_f64",
+                 "lod_rotate_f32", "lod_rotate_f64"):
         assert f".entry {name}" in ptx
 
 
@@ -59,7 +60,7 @@ def test_nvcc_compiles_kernel(cu, tmp_path):
 def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
     if not has_cuda:
         pytest.skip("no usable CUDA device")
-    from tme_abm.diffusion import NOFLUX, DiffusionSolver
+    from tme_abm.diffusion import NOFLUX, DiffusionSolver, Sources
 
     gpu = make_backend("cupy", dtype)
     cpu = make_backend("numpy", dtype)
@@ -72,8 +73,13 @@ def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
     kw = dict(face_values=faces, vessel_sites=vessels, vessel_values=[38.0, np.nan, 1.0], initial=init)
     out = []
     for be in (cpu, gpu):
+        rng2 = np.random.default_rng(1)
         s = DiffusionSolver(shape, 20.0, [1e5, 555.0, 0.0], [0.1, 0.01, 0.2], dt_min=3.0, backend=be, **kw)
-        s.step(n_steps=3)
+        s.step(n_steps=2)
+        xp = be.xp
+        sites = xp.asarray(rng2.choice(np.prod(shape), 300, replace=False))
+        upt = xp.asarray(np.array([[10.0], [0.0], [0.5]]).repeat(300, 1), dtype=be.dtype)
+        s.step(Sources(sites, upt * 0.1, upt), n_steps=3)  # sink kernel on a diffusing and a D = 0 field
         out.append(be.to_host(s.values))
         s.close()
     np.testing.assert_allclose(out[1], out[0], rtol=rtol, atol=rtol)

@@ -7,29 +7,40 @@ Each field ``u`` (F of them, on a regular 2D or 3D lattice with spacing ``dx``) 
 with fixed-value (Dirichlet) voxels at vessels and, on each domain face, either a
 fixed face value or no flux. One step of length ``dt``:
 
-1. cell sources, pointwise and implicit: ``u <- (u + dt*S) / (1 + dt*U)`` (never negative);
+1. cell secretion: ``u <- u + dt*S`` at the cells' sites;
 2. for each axis a, backward Euler in that axis only (LOD splitting, as BioFVM):
-   ``(1 + dt*lambda/ndim) u_i - r (u_{i-1} - 2 u_i + u_{i+1}) = rhs_i`` with ``r = D*dt/dx^2``,
-   solved along every line by the Thomas algorithm with coefficients precomputed per dt;
-   vessel voxels are reset to their value before each axis sweep and at the end.
+   ``(1 + dt*(lambda + U_i)/ndim) u_i - r (u_{i-1} - 2 u_i + u_{i+1}) = rhs_i`` with
+   ``r = D*dt/dx^2``, solved along every line by the Thomas algorithm. Decay and cell
+   uptake are split equally over the axes and sit on the matrix diagonal, so uptake is
+   implicit *together with* diffusion: a voxel that consumes fast is refilled by its
+   neighbours within the same solve (a split pointwise uptake would cap the effective
+   rate near 1/dt). Coefficients are precomputed per dt for lines without cells; the
+   fields that cells take up use per-voxel coefficients computed during the sweep.
+   Vessel voxels are reset to their value before each axis sweep and at the end.
 
 Every line solve is unconditionally stable and keeps concentrations non-negative
-(the matrices are M-matrices). With no decay and no-flux faces, mass is conserved
-exactly up to rounding (each column of the matrix sums to one).
+(the matrices are M-matrices). With no decay, no uptake and no-flux faces, mass is
+conserved up to rounding (each column of the matrix sums to one). The splitting is
+first order in dt; its steady state carries an O(dt) error (docs/architecture.md
+gives measured numbers).
 
 Faces: a fixed face value ``c`` uses the ghost value ``2c - u_0`` so that ``u = c``
 holds on the face itself (half a voxel outside the first voxel centre), which is
 second-order accurate in space.
 
 Algorithm layout (identical on CPU and GPU, so each CUDA kernel has a NumPy twin):
-the field buffer always sweeps its *leading* spatial axis, which makes every line
+a sweep always runs along the buffer's *leading* spatial axis, which makes every line
 operation a contiguous plane operation (CPU) or a coalesced load (GPU, one thread per
-line). After the sweep the buffer is written transposed into a second buffer so the
-next axis leads: ``(F, A0, A1, A2) -> (F, A1, A2, A0)``; after ``ndim`` sweeps the
-layout is canonical again. Kernels: ``lod_sweep`` (Thomas along the leading axis of
-``(F, n, W)``, all fields in one launch) and ``lod_rotate`` (``(F, n, W) -> (F, W, n)``,
-tiled transpose with a per-field scale); NumPy twins: :func:`thomas_sweep_numpy` and
-:func:`rotate_numpy`.
+line). Between sweeps the buffer is written transposed into a second buffer so that
+the next axis leads: viewing it as ``(F, n, W)`` with ``n`` the extent of the axes in
+front of the next one, ``(F, n, W) -> (F, W, n)``. The axis order alternates between
+steps (0, 1, 2, then 2, 1, 0, ...) so a step needs ``ndim - 1`` transposes, not
+``ndim``; the buffer is therefore in one of ``ndim`` cyclic layouts between steps and
+:attr:`DiffusionSolver.values` presents it in canonical order as a view. Kernels:
+``lod_sweep`` (Thomas along the leading axis of ``(F, n, W)``, all fields in one
+launch), ``lod_sweep_sink`` (one field with per-voxel uptake on the diagonal) and
+``lod_rotate`` (tiled transpose with a per-field scale); NumPy twins:
+:func:`thomas_sweep_numpy`, :func:`thomas_sweep_sink_numpy` and :func:`rotate_numpy`.
 
 The Thomas recurrence is written in a scaled form that needs two array operations
 per plane and pass instead of three: with ``cp_i = r / denom_i`` the forward pass is
@@ -74,8 +85,10 @@ class Sources:
 
 @dataclass(frozen=True)
 class _AxisCoefficients:
-    """Precomputed Thomas coefficients for one axis and one dt (host and device copies)."""
+    """Precomputed Thomas coefficients for one axis and one dt (host arrays)."""
 
+    b: np.ndarray  # (F, n) matrix diagonal without cell uptake (faces included)
+    r: np.ndarray  # (F,) D*dt/dx^2
     cp: np.ndarray  # (F, n) r/denom_i (diffusing fields); unused rows for others
     rhs_lo: np.ndarray  # (F,) 2*r*c for a fixed low face, else 0
     rhs_hi: np.ndarray  # (F,) 2*r*c for a fixed high face, else 0
@@ -102,6 +115,7 @@ def axis_coefficients(
         dtype: dtype of the returned arrays.
     """
     nf = len(r)
+    bs = np.zeros((nf, n))
     cp = np.zeros((nf, n))
     rhs_lo = np.zeros(nf)
     rhs_hi = np.zeros(nf)
@@ -115,6 +129,7 @@ def axis_coefficients(
         else:
             b[0] = 1.0 + kappa[f] + rf + (2.0 * rf if lo_fixed else 0.0)
             b[-1] = 1.0 + kappa[f] + rf + (2.0 * rf if hi_fixed else 0.0)
+        bs[f] = b
         if rf > 0:
             denom = b[0]
             cp[f, 0] = rf / denom
@@ -127,6 +142,8 @@ def axis_coefficients(
     scale = np.where(diffusing == 1, 1.0 / np.where(r > 0, r, 1.0), 1.0)
     invb = 1.0 / (1.0 + np.asarray(kappa, dtype=float))
     return _AxisCoefficients(
+        b=bs.astype(dtype),
+        r=np.asarray(r, dtype=dtype),
         cp=cp.astype(dtype),
         rhs_lo=rhs_lo.astype(dtype),
         rhs_hi=rhs_hi.astype(dtype),
@@ -139,6 +156,20 @@ def axis_coefficients(
 # --------------------------------------------------------------------------------------
 # NumPy twins of kernels/lod.cu (also the CPU engine's building blocks)
 # --------------------------------------------------------------------------------------
+
+
+def _scaled_thomas_passes(planes, cps, xp) -> None:
+    """Forward ``g_i = cp_i (d_i + g_{i-1})`` and backward ``h_i = g_i + cp_i h_{i+1}``
+    passes over a list of planes, in place; ``cps[i]`` broadcasts against a plane."""
+    n = len(planes)
+    planes[0] *= cps[0]
+    for i in range(1, n):
+        planes[i] += planes[i - 1]
+        planes[i] *= cps[i]
+    tmp = xp.empty_like(planes[0])
+    for i in range(n - 2, -1, -1):
+        xp.multiply(planes[i + 1], cps[i], out=tmp)
+        planes[i] += tmp
 
 
 def thomas_sweep_numpy(v, cp, rhs_lo, rhs_hi) -> None:
@@ -155,14 +186,34 @@ def thomas_sweep_numpy(v, cp, rhs_lo, rhs_hi) -> None:
     cps = xp.ascontiguousarray(cp.T)[:, :, None]  # (n, fg, 1)
     planes[0] += rhs_lo[:, None]
     planes[-1] += rhs_hi[:, None]
-    planes[0] *= cps[0]
+    _scaled_thomas_passes(planes, cps, xp)
+
+
+def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
+    """Scaled Thomas solve of one diffusing field with per-voxel extra diagonal ``e``
+    (cell uptake, ``dt*U/ndim``), in place; twin of ``lod_sweep_sink``.
+
+    Args:
+        v: (n, w) array view; on return it holds ``r * u_new``.
+        e: (n, w) extra diagonal; overwritten with the per-voxel ``cp``.
+        b: (n,) diagonal without uptake (faces and decay included).
+        r: D*dt/dx^2 (> 0).
+        rhs_lo, rhs_hi: face terms added to the first and last plane.
+    """
+    xp = np if isinstance(v, np.ndarray) else _array_module(v)
+    n = v.shape[0]
+    tmp = xp.empty_like(e[0])
+    # cp_i = r / (b_i + e_i - r*cp_{i-1}), plane by plane
+    e[0] += b[0]
+    xp.divide(r, e[0], out=e[0])
     for i in range(1, n):
-        planes[i] += planes[i - 1]
-        planes[i] *= cps[i]
-    tmp = xp.empty_like(planes[0])
-    for i in range(n - 2, -1, -1):
-        xp.multiply(planes[i + 1], cps[i], out=tmp)
-        planes[i] += tmp
+        xp.multiply(e[i - 1], r, out=tmp)
+        xp.subtract(e[i], tmp, out=tmp)
+        tmp += b[i]
+        xp.divide(r, tmp, out=e[i])
+    v[0] += rhs_lo
+    v[n - 1] += rhs_hi
+    _scaled_thomas_passes([v[i] for i in range(n)], e, xp)
 
 
 def rotate_numpy(src, dst, scale) -> None:
@@ -276,7 +327,9 @@ class DiffusionSolver:
                     self._vessel_index.append(xp.asarray(idx))
                 self._vessel_fields = fixed
                 self._vessel_vals = xp.asarray(vals[fixed][:, None], self.dtype)
+        self._lead = 0  # buffer layout: canonical axes in the order _layout_axes(_lead)
         self._apply_vessels(0, self._buf[0], range(nf))
+        self._sink_scratch: dict[int, object] = {}
 
         self._dt = None
         self._coeffs: list[_AxisCoefficients] = []
@@ -288,8 +341,19 @@ class DiffusionSolver:
 
     @property
     def values(self):
-        """Current fields, (F, *shape) array on the backend's device (a view; writable)."""
-        return self._buf[self._cur].reshape((self.n_fields, *self.shape))
+        """Current fields, (F, *shape) array on the backend's device, in canonical axis
+        order (a view of the internal buffer, which may be in a transposed layout;
+        writable)."""
+        perm = self._layout_axes(self._lead)
+        v = self._buf[self._cur].reshape((self.n_fields, *(self.shape[a] for a in perm)))
+        back = tuple(1 + (a - self._lead) % self.ndim for a in range(self.ndim))
+        return v.transpose((0, *back))
+
+    def sample(self, sites):
+        """(F, k) field values at canonical flat lattice indices ``sites`` ((k,) ints)."""
+        xp = self.backend.xp
+        idx = self._site_index(xp.asarray(sites, dtype=xp.int64), self._lead)
+        return self._buf[self._cur][:, idx]
 
     @property
     def dt_min(self) -> float:
@@ -313,7 +377,7 @@ class DiffusionSolver:
         if self.backend.is_gpu:
             xp = self.backend.xp
             self._dev_coeffs = [
-                {k: xp.asarray(getattr(c, k)) for k in ("cp", "rhs_lo", "rhs_hi", "invb", "scale", "diffusing")}
+                {k: xp.asarray(getattr(c, k)) for k in ("b", "cp", "rhs_lo", "rhs_hi", "invb", "scale", "diffusing")}
                 for c in self._coeffs
             ]
         self._blocks = [self._plan_blocks(a) for a in range(self.ndim)]
@@ -324,13 +388,16 @@ class DiffusionSolver:
 
         ``sources`` (per-cell secretion/uptake) are held fixed over the steps.
         """
+        plan = self._source_plan(sources)
         for _ in range(n_steps):
-            if sources is not None:
-                self._apply_sources(sources)
+            # Alternate the axis order so the step starts on the axis that already leads.
+            order = list(range(self.ndim)) if self._lead == 0 else list(range(self.ndim - 1, -1, -1))
+            if plan is not None:
+                self._apply_secretion(plan)
             if self.backend.is_gpu:
-                self._sweeps_gpu()
+                self._sweeps_gpu(order, plan)
             else:
-                self._sweeps_cpu()
+                self._sweeps_cpu(order, plan)
 
     def total_mass(self):
         """(F,) sum of each field over the lattice times voxel volume (host float64)."""
@@ -351,28 +418,63 @@ class DiffusionSolver:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _layout_axes(self, layout: int) -> tuple[int, ...]:
-        """Canonical axes in buffer order after ``layout`` sweeps (cyclic rotation)."""
-        return tuple((layout + j) % self.ndim for j in range(self.ndim))
+    def _layout_axes(self, lead: int) -> tuple[int, ...]:
+        """Canonical axes in buffer order when axis ``lead`` leads (cyclic rotation)."""
+        return tuple((lead + j) % self.ndim for j in range(self.ndim))
 
-    def _apply_vessels(self, layout: int, buf, fields) -> None:
+    def _site_index(self, sites, lead: int):
+        """Flat buffer indices, in the layout led by ``lead``, of canonical flat ``sites``."""
+        if lead == 0:
+            return sites
+        xp = self.backend.xp
+        coords = xp.unravel_index(sites, self.shape)
+        perm = self._layout_axes(lead)
+        return xp.ravel_multi_index(tuple(coords[a] for a in perm), tuple(self.shape[a] for a in perm))
+
+    def _apply_vessels(self, lead: int, buf, fields) -> None:
         if not self._vessel_index:
             return
-        idx = self._vessel_index[layout]
+        idx = self._vessel_index[lead]
         for j, f in enumerate(self._vessel_fields):
             if f in fields:
                 buf[f, idx] = self._vessel_vals[j]
 
-    def _apply_sources(self, s: Sources) -> None:
+    def _source_plan(self, s: Sources | None) -> dict | None:
+        """Per-layout site indices, secretion increments and uptake diagonals for ``s``."""
+        if s is None:
+            return None
         xp = self.backend.xp
-        dt = self._dt
-        u = self._buf[self._cur]
-        sites = xp.asarray(s.sites)
+        sites = xp.asarray(s.sites, dtype=xp.int64)
         if sites.size == 0:
-            return
-        sec = xp.asarray(s.secretion, dtype=self.dtype)
+            return None
         upt = xp.asarray(s.uptake, dtype=self.dtype)
-        u[:, sites] = (u[:, sites] + dt * sec) / (1 + dt * upt)
+        index = [self._site_index(sites, lead) for lead in range(self.ndim)]
+        has_uptake = self.backend.to_host((upt > 0).any(axis=1))
+        return {
+            "index": index,
+            "secretion": xp.asarray(s.secretion, dtype=self.dtype) * self.dtype.type(self._dt),
+            "sinks": {int(f): upt[f] * self.dtype.type(self._dt / self.ndim) for f in np.flatnonzero(has_uptake)},
+        }
+
+    def _apply_secretion(self, plan: dict) -> None:
+        idx = plan["index"][self._lead]
+        self._buf[self._cur][:, idx] += plan["secretion"]
+
+    def _sink_diagonal(self, plan: dict, f: int, lead: int):
+        """(N,) extra diagonal dt*U/ndim of field ``f`` in the layout led by ``lead``."""
+        xp = self.backend.xp
+        e = self._sink_scratch.get(f)
+        if e is None:
+            e = self._sink_scratch[f] = xp.empty(self.n_sites, dtype=self.dtype)
+        e.fill(0)
+        e[plan["index"][lead]] = plan["sinks"][f]
+        return e
+
+    def _rotation(self, axis: int, nxt: int) -> int:
+        """Extent ``n`` of the (F, n, W) -> (F, W, n) transpose that brings ``nxt`` to the
+        front when ``axis`` leads."""
+        p = (nxt - axis) % self.ndim
+        return int(np.prod([self.shape[(axis + q) % self.ndim] for q in range(p)]))
 
     def _plan_blocks(self, axis: int) -> list[tuple[int, int, int, int]]:
         """CPU work blocks (f0, f1, w0, w1) for a sweep of ``axis`` (fields never mix
@@ -398,21 +500,51 @@ class DiffusionSolver:
             f = g
         return blocks
 
-    def _sweeps_cpu(self) -> None:
+    def _sweep_block_cpu(self, src, axis: int, f0: int, f1: int, w0: int, w1: int, sinks: dict) -> None:
+        """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, n, W), in place."""
+        c = self._coeffs[axis]
+        f = f0
+        while f < f1:
+            if f in sinks:
+                v = src[f, :, w0:w1]
+                e = sinks[f][:, w0:w1]
+                if c.diffusing[f]:
+                    thomas_sweep_sink_numpy(v, e, c.b[f], c.r[f], c.rhs_lo[f], c.rhs_hi[f])
+                else:
+                    e += c.b[f][:, None]
+                    v /= e
+                f += 1
+                continue
+            g = f + 1
+            while g < f1 and g not in sinks:
+                g += 1
+            block = src[f:g, :, w0:w1]
+            if c.diffusing[f]:
+                thomas_sweep_numpy(block, c.cp[f:g], c.rhs_lo[f:g], c.rhs_hi[f:g])
+            else:
+                block *= c.invb[f:g, None, None]
+            f = g
+
+    def _sweeps_cpu(self, order: list[int], plan: dict | None) -> None:
         """All axis sweeps on NumPy: the main thread sweeps block after block while a
         helper thread writes finished blocks, transposed, into the other buffer."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tme-lod")
-        nf = self.n_fields
+        nf, N = self.n_fields, self.n_sites
         pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
-        for axis in range(self.ndim):
+        for j, axis in enumerate(order):
             c = self._coeffs[axis]
             n = self.shape[axis]
-            w_total = self.n_sites // n
+            w_total = N // n
             src_flat = self._buf[self._cur]
             src = src_flat.reshape(nf, n, w_total)
-            dst = self._buf[1 - self._cur].reshape(nf, w_total, n)
+            nxt = order[j + 1] if j + 1 < len(order) else None
+            if nxt is not None:
+                n_rot = self._rotation(axis, nxt)
+                rot_src = src_flat.reshape(nf, n_rot, N // n_rot)
+                dst = self._buf[1 - self._cur].reshape(nf, N // n_rot, n_rot)
             new_pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
+            sinks: dict = {}
             ready = set()
             for f0, f1, w0, w1 in self._blocks[axis]:
                 for f in range(f0, f1):
@@ -420,38 +552,70 @@ class DiffusionSolver:
                         for fut in pending[f]:
                             fut.result()
                         self._apply_vessels(axis, src_flat, (f,))
+                        if plan is not None and f in plan["sinks"]:
+                            sinks[f] = self._sink_diagonal(plan, f, axis).reshape(n, w_total)
                         ready.add(f)
+                self._sweep_block_cpu(src, axis, f0, f1, w0, w1, sinks)
                 block = src[f0:f1, :, w0:w1]
-                if c.diffusing[f0]:
-                    thomas_sweep_numpy(block, c.cp[f0:f1], c.rhs_lo[f0:f1], c.rhs_hi[f0:f1])
+                if nxt is None:  # last sweep of the step: undo the 1/r scaling in place
+                    fut = self._pool.submit(_scale_inplace, block, c.scale[f0:f1])
+                elif n_rot == n:  # the block maps to a block of the transposed buffer
+                    fut = self._pool.submit(rotate_numpy, block, dst[f0:f1, w0:w1, :], c.scale[f0:f1])
+                elif w1 == w_total:  # transpose whole fields once their last block is done
+                    fut = self._pool.submit(rotate_numpy, rot_src[f0:f1], dst[f0:f1], c.scale[f0:f1])
                 else:
-                    block *= c.invb[f0:f1, None, None]
-                fut = self._pool.submit(rotate_numpy, block, dst[f0:f1, w0:w1, :], c.scale[f0:f1])
+                    continue
                 for f in range(f0, f1):
                     new_pending[f].append(fut)
             pending = new_pending
-            self._cur = 1 - self._cur
+            if nxt is not None:
+                self._cur = 1 - self._cur
+                self._lead = nxt
         for f in range(nf):
             for fut in pending[f]:
                 fut.result()
-        self._apply_vessels(0, self._buf[self._cur], range(nf))
+        self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
 
-    def _sweeps_gpu(self) -> None:
-        """All axis sweeps with the CUDA kernels of kernels/lod.cu (two launches per axis)."""
+    def _sweeps_gpu(self, order: list[int], plan: dict | None) -> None:
+        """All axis sweeps with the CUDA kernels of kernels/lod.cu."""
         xp = self.backend.xp
-        nf = self.n_fields
-        for axis in range(self.ndim):
+        nf, N = self.n_fields, self.n_sites
+        sink_fields = sorted(plan["sinks"]) if plan is not None else []
+        for j, axis in enumerate(order):
             n = self.shape[axis]
-            w_total = self.n_sites // n
+            w_total = N // n
             self._apply_vessels(axis, self._buf[self._cur], range(nf))
             src = self._buf[self._cur]
-            dst = self._buf[1 - self._cur]
             c = self._dev_coeffs[axis]
-            cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], c["diffusing"], nf, n, w_total)
-            cuda_rotate(self.backend, src, dst, c["scale"], nf, n, w_total)
-            self._cur = 1 - self._cur
-        self._apply_vessels(0, self._buf[self._cur], range(nf))
-        del xp
+            hc = self._coeffs[axis]
+            kinds = c["diffusing"]
+            if sink_fields:
+                k = hc.diffusing.copy()
+                k[sink_fields] = _SKIP
+                kinds = xp.asarray(k)
+            cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, nf, n, w_total)
+            for f in sink_fields:
+                e = self._sink_diagonal(plan, f, axis)
+                if hc.diffusing[f]:
+                    cuda_sweep_sink(self.backend, src[f], e, c["b"][f], hc.r[f], hc.rhs_lo[f], hc.rhs_hi[f],
+                                    n, w_total)
+                else:
+                    v = src[f].reshape(n, w_total)
+                    v /= e.reshape(n, w_total) + c["b"][f][:, None]
+            nxt = order[j + 1] if j + 1 < len(order) else None
+            if nxt is None:
+                src *= c["scale"][:, None]
+            else:
+                n_rot = self._rotation(axis, nxt)
+                cuda_rotate(self.backend, src, self._buf[1 - self._cur], c["scale"], nf, n_rot, N // n_rot)
+                self._cur = 1 - self._cur
+                self._lead = nxt
+        self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
+
+
+def _scale_inplace(block, scale) -> None:
+    """``block[f] *= scale[f]`` for a (fg, n, w) block."""
+    block *= scale[:, None, None]
 
 
 # --------------------------------------------------------------------------------------
@@ -459,16 +623,30 @@ class DiffusionSolver:
 # --------------------------------------------------------------------------------------
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_SKIP = 2  # lod_sweep leaves fields of this kind alone (swept by lod_sweep_sink)
 
 
-def cuda_sweep(backend: Backend, u, cp, rhs_lo, rhs_hi, invb, diffusing, nf: int, n: int, w: int) -> None:
-    """Launch ``lod_sweep`` on ``u`` viewed as (F, n, W): one thread per line, all fields."""
+def cuda_sweep(backend: Backend, u, cp, rhs_lo, rhs_hi, invb, kinds, nf: int, n: int, w: int) -> None:
+    """Launch ``lod_sweep`` on ``u`` viewed as (F, n, W): one thread per line, all fields.
+
+    ``kinds[f]``: 1 diffusing (Thomas), 0 not diffusing (``u *= invb``), 2 skip."""
     mod = backend.raw_module("lod.cu")
     kern = mod.get_function(f"lod_sweep_{_SUFFIX[np.dtype(u.dtype)]}")
     lines = nf * w
     threads = 128
     kern(((lines + threads - 1) // threads,), (threads,),
-         (u, cp, rhs_lo, rhs_hi, invb, diffusing, np.int32(nf), np.int32(n), np.int64(w)))
+         (u, cp, rhs_lo, rhs_hi, invb, kinds, np.int32(nf), np.int32(n), np.int64(w)))
+
+
+def cuda_sweep_sink(backend: Backend, u, e, b, r, rhs_lo, rhs_hi, n: int, w: int) -> None:
+    """Launch ``lod_sweep_sink`` on one field ``u`` (n, W) with extra diagonal ``e`` (n, W),
+    which it overwrites with the per-voxel coefficients."""
+    mod = backend.raw_module("lod.cu")
+    t = np.dtype(u.dtype)
+    kern = mod.get_function(f"lod_sweep_sink_{_SUFFIX[t]}")
+    threads = 128
+    kern(((w + threads - 1) // threads,), (threads,),
+         (u, e, b, t.type(r), t.type(rhs_lo), t.type(rhs_hi), np.int32(n), np.int64(w)))
 
 
 def cuda_rotate(backend: Backend, src, dst, scale, nf: int, n: int, w: int) -> None:

@@ -71,7 +71,7 @@ class FieldSet:
 
     def at(self, name: str, sites):
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
-        return self.solver.values[self.index[name]].reshape(-1)[sites]
+        return self.solver.sample(sites)[self.index[name]]
 
     def sources(self, sites_by_type: dict) -> Sources:
         """Per-cell secretion/uptake for cells at ``sites_by_type[type]`` ((k,) flat sites)."""
