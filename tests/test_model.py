@@ -1,23 +1,27 @@
-"""The first model: oxygen-driven tumor growth and death, Mesa integration, reproducibility."""
+"""The model shell: Mesa integration, staged schedule, reproducibility, bookkeeping."""
 
 from __future__ import annotations
 
 import mesa
 import numpy as np
 
-from tme_abm.agents.tumor import ALIVE, NECROTIC, TumorCells
+from tme_abm.agents import CarTCells, Granulocytes, Monocytes, TumorCells
 from tme_abm.backend import make_backend
 from tme_abm.config import validate_config
-from tme_abm.model import TMEModel
+from tme_abm.model import REPORTED, TMEModel
 
 BE = make_backend("numpy", "float64")
 
 
-def small(**over):
+def busy(**over):
+    """A small lattice with all four populations active."""
     base = {
-        "seed": 1, "lattice": {"shape": [40, 40], "vessels": {"layout": "none"}},
-        "time": {"tick_min": 6, "duration_days": 1, "field_substeps": 1},
-        "tumor": {"archetype": "solid", "radius_sites": 4},
+        "seed": 1, "lattice": {"shape": [40, 40], "vessels": {"layout": "random", "density": 0.02}},
+        "time": {"tick_min": 6, "duration_days": 1, "field_substeps": 2},
+        "tumor": {"archetype": "solid", "radius_sites": 8},
+        "car_t": {"initial_cells": 60, "arrival_per_vessel_per_min": 0.002},
+        "monocyte": {"initial_cells": 20, "recruit_per_vessel_per_min": 0.002},
+        "granulocyte": {"initial_cells": 20, "recruit_per_vessel_per_min": 0.002},
     }
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
@@ -25,86 +29,88 @@ def small(**over):
 
 
 def test_model_is_a_mesa_model_with_population_agents():
-    m = TMEModel(small(), BE)
+    m = TMEModel(busy(), backend=BE)
     assert isinstance(m, mesa.Model)
-    assert len(m.agents) == 1 and isinstance(m.tumor, TumorCells)
-    assert list(m.agents_by_type) == [TumorCells]
+    assert len(m.agents) == 4
+    assert set(m.agents_by_type) == {TumorCells, CarTCells, Monocytes, Granulocytes}
     m.step()
     assert m.steps == 1 and m.time_min == 6.0
-    assert [name for name, _ in m.stages] == ["fields", "division", "death", "clearance"]
+    names = [s.name for s in m.scheduler.stages]
+    assert names == ["fields", "sensing", "engagement", "movement", "division_recruitment", "death_clearance",
+                     "secretion"]
+    m.step()
+    df = m.datacollector.get_model_vars_dataframe()
+    assert list(df.columns) == list(REPORTED) and len(df) == 2  # the state before each tick
+    assert df["car_t_effector"].iloc[0] == 60 and df["hypoxic_fraction"].between(0, 1).all()
 
 
-def test_tumor_grows_at_the_cycle_rate_where_oxygen_and_space_are_plentiful():
-    """Scattered cells at 38 mmHg: N(t) ~ N0 exp(0.00072/min * t), ~2.8x per day."""
-    cfg = small(lattice={"shape": [80, 80], "vessels": {"layout": "none"}},
-                fields={"oxygen": {"uptake_per_min": {"tumor": 0.0},
-                                   "boundary": {"default": {"kind": "dirichlet", "value": 38}}}},
-                tumor={"archetype": "dispersed", "initial_cells": 60, "apoptosis_rate_per_min": 0.0})
-    ratios = []
-    for seed in range(4):
-        m = TMEModel(cfg.model_copy(update={"seed": seed}), BE)
-        n0 = len(m.tumor)
-        for _ in range(cfg.time.n_ticks):
-            m.step()
-        ratios.append(len(m.tumor) / n0)
-        occ = m.backend.to_host(m.occupancy)
-        assert (occ == TumorCells.code).sum() == len(m.tumor)  # one cell per site, grid in sync
-        assert len(np.unique(m.backend.to_host(m.tumor.site))) == len(m.tumor)
-    expected = np.exp(0.00072 * 1440)
-    assert 0.85 * expected < np.mean(ratios) < 1.1 * expected, ratios
+def _sites_ok(m):
+    occ = m.backend.to_host(m.occupancy)
+    all_sites = np.concatenate([m.backend.to_host(p.site) for p in m.populations])
+    assert len(np.unique(all_sites)) == len(all_sites), "two cells share a site"
+    assert not np.isin(all_sites, m.lattice.vessel_sites).any(), "a cell sits on a vessel"
+    for p in m.populations:
+        assert (occ[m.backend.to_host(p.site)] == p.code).all()
+    assert (occ > 0).sum() == len(all_sites)
 
 
-def test_no_division_below_the_arrest_oxygen():
-    cfg = small(fields={"oxygen": {"initial": 4.0, "vessel_value": None, "decay_per_min": 0.0,
-                                   "uptake_per_min": {"tumor": 0.0}}},
-                tumor={"archetype": "dispersed", "initial_cells": 50, "necrosis_threshold_mmHg": 3.0,
-                       "necrosis_max_mmHg": 1.0})
-    m = TMEModel(cfg, BE)
-    for _ in range(100):
+def test_site_exclusion_and_counts_change_only_through_events():
+    m = TMEModel(busy(), backend=BE)
+    _sites_ok(m)
+    for _ in range(60):
+        before = {p.kind: len(p) for p in m.populations}
         m.step()
-    assert len(m.tumor) == 50 and m.tumor.counts()["tumor_necrotic"] == 0
+        _sites_ok(m)
+        for p in m.populations:
+            e = p.events
+            removed = e["cleared"] if p.kind == "tumor" else e["died"] + e["cleared"]
+            assert len(p) - before[p.kind] == e["born"] + e["arrived"] - removed, (p.kind, e)
+    assert m.current_row()["car_t_kills"] > 0 and m.current_row()["monocytes"] > 0
 
 
-def test_tumor_dies_by_necrosis_without_oxygen():
-    cfg = small(fields={"oxygen": {"initial": 0.0, "vessel_value": None}},
-                time={"tick_min": 6, "duration_days": 0.5})
-    m = TMEModel(cfg, BE)
-    for _ in range(cfg.time.n_ticks):
+def _final_state(cfg, permute=False):
+    m = TMEModel(cfg, backend=BE)
+    if permute:  # the same cells in a different memory order
+        for p in m.populations:
+            perm = np.random.default_rng(0).permutation(len(p))
+            for k in p.data:
+                p.data[k] = p.data[k][perm]
+    for _ in range(30):
         m.step()
-    st = m.backend.to_host(m.tumor.state)
-    assert (st == NECROTIC).mean() > 0.6  # 12 h at max rate 1/(6 h): 1 - exp(-2) = 86%
-    assert m.tumor.counts()["tumor_alive"] == (st == ALIVE).sum()
+    out = {}
+    for p in m.populations:
+        order = np.argsort(m.backend.to_host(p.id))
+        out.update({f"{p.kind}.{k}": m.backend.to_host(v)[order] for k, v in p.data.items()})
+    out["fields"] = m.backend.to_host(m.fields.values)
+    return out
 
 
-def test_dead_cells_are_cleared_and_free_their_sites():
-    cfg = small(fields={"oxygen": {"initial": 0.0, "vessel_value": None}},
-                tumor={"archetype": "solid", "radius_sites": 4, "clearance_min": 60,
-                       "necrosis_max_rate_per_min": 1.0})
-    m = TMEModel(cfg, BE)
-    n0 = len(m.tumor)
-    for _ in range(15):
-        m.step()
-    assert len(m.tumor) < 0.2 * n0
-    assert (m.backend.to_host(m.occupancy) == TumorCells.code).sum() == len(m.tumor)
-
-
-def test_same_seed_same_result_and_seeds_differ():
-    def final(seed):
-        cfg = small(seed=seed, lattice={"shape": [40, 40], "vessels": {"layout": "random", "density": 0.01}})
-        m = TMEModel(cfg, BE)
-        for _ in range(40):
-            m.step()
-        return m.backend.to_host(m.tumor.site), m.backend.to_host(m.fields.values)
-
-    a, b, c = final(5), final(5), final(6)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(a[0], c[0])
+def test_same_seed_identical_different_seed_differs_and_memory_order_is_irrelevant():
+    a, b, c = _final_state(busy(seed=5)), _final_state(busy(seed=5)), _final_state(busy(seed=6))
+    d = _final_state(busy(seed=5), permute=True)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        np.testing.assert_array_equal(a[k], d[k], err_msg=k)
+    assert not np.array_equal(a["car_t.site"], c["car_t.site"])
 
 
 def test_dispersed_archetype_scatters_cells():
-    cfg = small(tumor={"archetype": "dispersed", "initial_cells": 100})
-    m = TMEModel(cfg, BE)
+    m = TMEModel(busy(tumor={"archetype": "dispersed", "initial_cells": 100}), backend=BE)
     assert len(m.tumor) == 100
     coords = m.lattice.coords(m.backend.to_host(m.tumor.site))
     assert coords.std(axis=0).min() > 8  # spread over the 40x40 lattice, not a ball
+
+
+def test_batch_run_works_for_small_cpu_runs():
+    results = mesa.batch_run(
+        TMEModel,
+        parameters={"config": [busy().model_dump(mode="json")], "backend": [BE], "seed": [1, 2],
+                    "car_t.initial_cells": [0, 40], "car_t.arrival_per_vessel_per_min": 0.0,
+                    "time.duration_days": 0.05},
+        iterations=1, max_steps=100, display_progress=False,
+    )
+    assert len(results) == 4
+    by = {(r["seed"], r["car_t.initial_cells"]): r for r in results}
+    # 0.05 days = 12 ticks, then running = False; batch_run reports row steps - 1
+    assert all(r["Step"] == 11 for r in results)
+    assert by[(1, 0)]["car_t_effector"] == 0 and by[(1, 40)]["car_t_effector"] > 0

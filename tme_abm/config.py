@@ -12,7 +12,7 @@ import copy
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
@@ -124,7 +124,7 @@ def default_fields() -> dict[str, dict]:
                        vessel_value=38.0, uptake_per_min={"tumor": 10.0, "car_t": 1.0, "monocyte": 1.0,
                                                          "granulocyte": 1.0}),
         "adenosine": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.05, initial=0.05,
-                          vessel_value=0.05, secretion_per_min={"tumor": 0.5}),
+                          vessel_value=0.05, secretion_per_min={"tumor": 0.5, "monocyte": 0.5}),
         # protons as H+ concentration in uM: pH 7.4 -> 0.0398 uM; pH = 6 - log10(H+ in uM)
         "protons": dict(units="uM", diffusion_um2_per_min=1e5, decay_per_min=0.0, initial=0.0398,
                         vessel_value=0.0398, secretion_per_min={"tumor": 0.002}),
@@ -134,44 +134,240 @@ def default_fields() -> dict[str, dict]:
                      secretion_per_min={"tumor": 0.01}),
         "cxcl8": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
                       secretion_per_min={"tumor": 0.01}),
-        "cytokine": dict(units="pg/mL", diffusion_um2_per_min=1000.0, decay_per_min=0.016),
+        # secreted only by engaged CAR T (IFN-gamma) and activated monocytes (IL-6)
+        "cytokine": dict(units="pg/mL", diffusion_um2_per_min=1000.0, decay_per_min=0.016,
+                         secretion_per_min={"car_t": 1.0, "monocyte": 2.0}),
     }
 
 
-class TumorConfig(_Strict):
-    """Initial tumor and its (placeholder, oxygen-driven) growth and death."""
+CONTACT_TYPES = ("tumor", "car_t", "car_t_engaged", "monocyte", "granulocyte")
+STATE_SIGNALS = {"tumor": ("antigen",), "car_t": ("exhaustion", "antigen"), "monocyte": (), "granulocyte": ()}
+"""Cell-state signals a population's rules may use (car_t ``antigen``: the engaged target's)."""
 
+
+class ModulatorConfig(_Strict):
+    """One rule modulator: a Hill function of a signal that multiplies a behaviour rate.
+
+    ``H = s^n / (K^n + s^n)`` (``1 - H`` with ``low: true``: the effect grows as the
+    signal falls). Factor: ``1 + max_effect * H`` (direction up, max_effect = fold
+    increase - 1) or ``1 - max_effect * H`` (direction down, max_effect in [0, 1]: the
+    fraction removed at saturation).
+    """
+
+    enabled: bool = True
+    signal: str
+    """A field name (value at the cell's site), ``contact:<type>`` (Moore neighbours of
+    tumor, car_t, car_t_engaged, monocyte or granulocyte) or a cell-state signal."""
+    direction: Literal["up", "down"]
+    low: bool = False
+    half_max: PosFloat
+    hill_power: Annotated[float, Field(gt=0, le=64)] = 1.0
+    max_effect: NonNegFloat
+
+    @model_validator(mode="after")
+    def _effect_range(self):
+        if self.direction == "down" and self.max_effect > 1:
+            raise ValueError(f"max_effect {self.max_effect}: a 'down' modulator removes at most 1 (all)")
+        return self
+
+
+Rules = dict[str, dict[str, ModulatorConfig]]
+
+
+def _m(signal, direction, half_max, max_effect, hill_power=1.0, low=False) -> dict:
+    return dict(signal=signal, direction=direction, half_max=half_max, hill_power=hill_power,
+                max_effect=max_effect, low=low)
+
+
+def default_rules() -> dict[str, dict]:
+    """Default modulators per population and behaviour (MODEL.md; docs/model.md)."""
+    hypoxia_up = lambda fold: _m("oxygen", "up", 10.0, fold, 4, low=True)  # noqa: E731
+    return {
+        "tumor": {
+            "divide": {"hypoxia": _m("oxygen", "down", 6.5, 1.0, 6, low=True)},
+            "necrosis": {"oxygen": _m("oxygen", "down", 3.75, 1.0, 8)},
+            "secrete_adenosine": {"hypoxia": hypoxia_up(9.0)},
+            "secrete_protons": {"hypoxia": hypoxia_up(2.0)},
+            "secrete_ccl2": {"hypoxia": hypoxia_up(3.0)},
+            "secrete_cxcl8": {"hypoxia": hypoxia_up(3.0)},
+            "secrete_cxcl10": {"ifng": _m("cytokine", "up", 1.0, 10.0)},
+        },
+        "car_t": {
+            "engage": {"antigen": _m("antigen", "down", 0.2, 1.0, 2, low=True)},
+            "kill": {
+                "adenosine": _m("adenosine", "down", 10.0, 1.0),
+                "acidity": _m("protons", "down", 0.158, 0.8, 2),
+                "hypoxia": _m("oxygen", "down", 5.0, 0.5, 3, low=True),
+                "monocyte_contact": _m("contact:monocyte", "down", 1.0, 0.5),
+                "granulocyte_contact": _m("contact:granulocyte", "down", 1.0, 0.5),
+            },
+            "divide": {
+                "adenosine": _m("adenosine", "down", 10.0, 0.8),
+                "acidity": _m("protons", "down", 0.158, 0.5, 2),
+                "granulocyte_contact": _m("contact:granulocyte", "down", 1.0, 0.7),
+            },
+            "exhaust": {
+                "adenosine": _m("adenosine", "up", 10.0, 1.0),
+                "hypoxia": _m("oxygen", "up", 5.0, 1.0, 3, low=True),
+                "monocyte_contact": _m("contact:monocyte", "up", 1.0, 1.0),
+                "granulocyte_contact": _m("contact:granulocyte", "up", 1.0, 1.0),
+            },
+            "death": {"exhaustion": _m("exhaustion", "up", 0.7, 4.0, 4)},
+            "secrete_cytokine": {
+                "adenosine": _m("adenosine", "down", 10.0, 0.8),
+                "acidity": _m("protons", "down", 0.158, 0.5, 2),
+            },
+        },
+        "monocyte": {
+            "recruit": {"ccl2": _m("ccl2", "up", 1.0, 9.0)},
+            "activate": {
+                "ifng": _m("cytokine", "up", 1.0, 20.0),
+                "engaged_car_t_contact": _m("contact:car_t_engaged", "up", 1.0, 20.0),
+            },
+        },
+        "granulocyte": {"recruit": {"cxcl8": _m("cxcl8", "up", 1.0, 9.0)}},
+    }
+
+
+def default_edits() -> dict[str, dict]:
+    """Gene edits of CAR T products: modulators removed or changed, CAR T rules only."""
+    return {
+        "a2ar_ko": {"remove": ["adenosine"]},
+        "pd1_ko": {"remove": ["monocyte_contact", "granulocyte_contact"]},
+        "hypoxia_resistant": {"change": {"hypoxia": {"max_effect": 0.1}}},
+    }
+
+
+class EditConfig(_Strict):
+    """A gene edit: modulator names removed from, or changed in, every CAR T behaviour."""
+
+    remove: list[str] = []
+    change: dict[str, dict[str, Any]] = {}
+
+
+class _Population(_Strict):
+    """Shared by the four populations: rules merged over the defaults."""
+
+    rules: Rules = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_rules(cls, data: Any):
+        if isinstance(data, dict):
+            data = dict(data)
+            user = data.get("rules") or {}
+            if isinstance(user, dict):
+                data["rules"] = _deep_merge(default_rules()[cls.kind], user)
+        elif data is None or isinstance(data, cls):
+            return data
+        return data
+
+
+class MoveConfig(_Strict):
+    speed_um_per_min: NonNegFloat = 0.0
+    chemotaxis_field: str | None = None
+    """Field whose gradient biases the walk (null: unbiased)."""
+    chemotaxis_bias: NonNegFloat = 1.5
+    """Strength of the bias: move weights exp(bias * cos(angle to the gradient))."""
+
+
+class CarTMove(MoveConfig):
+    speed_um_per_min: NonNegFloat = 4.5
+    chemotaxis_field: str | None = "cxcl10"
+
+
+class MonocyteMove(MoveConfig):
+    speed_um_per_min: NonNegFloat = 2.0
+    chemotaxis_field: str | None = "ccl2"
+
+
+class GranulocyteMove(MoveConfig):
+    speed_um_per_min: NonNegFloat = 19.0
+    chemotaxis_field: str | None = "cxcl8"
+
+
+class AntigenConfig(_Strict):
+    mean: Annotated[float, Field(ge=0, le=1)] = 0.8
+    sd: NonNegFloat = 0.15
+    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """Fraction of initial cells with no antigen."""
+    inheritance_sd: NonNegFloat = 0.05
+    """Noise added to a daughter's antigen density."""
+    loss_per_division: Annotated[float, Field(ge=0, le=1)] = 1e-3
+    """Probability that a daughter loses the antigen (antigen escape)."""
+
+
+class TumorConfig(_Population):
+    """Initial tumor and its behaviour rates (per minute; modulated by ``rules``)."""
+
+    kind: ClassVar[str] = "tumor"
     archetype: Literal["solid", "dispersed"] = "solid"
     radius_sites: Annotated[float, Field(gt=0)] = 8.0
     """Spheroid radius in sites (archetype: solid)."""
     initial_cells: Annotated[int, Field(ge=0)] = 200
     """Cells scattered uniformly (archetype: dispersed)."""
-    cycle_rate_per_min: NonNegFloat = 0.00072
+    antigen: AntigenConfig = AntigenConfig()
+    divide_per_min: NonNegFloat = 0.00072
     """Division rate in full oxygen (~1/day)."""
-    proliferation_saturation_mmHg: PosFloat = 38.0
-    """Oxygen at which division reaches its full rate."""
-    proliferation_arrest_mmHg: NonNegFloat = 5.0
-    """Division stops below this oxygen level."""
-    necrosis_threshold_mmHg: NonNegFloat = 5.0
-    necrosis_max_mmHg: NonNegFloat = 2.5
-    necrosis_max_rate_per_min: NonNegFloat = 1.0 / 360.0
-    apoptosis_rate_per_min: NonNegFloat = 1e-5
+    necrosis_per_min: NonNegFloat = 1.0 / 360.0
+    """Necrosis rate at anoxia (scaled down by the oxygen rule)."""
+    apoptosis_per_min: NonNegFloat = 1e-5
     clearance_min: PosFloat = 1440.0
     """Time a dead cell occupies its site before it is cleared."""
 
-    @model_validator(mode="after")
-    def _thresholds_ordered(self):
-        if self.proliferation_arrest_mmHg >= self.proliferation_saturation_mmHg:
-            raise ValueError(
-                f"proliferation_arrest_mmHg ({self.proliferation_arrest_mmHg}) must be below "
-                f"proliferation_saturation_mmHg ({self.proliferation_saturation_mmHg})"
-            )
-        if self.necrosis_max_mmHg >= self.necrosis_threshold_mmHg:
-            raise ValueError(
-                f"necrosis_max_mmHg ({self.necrosis_max_mmHg}) must be below "
-                f"necrosis_threshold_mmHg ({self.necrosis_threshold_mmHg})"
-            )
-        return self
+
+class ProductConfig(_Strict):
+    """The infused CAR T product."""
+
+    edits: list[str] = []
+    """Names of gene edits (see ``edits``)."""
+    initial_exhaustion: Annotated[float, Field(ge=0, le=1)] = 0.0
+    divisions: Annotated[int, Field(ge=0, le=100)] = 10
+
+
+class CarTConfig(_Population):
+    kind: ClassVar[str] = "car_t"
+    initial_cells: Annotated[int, Field(ge=0)] = 0
+    """Cells placed at random free sites at the start."""
+    arrival_per_vessel_per_min: NonNegFloat = 0.0
+    """Arrivals from blood per vessel site (modulated by ``rules.arrive``)."""
+    move: CarTMove = Field(default_factory=CarTMove)
+    engage_per_min: NonNegFloat = 0.2
+    """Engagement rate next to an antigen-high tumor cell."""
+    engagement_min: PosFloat = 40.0
+    """How long an engagement lasts; the kill (or not) happens at its end."""
+    kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.9
+    divide_probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Chance that a completed engagement triggers a division (divisions left > 0)."""
+    exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = 0.1
+    death_per_min: NonNegFloat = 1.0 / (9.5 * 1440.0)
+    product: ProductConfig = ProductConfig()
+
+
+class MonocyteConfig(_Population):
+    kind: ClassVar[str] = "monocyte"
+    initial_cells: Annotated[int, Field(ge=0)] = 0
+    recruit_per_vessel_per_min: NonNegFloat = 2e-5
+    move: MonocyteMove = Field(default_factory=MonocyteMove)
+    activate_per_min: NonNegFloat = 1e-4
+    death_per_min: NonNegFloat = 1.0 / (2.5 * 1440.0)
+
+
+class GranulocyteConfig(_Population):
+    kind: ClassVar[str] = "granulocyte"
+    initial_cells: Annotated[int, Field(ge=0)] = 0
+    recruit_per_vessel_per_min: NonNegFloat = 2e-5
+    move: GranulocyteMove = Field(default_factory=GranulocyteMove)
+    death_per_min: NonNegFloat = math.log(2) / (19 * 60.0)
+
+
+BEHAVIOURS = {
+    "tumor": ("divide", "necrosis", "apoptosis"),
+    "car_t": ("arrive", "move", "engage", "kill", "divide", "exhaust", "death"),
+    "monocyte": ("recruit", "move", "activate", "death"),
+    "granulocyte": ("recruit", "move", "death"),
+}
+"""Behaviours each population's rules may modulate (plus secrete_<field>, uptake_<field>)."""
 
 
 class OutputConfig(_Strict):
@@ -193,7 +389,11 @@ class Config(_Strict):
     lattice: LatticeConfig = LatticeConfig()
     time: TimeConfig = TimeConfig()
     fields: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], FieldConfig] = {}
-    tumor: TumorConfig = TumorConfig()
+    tumor: TumorConfig = Field(default_factory=TumorConfig)
+    car_t: CarTConfig = Field(default_factory=CarTConfig)
+    monocyte: MonocyteConfig = Field(default_factory=MonocyteConfig)
+    granulocyte: GranulocyteConfig = Field(default_factory=GranulocyteConfig)
+    edits: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], EditConfig] = {}
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="before")
@@ -211,6 +411,11 @@ class Config(_Strict):
                 else:
                     merged[name] = spec
             data["fields"] = merged
+            edits = default_edits()
+            edits.update(data.get("edits") or {})
+            data["edits"] = edits
+            for pop in ("tumor", "car_t", "monocyte", "granulocyte"):
+                data.setdefault(pop, {})
         return data
 
     @model_validator(mode="after")
@@ -234,12 +439,63 @@ class Config(_Strict):
             raise ValueError(
                 f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
             )
+        self._check_rules()
         if self.output.snapshot_every_min < self.time.tick_min:
             raise ValueError(
                 f"output.snapshot_every_min {self.output.snapshot_every_min} is shorter than one tick "
                 f"({self.time.tick_min} min)"
             )
         return self
+
+    def population(self, kind: str) -> _Population:
+        return getattr(self, kind)
+
+    def _check_rules(self) -> None:
+        fields = self.enabled_fields
+        for kind in CELL_TYPES:
+            pop = self.population(kind)
+            allowed = set(BEHAVIOURS[kind]) | {f"{v}_{f}" for f in fields for v in ("secrete", "uptake")}
+            for beh, mods in pop.rules.items():
+                if beh not in allowed:
+                    hint = difflib.get_close_matches(beh, sorted(allowed), n=1)
+                    raise ValueError(
+                        f"{kind}.rules.{beh}: unknown behaviour"
+                        + (f" (did you mean {hint[0]}?)" if hint else "")
+                        + f"; allowed: {', '.join(sorted(allowed))}"
+                    )
+                for name, mod in mods.items():
+                    self._check_signal(f"{kind}.rules.{beh}.{name}.signal", mod.signal, kind)
+            move = getattr(pop, "move", None)
+            if move is not None and move.chemotaxis_field is not None and move.chemotaxis_field not in fields:
+                raise ValueError(
+                    f"{kind}.move.chemotaxis_field: {move.chemotaxis_field!r} is not an enabled field "
+                    f"({', '.join(fields)})"
+                )
+        for e in self.car_t.product.edits:
+            if e not in self.edits:
+                raise ValueError(f"car_t.product.edits: unknown edit {e!r}; defined edits: {', '.join(self.edits)}")
+        car_t_mods = {n for mods in self.car_t.rules.values() for n in mods}
+        for ename, edit in self.edits.items():
+            for n in [*edit.remove, *edit.change]:
+                if n not in car_t_mods:
+                    raise ValueError(
+                        f"edits.{ename}: {n!r} is not a CAR T modulator; known: {', '.join(sorted(car_t_mods))}"
+                    )
+            for n, ch in edit.change.items():
+                bad = set(ch) - set(ModulatorConfig.model_fields)
+                if bad:
+                    raise ValueError(f"edits.{ename}.change.{n}: unknown keys {sorted(bad)}")
+
+    def _check_signal(self, key: str, signal: str, kind: str) -> None:
+        if signal.startswith("contact:"):
+            if signal[8:] not in CONTACT_TYPES:
+                raise ValueError(f"{key}: {signal!r}: contact types are {', '.join(CONTACT_TYPES)}")
+        elif signal not in self.enabled_fields and signal not in STATE_SIGNALS[kind]:
+            raise ValueError(
+                f"{key}: unknown signal {signal!r}; use an enabled field ({', '.join(self.enabled_fields)}), "
+                f"contact:<{'|'.join(CONTACT_TYPES)}> or a {kind} state signal "
+                f"({', '.join(STATE_SIGNALS[kind]) or 'none'})"
+            )
 
     @property
     def enabled_fields(self) -> dict[str, FieldConfig]:

@@ -66,6 +66,8 @@ NOFLUX = math.nan
 # Plane size (elements) a CPU block aims for: large enough that NumPy's per-call
 # overhead is small, small enough that a block stays in the last-level cache.
 _CPU_TARGET_PLANE = 40_000
+# Lattices with fewer voxel-fields than this run the CPU engine on one thread.
+_CPU_THREAD_MIN = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,36 @@ def thomas_sweep_numpy(v, cp, rhs_lo, rhs_hi) -> None:
     _scaled_thomas_passes(planes, cps, xp)
 
 
+def sink_coefficients_numpy(e, b, r) -> None:
+    """Per-voxel Thomas coefficients ``cp_i = r / (b_i + e_i - r cp_{i-1})``, in place.
+
+    Args:
+        e: (n, w) extra diagonal (cell uptake ``dt*U/ndim``); overwritten with ``cp``.
+        b: (n,) diagonal without uptake (faces and decay included).
+        r: D*dt/dx^2 (> 0).
+    """
+    xp = np if isinstance(e, np.ndarray) else _array_module(e)
+    n = e.shape[0]
+    tmp = xp.empty_like(e[0])
+    e[0] += b[0]
+    xp.divide(r, e[0], out=e[0])
+    for i in range(1, n):
+        xp.multiply(e[i - 1], r, out=tmp)
+        xp.subtract(e[i], tmp, out=tmp)
+        tmp += b[i]
+        xp.divide(r, tmp, out=e[i])
+
+
+def thomas_sweep_cp_numpy(v, cp, rhs_lo, rhs_hi) -> None:
+    """Scaled Thomas solve of one field along axis 0 of ``v`` (n, w) with per-voxel
+    coefficients ``cp`` (n, w) from :func:`sink_coefficients_numpy`, in place."""
+    xp = np if isinstance(v, np.ndarray) else _array_module(v)
+    n = v.shape[0]
+    v[0] += rhs_lo
+    v[n - 1] += rhs_hi
+    _scaled_thomas_passes([v[i] for i in range(n)], cp, xp)
+
+
 def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
     """Scaled Thomas solve of one diffusing field with per-voxel extra diagonal ``e``
     (cell uptake, ``dt*U/ndim``), in place; twin of ``lod_sweep_sink``.
@@ -200,20 +232,8 @@ def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
         r: D*dt/dx^2 (> 0).
         rhs_lo, rhs_hi: face terms added to the first and last plane.
     """
-    xp = np if isinstance(v, np.ndarray) else _array_module(v)
-    n = v.shape[0]
-    tmp = xp.empty_like(e[0])
-    # cp_i = r / (b_i + e_i - r*cp_{i-1}), plane by plane
-    e[0] += b[0]
-    xp.divide(r, e[0], out=e[0])
-    for i in range(1, n):
-        xp.multiply(e[i - 1], r, out=tmp)
-        xp.subtract(e[i], tmp, out=tmp)
-        tmp += b[i]
-        xp.divide(r, tmp, out=e[i])
-    v[0] += rhs_lo
-    v[n - 1] += rhs_hi
-    _scaled_thomas_passes([v[i] for i in range(n)], e, xp)
+    sink_coefficients_numpy(e, b, r)
+    thomas_sweep_cp_numpy(v, e, rhs_lo, rhs_hi)
 
 
 def rotate_numpy(src, dst, scale) -> None:
@@ -470,6 +490,24 @@ class DiffusionSolver:
         e[plan["index"][lead]] = plan["sinks"][f]
         return e
 
+    def _sink_coefficients_cpu(self, plan: dict, f: int, axis: int):
+        """(n, W) per-voxel coefficients of sink field ``f`` for sweeps of ``axis``:
+        ``cp`` (diffusing) or ``1/(b + e)`` (D = 0). Computed once per source plan, since
+        sources are fixed over the steps of one :meth:`step` call."""
+        cache = plan.setdefault("cp", {})
+        cp = cache.get((f, axis))
+        if cp is None:
+            c = self._coeffs[axis]
+            n = self.shape[axis]
+            cp = self._sink_diagonal(plan, f, axis).copy().reshape(n, self.n_sites // n)
+            if c.diffusing[f]:
+                sink_coefficients_numpy(cp, c.b[f], c.r[f])
+            else:
+                cp += c.b[f][:, None]
+                np.divide(1.0, cp, out=cp)
+            cache[(f, axis)] = cp
+        return cp
+
     def _rotation(self, axis: int, nxt: int) -> int:
         """Extent ``n`` of the (F, n, W) -> (F, W, n) transpose that brings ``nxt`` to the
         front when ``axis`` leads."""
@@ -507,12 +545,10 @@ class DiffusionSolver:
         while f < f1:
             if f in sinks:
                 v = src[f, :, w0:w1]
-                e = sinks[f][:, w0:w1]
                 if c.diffusing[f]:
-                    thomas_sweep_sink_numpy(v, e, c.b[f], c.r[f], c.rhs_lo[f], c.rhs_hi[f])
+                    thomas_sweep_cp_numpy(v, sinks[f][:, w0:w1], c.rhs_lo[f], c.rhs_hi[f])
                 else:
-                    e += c.b[f][:, None]
-                    v /= e
+                    v *= sinks[f][:, w0:w1]
                 f += 1
                 continue
             g = f + 1
@@ -529,7 +565,8 @@ class DiffusionSolver:
         """All axis sweeps on NumPy: the main thread sweeps block after block while a
         helper thread writes finished blocks, transposed, into the other buffer."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tme-lod")
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tme-lod") \
+                if self.n_sites * self.n_fields >= _CPU_THREAD_MIN else _InlineExecutor()
         nf, N = self.n_fields, self.n_sites
         pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
         for j, axis in enumerate(order):
@@ -553,7 +590,7 @@ class DiffusionSolver:
                             fut.result()
                         self._apply_vessels(axis, src_flat, (f,))
                         if plan is not None and f in plan["sinks"]:
-                            sinks[f] = self._sink_diagonal(plan, f, axis).reshape(n, w_total)
+                            sinks[f] = self._sink_coefficients_cpu(plan, f, axis)
                         ready.add(f)
                 self._sweep_block_cpu(src, axis, f0, f1, w0, w1, sinks)
                 block = src[f0:f1, :, w0:w1]
@@ -611,6 +648,22 @@ class DiffusionSolver:
                 self._cur = 1 - self._cur
                 self._lead = nxt
         self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
+
+
+class _InlineExecutor:
+    """Runs submitted work at once: below _CPU_THREAD_MIN elements the helper thread's
+    hand-offs cost more than the overlap gains."""
+
+    class _Done:
+        def result(self):
+            return None
+
+    def submit(self, fn, *args):
+        fn(*args)
+        return self._Done()
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
 def _scale_inplace(block, scale) -> None:

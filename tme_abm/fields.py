@@ -73,17 +73,18 @@ class FieldSet:
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
         return self.solver.sample(sites)[self.index[name]]
 
-    def sources(self, sites_by_type: dict) -> Sources:
-        """Per-cell secretion/uptake for cells at ``sites_by_type[type]`` ((k,) flat sites)."""
+    def sources(self, populations) -> Sources:
+        """Secretion and uptake of every cell of ``populations`` (each gives its sites,
+        (F, k) secretion and (F, k) uptake from its rules), for the next field solve."""
         xp = self.backend.xp
         sites, sec, upt = [], [], []
-        for t, s in sites_by_type.items():
-            k = int(s.shape[0])
-            if k == 0:
+        for pop in populations:
+            if len(pop) == 0:
                 continue
-            sites.append(xp.asarray(s, dtype=xp.int64))
-            sec.append(xp.broadcast_to(xp.asarray(self._secretion[t][:, None], self.backend.dtype), (len(self.names), k)))
-            upt.append(xp.broadcast_to(xp.asarray(self._uptake[t][:, None], self.backend.dtype), (len(self.names), k)))
+            s, a, b = pop.sources(pop.signals, self._secretion[pop.kind], self._uptake[pop.kind])
+            sites.append(s)
+            sec.append(a)
+            upt.append(b)
         if not sites:
             empty = xp.zeros((len(self.names), 0), self.backend.dtype)
             return Sources(xp.zeros(0, xp.int64), empty, empty)

@@ -1,96 +1,211 @@
-"""TMEModel: the Mesa model that owns the lattice, the fields and the populations."""
+"""TMEModel: the Mesa model that owns the lattice, the fields and the four populations."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import mesa
 import numpy as np
 
-from .agents import TumorCells
+from .agents import CarTCells, Granulocytes, Monocytes, TumorCells
+from .agents.car_t import car_t_rules
 from .backend import Backend, make_backend
-from .config import Config, check_memory
+from .config import Config, apply_overrides, check_memory, load_config, validate_config
 from .fields import FieldSet
 from .lattice import Lattice
+from .rules import RuleSet
+from .scheduler import Stage, StagedScheduler
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
+
+REPORTED = (
+    "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
+    "tumor_antigen_low", "tumor_antigen_high", "car_t_effector", "car_t_exhausted", "car_t_engaged",
+    "car_t_kills", "monocytes", "monocytes_activated", "granulocytes", "hypoxic_fraction", "ph_mean",
+    "adenosine_mean", "car_t_tumor_ratio",
+)
+"""Model reporters of the DataCollector (host scalars; one column each)."""
+
+
+def resolve_config(config, seed: int | None = None, overrides: dict | None = None) -> Config:
+    """A Config from a Config, a YAML path or a raw mapping, with dotted ``overrides``
+    ({"car_t.initial_cells": 50}) and an optional seed applied."""
+    items = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={_yaml_value(v)}" for k, v in (overrides or {}).items()]
+    if seed is not None:
+        items.append(f"seed={int(seed)}")
+    if config is None:
+        return validate_config(apply_overrides({}, items))
+    if isinstance(config, Config):
+        if not items:
+            return config
+        return validate_config(apply_overrides(config.model_dump(mode="json"), items))
+    if isinstance(config, (str, Path)):
+        return load_config(config, items)
+    if isinstance(config, dict):
+        return validate_config(apply_overrides(config, items))
+    raise TypeError(f"config must be a Config, a path or a mapping, not {type(config).__name__}")
+
+
+def _yaml_value(v) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 class TMEModel(mesa.Model):
     """The tumor-microenvironment model, one tick per :meth:`step`.
 
-    A tick runs the stages in :attr:`stages` in order; each stage is a named method.
-    Populations are ``mesa.Agent`` objects holding arrays, so ``model.agents`` lists
-    one agent per population.
+    Each population (tumor, CAR T, monocytes, granulocytes) is one ``mesa.Agent``
+    holding its cells as arrays, so ``model.agents`` and ``model.agents_by_type`` list
+    populations and ``model.datacollector`` (a ``mesa.DataCollector``) records the
+    :data:`REPORTED` scalars every tick. A tick is the staged schedule in
+    ``model.scheduler`` (``model.scheduler.describe()`` lists it).
 
     Args:
-        config: a validated :class:`~tme_abm.config.Config`.
+        config: a Config, a YAML path or a raw mapping (default: all defaults).
         backend: a Backend; default built from ``config.backend`` and ``config.dtype``.
+        seed: overrides ``config.seed``.
+        **overrides: dotted config keys, e.g. ``TMEModel("configs/baseline.yaml",
+            **{"car_t.initial_cells": 200})`` (this is how ``mesa.batch_run`` varies them).
     """
 
-    def __init__(self, config: Config, backend: Backend | None = None):
-        super().__init__(rng=config.seed)
-        self.config = config
-        self.backend = backend or make_backend(config.backend, config.dtype)
-        check_memory(config, self.backend.free_memory_bytes(),
+    def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None, **overrides):
+        cfg = resolve_config(config, seed, overrides)
+        super().__init__(rng=cfg.seed)
+        self.config = cfg
+        self.seed = cfg.seed
+        self.backend = backend or make_backend(cfg.backend, cfg.dtype)
+        check_memory(cfg, self.backend.free_memory_bytes(),
                      "GPU memory" if self.backend.is_gpu else "host memory")
         xp = self.backend.xp
-        self.dt_min = config.time.tick_min
+        self.dt_min = cfg.time.tick_min
+        self.n_ticks = cfg.time.n_ticks
         self.time_min = 0.0
-        self.lattice = Lattice.from_config(config.lattice, self.rng)
-        self.fields = FieldSet(config, self.lattice, self.backend)
+        self.lattice = Lattice.from_config(cfg.lattice, self.rng)
+        self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
+        self.fields = FieldSet(cfg, self.lattice, self.backend)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
-        if len(self.lattice.vessel_sites):
-            self.occupancy[xp.asarray(self.lattice.vessel_sites)] = VESSEL
-        self.tumor = TumorCells(self, config.tumor, self._initial_tumor_sites())
-        self.occupancy[self.tumor.site] = TumorCells.code
-        self.events = {"births": 0, "deaths": 0, "cleared": 0}
-        self.stages = [
-            ("fields", self.stage_fields),
-            ("division", self.stage_division),
-            ("death", self.stage_death),
-            ("clearance", self.stage_clearance),
-        ]
+        self.occupancy[self.vessels_dev] = VESSEL
+        self._engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
 
-    def _initial_tumor_sites(self) -> np.ndarray:
-        t = self.config.tumor
-        host_occ = self.backend.to_host(self.occupancy)
+        self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
+        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg, xp))
+        self.monocytes = Monocytes(self, cfg.monocyte, RuleSet([cfg.monocyte.rules], xp))
+        self.granulocytes = Granulocytes(self, cfg.granulocyte, RuleSet([cfg.granulocyte.rules], xp))
+        self.populations = [self.tumor, self.car_t, self.monocytes, self.granulocytes]
+        self._place_initial_cells()
+
+        t, c, mo, g = self.tumor, self.car_t, self.monocytes, self.granulocytes
+        self.scheduler = StagedScheduler(self, [
+            Stage("fields", [("fields.solve", self.solve_fields)]),
+            Stage("sensing", [(f"{p.kind}.sense", p.sense) for p in self.populations]),
+            Stage("engagement", [("car_t.finish_engagements", c.finish_engagements),
+                                 ("car_t.engage", c.engage), ("monocyte.activate", mo.activate)]),
+            Stage("movement", [("car_t.move", c.move), ("monocyte.move", mo.move),
+                               ("granulocyte.move", g.move)], shuffle=True),
+            Stage("division_recruitment", [("tumor.divide", t.divide), ("car_t.divide", c.divide),
+                                           ("car_t.arrive", c.arrive), ("monocyte.recruit", mo.recruit),
+                                           ("granulocyte.recruit", g.recruit)], shuffle=True),
+            Stage("death_clearance", [("tumor.die", t.die), ("tumor.clear", t.clear), ("car_t.die", c.die),
+                                      ("monocyte.die", mo.die), ("granulocyte.die", g.die)]),
+            Stage("secretion", [("fields.sources", self.collect_sources)]),
+        ])
+        self.collect_sources()
+        for p in self.populations:
+            p.reset_events()
+        self._row: dict | None = None
+        self._row_step = -1
+        self.datacollector = mesa.DataCollector(
+            model_reporters={k: (lambda m, k=k: m.current_row().get(k, float("nan"))) for k in REPORTED}
+        )
+
+    # ---- setup -----------------------------------------------------------------------
+
+    def _free_sites_host(self) -> np.ndarray:
+        return np.flatnonzero(self.backend.to_host(self.occupancy) == 0)
+
+    def _place_initial_cells(self) -> None:
+        cfg = self.config
+        t = cfg.tumor
         if t.archetype == "solid":
             center = [(s - 1) / 2.0 for s in self.lattice.shape]
             sites = self.lattice.sphere_sites(center, t.radius_sites)
+            sites = sites[self.backend.to_host(self.occupancy)[sites] == 0]
         else:
-            free = np.flatnonzero(host_occ == 0)
-            k = min(t.initial_cells, len(free))
-            sites = self.rng.choice(free, size=k, replace=False)
-        return np.sort(sites[host_occ[sites] == 0])
+            free = self._free_sites_host()
+            sites = np.sort(self.rng.choice(free, size=min(t.initial_cells, len(free)), replace=False))
+        self.tumor.seed_cells(sites, self.rng)
+        for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
+                       (self.granulocytes, cfg.granulocyte.initial_cells)):
+            if n:
+                free = self._free_sites_host()
+                sites = np.sort(self.rng.choice(free, size=min(n, len(free)), replace=False))
+                extra = pop.new_cell_state(len(sites)) if hasattr(pop, "new_cell_state") else {}
+                pop.add(sites, how="arrived", **extra)
 
-    # ---- stages of one tick ------------------------------------------------------------
+    # ---- helpers used by the populations ---------------------------------------------
 
-    def stage_fields(self) -> None:
-        """Solve all fields over one tick with the living cells as sources and sinks."""
-        sources = self.fields.sources({"tumor": self.tumor.site[self.tumor.alive]})
-        self.fields.step(sources, self.config.time.field_substeps)
+    def site_owner(self, pop):
+        """(n_sites,) index into ``pop`` of the cell at each site, -1 elsewhere."""
+        xp = self.backend.xp
+        owner = xp.full(self.lattice.n_sites, -1, dtype=xp.int64)
+        owner[pop.data["site"]] = xp.arange(len(pop), dtype=xp.int64)
+        return owner
 
-    def stage_division(self) -> None:
-        o2 = self.fields.at("oxygen", self.tumor.site)
-        self.events["births"] = self.tumor.divide(o2, self.dt_min, self.rng)
+    def sense(self, sites) -> dict:
+        """Signals at ``sites`` ((k,) flat): every field's value and the number of Moore
+        neighbours of each contact type (``contact:<type>``)."""
+        xp = self.backend.xp
+        vals = self.fields.solver.sample(sites)
+        out = {name: vals[i] for i, name in enumerate(self.fields.names)}
+        nb = self.lattice.neighbours(sites, xp)
+        codes = xp.where(nb >= 0, self.occupancy[xp.maximum(nb, 0)], 0)
+        for p in self.populations:
+            out[f"contact:{p.kind}"] = (codes == p.code).sum(axis=1)
+        eng = xp.where(nb >= 0, self._engaged_map[xp.maximum(nb, 0)], 0)
+        out["contact:car_t_engaged"] = eng.sum(axis=1)
+        return out
 
-    def stage_death(self) -> None:
-        o2 = self.fields.at("oxygen", self.tumor.site)
-        self.events["deaths"] = self.tumor.die(o2, self.time_min + self.dt_min, self.dt_min, self.rng)
+    # ---- stages owned by the model ---------------------------------------------------
 
-    def stage_clearance(self) -> None:
-        self.events["cleared"] = self.tumor.clear(self.time_min + self.dt_min)
+    def solve_fields(self) -> None:
+        """Solve all fields over one tick with the sources of the last secretion stage."""
+        self.fields.step(self._sources, self.config.time.field_substeps)
+        self._engaged_map[...] = 0
+        self._engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
+
+    def collect_sources(self) -> None:
+        self._sources = self.fields.sources(self.populations)
 
     def step(self) -> None:
-        """Advance one tick (``config.time.tick_min`` minutes)."""
-        for _name, stage in self.stages:
-            stage()
+        """Advance one tick (``config.time.tick_min`` minutes) through the staged schedule.
+
+        As in Mesa's examples, the DataCollector records the state at the start of each
+        step, so its row k is the state after k ticks (``mesa.batch_run`` relies on it).
+        """
+        self.datacollector.collect(self)
+        for p in self.populations:
+            p.reset_events()
         self.time_min += self.dt_min
+        self.scheduler.step()
+        if self.steps >= self.n_ticks:
+            self.running = False
 
     # ---- reporting -------------------------------------------------------------------
 
+    def current_row(self) -> dict[str, float]:
+        """Host scalars describing the current state (one time-series row), cached per tick."""
+        if self._row is None or self._row_step != self.steps:  # steps counts from 1 inside step()
+            self._row = self.record()
+            self._row_step = self.steps
+        return self._row
+
     def record(self) -> dict[str, float]:
-        """Host scalars describing the current state (one time-series row)."""
         row = {"tick": float(self.steps), "time_min": self.time_min}
-        row.update({k: float(v) for k, v in self.tumor.counts().items()})
+        for p in self.populations:
+            row.update({k: float(v) for k, v in p.counts().items()})
         row.update(self.fields.summaries(self.config.output.hypoxic_threshold_mmHg))
+        alive = row["tumor_alive"]
+        cart = row["car_t_effector"] + row["car_t_exhausted"]
+        row["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0
         return row

@@ -28,7 +28,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
     path = Path(out) if out else default_output_path(cfg)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output file exists; choose another --out or pass --overwrite")
-    model = TMEModel(cfg, backend)
+    model = TMEModel(cfg, backend=backend)
     writer = RunWriter(
         path, cfg.to_yaml(),
         {"seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype},
@@ -37,7 +37,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
     snap_every = max(1, round(cfg.output.snapshot_every_min / cfg.time.tick_min))
     n_ticks = cfg.time.n_ticks
     try:
-        writer.append_row(model.record())
+        writer.append_row(model.current_row())
         writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
                                backend.to_host(model.fields.values))
         show = not quiet and sys.stderr.isatty()
@@ -46,7 +46,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
             for tick in range(1, n_ticks + 1):
                 model.step()
                 if tick % cfg.output.record_every_ticks == 0 or tick == n_ticks:
-                    row = model.record()
+                    row = model.current_row()
                     writer.append_row(row)
                     bar.set_postfix(day=f"{model.time_min / 1440:.2f}", tumor=int(row["tumor_alive"]))
                 if tick % snap_every == 0 or tick == n_ticks:

@@ -1,129 +1,136 @@
-"""Tumor cells as one struct-of-arrays population (first, oxygen-driven biology).
+"""Tumor cells.
 
-Rules (all rates per minute, converted to per-tick probabilities p = 1 - exp(-rate*dt)):
+Rules (rates per minute, times the ``tumor.rules`` modulators, converted to per-tick
+probabilities ``p = 1 - exp(-rate*dt)``):
 
-* division: ``cycle_rate * clip((O2 - arrest) / (saturation - arrest), 0, 1)`` into a
-  free Moore neighbour chosen at random; two cells choosing the same site are
-  resolved by random priority, so the result does not depend on cell order;
-* necrosis: ``max_rate * clip((threshold - O2) / (threshold - max), 0, 1)`` (PhysiCell's
-  ramp); apoptosis at a constant base rate;
-* dead cells keep their site for ``clearance_min`` and are then removed.
+* divide at ``divide_per_min`` into a free Moore neighbour (random choice, conflicts
+  for one site resolved by random priority); hypoxia arrests division (default rule);
+  the daughter inherits the antigen density with Gaussian noise and loses it with
+  probability ``antigen.loss_per_division``;
+* necrosis at ``necrosis_per_min`` scaled by the oxygen rule (zero in normoxia, full
+  at anoxia); apoptosis at ``apoptosis_per_min``; CAR T killing (see car_t.py);
+* dead cells keep their site for ``clearance_min`` and are then removed;
+* alive cells take up oxygen and secrete protons, adenosine and the chemokines, with
+  the ``secrete_<field>`` rules (hypoxia raises acid, adenosine, CCL2 and CXCL8;
+  IFN-gamma-like cytokine raises CXCL10).
 """
 
 from __future__ import annotations
 
-import mesa
 import numpy as np
 
-from ..config import TumorConfig
+from .. import rng as crng
+from ..space import choose, free_neighbours, resolve_conflicts
+from .population import Population, rate_to_prob
 
-ALIVE, NECROTIC, APOPTOTIC = 0, 1, 2
-STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic"}
+ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
+STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic", KILLED: "killed"}
+
+# random-number purposes (streams) of this population
+_DIVIDE, _DIV_SITE, _DIV_WIN, _ANTIGEN_NOISE, _ANTIGEN_LOSS, _DEATH = range(6)
 
 
-def rate_to_prob(rate_per_min, dt_min: float, xp=np):
-    """Per-tick event probability for a Poisson rate: ``1 - exp(-rate * dt)``."""
-    return -xp.expm1(-xp.asarray(rate_per_min) * dt_min)
+class TumorCells(Population):
+    """All tumor cells.
 
-
-class TumorCells(mesa.Agent):
-    """All tumor cells of a model.
-
-    Arrays (length = number of cells, on the backend device):
-        site: int64 flat lattice index.
-        state: int8 ALIVE / NECROTIC / APOPTOTIC.
-        death_min: float64 simulated minute of death (NaN while alive).
-        lineage: int64 id of the founding clone.
+    Columns (length n, on the device): ``site``, ``id``; ``state`` int8 (ALIVE,
+    NECROTIC, APOPTOTIC, KILLED); ``death_min`` float64 minute of death (NaN while
+    alive); ``lineage`` int64 founding-clone id; ``antigen`` float64 density in [0, 1].
     """
 
-    code = 1  # value in the model's occupancy grid
+    kind = "tumor"
+    code = 1
+    columns = {
+        "state": ("int8", ALIVE),
+        "death_min": ("float64", np.nan),
+        "lineage": ("int64", -1),
+        "antigen": ("float64", 0.0),
+    }
 
-    def __init__(self, model, params: TumorConfig, sites):
-        super().__init__(model)
-        xp = model.backend.xp
-        self.params = params
-        self.xp = xp
+    def seed_cells(self, sites, rng: np.random.Generator) -> None:
+        """Place the initial cells: antigen from the config distribution, one lineage each."""
+        a = self.params.antigen
         k = len(sites)
-        self.site = xp.asarray(sites, dtype=xp.int64)
-        self.state = xp.zeros(k, dtype=xp.int8)
-        self.death_min = xp.full(k, np.nan)
-        self.lineage = xp.arange(k, dtype=xp.int64)
-
-    def __len__(self) -> int:
-        return int(self.site.shape[0])
+        antigen = np.clip(rng.normal(a.mean, a.sd, k), 0.0, 1.0)
+        antigen[rng.random(k) < a.negative_fraction] = 0.0
+        self.add(sites, how="arrived", antigen=antigen,
+                 lineage=np.arange(self.next_id, self.next_id + k))
+        self.events["arrived"] = 0  # the initial tumor is not an arrival
 
     @property
     def alive(self):
-        return self.state == ALIVE
+        return self.data["state"] == ALIVE
+
+    def state_signals(self) -> dict:
+        return {"antigen": self.data["antigen"]}
+
+    def emitting(self):
+        return self.alive
 
     def counts(self) -> dict[str, int]:
-        st = self.model.backend.to_host(self.state)
-        return {f"tumor_{name}": int((st == code).sum()) for code, name in STATE_NAMES.items()}
+        xp = self.xp
+        st = self.data["state"]
+        out = {f"tumor_{name}": int((st == code).sum()) for code, name in STATE_NAMES.items()}
+        alive = st == ALIVE
+        ag = self.data["antigen"]
+        out["tumor_antigen_negative"] = int((alive & (ag < 0.05)).sum())
+        out["tumor_antigen_low"] = int((alive & (ag >= 0.05) & (ag < 0.3)).sum())
+        out["tumor_antigen_high"] = int((alive & (ag >= 0.3)).sum())
+        del xp
+        return out
 
     # ---- stages --------------------------------------------------------------------
 
-    def divide(self, o2, dt_min: float, rng: np.random.Generator) -> int:
-        """Alive cells divide into free neighbour sites. Returns the number of births.
-
-        Args:
-            o2: (n_cells,) oxygen at each cell's site, mmHg.
-        """
-        xp, p, m = self.xp, self.params, self.model
-        span = p.proliferation_saturation_mmHg - p.proliferation_arrest_mmHg
-        drive = xp.clip((o2 - p.proliferation_arrest_mmHg) / span, 0.0, 1.0)
-        prob = rate_to_prob(p.cycle_rate_per_min * drive, dt_min, xp)
-        u = xp.asarray(rng.random(len(self)))
-        parents = xp.flatnonzero(self.alive & (u < prob))
-        if parents.size == 0:
-            return 0
-        nb = m.lattice.neighbours(self.site[parents], xp)  # (k, m)
-        free = nb >= 0
-        free[free] = m.occupancy[nb[free]] == 0
-        score = xp.asarray(rng.random(nb.shape))
-        score = xp.where(free, score, -1.0)
-        choice = xp.argmax(score, axis=1)
-        has_room = score.max(axis=1) >= 0
-        parents, target = parents[has_room], nb[xp.arange(nb.shape[0]), choice][has_room]
-        if parents.size == 0:
-            return 0
-        # Conflicts for one site: the lowest random priority wins (order independent).
-        priority = xp.asarray(rng.random(int(parents.size)))
-        order = xp.lexsort(xp.stack([priority, target.astype(xp.float64)]))
-        t_sorted = target[order]
-        first = xp.ones(t_sorted.shape, dtype=bool)
-        first[1:] = t_sorted[1:] != t_sorted[:-1]
-        winners = order[first]
-        parents, target = parents[winners], target[winners]
-        self.site = xp.concatenate([self.site, target])
-        self.state = xp.concatenate([self.state, xp.zeros(target.shape, xp.int8)])
-        self.death_min = xp.concatenate([self.death_min, xp.full(target.shape, np.nan)])
-        self.lineage = xp.concatenate([self.lineage, self.lineage[parents]])
-        m.occupancy[target] = self.code
-        return int(target.size)
-
-    def die(self, o2, now_min: float, dt_min: float, rng: np.random.Generator) -> int:
-        """Alive cells die by necrosis (low oxygen) or apoptosis. Returns deaths."""
+    def divide(self) -> None:
+        """Alive cells divide into free neighbour sites."""
         xp, p = self.xp, self.params
-        ramp = (p.necrosis_threshold_mmHg - o2) / (p.necrosis_threshold_mmHg - p.necrosis_max_mmHg)
-        p_nec = rate_to_prob(p.necrosis_max_rate_per_min * xp.clip(ramp, 0.0, 1.0), dt_min, xp)
-        p_apo = float(rate_to_prob(p.apoptosis_rate_per_min, dt_min))
-        u = xp.asarray(rng.random(len(self)))
-        alive = self.alive
-        necrotic = alive & (u < p_nec)
-        apoptotic = alive & ~necrotic & (u < p_nec + p_apo)
-        self.state = xp.where(necrotic, NECROTIC, xp.where(apoptotic, APOPTOTIC, self.state)).astype(xp.int8)
-        died = necrotic | apoptotic
-        self.death_min = xp.where(died, now_min, self.death_min)
-        return int(died.sum())
+        alive = xp.flatnonzero(self.alive)
+        if alive.size == 0:
+            return
+        prob = rate_to_prob(p.divide_per_min * self.factor("divide", alive), self.model.dt_min, xp)
+        ids = self.data["id"][alive]
+        parents = alive[self.uniform(_DIVIDE, ids) < prob]
+        if parents.size == 0:
+            return
+        pid = self.data["id"][parents]
+        target = choose(self.model, free_neighbours(self.model, self.data["site"][parents]), pid,
+                        self.code * 64 + _DIV_SITE)
+        win = resolve_conflicts(self.model, target, pid, self.code * 64 + _DIV_WIN)
+        parents, target, pid = parents[win], target[win], pid[win]
+        if parents.size == 0:
+            return
+        m = self.model
+        noise = crng.normal(xp, m.seed, m.steps, self.code * 64 + _ANTIGEN_NOISE, pid)
+        antigen = xp.clip(self.data["antigen"][parents] + p.antigen.inheritance_sd * noise, 0.0, 1.0)
+        lost = self.uniform(_ANTIGEN_LOSS, pid) < p.antigen.loss_per_division
+        antigen = xp.where(lost | (self.data["antigen"][parents] == 0), 0.0, antigen)
+        self.add(target, antigen=antigen, lineage=self.data["lineage"][parents])
 
-    def clear(self, now_min: float) -> int:
+    def die(self) -> None:
+        """Alive cells die by necrosis (low oxygen) or apoptosis."""
+        xp, p, m = self.xp, self.params, self.model
+        alive = xp.flatnonzero(self.alive)
+        if alive.size == 0:
+            return
+        p_nec = rate_to_prob(p.necrosis_per_min * self.factor("necrosis", alive), m.dt_min, xp)
+        p_apo = rate_to_prob(p.apoptosis_per_min * self.factor("apoptosis", alive), m.dt_min, xp)
+        u = self.uniform(_DEATH, self.data["id"][alive])
+        nec = u < p_nec
+        apo = ~nec & (u < p_nec + p_apo * (1 - p_nec))
+        self.data["state"][alive[nec]] = NECROTIC
+        self.data["state"][alive[apo]] = APOPTOTIC
+        died = alive[nec | apo]
+        self.data["death_min"][died] = m.time_min
+        self.events["died"] += int(died.shape[0])
+
+    def kill(self, idx) -> None:
+        """CAR T killing of cells ``idx`` (alive): they die now and await clearance."""
+        self.data["state"][idx] = KILLED
+        self.data["death_min"][idx] = self.model.time_min
+        self.events["died"] += int(idx.shape[0])
+
+    def clear(self) -> None:
         """Remove dead cells whose clearance time has passed; free their sites."""
-        xp = self.xp
-        gone = (self.state != ALIVE) & (now_min - self.death_min >= self.params.clearance_min)
-        if not bool(gone.any()):
-            return 0
-        self.model.occupancy[self.site[gone]] = 0
-        keep = ~gone
-        self.site, self.state = self.site[keep], self.state[keep]
-        self.death_min, self.lineage = self.death_min[keep], self.lineage[keep]
-        return int(gone.sum())
+        d = self.data
+        gone = (d["state"] != ALIVE) & (self.model.time_min - d["death_min"] >= self.params.clearance_min)
+        self.remove(gone, how="cleared")

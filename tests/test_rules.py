@@ -1,0 +1,229 @@
+"""Each rule in an isolated mini-scenario, with expectations computed from the config.
+
+Fields are held fixed (no diffusion, decay, secretion or uptake) so each scenario
+isolates one rule; statistical checks pool several seeds and allow 4 standard errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tme_abm.backend import make_backend
+from tme_abm.config import CELL_TYPES, validate_config
+from tme_abm.model import TMEModel
+from tme_abm.rules import RuleSet, apply_edits
+
+BE = make_backend("numpy", "float64")
+SEEDS = range(5)
+OFF = {"enabled": False}
+
+
+def fixed(value: float) -> dict:
+    """A field that stays at ``value`` everywhere."""
+    zero = {t: 0.0 for t in CELL_TYPES}
+    return {"initial": value, "vessel_value": value, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.0,
+            "secretion_per_min": zero, "uptake_per_min": zero}
+
+
+def scenario(fields=None, shape=(60, 60), vessels=None, **sections):
+    data = {
+        "seed": 0, "lattice": {"shape": list(shape), "vessels": vessels or {"layout": "none"}},
+        "time": {"tick_min": 6, "duration_days": 10, "field_substeps": 1},
+        "tumor": {"archetype": "dispersed", "initial_cells": 0, "apoptosis_per_min": 0.0, "divide_per_min": 0.0},
+        "car_t": {"move": {"speed_um_per_min": 0.0}, "death_per_min": 0.0},
+        "fields": {"oxygen": fixed(38.0), "adenosine": fixed(0.0), "protons": fixed(0.0), "cxcl10": fixed(0.0),
+                   "ccl2": fixed(0.0), "cxcl8": fixed(0.0), "cytokine": fixed(0.0), **(fields or {})},
+    }
+    return validate_config(merge(data, sections))
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def grid_sites(shape, spacing, offset=(1, 1)):
+    ys, xs = np.meshgrid(np.arange(offset[0], shape[0] - 1, spacing), np.arange(offset[1], shape[1] - 2, spacing),
+                         indexing="ij")
+    return ys.ravel(), xs.ravel()
+
+
+def within(observed: float, n: int, p: float, k: float = 4.0) -> bool:
+    return abs(observed / n - p) <= k * np.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def hill(s, K, n):
+    return s**n / (K**n + s**n)
+
+
+# ---- tumor -----------------------------------------------------------------------------
+
+def test_lone_tumor_cells_divide_at_the_configured_rate_in_normoxia():
+    births = trials = 0
+    for seed in SEEDS:
+        m = TMEModel(scenario(tumor={"divide_per_min": 0.05}, seed=seed), backend=BE)
+        ys, xs = grid_sites(m.lattice.shape, 3)
+        m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape), antigen=np.ones(len(ys)))
+        m.step()
+        births += m.tumor.events["born"]
+        trials += len(ys)
+    factor = 1 - 1.0 * (1 - hill(38.0, 6.5, 6))  # the default hypoxia rule at 38 mmHg
+    assert within(births, trials, 1 - np.exp(-0.05 * factor * 6)), births / trials
+
+
+def test_no_division_under_anoxia():
+    m = TMEModel(scenario(fields={"oxygen": fixed(0.0)}, tumor={"divide_per_min": 0.05, "necrosis_per_min": 0.0}),
+                 backend=BE)
+    ys, xs = grid_sites(m.lattice.shape, 3)
+    m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape))
+    born = 0
+    for _ in range(20):
+        m.step()
+        born += m.tumor.events["born"]
+    assert born == 0 and len(m.tumor) == len(ys)
+
+
+@pytest.mark.parametrize("o2, expect_rate", [(1.0, True), (20.0, False)])
+def test_necrosis_below_the_threshold_only(o2, expect_rate):
+    died = trials = 0
+    for seed in SEEDS:
+        m = TMEModel(scenario(fields={"oxygen": fixed(o2)}, tumor={"necrosis_per_min": 0.05}, seed=seed), backend=BE)
+        ys, xs = grid_sites(m.lattice.shape, 3)
+        m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape))
+        m.step()
+        died += m.tumor.counts()["tumor_necrotic"]
+        trials += len(ys)
+    p = 1 - np.exp(-0.05 * (1 - hill(o2, 3.75, 8)) * 6)
+    if expect_rate:
+        assert p > 0.2 and within(died, trials, p)
+    else:
+        assert died == 0
+
+
+# ---- CAR T engagement and killing --------------------------------------------------------
+
+def pairs_model(seed=0, antigen=1.0, fields=None, car_t=None, kill_rules=None):
+    """Isolated (tumor, CAR T) pairs, side by side; engagement is immediate and lasts one tick."""
+    rules = {"engage": {"antigen": {"half_max": 1e-3}},
+             "kill": kill_rules if kill_rules is not None else {n: OFF for n in
+                                                                 ("adenosine", "acidity", "hypoxia",
+                                                                  "monocyte_contact", "granulocyte_contact")}}
+    ct = {"engage_per_min": 100.0, "engagement_min": 6.0, "kill_probability": 0.6, "divide_probability": 0.0,
+          "rules": rules, **(car_t or {})}
+    m = TMEModel(scenario(fields=fields, car_t=ct, seed=seed), backend=BE)
+    ys, xs = grid_sites(m.lattice.shape, 4)
+    m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape), antigen=np.full(len(ys), antigen))
+    m.car_t.add(np.ravel_multi_index((ys, xs + 1), m.lattice.shape), **m.car_t.new_cell_state(len(ys)))
+    return m, len(ys)
+
+
+def kills_after_one_engagement(**kw) -> tuple[int, int]:
+    kills = trials = 0
+    for seed in SEEDS:
+        m, n = pairs_model(seed, **kw)
+        m.step()  # engage
+        m.step()  # the engagement ends: kill or not
+        kills += m.tumor.counts()["tumor_killed"]
+        trials += n
+    return kills, trials
+
+
+def test_car_t_next_to_antigen_high_tumor_kills_at_the_configured_rate():
+    kills, n = kills_after_one_engagement()
+    assert within(kills, n, 0.6), kills / n
+
+
+def test_car_t_never_engages_antigen_negative_tumor():
+    m, n = pairs_model(antigen=0.0)
+    for _ in range(20):
+        m.step()
+        assert int(m.car_t.engaged.sum()) == 0
+    assert m.tumor.counts()["tumor_killed"] == 0
+
+
+def test_adenosine_at_half_max_halves_killing_and_a2ar_knockout_removes_it():
+    only_adenosine = {n: OFF for n in ("acidity", "hypoxia", "monocyte_contact", "granulocyte_contact")}
+    held = {"adenosine": fixed(10.0)}  # the default half-max
+    kills, n = kills_after_one_engagement(fields=held, kill_rules=only_adenosine)
+    assert within(kills, n, 0.6 * 0.5), kills / n
+    kills, n = kills_after_one_engagement(fields=held, kill_rules=only_adenosine,
+                                          car_t={"product": {"edits": ["a2ar_ko"]}})
+    assert within(kills, n, 0.6), kills / n
+
+
+def test_rule_factor_and_edits_touch_named_car_t_modulators_only():
+    cfg = validate_config({"car_t": {"product": {"edits": ["a2ar_ko", "pd1_ko"]}}})
+    neutral = {"adenosine": np.array([10.0]), "protons": np.array([0.0]), "oxygen": np.array([1e6]),
+               "contact:monocyte": np.array([0]), "contact:granulocyte": np.array([0]),
+               "exhaustion": np.array([0.0])}
+    wt = RuleSet([cfg.car_t.rules], np)
+    ko = RuleSet([apply_edits(cfg.car_t.rules, [cfg.edits[e] for e in cfg.car_t.product.edits])], np)
+    np.testing.assert_allclose(wt.factor("kill", neutral), 0.5, rtol=1e-9)
+    np.testing.assert_allclose(ko.factor("kill", neutral), 1.0, rtol=1e-9)
+    assert "adenosine" not in ko.modulators("divide") and "monocyte_contact" not in ko.modulators("exhaust")
+    assert "hypoxia" in ko.modulators("kill")  # not named by these edits
+    assert cfg.tumor.rules["secrete_adenosine"]["hypoxia"].enabled  # tumor rules untouched
+
+
+def test_exhausted_car_t_do_not_kill():
+    for exhaustion, expect_kills in ((1.0, False), (0.9, True)):
+        kills, n = kills_after_one_engagement(car_t={"product": {"initial_exhaustion": exhaustion}})
+        assert (kills > 0) == expect_kills, (exhaustion, kills)
+
+
+def test_exhaustion_accumulates_with_engagements_until_killing_stops():
+    m, n = pairs_model(antigen=1.0, car_t={"kill_probability": 0.0, "exhaustion_per_engagement": 0.25,
+                                           "rules": {"exhaust": {k: OFF for k in ("adenosine", "hypoxia",
+                                                                                 "monocyte_contact",
+                                                                                 "granulocyte_contact")}}})
+    for _ in range(20):
+        m.step()
+    ex = m.car_t.data["exhaustion"]
+    np.testing.assert_allclose(ex, 1.0)  # four engagements of 0.25 each
+    assert int(m.car_t.engaged.sum()) == 0
+
+
+# ---- movement and recruitment -------------------------------------------------------------
+
+def test_chemotaxis_drifts_up_a_fixed_gradient_at_the_expected_speed():
+    speed, bias, ticks = 4.5, 1.5, 15
+    shifts = []
+    for seed in SEEDS:
+        m = TMEModel(scenario(shape=(100, 100), seed=seed,
+                              car_t={"move": {"speed_um_per_min": speed, "chemotaxis_bias": bias}}), backend=BE)
+        xx = np.broadcast_to(np.arange(100, dtype=float), (100, 100))
+        m.fields.values[m.fields.index["cxcl10"]] = 0.01 * xx  # rises along x
+        ys, xs = grid_sites(m.lattice.shape, 5, offset=(5, 15))
+        keep = xs < 50
+        ys, xs = ys[keep], xs[keep]
+        m.car_t.add(np.ravel_multi_index((ys, xs), m.lattice.shape), **m.car_t.new_cell_state(len(ys)))
+        start = m.lattice.coords(m.backend.to_host(m.car_t.site))
+        for _ in range(ticks):
+            m.step()
+        shifts.append(m.lattice.coords(m.backend.to_host(m.car_t.site)) - start)
+    shift = np.concatenate(shifts)
+    offsets = m.lattice.offsets.astype(float)
+    length = np.linalg.norm(offsets, axis=1)
+    w = np.exp(bias * offsets[:, 1] / length)
+    moves_per_tick = speed * 6.0 / (20.0 * length.mean())
+    expect_x = ticks * moves_per_tick * (w * offsets[:, 1]).sum() / w.sum()
+    se = shift[:, 1].std() / np.sqrt(len(shift))
+    assert abs(shift[:, 1].mean() - expect_x) < 4 * se + 0.02 * expect_x, (shift[:, 1].mean(), expect_x)
+    assert abs(shift[:, 0].mean()) < 4 * shift[:, 0].std() / np.sqrt(len(shift))
+
+
+@pytest.mark.parametrize("ccl2", [0.0, 10.0])
+def test_monocyte_recruitment_rises_with_chemokine(ccl2):
+    arrived = trials = 0
+    for seed in SEEDS:
+        m = TMEModel(scenario(fields={"ccl2": fixed(ccl2)}, seed=seed,
+                              vessels={"layout": "grid", "grid_spacing_sites": 6},
+                              monocyte={"recruit_per_vessel_per_min": 0.01}), backend=BE)
+        m.step()
+        arrived += m.monocytes.events["arrived"]
+        trials += len(m.lattice.vessel_sites)
+    factor = 1 + 9.0 * hill(ccl2, 1.0, 1)
+    assert within(arrived, trials, 1 - np.exp(-0.01 * factor * 6)), arrived / trials

@@ -1,0 +1,186 @@
+"""CAR T cells.
+
+Rules (rates per minute, times the ``car_t.rules`` modulators; gene edits of the
+product remove or change named modulators, for CAR T cells only):
+
+* arrive from blood at vessel sites (``arrival_per_vessel_per_min``; issue 4 couples
+  it to the blood pool);
+* move by a random walk biased up the CXCL10-like gradient (``move``); engaged cells
+  stay;
+* engage: a free, non-exhausted cell next to alive, unengaged tumor cells picks one at
+  random and engages it at ``engage_per_min`` x rules (the ``antigen`` modulator reads
+  the target's antigen density: antigen-negative cells are never engaged); one CAR T
+  per target, conflicts by random priority;
+* an engagement lasts ``engagement_min``; at its end the target (if still alive) is
+  killed with ``kill_probability`` x ``kill`` rules (adenosine, acidity, hypoxia,
+  myeloid contact, ...), exhaustion rises by ``exhaustion_per_engagement`` x
+  ``exhaust`` rules, and the cell is primed to divide with ``divide_probability`` x
+  ``divide`` rules while it has divisions left;
+* exhausted cells (exhaustion >= 1) neither engage nor divide, and die faster (the
+  ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
+* engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..rules import RuleSet, apply_edits
+from ..space import arrivals_at_vessels, choose, free_neighbours, resolve_conflicts, walk
+from .population import Population, rate_to_prob
+
+_ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH = (
+    0, 1, 40, 41, 42, 43, 44, 45, 46, 47)
+
+
+def car_t_rules(cfg, xp) -> RuleSet:
+    """CAR T rules with each product's gene edits applied (one product for now)."""
+    edits = [cfg.edits[e] for e in cfg.car_t.product.edits]
+    return RuleSet([apply_edits(cfg.car_t.rules, edits)], xp)
+
+
+class CarTCells(Population):
+    """All CAR T cells.
+
+    Columns: ``site``, ``id``; ``exhaustion`` float64 in [0, 1]; ``divisions_left``
+    int16; ``kills`` int32; ``engaged_until`` float64 minute the current engagement
+    ends (NaN when free); ``target`` int64 id of the engaged tumor cell (-1);
+    ``primed`` int8, 1 when an engagement triggered a division not yet made;
+    ``product`` int8 index of the product (its edits); ``birth_min`` float64.
+    """
+
+    kind = "car_t"
+    code = 2
+    columns = {
+        "exhaustion": ("float64", 0.0),
+        "divisions_left": ("int16", 0),
+        "kills": ("int32", 0),
+        "engaged_until": ("float64", np.nan),
+        "target": ("int64", -1),
+        "primed": ("int8", 0),
+        "product": ("int8", 0),
+        "birth_min": ("float64", 0.0),
+    }
+
+    def new_cell_state(self, k: int) -> dict:
+        prod = self.params.product
+        return {"exhaustion": np.full(k, prod.initial_exhaustion), "divisions_left": np.full(k, prod.divisions),
+                "birth_min": np.full(k, self.model.time_min)}
+
+    @property
+    def engaged(self):
+        return ~self.xp.isnan(self.data["engaged_until"])
+
+    @property
+    def exhausted(self):
+        return self.data["exhaustion"] >= 1.0 - 1e-9
+
+    def state_signals(self) -> dict:
+        return {"exhaustion": self.data["exhaustion"], "antigen": self.xp.zeros(len(self))}
+
+    def emitting(self):
+        return self.xp.ones(len(self), dtype=bool)
+
+    def secretion_gate(self, field: str, idx):
+        if field == "cytokine":
+            return self.engaged[idx].astype(self.xp.float64)
+        return 1.0
+
+    def counts(self) -> dict[str, int]:
+        ex = self.exhausted
+        return {"car_t_effector": int((~ex).sum()), "car_t_exhausted": int(ex.sum()),
+                "car_t_engaged": int(self.engaged.sum()), "car_t_kills": int(self.data["kills"].sum())}
+
+    # ---- stages --------------------------------------------------------------------
+
+    def arrive(self) -> None:
+        sites = arrivals_at_vessels(self.model, self, self.params.arrival_per_vessel_per_min, "arrive",
+                                    self.code * 64 + _ARRIVE)
+        self.add(sites, how="arrived", **self.new_cell_state(int(sites.shape[0])))
+
+    def move(self) -> None:
+        mv = self.params.move
+        movers = self.xp.flatnonzero(~self.engaged)
+        walk(self, movers, mv.speed_um_per_min, mv.chemotaxis_field, mv.chemotaxis_bias, self.code * 64 + _MOVE)
+
+    def finish_engagements(self) -> None:
+        """Engagements ending this tick: kill, exhaust, prime for division."""
+        xp, p, m = self.xp, self.params, self.model
+        d = self.data
+        ending = xp.flatnonzero(d["engaged_until"] <= m.time_min)
+        if ending.size == 0:
+            return
+        tumor = m.tumor
+        ids = d["id"][ending]
+        pos = tumor.index_of(d["target"][ending])  # the target, if it still exists
+        alive = (pos >= 0) & (tumor.data["state"][xp.maximum(pos, 0)] == 0)
+        p_kill = p.kill_probability * self.factor("kill", ending)
+        kill = alive & (self.uniform(_KILL, ids) < p_kill)
+        victims = pos[kill]
+        tumor.kill(victims)
+        d["kills"][ending[kill]] += 1
+        inc = p.exhaustion_per_engagement * self.factor("exhaust", ending)
+        d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
+        p_div = p.divide_probability * self.factor("divide", ending)
+        prime = (self.uniform(_PRIME, ids) < p_div) & (d["divisions_left"][ending] > 0)
+        d["primed"][ending[prime]] = 1
+        d["engaged_until"][ending] = np.nan
+        d["target"][ending] = -1
+
+    def engage(self) -> None:
+        """Free, non-exhausted cells engage an alive, unengaged tumor neighbour."""
+        xp, p, m = self.xp, self.params, self.model
+        d = self.data
+        cand = xp.flatnonzero(~self.engaged & ~self.exhausted)
+        tumor = m.tumor
+        if cand.size == 0 or len(tumor) == 0:
+            return
+        owner = m.site_owner(tumor)  # (n_sites,) tumor index or -1
+        taken = xp.zeros(len(tumor), dtype=bool)
+        pos = tumor.index_of(d["target"][self.engaged])
+        taken[pos[pos >= 0]] = True
+        nb = m.lattice.neighbours(d["site"][cand], xp)
+        tix = xp.where(nb >= 0, owner[xp.maximum(nb, 0)], -1)
+        ok = tix >= 0
+        ok[ok] = (tumor.data["state"][tix[ok]] == 0) & ~taken[tix[ok]]
+        tix = xp.where(ok, tix, -1)
+        ids = d["id"][cand]
+        pick = choose(m, tix, ids, self.code * 64 + _PICK)  # a tumor index, or -1
+        has = pick >= 0
+        cand, pick, ids = cand[has], pick[has], ids[has]
+        if cand.size == 0:
+            return
+        sig = {k: v[cand] for k, v in self.signals.items()}
+        sig["antigen"] = tumor.data["antigen"][pick]
+        rate = p.engage_per_min * self.factor("engage", cand, sig)
+        go = self.uniform(_ENGAGE, ids) < rate_to_prob(rate, m.dt_min, xp)
+        cand, pick, ids = cand[go], pick[go], ids[go]
+        win = resolve_conflicts(m, pick, ids, self.code * 64 + _ENGAGE_WIN)
+        cand, pick = cand[win], pick[win]
+        d["engaged_until"][cand] = m.time_min + p.engagement_min
+        d["target"][cand] = tumor.data["id"][pick]
+
+    def divide(self) -> None:
+        """Primed, non-exhausted, free cells with divisions left divide into a free neighbour."""
+        xp, m = self.xp, self.model
+        d = self.data
+        par = xp.flatnonzero((d["primed"] == 1) & ~self.engaged & ~self.exhausted & (d["divisions_left"] > 0))
+        if par.size == 0:
+            return
+        pid = d["id"][par]
+        target = choose(m, free_neighbours(m, d["site"][par]), pid, self.code * 64 + _DIV_SITE)
+        win = resolve_conflicts(m, target, pid, self.code * 64 + _DIV_WIN)
+        par, target = par[win], target[win]
+        if par.size == 0:
+            return
+        d["divisions_left"][par] -= 1
+        d["primed"][par] = 0
+        self.add(target, exhaustion=d["exhaustion"][par], divisions_left=d["divisions_left"][par],
+                 product=d["product"][par], birth_min=xp.full(par.shape, m.time_min))
+
+    def die(self) -> None:
+        xp, p, m = self.xp, self.params, self.model
+        if len(self) == 0:
+            return
+        prob = rate_to_prob(p.death_per_min * self.factor("death"), m.dt_min, xp)
+        self.remove(self.uniform(_DEATH) < prob, how="died")

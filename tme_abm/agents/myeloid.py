@@ -1,0 +1,73 @@
+"""Suppressive myeloid cells: monocytes (M-MDSC / TAM-like) and granulocytes (PMN-MDSC).
+
+Both are recruited at vessel sites at ``recruit_per_vessel_per_min`` x ``recruit``
+rules (their chemokine at the vessel: CCL2-like for monocytes, CXCL8-like for
+granulocytes), walk up that chemokine's gradient, die at ``death_per_min`` (monocytes
+~2.5 days, granulocytes a 19 h half-life), and suppress CAR T cells in contact (the
+CAR T ``*_contact`` rules). Monocytes also produce adenosine (CD39/CD73), and become
+activated by IFN-gamma-like cytokine and by engaged CAR T neighbours
+(``activate_per_min`` x ``activate`` rules); activated monocytes secrete the
+IL-6-like cytokine (the ``cytokine`` field).
+"""
+
+from __future__ import annotations
+
+from ..space import arrivals_at_vessels, walk
+from .population import Population, rate_to_prob
+
+_RECRUIT, _MOVE, _ACTIVATE, _DEATH = 0, 1, 40, 41
+
+
+class MyeloidCells(Population):
+    """Shared behaviour of the two myeloid populations (columns: ``site``, ``id``,
+    ``birth_min`` float64)."""
+
+    columns = {"birth_min": ("float64", 0.0)}
+
+    def recruit(self) -> None:
+        sites = arrivals_at_vessels(self.model, self, self.params.recruit_per_vessel_per_min, "recruit",
+                                    self.code * 64 + _RECRUIT)
+        self.add(sites, how="arrived", birth_min=self.xp.full(sites.shape, self.model.time_min))
+
+    def move(self) -> None:
+        mv = self.params.move
+        walk(self, self.xp.arange(len(self)), mv.speed_um_per_min, mv.chemotaxis_field, mv.chemotaxis_bias,
+             self.code * 64 + _MOVE)
+
+    def die(self) -> None:
+        if len(self) == 0:
+            return
+        prob = rate_to_prob(self.params.death_per_min * self.factor("death"), self.model.dt_min, self.xp)
+        self.remove(self.uniform(_DEATH) < prob, how="died")
+
+
+class Monocytes(MyeloidCells):
+    """Monocytes; extra column ``activated`` int8 (1 once activated, for life)."""
+
+    kind = "monocyte"
+    code = 3
+    columns = {"birth_min": ("float64", 0.0), "activated": ("int8", 0)}
+
+    def activate(self) -> None:
+        xp = self.xp
+        rest = xp.flatnonzero(self.data["activated"] == 0)
+        if rest.size == 0:
+            return
+        prob = rate_to_prob(self.params.activate_per_min * self.factor("activate", rest), self.model.dt_min, xp)
+        self.data["activated"][rest[self.uniform(_ACTIVATE, self.data["id"][rest]) < prob]] = 1
+
+    def secretion_gate(self, field: str, idx):
+        if field == "cytokine":
+            return self.data["activated"][idx].astype(self.xp.float64)
+        return 1.0
+
+    def counts(self) -> dict[str, int]:
+        return {"monocytes": len(self), "monocytes_activated": int(self.data["activated"].sum())}
+
+
+class Granulocytes(MyeloidCells):
+    kind = "granulocyte"
+    code = 4
+
+    def counts(self) -> dict[str, int]:
+        return {"granulocytes": len(self)}

@@ -1,0 +1,188 @@
+"""The struct-of-arrays store shared by the four populations.
+
+A population is one ``mesa.Agent`` that holds every cell of its type as columns of
+equal length on the backend's device (``site``, ``id`` and the population's own
+state). Adding cells appends, removing cells compacts; both are vectorised and keep
+the model's occupancy grid in step (at most one cell per site).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import mesa
+import numpy as np
+
+from .. import rng as crng
+from ..rules import RuleSet
+
+
+def rate_to_prob(rate_per_min, dt_min: float, xp=np):
+    """Per-tick event probability for a Poisson rate: ``1 - exp(-rate * dt)``."""
+    return -xp.expm1(-xp.asarray(rate_per_min) * dt_min)
+
+
+class Population(mesa.Agent):
+    """All cells of one type.
+
+    Subclasses set ``kind`` (config section), ``code`` (occupancy value, > 0) and
+    ``columns`` (name -> (dtype, fill value)) for their own state; ``site`` (int64 flat
+    lattice index) and ``id`` (int64, unique within the population for the whole run,
+    the key of every random draw) are always present.
+    """
+
+    kind: ClassVar[str]
+    code: ClassVar[int]
+    columns: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def __init__(self, model, params, rules: RuleSet):
+        super().__init__(model)
+        self.xp = model.backend.xp
+        self.params = params
+        self.rules = rules
+        self.next_id = 0
+        self.data = {"site": self.xp.zeros(0, self.xp.int64), "id": self.xp.zeros(0, self.xp.int64)}
+        for name, (dtype, _fill) in self.columns.items():
+            self.data[name] = self.xp.zeros(0, dtype=dtype)
+        self._version = 0  # bumped whenever cells are added, removed or moved
+        self._env: dict = {}
+        self._env_version = -1
+        self.events = {"born": 0, "arrived": 0, "died": 0, "cleared": 0}
+
+    def __len__(self) -> int:
+        return int(self.data["site"].shape[0])
+
+    def __getattr__(self, name):
+        data = self.__dict__.get("data")
+        if data is not None and name in data:
+            return data[name]
+        raise AttributeError(name)
+
+    # ---- adding and removing cells ---------------------------------------------------
+
+    def add(self, sites, how: str = "born", **values) -> None:
+        """Append cells at free ``sites`` ((k,) flat); unspecified columns get their fill."""
+        xp = self.xp
+        sites = xp.asarray(sites, dtype=xp.int64)
+        k = int(sites.shape[0])
+        if k == 0:
+            return
+        new = {"site": sites, "id": xp.arange(self.next_id, self.next_id + k, dtype=xp.int64)}
+        for name, (dtype, fill) in self.columns.items():
+            v = values.pop(name, None)
+            new[name] = xp.full(k, fill, dtype=dtype) if v is None else xp.asarray(v, dtype=dtype)
+        if values:
+            raise KeyError(f"{self.kind}: unknown columns {sorted(values)}")
+        self.next_id += k
+        self._version += 1
+        for name, col in new.items():
+            self.data[name] = xp.concatenate([self.data[name], col])
+        self.model.occupancy[sites] = self.code
+        self.events[how] += k
+
+    def remove(self, mask, how: str = "died") -> int:
+        """Remove the cells where ``mask`` ((n,) bool) is true; free their sites."""
+        n = int(mask.sum())
+        if n == 0:
+            return 0
+        self.model.occupancy[self.data["site"][mask]] = 0
+        self._version += 1
+        keep = ~mask
+        for name in self.data:
+            self.data[name] = self.data[name][keep]
+        self.events[how] += n
+        return n
+
+    def move_to(self, idx, sites) -> None:
+        """Move cells ``idx`` to free ``sites`` (both (k,))."""
+        occ = self.model.occupancy
+        occ[self.data["site"][idx]] = 0
+        occ[sites] = self.code
+        self.data["site"][idx] = sites
+        self._version += 1
+
+    def index_of(self, ids):
+        """(k,) positions of the cells with ``ids``, -1 for ids no longer present."""
+        xp = self.xp
+        ids = xp.asarray(ids, dtype=xp.int64)
+        if len(self) == 0:
+            return xp.full(ids.shape, -1, dtype=xp.int64)
+        order = xp.argsort(self.data["id"])
+        sorted_ids = self.data["id"][order]
+        pos = xp.minimum(xp.searchsorted(sorted_ids, ids), len(self) - 1)
+        return xp.where(sorted_ids[pos] == ids, order[pos], -1)
+
+    def reset_events(self) -> None:
+        for k in self.events:
+            self.events[k] = 0
+
+    # ---- random numbers and rules ----------------------------------------------------
+
+    def uniform(self, purpose: int, ids=None, n_slots: int | None = None):
+        """Counter-based uniforms for this tick, keyed by cell id (or given ids)."""
+        m = self.model
+        return crng.uniform(self.xp, m.seed, m.steps, self.code * 64 + purpose,
+                            self.data["id"] if ids is None else ids, n_slots)
+
+    def factor(self, behaviour: str, idx=None, signals: dict | None = None):
+        """Rule factor of ``behaviour`` for cells ``idx`` ((k,) int indices; default all), from the sensed
+        signals (or ``signals`` given for exactly those cells)."""
+        if signals is None:
+            signals = self.signals if idx is None else {k: v[idx] for k, v in self.signals.items()}
+        k = len(self) if idx is None else int(idx.shape[0])
+        product = self.data.get("product")
+        if product is not None and idx is not None:
+            product = product[idx]
+        return self.rules.factor(behaviour, signals, product, k)
+
+    def sense(self) -> None:
+        """Sample the environment (fields, neighbour counts) at every cell's site."""
+        self._env = self.model.sense(self.data["site"])
+        self._env_version = self._version
+
+    @property
+    def signals(self) -> dict:
+        """Signal name -> (n,) values per cell: the environment sensed this tick (sensed
+        again if cells were added, removed or moved since) and the current cell state."""
+        if self._env_version != self._version:
+            self.sense()
+        return {**self._env, **self.state_signals()}
+
+    def state_signals(self) -> dict:
+        """Cell-state signals the rules may use (overridden by populations that have any)."""
+        return {}
+
+    # ---- what the population reports and emits ---------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {f"{self.kind}_cells": len(self)}
+
+    def sources(self, signals: dict, secretion: np.ndarray, uptake: np.ndarray):
+        """(sites, secretion (F, k), uptake (F, k)) of this population for the fields.
+
+        Args:
+            signals: sensed signals of every cell (fresh, at the current sites).
+            secretion, uptake: (F,) base rates of this cell type per field.
+        """
+        xp = self.xp
+        names = self.model.fields.names
+        emit = self.emitting()
+        idx = xp.flatnonzero(emit)
+        sub = {k: v[idx] for k, v in signals.items()}
+        sec = xp.zeros((len(names), int(idx.shape[0])))
+        upt = xp.zeros_like(sec)
+        for f, name in enumerate(names):
+            if secretion[f] > 0:
+                sec[f] = secretion[f] * self.factor(f"secrete_{name}", idx, sub) * self.secretion_gate(name, idx)
+            if uptake[f] > 0:
+                upt[f] = uptake[f] * self.factor(f"uptake_{name}", idx, sub)
+        return self.data["site"][idx], sec, upt
+
+    def emitting(self):
+        """(n,) bool: cells that secrete and take up (all, unless overridden)."""
+        return self.xp.ones(len(self), dtype=bool)
+
+    def secretion_gate(self, field: str, idx):
+        """Multiplier (k,) or scalar gating a field's secretion (1: always secreted)."""
+        return 1.0
+

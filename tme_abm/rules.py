@@ -1,0 +1,105 @@
+"""Rules as data: behaviour rate = base rate x product of Hill modulators.
+
+Each population's ``rules`` (config) maps a behaviour name to named modulators
+(:class:`~tme_abm.config.ModulatorConfig`). :class:`RuleSet` compiles them into small
+parameter arrays, one row per *product* (a CAR T product's gene edits remove or change
+named modulators; the other populations have a single product), and evaluates a
+behaviour's factor for many cells at once from their signals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import EditConfig, ModulatorConfig
+
+
+def hill(s, half_max, power, xp):
+    """``s^n / (K^n + s^n)`` for s >= 0, elementwise (0 at s = 0)."""
+    # 1 / (1 + (K/s)^n), in logs so that tiny s or large n cannot overflow
+    arg = power * (xp.log(half_max) - xp.log(xp.maximum(s, 1e-300)))
+    return 1.0 / (1.0 + xp.exp(xp.minimum(arg, 700.0)))
+
+
+def modulator_factor(s, up, low, half_max, power, effect, xp):
+    """Factor of one modulator: ``1 + effect*H`` (up) or ``1 - effect*H`` (down), with
+    ``H`` the Hill function of the signal (``1 - H`` where ``low``)."""
+    h = hill(s, half_max, power, xp)
+    h = xp.where(low, 1.0 - h, h)
+    return xp.where(up, 1.0 + effect * h, 1.0 - effect * h)
+
+
+def apply_edits(rules: dict, edits: list[EditConfig]) -> dict:
+    """Rules with gene edits applied: named modulators removed, or their keys changed."""
+    out = {}
+    for beh, mods in rules.items():
+        kept = {}
+        for name, mod in mods.items():
+            if not mod.enabled or any(name in e.remove for e in edits):
+                continue
+            for e in edits:
+                if name in e.change:
+                    mod = ModulatorConfig.model_validate({**mod.model_dump(), **e.change[name]})
+            kept[name] = mod
+        out[beh] = kept
+    return out
+
+
+class RuleSet:
+    """Compiled modulators of one population, per product.
+
+    Args:
+        per_product: one rules mapping (behaviour -> name -> ModulatorConfig) per
+            product, edits already applied.
+        xp: numpy or cupy.
+    """
+
+    def __init__(self, per_product: list[dict], xp):
+        self.xp = xp
+        self.n_products = len(per_product)
+        self._compiled: dict[str, list[tuple]] = {}
+        behaviours = sorted({b for r in per_product for b in r})
+        for beh in behaviours:
+            names = sorted({n for r in per_product for n in r.get(beh, {})})
+            mods = []
+            for name in names:
+                rows = [r.get(beh, {}).get(name) for r in per_product]
+                signal = next(m.signal for m in rows if m is not None)
+                if any(m is not None and m.signal != signal for m in rows):
+                    raise ValueError(f"rules.{beh}.{name}: products disagree on the signal")
+                params = np.array([
+                    (1.0, m.direction == "up", m.low, m.half_max, m.hill_power, m.max_effect) if m is not None
+                    else (0.0, 0.0, 0.0, 1.0, 1.0, 0.0) for m in rows
+                ])
+                mods.append((name, signal, {k: xp.asarray(params[:, i]) for i, k in
+                                            enumerate(("active", "up", "low", "half_max", "power", "effect"))}))
+            self._compiled[beh] = mods
+
+    def signals_needed(self) -> set[str]:
+        return {sig for mods in self._compiled.values() for _, sig, _ in mods}
+
+    def modulators(self, behaviour: str) -> list[str]:
+        return [name for name, _, _ in self._compiled.get(behaviour, [])]
+
+    def factor(self, behaviour: str, signals: dict, product=None, k: int | None = None):
+        """(k,) product of the behaviour's modulator factors.
+
+        Args:
+            signals: signal name -> (k,) values for the cells evaluated.
+            product: (k,) int product index per cell (None: product 0).
+            k: number of cells (needed when the behaviour has no modulators).
+        """
+        xp = self.xp
+        mods = self._compiled.get(behaviour, [])
+        if k is None:
+            k = int(next(iter(signals.values())).shape[0]) if signals else 0
+        out = xp.ones(k)
+        for _name, sig, p in mods:
+            s = xp.asarray(signals[sig], dtype=xp.float64)
+            if self.n_products == 1:
+                q = {key: v[0] for key, v in p.items()}
+            else:
+                q = {key: v[product] for key, v in p.items()}
+            f = modulator_factor(s, q["up"] > 0, q["low"] > 0, q["half_max"], q["power"], q["effect"], xp)
+            out = out * xp.where(q["active"] > 0, f, 1.0)
+        return out
