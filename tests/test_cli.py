@@ -75,3 +75,20 @@ def test_explicit_cupy_without_device_is_a_clear_error(has_cuda):
     r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "bench", "diffusion", "--shape", "8", "8"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "backend 'cupy' was requested" in r.stderr
+
+
+def test_bench_model_reports_throughput_and_stages():
+    r = cli("bench", "model", QUICK, "--days", "0.02", "--set", "car_t.initial_cells=30", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["ticks"] == 5 and res["agent_updates"] > 0 and res["agent_updates_per_s"] > 0
+    assert set(res["stage_seconds"]) == {"fields", "sensing", "engagement", "movement", "division_recruitment",
+                                         "death_clearance", "secretion"}
+    r = cli("bench", "model", QUICK, "--set", "car_t.rules.kil.x=1")
+    assert r.returncode != 0 and "car_t.rules.kil" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["quickstart", "baseline", "heme_marrow", "solid_3d"])
+def test_shipped_configs_are_valid(name):
+    r = cli("validate", ROOT / "configs" / f"{name}.yaml")
+    assert r.returncode == 0, r.stderr

@@ -59,6 +59,16 @@ def hill(s, K, n):
     return s**n / (K**n + s**n)
 
 
+@pytest.mark.parametrize("power", [1, 2, 3, 6, 8, 2.5, 40])
+def test_hill_function_matches_its_closed_form(power):
+    from tme_abm.rules import hill as hill_impl
+
+    s = np.array([0.0, 0.1, 1.0, 4.9, 5.0, 7.0, 100.0, 1e30])
+    expected = np.array([x**power / (5.0**power + x**power) if x < 1e3 else 1.0 for x in s])
+    np.testing.assert_allclose(hill_impl(s, 5.0, power, np), expected, rtol=1e-12, atol=1e-300)
+    assert hill_impl(np.array([5.0]), 5.0, power, np)[0] == pytest.approx(0.5)
+
+
 # ---- tumor -----------------------------------------------------------------------------
 
 def test_lone_tumor_cells_divide_at_the_configured_rate_in_normoxia():

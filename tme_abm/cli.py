@@ -126,6 +126,37 @@ def bench_diffusion_cmd(
         )
 
 
+@bench_app.command("model")
+def bench_model_cmd(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    days: Optional[float] = typer.Option(None, help="simulate only this many days"),
+    backend: Optional[str] = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set lattice.shape=[400,400]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Agent-updates per second and wall time per simulated day of a whole model run."""
+    from .bench import bench_model
+
+    extra = list(set_ or [])
+    if days is not None:
+        extra.append(f"time.duration_days={days}")
+    cfg = _load(config, extra, backend)  # clear errors for a bad config
+    try:
+        res = bench_model(cfg)
+    except (ConfigError, BackendError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["stage_seconds"].items())
+    typer.echo(
+        f"model {config} on {res['backend']} ({res['device']}), lattice {'x'.join(map(str, res['lattice']))}: "
+        f"{res['simulated_days']:.2f} days in {res['wall_s']:.1f} s ({res['wall_s_per_simulated_day']:.2f} s/day), "
+        f"{res['agent_updates_per_s']:.3g} agent-updates/s overall, {res['agent_updates_per_agent_s']:.3g} in the "
+        f"agent stages (max {res['max_cells']} cells)\n  stages: {stages}"
+    )
+
+
 def _join_shape_args(argv: list[str]) -> list[str]:
     """Let ``--shape 200 200 200`` work: join the integers that follow --shape."""
     out, i = [], 0

@@ -506,9 +506,10 @@ class Config(_Strict):
         return self.time.tick_min / self.time.field_substeps
 
     def accuracy_warnings(self) -> list[str]:
-        """Settings that run but are inaccurate. Cell uptake is implicit together with
-        diffusion, but the LOD splitting still errs by about 10% of the boundary value
-        at uptake x field step = 6 and 3% at 1.5 (tests/test_diffusion.py measures it)."""
+        """Settings that run but are less accurate. Cell uptake is implicit together
+        with diffusion, but the LOD splitting still errs, in the 1D worst case, by 7.7%
+        of the boundary value at uptake x field step = 6, 12% at 60, and 1.7% at 1.5
+        (tests/test_diffusion.py); a 2D lesion errs by about half of that."""
         out = []
         for name, fc in self.enabled_fields.items():
             u_max = max(fc.uptake_per_min.values(), default=0.0)
@@ -516,8 +517,9 @@ class Config(_Strict):
                 need = math.ceil(u_max * self.time.tick_min / 1.5)
                 out.append(
                     f"fields.{name}: uptake {u_max}/min x field step {self.field_dt_min:g} min = "
-                    f"{u_max * self.field_dt_min:g} > 6; the splitting error of cell uptake exceeds ~10% "
-                    f"near consuming cells; time.field_substeps >= {need} keeps it near 3%"
+                    f"{u_max * self.field_dt_min:g} > 6; the splitting error of cell uptake may reach 8-12% "
+                    f"of the boundary value near consuming cells; time.field_substeps >= {need} keeps it "
+                    f"near 2% (docs/architecture.md)"
                 )
         return out
 

@@ -71,7 +71,7 @@ class FieldSet:
 
     def at(self, name: str, sites):
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
-        return self.solver.sample(sites)[self.index[name]]
+        return self.solver.sample(sites, self.index[name])
 
     def sources(self, populations) -> Sources:
         """Secretion and uptake of every cell of ``populations`` (each gives its sites,
@@ -81,7 +81,7 @@ class FieldSet:
         for pop in populations:
             if len(pop) == 0:
                 continue
-            s, a, b = pop.sources(pop.signals, self._secretion[pop.kind], self._uptake[pop.kind])
+            s, a, b = pop.sources(self._secretion[pop.kind], self._uptake[pop.kind])
             sites.append(s)
             sec.append(a)
             upt.append(b)

@@ -29,6 +29,8 @@ class Lattice:
             [o for o in itertools.product((-1, 0, 1), repeat=self.ndim) if any(o)], dtype=np.int64
         )
         self.vessel_sites = np.unique(np.asarray(vessel_sites if vessel_sites is not None else [], np.int64))
+        self.strides = np.array([int(np.prod(self.shape[a + 1:])) for a in range(self.ndim)], dtype=np.int64)
+        self._dev: dict = {}  # per array module: (shape, strides, offsets, flat offsets)
 
     @classmethod
     def from_config(cls, cfg: LatticeConfig, rng: np.random.Generator) -> "Lattice":
@@ -57,16 +59,26 @@ class Lattice:
         """(k, ndim) integer coordinates of flat ``sites`` (host arrays)."""
         return np.stack(np.unravel_index(np.asarray(sites), self.shape), axis=1)
 
+    def _consts(self, xp):
+        c = self._dev.get(xp.__name__)
+        if c is None:
+            c = self._dev[xp.__name__] = (
+                xp.asarray(self.shape, dtype=xp.int64), xp.asarray(self.strides),
+                xp.asarray(self.offsets), xp.asarray(self.offsets @ self.strides),
+            )
+        return c
+
     def neighbours(self, sites, xp=np):
         """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the lattice."""
+        shape, strides, offsets, flat_offsets = self._consts(xp)
         sites = xp.asarray(sites, dtype=xp.int64)
-        shape = xp.asarray(self.shape, dtype=xp.int64)
-        strides = xp.asarray([int(np.prod(self.shape[a + 1:])) for a in range(self.ndim)], dtype=xp.int64)
-        coords = (sites[:, None] // strides[None, :]) % shape[None, :]  # (k, ndim)
-        nb = coords[:, None, :] + xp.asarray(self.offsets)[None, :, :]  # (k, m, ndim)
-        inside = ((nb >= 0) & (nb < shape)).all(axis=2)
-        flat = (nb * strides).sum(axis=2)
-        return xp.where(inside, flat, -1)
+        inside = None
+        for a in range(self.ndim):
+            c = (sites // int(self.strides[a])) % self.shape[a]  # (k,) coordinate along a
+            ca = c[:, None] + offsets[None, :, a]
+            ok = (ca >= 0) & (ca < self.shape[a])
+            inside = ok if inside is None else inside & ok
+        return xp.where(inside, sites[:, None] + flat_offsets[None, :], -1)
 
     def sphere_sites(self, center, radius: float) -> np.ndarray:
         """Flat indices of sites within ``radius`` (sites) of ``center`` (host)."""

@@ -152,19 +152,25 @@ class TMEModel(mesa.Model):
         owner[pop.data["site"]] = xp.arange(len(pop), dtype=xp.int64)
         return owner
 
-    def sense(self, sites) -> dict:
-        """Signals at ``sites`` ((k,) flat): every field's value and the number of Moore
-        neighbours of each contact type (``contact:<type>``)."""
+    def sense_signal(self, name: str, sites, cache: dict | None = None):
+        """(k,) values of signal ``name`` at ``sites`` ((k,) flat): a field's value, or
+        ``contact:<type>``, the number of Moore neighbours of that type. ``cache`` keeps
+        the neighbour codes between calls for the same sites."""
         xp = self.backend.xp
-        vals = self.fields.solver.sample(sites)
-        out = {name: vals[i] for i, name in enumerate(self.fields.names)}
-        nb = self.lattice.neighbours(sites, xp)
-        codes = xp.where(nb >= 0, self.occupancy[xp.maximum(nb, 0)], 0)
-        for p in self.populations:
-            out[f"contact:{p.kind}"] = (codes == p.code).sum(axis=1)
-        eng = xp.where(nb >= 0, self._engaged_map[xp.maximum(nb, 0)], 0)
-        out["contact:car_t_engaged"] = eng.sum(axis=1)
-        return out
+        if not name.startswith("contact:"):
+            return self.fields.at(name, sites)
+        cache = {} if cache is None else cache
+        nb = cache.get("_nb")
+        if nb is None:
+            nb = cache["_nb"] = self.lattice.neighbours(sites, xp)
+        kind = name[8:]
+        if kind == "car_t_engaged":
+            return xp.where(nb >= 0, self._engaged_map[xp.maximum(nb, 0)], 0).sum(axis=1)
+        codes = cache.get("_codes")
+        if codes is None:
+            codes = cache["_codes"] = xp.where(nb >= 0, self.occupancy[xp.maximum(nb, 0)], 0)
+        code = next(p.code for p in self.populations if p.kind == kind)
+        return (codes == code).sum(axis=1)
 
     # ---- stages owned by the model ---------------------------------------------------
 

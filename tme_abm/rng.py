@@ -10,6 +10,8 @@ numbers.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _M64 = (1 << 64) - 1
@@ -36,6 +38,7 @@ def _mix(x, xp):
     return x ^ (x >> xp.uint64(31))
 
 
+@functools.lru_cache(maxsize=4096)
 def stream_key(seed: int, tick: int, stream: int) -> int:
     """64-bit key of one (seed, tick, stream) triple."""
     k = _mix_int(int(seed) ^ _mix_int((int(tick) * _GOLDEN + 1) & _M64))
@@ -57,7 +60,7 @@ def uniform(xp, seed: int, tick: int, stream: int, ids, n_slots: int | None = No
     if n_slots is not None:
         slots = _mix(xp.arange(1, n_slots + 1, dtype=xp.uint64) * xp.uint64(0xD6E8FEB86659FD93), xp)
         x = x[:, None] ^ slots[None, :]
-    x = _mix(_mix(x, xp), xp)
+    x = _mix(x, xp)  # splitmix64: the finaliser of key + id * golden ratio
     return (x >> xp.uint64(11)).astype(xp.float64) * (1.0 / 9007199254740992.0)
 
 

@@ -16,6 +16,19 @@ from .config import EditConfig, ModulatorConfig
 
 def hill(s, half_max, power, xp):
     """``s^n / (K^n + s^n)`` for s >= 0, elementwise (0 at s = 0)."""
+    n = float(power) if np.ndim(power) == 0 else None
+    if n is not None and n.is_integer() and 1 <= n <= 16:
+        # (s/K)^n by repeated squaring: much cheaper than exp/log; s/K is capped so
+        # that x^16 stays finite (H is then 1 to double precision anyway)
+        x = xp.minimum(xp.maximum(s, 0.0) / half_max, 1e15)
+        xn, base, k = None, x, int(n)
+        while k:
+            if k & 1:
+                xn = base if xn is None else xn * base
+            k >>= 1
+            if k:
+                base = base * base
+        return xn / (1.0 + xn)
     # 1 / (1 + (K/s)^n), in logs so that tiny s or large n cannot overflow
     arg = power * (xp.log(half_max) - xp.log(xp.maximum(s, 1e-300)))
     return 1.0 / (1.0 + xp.exp(xp.minimum(arg, 700.0)))
@@ -76,18 +89,26 @@ class RuleSet:
             self._compiled[beh] = mods
 
     def signals_needed(self) -> set[str]:
+        """Every signal any behaviour reads."""
         return {sig for mods in self._compiled.values() for _, sig, _ in mods}
+
+    def behaviour_signals(self, behaviour: str) -> list[str]:
+        """The signals ``behaviour``'s modulators read."""
+        return sorted({sig for _, sig, _ in self._compiled.get(behaviour, [])})
 
     def modulators(self, behaviour: str) -> list[str]:
         return [name for name, _, _ in self._compiled.get(behaviour, [])]
 
-    def factor(self, behaviour: str, signals: dict, product=None, k: int | None = None):
+    def factor(self, behaviour: str, signals: dict, product=None, k: int | None = None,
+               cache: dict | None = None):
         """(k,) product of the behaviour's modulator factors.
 
         Args:
             signals: signal name -> (k,) values for the cells evaluated.
             product: (k,) int product index per cell (None: product 0).
             k: number of cells (needed when the behaviour has no modulators).
+            cache: reuses Hill values of identical (signal, K, n) between behaviours
+                evaluated on the same cells (single-product rule sets).
         """
         xp = self.xp
         mods = self._compiled.get(behaviour, [])
@@ -97,9 +118,17 @@ class RuleSet:
         for _name, sig, p in mods:
             s = xp.asarray(signals[sig], dtype=xp.float64)
             if self.n_products == 1:
-                q = {key: v[0] for key, v in p.items()}
+                q = {key: float(v[0]) for key, v in p.items()}
+                hkey = (sig, q["half_max"], q["power"])
+                h = None if cache is None else cache.get(hkey)
+                if h is None:
+                    h = hill(s, q["half_max"], q["power"], xp)
+                    if cache is not None:
+                        cache[hkey] = h
+                h = 1.0 - h if q["low"] else h
+                f = 1.0 + q["effect"] * h if q["up"] else 1.0 - q["effect"] * h
             else:
                 q = {key: v[product] for key, v in p.items()}
-            f = modulator_factor(s, q["up"] > 0, q["low"] > 0, q["half_max"], q["power"], q["effect"], xp)
+                f = modulator_factor(s, q["up"] > 0, q["low"] > 0, q["half_max"], q["power"], q["effect"], xp)
             out = out * xp.where(q["active"] > 0, f, 1.0)
         return out

@@ -48,7 +48,8 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
                 if tick % cfg.output.record_every_ticks == 0 or tick == n_ticks:
                     row = model.current_row()
                     writer.append_row(row)
-                    bar.set_postfix(day=f"{model.time_min / 1440:.2f}", tumor=int(row["tumor_alive"]))
+                    bar.set_postfix(day=f"{model.time_min / 1440:.2f}", tumor=int(row["tumor_alive"]),
+                                    car_t=int(row["car_t_effector"] + row["car_t_exhausted"]))
                 if tick % snap_every == 0 or tick == n_ticks:
                     writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
                                            backend.to_host(model.fields.values))

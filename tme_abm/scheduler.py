@@ -9,6 +9,7 @@ no population is systematically first.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +34,8 @@ class StagedScheduler:
     def __init__(self, model, stages: list[Stage]):
         self.model = model
         self.stages = stages
+        self.seconds = {st.name: 0.0 for st in stages}
+        """Wall seconds spent in each stage so far (for ``tme-abm bench model``)."""
 
     def describe(self) -> list[str]:
         """Human-readable stage list, e.g. ``'movement [shuffled]: car_t.move, ...'``."""
@@ -45,8 +48,10 @@ class StagedScheduler:
     def step(self) -> None:
         m = self.model
         for k, st in enumerate(self.stages):
+            t0 = time.perf_counter()
             order = range(len(st.actions))
             if st.shuffle and len(st.actions) > 1:
                 order = crng.permutation(m.seed, m.steps, _STREAM + k, len(st.actions))
             for i in order:
                 st.actions[i][1]()
+            self.seconds[st.name] += time.perf_counter() - t0

@@ -28,7 +28,7 @@ def choose(model, candidates, keys, stream: int, weights=None):
 
     Args:
         candidates: (k, m) flat sites, -1 where not available.
-        keys: (k,) ids keying the random numbers.
+        keys: (k,) ids keying the random numbers (one uniform per row).
         weights: (k, m) non-negative weights, default uniform.
     Returns (k,) chosen site, -1 where a row has no candidate.
     """
@@ -36,15 +36,14 @@ def choose(model, candidates, keys, stream: int, weights=None):
     k, m = candidates.shape
     if k == 0:
         return xp.zeros(0, dtype=xp.int64)
-    u = crng.uniform(xp, model.seed, model.steps, stream, keys, m)
-    # Gumbel-max: argmax(log w - log(-log u)) samples proportionally to w
-    score = -xp.log(-xp.log(xp.maximum(u, 1e-300)))
-    if weights is not None:
-        score = score + xp.log(xp.maximum(weights, 1e-300))
-    score = xp.where(candidates >= 0, score, -xp.inf)
-    pick = xp.argmax(score, axis=1)
+    ok = candidates >= 0
+    w = ok.astype(xp.float64) if weights is None else xp.where(ok, weights, 0.0)
+    cum = xp.cumsum(w, axis=1)
+    total = cum[:, -1]
+    u = crng.uniform(xp, model.seed, model.steps, stream, keys) * total
+    pick = xp.minimum((cum <= u[:, None]).sum(axis=1), m - 1)  # inverse-CDF draw
     chosen = candidates[xp.arange(k), pick]
-    return xp.where(xp.isfinite(score.max(axis=1)), chosen, -1)
+    return xp.where(total > 0, chosen, -1)
 
 
 def resolve_conflicts(model, targets, keys, stream: int):
@@ -55,7 +54,9 @@ def resolve_conflicts(model, targets, keys, stream: int):
     if k == 0:
         return xp.zeros(0, dtype=bool)
     priority = crng.uniform(xp, model.seed, model.steps, stream, keys)
-    order = xp.lexsort(xp.stack([priority, targets.astype(xp.float64)]))
+    # sort by target, then priority: target + priority in [target, target + 1) is exact
+    # enough in float64 for any lattice below 2^32 sites
+    order = xp.argsort(targets.astype(xp.float64) + priority)
     t = targets[order]
     first = xp.ones(k, dtype=bool)
     first[1:] = t[1:] != t[:-1]
@@ -74,14 +75,15 @@ def gradient_direction(model, field: str, sites):
     at faces), zero where the field is flat."""
     xp = model.backend.xp
     lat = model.lattice
-    coords = xp.stack(xp.unravel_index(sites, lat.shape), axis=1)
-    g = []
+    k = int(sites.shape[0])
+    probes = []
     for a in range(lat.ndim):
-        stride = int(np.prod(lat.shape[a + 1:]))
-        up = xp.where(coords[:, a] < lat.shape[a] - 1, sites + stride, sites)
-        dn = xp.where(coords[:, a] > 0, sites - stride, sites)
-        g.append(model.fields.at(field, up).astype(xp.float64) - model.fields.at(field, dn).astype(xp.float64))
-    g = xp.stack(g, axis=1)
+        stride = int(lat.strides[a])
+        c = (sites // stride) % lat.shape[a]
+        probes.append(xp.where(c < lat.shape[a] - 1, sites + stride, sites))
+        probes.append(xp.where(c > 0, sites - stride, sites))
+    v = model.fields.at(field, xp.concatenate(probes)).astype(xp.float64).reshape(lat.ndim, 2, k)
+    g = (v[:, 0, :] - v[:, 1, :]).T  # (k, ndim)
     norm = xp.sqrt((g * g).sum(axis=1, keepdims=True))
     return xp.where(norm > 1e-12, g / xp.maximum(norm, 1e-300), 0.0)
 
@@ -133,7 +135,8 @@ def arrivals_at_vessels(model, pop, rate_per_vessel_per_min: float, behaviour: s
     vessels = model.vessels_dev
     if rate_per_vessel_per_min <= 0 or int(vessels.shape[0]) == 0:
         return xp.zeros(0, dtype=xp.int64)
-    signals = model.sense(vessels)
+    cache: dict = {}
+    signals = {n: model.sense_signal(n, vessels, cache) for n in pop.rules.behaviour_signals(behaviour)}
     factor = pop.rules.factor(behaviour, signals, None, int(vessels.shape[0]))
     prob = -xp.expm1(-rate_per_vessel_per_min * factor * model.dt_min)
     go = crng.uniform(xp, model.seed, model.steps, stream, vessels) < prob

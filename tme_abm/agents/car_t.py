@@ -51,6 +51,7 @@ class CarTCells(Population):
 
     kind = "car_t"
     code = 2
+    supplied_signals = frozenset({"antigen"})  # the engaged target's antigen density
     columns = {
         "exhaustion": ("float64", 0.0),
         "divisions_left": ("int16", 0),
@@ -76,7 +77,7 @@ class CarTCells(Population):
         return self.data["exhaustion"] >= 1.0 - 1e-9
 
     def state_signals(self) -> dict:
-        return {"exhaustion": self.data["exhaustion"], "antigen": self.xp.zeros(len(self))}
+        return {"exhaustion": self.data["exhaustion"]}
 
     def emitting(self):
         return self.xp.ones(len(self), dtype=bool)
@@ -150,9 +151,7 @@ class CarTCells(Population):
         cand, pick, ids = cand[has], pick[has], ids[has]
         if cand.size == 0:
             return
-        sig = {k: v[cand] for k, v in self.signals.items()}
-        sig["antigen"] = tumor.data["antigen"][pick]
-        rate = p.engage_per_min * self.factor("engage", cand, sig)
+        rate = p.engage_per_min * self.factor("engage", cand, {"antigen": tumor.data["antigen"][pick]})
         go = self.uniform(_ENGAGE, ids) < rate_to_prob(rate, m.dt_min, xp)
         cand, pick, ids = cand[go], pick[go], ids[go]
         win = resolve_conflicts(m, pick, ids, self.code * 64 + _ENGAGE_WIN)

@@ -34,6 +34,8 @@ class Population(mesa.Agent):
     kind: ClassVar[str]
     code: ClassVar[int]
     columns: ClassVar[dict[str, tuple[str, float]]] = {}
+    supplied_signals: ClassVar[frozenset[str]] = frozenset()
+    """Signals only the caller can give (``extra`` of :meth:`factor`), never sensed."""
 
     def __init__(self, model, params, rules: RuleSet):
         super().__init__(model)
@@ -124,29 +126,49 @@ class Population(mesa.Agent):
         return crng.uniform(self.xp, m.seed, m.steps, self.code * 64 + purpose,
                             self.data["id"] if ids is None else ids, n_slots)
 
-    def factor(self, behaviour: str, idx=None, signals: dict | None = None):
-        """Rule factor of ``behaviour`` for cells ``idx`` ((k,) int indices; default all), from the sensed
-        signals (or ``signals`` given for exactly those cells)."""
-        if signals is None:
-            signals = self.signals if idx is None else {k: v[idx] for k, v in self.signals.items()}
+    def factor(self, behaviour: str, idx=None, extra: dict | None = None, cache: dict | None = None):
+        """(k,) rule factor of ``behaviour`` for cells ``idx`` ((k,) int indices; default
+        all). Signals come from :meth:`signal`, except those given in ``extra`` (values
+        for exactly those cells, e.g. the engaged target's antigen). ``cache`` shares
+        Hill values between behaviours evaluated on the same cells."""
+        sig = {}
+        for name in self.rules.behaviour_signals(behaviour):
+            if extra is not None and name in extra:
+                sig[name] = extra[name]
+            else:
+                v = self.signal(name)
+                sig[name] = v if idx is None else v[idx]
         k = len(self) if idx is None else int(idx.shape[0])
         product = self.data.get("product")
         if product is not None and idx is not None:
             product = product[idx]
-        return self.rules.factor(behaviour, signals, product, k)
+        return self.rules.factor(behaviour, sig, product, k, cache)
 
     def sense(self) -> None:
-        """Sample the environment (fields, neighbour counts) at every cell's site."""
-        self._env = self.model.sense(self.data["site"])
+        """The sensing stage: read every environment signal the rules use (fields at the
+        cells' sites, neighbour counts), for all cells."""
+        self._env = {}
         self._env_version = self._version
+        state = self.state_signals()
+        for name in sorted(self.rules.signals_needed() - self.supplied_signals):
+            if name not in state:
+                self._env_signal(name)
 
-    @property
-    def signals(self) -> dict:
-        """Signal name -> (n,) values per cell: the environment sensed this tick (sensed
-        again if cells were added, removed or moved since) and the current cell state."""
+    def signal(self, name: str):
+        """(n,) values of signal ``name`` per cell: the cell's own state, or its
+        environment as sensed this tick (read again if cells were added, removed or
+        moved since)."""
+        state = self.state_signals()
+        return state[name] if name in state else self._env_signal(name)
+
+    def _env_signal(self, name: str):
         if self._env_version != self._version:
-            self.sense()
-        return {**self._env, **self.state_signals()}
+            self._env = {}
+            self._env_version = self._version
+        v = self._env.get(name)
+        if v is None:
+            v = self._env[name] = self.model.sense_signal(name, self.data["site"], self._env)
+        return v
 
     def state_signals(self) -> dict:
         """Cell-state signals the rules may use (overridden by populations that have any)."""
@@ -157,25 +179,24 @@ class Population(mesa.Agent):
     def counts(self) -> dict[str, int]:
         return {f"{self.kind}_cells": len(self)}
 
-    def sources(self, signals: dict, secretion: np.ndarray, uptake: np.ndarray):
+    def sources(self, secretion: np.ndarray, uptake: np.ndarray):
         """(sites, secretion (F, k), uptake (F, k)) of this population for the fields.
 
         Args:
-            signals: sensed signals of every cell (fresh, at the current sites).
             secretion, uptake: (F,) base rates of this cell type per field.
         """
         xp = self.xp
         names = self.model.fields.names
         emit = self.emitting()
         idx = xp.flatnonzero(emit)
-        sub = {k: v[idx] for k, v in signals.items()}
+        cache: dict = {}  # e.g. the hypoxia Hill value behind several secretion rules
         sec = xp.zeros((len(names), int(idx.shape[0])))
         upt = xp.zeros_like(sec)
         for f, name in enumerate(names):
             if secretion[f] > 0:
-                sec[f] = secretion[f] * self.factor(f"secrete_{name}", idx, sub) * self.secretion_gate(name, idx)
+                sec[f] = secretion[f] * self.factor(f"secrete_{name}", idx, cache=cache) * self.secretion_gate(name, idx)
             if uptake[f] > 0:
-                upt[f] = uptake[f] * self.factor(f"uptake_{name}", idx, sub)
+                upt[f] = uptake[f] * self.factor(f"uptake_{name}", idx, cache=cache)
         return self.data["site"][idx], sec, upt
 
     def emitting(self):
