@@ -114,3 +114,20 @@ def test_batch_run_works_for_small_cpu_runs():
     # 0.05 days = 12 ticks, then running = False; batch_run reports row steps - 1
     assert all(r["Step"] == 11 for r in results)
     assert by[(1, 0)]["car_t_effector"] == 0 and by[(1, 40)]["car_t_effector"] > 0
+
+
+def test_fields_every_k_ticks_solves_over_k_ticks_at_once():
+    """With time.fields_every_ticks = 2 the fields change on ticks 1, 3, ... only, and a
+    solve spans both ticks (a decay-only field: backward Euler split over 2 axes, dt = 12)."""
+    zero = {t: 0.0 for t in ("tumor", "car_t", "monocyte", "granulocyte")}
+    cfg = busy(time={"tick_min": 6, "duration_days": 1, "field_substeps": 1, "fields_every_ticks": 2},
+               fields={"decaying": {"initial": 10.0, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.05,
+                                    "secretion_per_min": zero}})
+    m = TMEModel(cfg, backend=BE)
+    values = []
+    for _ in range(4):
+        m.step()
+        values.append(float(m.backend.to_host(m.fields.field("decaying")).mean()))
+    one_solve = 10.0 / (1 + 0.05 * 12 / 2) ** 2
+    np.testing.assert_allclose(values, [one_solve, one_solve, one_solve / (1 + 0.3) ** 2, one_solve / 1.3**2],
+                               rtol=1e-12)

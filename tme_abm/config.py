@@ -64,7 +64,10 @@ class TimeConfig(_Strict):
     """Agent tick, minutes of simulated time."""
     duration_days: Annotated[float, Field(gt=0, le=3650)] = 1.0
     field_substeps: Annotated[int, Field(ge=1, le=1000)] = 1
-    """Field solves per tick (field step = tick_min / field_substeps)."""
+    """Field steps per field solve (field step = fields_every_ticks * tick_min / field_substeps)."""
+    fields_every_ticks: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Solve the fields every k ticks, over k ticks at once (the solver is implicit, so
+    this is stable; the cells' sources are those of the last tick before the solve)."""
 
     @property
     def n_ticks(self) -> int:
@@ -503,7 +506,7 @@ class Config(_Strict):
 
     @property
     def field_dt_min(self) -> float:
-        return self.time.tick_min / self.time.field_substeps
+        return self.time.tick_min * self.time.fields_every_ticks / self.time.field_substeps
 
     def accuracy_warnings(self) -> list[str]:
         """Settings that run but are less accurate. Cell uptake is implicit together
@@ -514,7 +517,7 @@ class Config(_Strict):
         for name, fc in self.enabled_fields.items():
             u_max = max(fc.uptake_per_min.values(), default=0.0)
             if u_max * self.field_dt_min > 6.0:
-                need = math.ceil(u_max * self.time.tick_min / 1.5)
+                need = math.ceil(u_max * self.time.tick_min * self.time.fields_every_ticks / 1.5)
                 out.append(
                     f"fields.{name}: uptake {u_max}/min x field step {self.field_dt_min:g} min = "
                     f"{u_max * self.field_dt_min:g} > 6; the splitting error of cell uptake may reach 8-12% "

@@ -66,6 +66,9 @@ NOFLUX = math.nan
 # Plane size (elements) a CPU block aims for: large enough that NumPy's per-call
 # overhead is small, small enough that a block stays in the last-level cache.
 _CPU_TARGET_PLANE = 40_000
+# Planes (fields x lines) up to this size sweep fields with and without cell uptake in
+# one pass (per-call overhead dominates there); larger ones sweep them apart.
+_MERGE_MAX_PLANE = 2048
 # Lattices with fewer voxel-fields than this run the CPU engine on one thread.
 _CPU_THREAD_MIN = 1_000_000
 
@@ -201,13 +204,12 @@ def sink_coefficients_numpy(e, b, r) -> None:
     """
     xp = np if isinstance(e, np.ndarray) else _array_module(e)
     n = e.shape[0]
+    e += b[:, None]  # e now holds the full diagonal
     tmp = xp.empty_like(e[0])
-    e[0] += b[0]
     xp.divide(r, e[0], out=e[0])
     for i in range(1, n):
-        xp.multiply(e[i - 1], r, out=tmp)
-        xp.subtract(e[i], tmp, out=tmp)
-        tmp += b[i]
+        xp.multiply(e[i - 1], -r, out=tmp)
+        tmp += e[i]
         xp.divide(r, tmp, out=e[i])
 
 
@@ -351,6 +353,9 @@ class DiffusionSolver:
         self._lead = 0  # buffer layout: canonical axes in the order _layout_axes(_lead)
         self._apply_vessels(0, self._buf[0], range(nf))
         self._sink_scratch: dict[int, object] = {}
+        # (sites array, layout, buffer indices) of the last sample(); callers must not
+        # modify a sites array in place after sampling with it
+        self._last_sample = None
 
         self._dt = None
         self._coeffs: list[_AxisCoefficients] = []
@@ -374,7 +379,12 @@ class DiffusionSolver:
         """Field values at canonical flat lattice indices ``sites`` ((k,) ints): (F, k),
         or (k,) of one ``field`` (index)."""
         xp = self.backend.xp
-        idx = self._site_index(xp.asarray(sites, dtype=xp.int64), self._lead)
+        last = self._last_sample
+        if last is not None and last[0] is sites and last[1] == self._lead:
+            idx = last[2]  # the same sites array again (e.g. one population, several fields)
+        else:
+            idx = self._site_index(xp.asarray(sites, dtype=xp.int64), self._lead)
+            self._last_sample = (sites, self._lead, idx)
         buf = self._buf[self._cur]
         return buf[:, idx] if field is None else buf[field, idx]
 
@@ -449,10 +459,14 @@ class DiffusionSolver:
         """Flat buffer indices, in the layout led by ``lead``, of canonical flat ``sites``."""
         if lead == 0:
             return sites
-        xp = self.backend.xp
-        coords = xp.unravel_index(sites, self.shape)
         perm = self._layout_axes(lead)
-        return xp.ravel_multi_index(tuple(coords[a] for a in perm), tuple(self.shape[a] for a in perm))
+        out = None
+        for j, a in enumerate(perm):
+            stride = int(np.prod(self.shape[a + 1:]))
+            new_stride = int(np.prod([self.shape[b] for b in perm[j + 1:]]))
+            term = ((sites // stride) % self.shape[a]) * new_stride
+            out = term if out is None else out + term
+        return out
 
     def _apply_vessels(self, lead: int, buf, fields) -> None:
         if not self._vessel_index:
@@ -552,7 +566,8 @@ class DiffusionSolver:
                          plan: dict | None) -> None:
         """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, n, W), in place."""
         c = self._coeffs[axis]
-        if f1 - f0 > 1 and c.diffusing[f0] and any(f in sinks for f in range(f0, f1)):
+        if (1 < f1 - f0 and (f1 - f0) * (w1 - w0) <= _MERGE_MAX_PLANE and c.diffusing[f0]
+                and any(f in sinks for f in range(f0, f1))):
             # Several fields, some with cell uptake: one pass over all of them with
             # per-voxel coefficients (half the array calls of sweeping them apart).
             key = (axis, f0, w0)

@@ -8,6 +8,8 @@ import numpy as np
 
 from .config import LatticeConfig
 
+_TABLE_MAX_BYTES = 64 * 2**20  # neighbour tables up to this size are precomputed
+
 
 class Lattice:
     """A regular 2D or 3D lattice of sites, one cell at most per site.
@@ -69,9 +71,23 @@ class Lattice:
         return c
 
     def neighbours(self, sites, xp=np):
-        """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the lattice."""
+        """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the lattice.
+
+        Lattices whose neighbour table fits in ``_TABLE_MAX_BYTES`` look it up (one
+        gather); larger ones compute it from coordinates."""
         shape, strides, offsets, flat_offsets = self._consts(xp)
         sites = xp.asarray(sites, dtype=xp.int64)
+        key = ("table", xp.__name__)
+        table = self._dev.get(key)
+        if table is None and self.n_sites * len(self.offsets) * 4 <= _TABLE_MAX_BYTES:
+            table = self._dev[key] = self._compute_neighbours(xp.arange(self.n_sites, dtype=xp.int64), xp) \
+                .astype(xp.int32)
+        if table is not None:
+            return table[sites].astype(xp.int64)
+        return self._compute_neighbours(sites, xp)
+
+    def _compute_neighbours(self, sites, xp):
+        shape, strides, offsets, flat_offsets = self._consts(xp)
         inside = None
         for a in range(self.ndim):
             c = (sites // int(self.strides[a])) % self.shape[a]  # (k,) coordinate along a

@@ -87,6 +87,7 @@ class TMEModel(mesa.Model):
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self.occupancy[self.vessels_dev] = VESSEL
         self._engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
+        self._owner_cache = None
 
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
         self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg, xp))
@@ -146,11 +147,15 @@ class TMEModel(mesa.Model):
     # ---- helpers used by the populations ---------------------------------------------
 
     def site_owner(self, pop):
-        """(n_sites,) index into ``pop`` of the cell at each site, -1 elsewhere."""
+        """(n_sites,) index into ``pop`` of the cell at each site, -1 elsewhere (cached
+        until the population changes)."""
         xp = self.backend.xp
-        owner = xp.full(self.lattice.n_sites, -1, dtype=xp.int64)
-        owner[pop.data["site"]] = xp.arange(len(pop), dtype=xp.int64)
-        return owner
+        key = (pop.kind, pop._version)
+        if self._owner_cache is None or self._owner_cache[0] != key:
+            owner = xp.full(self.lattice.n_sites, -1, dtype=xp.int64)
+            owner[pop.data["site"]] = xp.arange(len(pop), dtype=xp.int64)
+            self._owner_cache = (key, owner)
+        return self._owner_cache[1]
 
     def sense_signal(self, name: str, sites, cache: dict | None = None):
         """(k,) values of signal ``name`` at ``sites`` ((k,) flat): a field's value, or
@@ -175,8 +180,11 @@ class TMEModel(mesa.Model):
     # ---- stages owned by the model ---------------------------------------------------
 
     def solve_fields(self) -> None:
-        """Solve all fields over one tick with the sources of the last secretion stage."""
-        self.fields.step(self._sources, self.config.time.field_substeps)
+        """Solve all fields with the sources of the last secretion stage: over this tick,
+        or, with ``time.fields_every_ticks = k``, over the next k ticks at every k-th tick."""
+        t = self.config.time
+        if (self.steps - 1) % t.fields_every_ticks == 0:
+            self.fields.step(self._sources, t.field_substeps)
         self._engaged_map[...] = 0
         self._engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
 

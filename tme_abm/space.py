@@ -17,9 +17,7 @@ def free_neighbours(model, sites):
     """(k, m) flat Moore neighbours of ``sites`` that are inside and empty, else -1."""
     xp = model.backend.xp
     nb = model.lattice.neighbours(sites, xp)
-    inside = nb >= 0
-    free = xp.zeros(nb.shape, dtype=bool)
-    free[inside] = model.occupancy[nb[inside]] == 0
+    free = (nb >= 0) & (model.occupancy[xp.maximum(nb, 0)] == 0)
     return xp.where(free, nb, -1)
 
 
@@ -36,12 +34,12 @@ def choose(model, candidates, keys, stream: int, weights=None):
     k, m = candidates.shape
     if k == 0:
         return xp.zeros(0, dtype=xp.int64)
-    ok = candidates >= 0
-    w = ok.astype(xp.float64) if weights is None else xp.where(ok, weights, 0.0)
-    cum = xp.cumsum(w, axis=1)
-    total = cum[:, -1]
+    ok = candidates.T >= 0  # (m, k): reductions over m run on contiguous rows
+    w = ok.astype(xp.float64) if weights is None else xp.where(ok, weights.T, 0.0)
+    cum = xp.cumsum(w, axis=0)
+    total = cum[-1]
     u = crng.uniform(xp, model.seed, model.steps, stream, keys) * total
-    pick = xp.minimum((cum <= u[:, None]).sum(axis=1), m - 1)  # inverse-CDF draw
+    pick = xp.minimum((cum <= u[None, :]).sum(axis=0), m - 1)  # inverse-CDF draw
     chosen = candidates[xp.arange(k), pick]
     return xp.where(total > 0, chosen, -1)
 

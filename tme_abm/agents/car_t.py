@@ -82,9 +82,9 @@ class CarTCells(Population):
     def emitting(self):
         return self.xp.ones(len(self), dtype=bool)
 
-    def secretion_gate(self, field: str, idx):
+    def secretion_gate(self, field: str):
         if field == "cytokine":
-            return self.engaged[idx].astype(self.xp.float64)
+            return self.engaged.astype(self.xp.float64)
         return 1.0
 
     def counts(self) -> dict[str, int]:

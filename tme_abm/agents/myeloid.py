@@ -56,9 +56,9 @@ class Monocytes(MyeloidCells):
         prob = rate_to_prob(self.params.activate_per_min * self.factor("activate", rest), self.model.dt_min, xp)
         self.data["activated"][rest[self.uniform(_ACTIVATE, self.data["id"][rest]) < prob]] = 1
 
-    def secretion_gate(self, field: str, idx):
+    def secretion_gate(self, field: str):
         if field == "cytokine":
-            return self.data["activated"][idx].astype(self.xp.float64)
+            return self.data["activated"].astype(self.xp.float64)
         return 1.0
 
     def counts(self) -> dict[str, int]:

@@ -100,7 +100,9 @@ class Population(mesa.Agent):
         occ = self.model.occupancy
         occ[self.data["site"][idx]] = 0
         occ[sites] = self.code
-        self.data["site"][idx] = sites
+        site = self.data["site"].copy()  # a new array: samplers may key caches on identity
+        site[idx] = sites
+        self.data["site"] = site
         self._version += 1
 
     def index_of(self, ids):
@@ -188,22 +190,24 @@ class Population(mesa.Agent):
         xp = self.xp
         names = self.model.fields.names
         emit = self.emitting()
-        idx = xp.flatnonzero(emit)
+        dtype = self.model.backend.dtype
+        on = emit.astype(dtype)  # cells that do not emit get zero rates (no gathers)
         cache: dict = {}  # e.g. the hypoxia Hill value behind several secretion rules
-        sec = xp.zeros((len(names), int(idx.shape[0])))
+        sec = xp.zeros((len(names), len(self)), dtype=dtype)
         upt = xp.zeros_like(sec)
         for f, name in enumerate(names):
             if secretion[f] > 0:
-                sec[f] = secretion[f] * self.factor(f"secrete_{name}", idx, cache=cache) * self.secretion_gate(name, idx)
+                sec[f] = (secretion[f] * on) * self.factor(f"secrete_{name}", cache=cache) \
+                    * self.secretion_gate(name)
             if uptake[f] > 0:
-                upt[f] = uptake[f] * self.factor(f"uptake_{name}", idx, cache=cache)
-        return self.data["site"][idx], sec, upt
+                upt[f] = (uptake[f] * on) * self.factor(f"uptake_{name}", cache=cache)
+        return self.data["site"], sec, upt
 
     def emitting(self):
         """(n,) bool: cells that secrete and take up (all, unless overridden)."""
         return self.xp.ones(len(self), dtype=bool)
 
-    def secretion_gate(self, field: str, idx):
-        """Multiplier (k,) or scalar gating a field's secretion (1: always secreted)."""
+    def secretion_gate(self, field: str):
+        """Multiplier (n,) or scalar gating a field's secretion (1: always secreted)."""
         return 1.0
 
