@@ -30,12 +30,13 @@ def _mix_int(x: int) -> int:
 
 
 def _mix(x, xp):
-    """splitmix64 finaliser on a uint64 array (wraps modulo 2**64)."""
-    x = x ^ (x >> xp.uint64(30))
-    x = x * xp.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> xp.uint64(27))
-    x = x * xp.uint64(0x94D049BB133111EB)
-    return x ^ (x >> xp.uint64(31))
+    """splitmix64 finaliser on a uint64 array, in place (wraps modulo 2**64)."""
+    x ^= x >> xp.uint64(30)
+    x *= xp.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> xp.uint64(27)
+    x *= xp.uint64(0x94D049BB133111EB)
+    x ^= x >> xp.uint64(31)
+    return x
 
 
 @functools.lru_cache(maxsize=4096)
@@ -56,12 +57,17 @@ def uniform(xp, seed: int, tick: int, stream: int, ids, n_slots: int | None = No
         n_slots: several independent numbers per id.
     """
     key = xp.uint64(stream_key(seed, tick, stream))
-    x = xp.asarray(ids).astype(xp.uint64) * xp.uint64(_GOLDEN) + key
+    x = xp.asarray(ids).astype(xp.uint64)  # a fresh array: the steps below work in place
+    x *= xp.uint64(_GOLDEN)
+    x += key
     if n_slots is not None:
         slots = _mix(xp.arange(1, n_slots + 1, dtype=xp.uint64) * xp.uint64(0xD6E8FEB86659FD93), xp)
         x = x[:, None] ^ slots[None, :]
     x = _mix(x, xp)  # splitmix64: the finaliser of key + id * golden ratio
-    return (x >> xp.uint64(11)).astype(xp.float64) * (1.0 / 9007199254740992.0)
+    x >>= xp.uint64(11)
+    out = x.astype(xp.float64)
+    out *= 1.0 / 9007199254740992.0
+    return out
 
 
 def normal(xp, seed: int, tick: int, stream: int, ids):

@@ -101,7 +101,8 @@ class RuleSet:
 
     def factor(self, behaviour: str, signals: dict, product=None, k: int | None = None,
                cache: dict | None = None):
-        """(k,) product of the behaviour's modulator factors.
+        """(k,) product of the behaviour's modulator factors (the scalar 1.0 when the
+        behaviour has none).
 
         Args:
             signals: signal name -> (k,) values for the cells evaluated.
@@ -112,9 +113,11 @@ class RuleSet:
         """
         xp = self.xp
         mods = self._compiled.get(behaviour, [])
+        if not mods:
+            return 1.0  # no modulators: the base rate holds for every cell
         if k is None:
             k = int(next(iter(signals.values())).shape[0]) if signals else 0
-        out = xp.ones(k)
+        out = None
         for _name, sig, p in mods:
             s = xp.asarray(signals[sig], dtype=xp.float64)
             if self.n_products == 1:
@@ -130,5 +133,7 @@ class RuleSet:
             else:
                 q = {key: v[product] for key, v in p.items()}
                 f = modulator_factor(s, q["up"] > 0, q["low"] > 0, q["half_max"], q["power"], q["effect"], xp)
-            out = out * xp.where(q["active"] > 0, f, 1.0)
+            if self.n_products > 1:
+                f = xp.where(q["active"] > 0, f, 1.0)
+            out = f if out is None else out * f
         return out
