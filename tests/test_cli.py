@@ -82,8 +82,8 @@ def test_bench_model_reports_throughput_and_stages():
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["ticks"] == 5 and res["agent_updates"] > 0 and res["agent_updates_per_s"] > 0
-    assert set(res["stage_seconds"]) == {"fields", "sensing", "engagement", "movement", "division_recruitment",
-                                         "death_clearance", "secretion"}
+    assert set(res["stage_seconds"]) == {"therapy", "fields", "sensing", "engagement", "movement",
+                                         "division_recruitment", "death_clearance", "systemic", "secretion"}
     r = cli("bench", "model", QUICK, "--set", "car_t.rules.kil.x=1")
     assert r.returncode != 0 and "car_t.rules.kil" in r.stderr
 

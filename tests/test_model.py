@@ -36,8 +36,8 @@ def test_model_is_a_mesa_model_with_population_agents():
     m.step()
     assert m.steps == 1 and m.time_min == 6.0
     names = [s.name for s in m.scheduler.stages]
-    assert names == ["fields", "sensing", "engagement", "movement", "division_recruitment", "death_clearance",
-                     "secretion"]
+    assert names == ["therapy", "fields", "sensing", "engagement", "movement", "division_recruitment",
+                     "death_clearance", "systemic", "secretion"]
     m.step()
     df = m.datacollector.get_model_vars_dataframe()
     assert list(df.columns) == list(REPORTED) and len(df) == 2  # the state before each tick
@@ -75,6 +75,7 @@ def _final_state(cfg, permute=False):
             perm = np.random.default_rng(0).permutation(len(p))
             for k in p.data:
                 p.data[k] = p.data[k][perm]
+            p._version += 1  # as add/remove/move do: cached per-cell signals are stale
     for _ in range(30):
         m.step()
     out = {}

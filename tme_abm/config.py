@@ -373,6 +373,107 @@ BEHAVIOURS = {
 """Behaviours each population's rules may modulate (plus secrete_<field>, uptake_<field>)."""
 
 
+class PatientConfig(_Strict):
+    """The systemic compartment (docs/model.md, "Patient"): what the lattice stands for,
+    the blood CAR T pool, the systemic cytokine, toxicity and response thresholds."""
+
+    burden_scale: PosFloat = 1e5
+    """Tumor cells in the patient per tumor cell on the lattice."""
+    lattice_share: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Fraction of CAR T trafficking out of blood that reaches this lattice (default
+    1 / burden_scale: the lattice's share of the disease)."""
+    expansion_per_min: NonNegFloat = 1.0e-3
+    """Antigen-driven expansion rate of blood CAR T at saturating burden (~1.4/day)."""
+    expansion_half_burden: PosFloat = 1e9
+    """Total burden (cells) at which the antigen drive is half its maximum."""
+    contraction_per_min: NonNegFloat = 1.0 / (10 * 1440.0)
+    trafficking_per_min: NonNegFloat = 1.0 / 1440.0
+    """Rate at which blood CAR T leave for tissues (all disease sites)."""
+    cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
+    """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
+    cytokine_per_engaged_car_t: NonNegFloat = 2e-6
+    """pg/mL per minute per engaged CAR T in the patient (lattice count x burden_scale)."""
+    cytokine_per_activated_monocyte: NonNegFloat = 4e-6
+    """pg/mL per minute per activated monocyte in the patient (lattice count x burden_scale)."""
+    inflammation_half_burden: PosFloat = 1e10
+    """Baseline burden at which the pre-infusion inflammation index reaches 0.5."""
+    inflammation_myeloid_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    """Weight of the myeloid term (lattice monocytes + granulocytes per tumor cell)."""
+    fitness_loss: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """At inflammation index 1 a product loses this fraction of its divisions and
+    expansion, and gains this much initial exhaustion."""
+    crs_thresholds: list[PosFloat] = [20.0, 100.0, 400.0, 1500.0]
+    """Systemic cytokine (pg/mL-like) at which CRS grades 1, 2, 3, 4 begin."""
+    icans_half_cytokine: PosFloat = 400.0
+    icans_half_car_t: PosFloat = 1e9
+    assessment_day: PosFloat = 28.0
+    """Day after infusion at which the response is classified (also at the end)."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        t = self.crs_thresholds
+        if len(t) != 4 or any(b <= a for a, b in zip(t, t[1:])):
+            raise ValueError(f"crs_thresholds {t} must be 4 increasing values (grades 1-4)")
+        return self
+
+
+class _Event(_Strict):
+    day: float
+    """Day relative to the (first) infusion, day 0."""
+
+
+class InfusionEvent(_Event):
+    kind: Literal["infusion"]
+    dose_cells: PosFloat
+    product: ProductConfig = Field(default_factory=ProductConfig)
+
+
+class LymphodepletionEvent(_Event):
+    kind: Literal["lymphodepletion"]
+    myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    expansion_boost: NonNegFloat = 1.0
+    """Extra expansion, as a fraction of the base rate, right after lymphodepletion."""
+    boost_days: PosFloat = 7.0
+    """e-folding time of the boost."""
+
+
+class ResectionEvent(_Event):
+    kind: Literal["resection"]
+    fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
+    """Fraction of the tumor cells removed: the outermost first when ``order: outside``
+    (a surgeon takes the mass from its edge in), at random when ``order: random``."""
+    order: Literal["outside", "random"] = "outside"
+    wound_cytokine: NonNegFloat = 50.0
+    """Pulse of systemic cytokine (pg/mL-like) from the wound."""
+
+
+class RadiotherapyEvent(_Event):
+    kind: Literal["radiotherapy"]
+    fractions: Annotated[int, Field(ge=1, le=100)] = 1
+    interval_days: PosFloat = 1.0
+    dose_gy: Annotated[float, Field(gt=0, le=30)] = 2.0
+    alpha_per_gy: NonNegFloat = 0.3
+    beta_per_gy2: NonNegFloat = 0.03
+    oer_max: Annotated[float, Field(ge=1)] = 3.0
+    """Oxygen enhancement: anoxic cells need oer_max x the dose."""
+    oer_k_mmHg: PosFloat = 3.0
+    """Oxygen at which the dose-modifying factor is halfway (Alper-Howard-Flanders)."""
+    chemokine_pulse: NonNegFloat = 0.5
+    """CXCL10-like chemokine added at every surviving tumor cell (immunogenic RT)."""
+
+
+class MRDEvent(_Event):
+    kind: Literal["mrd"]
+    residual_cells: Annotated[int, Field(ge=0)] = 10
+    """Tumor cells left on the lattice (chosen at random) when minimal residual disease starts."""
+
+
+TherapyEvent = Annotated[
+    InfusionEvent | LymphodepletionEvent | ResectionEvent | RadiotherapyEvent | MRDEvent,
+    Field(discriminator="kind"),
+]
+
+
 class OutputConfig(_Strict):
     path: str | None = None
     """Run file; default runs/<name>.h5 (relative to the working directory)."""
@@ -397,6 +498,9 @@ class Config(_Strict):
     monocyte: MonocyteConfig = Field(default_factory=MonocyteConfig)
     granulocyte: GranulocyteConfig = Field(default_factory=GranulocyteConfig)
     edits: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], EditConfig] = {}
+    patient: PatientConfig = Field(default_factory=PatientConfig)
+    therapy: list[TherapyEvent] = []
+    """Timeline events, days relative to the first infusion (day 0)."""
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="before")
@@ -443,6 +547,7 @@ class Config(_Strict):
                 f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
             )
         self._check_rules()
+        self._check_therapy()
         if self.output.snapshot_every_min < self.time.tick_min:
             raise ValueError(
                 f"output.snapshot_every_min {self.output.snapshot_every_min} is shorter than one tick "
@@ -488,6 +593,38 @@ class Config(_Strict):
                 bad = set(ch) - set(ModulatorConfig.model_fields)
                 if bad:
                     raise ValueError(f"edits.{ename}.change.{n}: unknown keys {sorted(bad)}")
+
+    @property
+    def start_day(self) -> float:
+        """Day (relative to infusion) at which the simulation starts: the earliest event, or 0."""
+        return min([0.0, *(e.day for e in self.therapy)])
+
+    def _check_therapy(self) -> None:
+        end = self.start_day + self.time.duration_days
+        rt_days = []
+        for i, e in enumerate(self.therapy):
+            last = e.day + (e.fractions - 1) * e.interval_days if e.kind == "radiotherapy" else e.day
+            if last >= end:
+                raise ValueError(
+                    f"therapy.{i} ({e.kind}): day {last:g} is at or after the end of the run "
+                    f"(day {end:g} = start day {self.start_day:g} + duration_days {self.time.duration_days:g})"
+                )
+            if e.kind == "radiotherapy":
+                if e.fractions > 1 and e.interval_days * 1440 < self.time.tick_min:
+                    raise ValueError(f"therapy.{i}: interval_days {e.interval_days} is shorter than one tick")
+                rt_days += [(e.day + k * e.interval_days, i) for k in range(e.fractions)]
+        rt_days.sort()
+        for (d1, i1), (d2, i2) in zip(rt_days, rt_days[1:]):
+            if (d2 - d1) * 1440 < self.time.tick_min:
+                raise ValueError(
+                    f"therapy.{i1} and therapy.{i2}: radiotherapy fractions at days {d1:g} and {d2:g} overlap "
+                    f"(less than one tick apart)"
+                )
+        for i, e in enumerate(self.therapy):
+            if e.kind == "infusion":
+                for ed in e.product.edits:
+                    if ed not in self.edits:
+                        raise ValueError(f"therapy.{i}.product.edits: unknown edit {ed!r}; defined: {', '.join(self.edits)}")
 
     def _check_signal(self, key: str, signal: str, kind: str) -> None:
         if signal.startswith("contact:"):

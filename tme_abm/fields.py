@@ -73,6 +73,13 @@ class FieldSet:
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
         return self.solver.sample(sites, self.index[name])
 
+    def add_at(self, name: str, sites, amount: float) -> None:
+        """Add ``amount`` to field ``name`` at flat ``sites`` (a pulse, e.g. radiotherapy)."""
+        v = self.solver.values[self.index[name]]
+        xp = self.backend.xp
+        coords = xp.unravel_index(xp.asarray(sites, dtype=xp.int64), v.shape)
+        v[coords] += amount
+
     def sources(self, populations) -> Sources:
         """Secretion and uptake of every cell of ``populations`` (each gives its sites,
         (F, k) secretion and (F, k) uptake from its rules), for the next field solve."""

@@ -15,6 +15,8 @@ from .fields import FieldSet
 from .lattice import Lattice
 from .rules import RuleSet
 from .scheduler import Stage, StagedScheduler
+from .systemic import Product, Systemic
+from . import therapy
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
 
@@ -22,7 +24,7 @@ REPORTED = (
     "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
     "tumor_antigen_low", "tumor_antigen_high", "car_t_effector", "car_t_exhausted", "car_t_engaged",
     "car_t_kills", "monocytes", "monocytes_activated", "granulocytes", "hypoxic_fraction", "ph_mean",
-    "adenosine_mean", "car_t_tumor_ratio",
+    "adenosine_mean", "car_t_tumor_ratio", "burden", "blood_car_t", "systemic_cytokine", "crs_grade",
 )
 """Model reporters of the DataCollector (host scalars; one column each)."""
 
@@ -89,15 +91,25 @@ class TMEModel(mesa.Model):
         self._engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self._owner_cache = None
 
+        prod = cfg.car_t.product
+        self.systemic = Systemic(cfg.patient, blood=[0.0], products=[
+            Product(edits=list(prod.edits), fitness=1.0, initial_exhaustion=prod.initial_exhaustion,
+                    divisions=prod.divisions)])
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
-        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg, xp))
+        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg, self.systemic.products, xp))
         self.monocytes = Monocytes(self, cfg.monocyte, RuleSet([cfg.monocyte.rules], xp))
         self.granulocytes = Granulocytes(self, cfg.granulocyte, RuleSet([cfg.granulocyte.rules], xp))
         self.populations = [self.tumor, self.car_t, self.monocytes, self.granulocytes]
         self._place_initial_cells()
 
         t, c, mo, g = self.tumor, self.car_t, self.monocytes, self.granulocytes
+        self._timeline = therapy.schedule(cfg)
+        self._next_event = 0
+        self.event_log: list[dict] = []
+        self.history: dict[str, list[float]] = {k: [] for k in (
+            "day", "burden", "tumor_alive", "blood_car_t", "cytokine", "crs_grade", "antigen_negative_fraction")}
         self.scheduler = StagedScheduler(self, [
+            Stage("therapy", [("therapy.events", self.apply_events)]),
             Stage("fields", [("fields.solve", self.solve_fields)]),
             Stage("sensing", [(f"{p.kind}.sense", p.sense) for p in self.populations]),
             Stage("engagement", [("car_t.finish_engagements", c.finish_engagements),
@@ -109,8 +121,11 @@ class TMEModel(mesa.Model):
                                            ("granulocyte.recruit", g.recruit)], shuffle=True),
             Stage("death_clearance", [("tumor.die", t.die), ("tumor.clear", t.clear), ("car_t.die", c.die),
                                       ("monocyte.die", mo.die), ("granulocyte.die", g.die)]),
+            Stage("systemic", [("systemic.advance", self.advance_systemic)]),
             Stage("secretion", [("fields.sources", self.collect_sources)]),
         ])
+        self.systemic.burden = self.burden()
+        self._remember()
         self.collect_sources()
         for p in self.populations:
             p.reset_events()
@@ -141,8 +156,65 @@ class TMEModel(mesa.Model):
             if n:
                 free = self._free_sites_host()
                 sites = np.sort(self.rng.choice(free, size=min(n, len(free)), replace=False))
-                extra = pop.new_cell_state(len(sites)) if hasattr(pop, "new_cell_state") else {}
+                extra = pop.new_cell_state(len(sites)) if pop is self.car_t else {}
                 pop.add(sites, how="arrived", **extra)
+
+    # ---- the patient ------------------------------------------------------------------
+
+    @property
+    def day(self) -> float:
+        """Current day relative to the (first) infusion."""
+        return self.config.start_day + self.time_min / 1440.0
+
+    def burden(self) -> float:
+        """Total tumor burden of the patient: alive lattice tumor cells x burden_scale."""
+        return float(int((self.tumor.data["state"] == 0).sum())) * self.config.patient.burden_scale
+
+    def myeloid_per_tumor(self) -> float:
+        alive = int((self.tumor.data["state"] == 0).sum())
+        return (len(self.monocytes) + len(self.granulocytes)) / max(alive, 1)
+
+    def update_products(self) -> None:
+        """Recompile the CAR T rules after a product was added (its edits)."""
+        self.car_t.rules = car_t_rules(self.config, self.systemic.products, self.backend.xp)
+
+    def apply_events(self) -> None:
+        """Fire the therapy events whose time falls in this tick."""
+        t0 = self.time_min - self.dt_min
+        while self._next_event < len(self._timeline) and self._timeline[self._next_event].minute < self.time_min:
+            item = self._timeline[self._next_event]
+            if item.minute >= t0 - 1e-9:
+                self.event_log.append(therapy.apply(self, item))
+            self._next_event += 1
+
+    def advance_systemic(self) -> None:
+        s = self.systemic
+        scale = self.config.patient.burden_scale
+        s.burden = self.burden()
+        engaged = float(int(self.car_t.engaged.sum())) * scale
+        activated = float(int(self.monocytes.data["activated"].sum())) * scale
+        s.advance(self.time_min - self.dt_min, self.dt_min, engaged, activated)
+        self._remember()
+
+    def _remember(self) -> None:
+        """Append the patient-level state of this tick to ``history`` (host floats)."""
+        s = self.systemic
+        h = self.history
+        alive = int((self.tumor.data["state"] == 0).sum())
+        neg = int(((self.tumor.data["state"] == 0) & (self.tumor.data["antigen"] < 0.05)).sum())
+        h["day"].append(self.day)
+        h["burden"].append(s.burden)
+        h["tumor_alive"].append(float(alive))
+        h["blood_car_t"].append(s.blood_total)
+        h["cytokine"].append(s.cytokine)
+        h["crs_grade"].append(float(s.crs_grade()))
+        h["antigen_negative_fraction"].append(neg / alive if alive else 0.0)
+
+    def outcomes(self) -> dict:
+        """Per-run outcomes from the patient-level history (see :mod:`tme_abm.outcomes`)."""
+        from .outcomes import compute_outcomes
+
+        return compute_outcomes(self.history, self.systemic, self.config.patient)
 
     # ---- helpers used by the populations ---------------------------------------------
 
@@ -219,6 +291,9 @@ class TMEModel(mesa.Model):
         for p in self.populations:
             row.update({k: float(v) for k, v in p.counts().items()})
         row.update(self.fields.summaries(self.config.output.hypoxic_threshold_mmHg))
+        s = self.systemic
+        row.update({"day": self.day, "burden": s.burden, "blood_car_t": s.blood_total,
+                    "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
         alive = row["tumor_alive"]
         cart = row["car_t_effector"] + row["car_t_exhausted"]
         row["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0

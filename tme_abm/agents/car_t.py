@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import rng as crng
 from ..rules import RuleSet, apply_edits
 from ..space import arrivals_at_vessels, choose, free_neighbours, resolve_conflicts, walk
 from .population import Population, rate_to_prob
@@ -33,10 +34,9 @@ _ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN,
     0, 1, 40, 41, 42, 43, 44, 45, 46, 47)
 
 
-def car_t_rules(cfg, xp) -> RuleSet:
-    """CAR T rules with each product's gene edits applied (one product for now)."""
-    edits = [cfg.edits[e] for e in cfg.car_t.product.edits]
-    return RuleSet([apply_edits(cfg.car_t.rules, edits)], xp)
+def car_t_rules(cfg, products, xp) -> RuleSet:
+    """CAR T rules with each product's gene edits applied (one row per product)."""
+    return RuleSet([apply_edits(cfg.car_t.rules, [cfg.edits[e] for e in p.edits]) for p in products], xp)
 
 
 class CarTCells(Population):
@@ -63,10 +63,14 @@ class CarTCells(Population):
         "birth_min": ("float64", 0.0),
     }
 
-    def new_cell_state(self, k: int) -> dict:
-        prod = self.params.product
-        return {"exhaustion": np.full(k, prod.initial_exhaustion), "divisions_left": np.full(k, prod.divisions),
-                "birth_min": np.full(k, self.model.time_min)}
+    def new_cell_state(self, k: int, product=0) -> dict:
+        """Columns of ``k`` new cells of ``product`` (an int, or (k,) ints): the
+        product's initial exhaustion and divisions (see systemic.Product)."""
+        prods = self.model.systemic.products
+        product = np.broadcast_to(np.asarray(self.model.backend.to_host(product), dtype=np.int64), (k,))
+        return {"exhaustion": np.array([prods[p].initial_exhaustion for p in product], dtype=float),
+                "divisions_left": np.array([prods[p].divisions for p in product], dtype=np.int16),
+                "product": product.astype(np.int8), "birth_min": np.full(k, self.model.time_min)}
 
     @property
     def engaged(self):
@@ -95,9 +99,37 @@ class CarTCells(Population):
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        sites = arrivals_at_vessels(self.model, self, self.params.arrival_per_vessel_per_min, "arrive",
-                                    self.code * 64 + _ARRIVE)
-        self.add(sites, how="arrived", **self.new_cell_state(int(sites.shape[0])))
+        """Arrivals at vessel sites: from the blood pool (at the systemic trafficking rate,
+        each taken out of the pool) plus the config's constant ``arrival_per_vessel_per_min``
+        (product 0, not drawn from blood)."""
+        m = self.model
+        sysm = m.systemic
+        n_v = int(m.vessels_dev.shape[0])
+        blood_rate = sysm.lattice_arrival_rate() / n_v if n_v else 0.0
+        rate = self.params.arrival_per_vessel_per_min + blood_rate
+        sites = arrivals_at_vessels(m, self, rate, "arrive", self.code * 64 + _ARRIVE)
+        k = int(sites.shape[0])
+        if k == 0:
+            return
+        host_sites = m.backend.to_host(sites)
+        u = crng.uniform(np, m.seed, m.steps, self.code * 64 + _ARRIVE + 3, host_sites)
+        pools = np.maximum(np.array(sysm.blood), 0.0)
+        product = np.zeros(k, dtype=np.int64)
+        keep = np.ones(k, dtype=bool)
+        if blood_rate > 0 and pools.sum() > 0:
+            from_blood = u < blood_rate / rate
+            v = crng.uniform(np, m.seed, m.steps, self.code * 64 + _ARRIVE + 4, host_sites)
+            cum = np.cumsum(pools) / pools.sum()
+            product[from_blood] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"), len(pools) - 1)
+            counts = np.zeros(len(pools), dtype=np.int64)
+            for p in range(len(pools)):
+                mine = np.flatnonzero(from_blood & (product == p))
+                allowed = int(np.floor(pools[p] + 1e-9))  # the pool cannot release more cells than it holds
+                keep[mine[allowed:]] = False
+                counts[p] = min(len(mine), allowed)
+            sysm.take(counts.tolist())
+        sites, product = sites[m.backend.xp.asarray(keep)], product[keep]
+        self.add(sites, how="arrived", **self.new_cell_state(int(sites.shape[0]), product))
 
     def move(self) -> None:
         mv = self.params.move

@@ -69,17 +69,24 @@ class Population(mesa.Agent):
         k = int(sites.shape[0])
         if k == 0:
             return
-        new = {"site": sites, "id": xp.arange(self.next_id, self.next_id + k, dtype=xp.int64)}
+        # New cells get their ids in site order, not in the order they were computed:
+        # ids key every later random draw, so they must not depend on memory order.
+        order = xp.argsort(sites)
+        new = {"site": sites[order], "id": xp.arange(self.next_id, self.next_id + k, dtype=xp.int64)}
         for name, (dtype, fill) in self.columns.items():
             v = values.pop(name, None)
-            new[name] = xp.full(k, fill, dtype=dtype) if v is None else xp.asarray(v, dtype=dtype)
+            if v is None:
+                new[name] = xp.full(k, fill, dtype=dtype)
+            else:
+                v = xp.asarray(v, dtype=dtype)
+                new[name] = v[order] if v.ndim else xp.full(k, v, dtype=dtype)
         if values:
             raise KeyError(f"{self.kind}: unknown columns {sorted(values)}")
         self.next_id += k
         self._version += 1
         for name, col in new.items():
             self.data[name] = xp.concatenate([self.data[name], col])
-        self.model.occupancy[sites] = self.code
+        self.model.occupancy[new["site"]] = self.code
         self.events[how] += k
 
     def remove(self, mask, how: str = "died") -> int:

@@ -1,0 +1,83 @@
+"""Per-run outcomes from the patient-level trajectory.
+
+Response classes (MODEL.md; volume-based RECIST equivalents): complete response (CR)
+when no tumor cell is left alive; partial response (PR) at >= 65% reduction of the
+burden from baseline; progressive disease (PD) at >= 73% increase; otherwise stable
+disease (SD). Baseline is the burden at the first infusion (at the start when there is
+none). Time to progression is the first day after the nadir at which the burden is
+>= 1.73 x the nadir (RECIST measures progression from the nadir).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PR_REDUCTION = 0.65
+PD_INCREASE = 0.73
+
+
+def classify_response(baseline: float, burden: float, tumor_alive: float) -> str:
+    """CR / PR / SD / PD of one time point against the baseline burden."""
+    if tumor_alive <= 0:
+        return "CR"
+    if baseline <= 0:
+        return "PD"  # tumor where there was none
+    ratio = burden / baseline
+    if ratio <= 1.0 - PR_REDUCTION:
+        return "PR"
+    if ratio >= 1.0 + PD_INCREASE:
+        return "PD"
+    return "SD"
+
+
+def compute_outcomes(history: dict, systemic, patient) -> dict:
+    """Outcomes of a run (host scalars; NaN where undefined, e.g. no progression).
+
+    Args:
+        history: per-tick lists ``day``, ``burden``, ``tumor_alive``, ``blood_car_t``,
+            ``cytokine``, ``crs_grade``, ``antigen_negative_fraction``.
+        systemic: the model's Systemic (baseline burden, thresholds).
+        patient: the PatientConfig (assessment day, CRS thresholds).
+    """
+    day = np.asarray(history["day"], dtype=float)
+    burden = np.asarray(history["burden"], dtype=float)
+    alive = np.asarray(history["tumor_alive"], dtype=float)
+    blood = np.asarray(history["blood_car_t"], dtype=float)
+    cyto = np.asarray(history["cytokine"], dtype=float)
+    grade = np.asarray(history["crs_grade"], dtype=float)
+    baseline = systemic.baseline_burden if systemic.baseline_burden is not None else float(burden[0])
+    after = day >= 0.0 if (day >= 0.0).any() else np.ones_like(day, dtype=bool)
+
+    def at_day(d):
+        i = int(np.searchsorted(day, d, side="left"))
+        return min(i, len(day) - 1)
+
+    i_assess = at_day(patient.assessment_day)
+    assessed = day[-1] >= patient.assessment_day - 1e-9
+    post_b, post_d = burden[after], day[after]
+    i_nadir = int(np.argmin(post_b))
+    nadir, nadir_day = float(post_b[i_nadir]), float(post_d[i_nadir])
+    ttp = math.nan
+    later = np.flatnonzero((post_d > nadir_day) & (post_b >= (1.0 + PD_INCREASE) * nadir) & (post_b > 0))
+    if later.size:
+        ttp = float(post_d[later[0]])
+    i_peak = int(np.argmax(blood))
+    return {
+        "baseline_burden": float(baseline),
+        "response_at_assessment": classify_response(baseline, burden[i_assess], alive[i_assess]) if assessed else "NA",
+        "assessment_day": float(patient.assessment_day),
+        "response_at_end": classify_response(baseline, burden[-1], alive[-1]),
+        "burden_ratio_at_end": float(burden[-1] / baseline) if baseline > 0 else math.nan,
+        "nadir_burden": nadir,
+        "time_to_nadir_days": nadir_day,
+        "time_to_progression_days": ttp,
+        "peak_blood_car_t": float(blood[i_peak]),
+        "peak_blood_car_t_day": float(day[i_peak]),
+        "peak_expansion_over_baseline_burden": float(blood[i_peak] / baseline) if baseline > 0 else math.inf,
+        "max_crs_grade": int(grade.max()) if grade.size else 0,
+        "peak_cytokine": float(cyto.max()) if cyto.size else 0.0,
+        "icans_score": float(systemic.icans_score(float(cyto.max()), float(blood.max()))) if cyto.size else 0.0,
+        "antigen_negative_fraction_end": float(history["antigen_negative_fraction"][-1]),
+    }
