@@ -35,6 +35,8 @@ def test_run_writes_a_run_file_and_refuses_to_overwrite(tmp_path):
         assert ts["tumor_alive"][0] > 0 and "oxygen_mean" in ts and "hypoxic_fraction" in ts
         assert f["fields/oxygen"].shape[1:] == (120, 120)
         assert f["fields/oxygen"].attrs["units"] == "mmHg"
+        assert f["outcomes"].attrs["response_at_end"] in ("CR", "PR", "SD", "PD")
+        assert "crs_grade" in ts and "blood_car_t" in ts
     before = out.read_bytes()
     r = cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "-q")
     assert r.returncode != 0 and "exists" in r.stderr

@@ -304,11 +304,13 @@ class TumorConfig(_Population):
     """Initial tumor and its behaviour rates (per minute; modulated by ``rules``)."""
 
     kind: ClassVar[str] = "tumor"
-    archetype: Literal["solid", "dispersed"] = "solid"
+    archetype: Literal["solid", "dispersed", "bulky"] = "solid"
+    """solid: a disc/ball; dispersed: scattered cells; bulky: a solid mass inside
+    dispersed disease (extramedullary/bulky hematologic disease)."""
     radius_sites: Annotated[float, Field(gt=0)] = 8.0
-    """Spheroid radius in sites (archetype: solid)."""
+    """Spheroid radius in sites (archetypes solid and bulky)."""
     initial_cells: Annotated[int, Field(ge=0)] = 200
-    """Cells scattered uniformly (archetype: dispersed)."""
+    """Cells scattered uniformly (archetypes dispersed and bulky)."""
     antigen: AntigenConfig = AntigenConfig()
     divide_per_min: NonNegFloat = 0.00072
     """Division rate in full oxygen (~1/day)."""
@@ -382,18 +384,18 @@ class PatientConfig(_Strict):
     lattice_share: Annotated[float, Field(gt=0, le=1)] | None = None
     """Fraction of CAR T trafficking out of blood that reaches this lattice (default
     1 / burden_scale: the lattice's share of the disease)."""
-    expansion_per_min: NonNegFloat = 1.0e-3
-    """Antigen-driven expansion rate of blood CAR T at saturating burden (~1.4/day)."""
+    expansion_per_min: NonNegFloat = 2.0e-3
+    """Antigen-driven expansion rate of blood CAR T at saturating drive (~2.9/day)."""
     expansion_half_burden: PosFloat = 1e9
-    """Total burden (cells) at which the antigen drive is half its maximum."""
-    contraction_per_min: NonNegFloat = 1.0 / (10 * 1440.0)
-    trafficking_per_min: NonNegFloat = 1.0 / 1440.0
+    """Burden (cells) at which the antigen drive is half its maximum (A = B/(B + K + P))."""
+    contraction_per_min: NonNegFloat = 1.0 / (7 * 1440.0)
+    trafficking_per_min: NonNegFloat = 0.5 / 1440.0
     """Rate at which blood CAR T leave for tissues (all disease sites)."""
     cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
     """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
-    cytokine_per_engaged_car_t: NonNegFloat = 2e-6
+    cytokine_per_engaged_car_t: NonNegFloat = 4e-8
     """pg/mL per minute per engaged CAR T in the patient (lattice count x burden_scale)."""
-    cytokine_per_activated_monocyte: NonNegFloat = 4e-6
+    cytokine_per_activated_monocyte: NonNegFloat = 8e-8
     """pg/mL per minute per activated monocyte in the patient (lattice count x burden_scale)."""
     inflammation_half_burden: PosFloat = 1e10
     """Baseline burden at which the pre-infusion inflammation index reaches 0.5."""
@@ -536,13 +538,13 @@ class Config(_Strict):
                     raise ValueError(
                         f"fields.{name}.boundary.{face}: a {self.lattice.dims}D lattice has faces {', '.join(faces)}"
                     )
-        if self.tumor.archetype == "solid" and 2 * self.tumor.radius_sites > min(self.lattice.shape):
+        if self.tumor.archetype in ("solid", "bulky") and 2 * self.tumor.radius_sites > min(self.lattice.shape):
             raise ValueError(
                 f"tumor.radius_sites {self.tumor.radius_sites}: a spheroid of diameter "
                 f"{2 * self.tumor.radius_sites} sites does not fit the lattice {self.lattice.shape}"
             )
         n_sites = int(np.prod(self.lattice.shape))
-        if self.tumor.archetype == "dispersed" and self.tumor.initial_cells > n_sites:
+        if self.tumor.archetype in ("dispersed", "bulky") and self.tumor.initial_cells > n_sites:
             raise ValueError(
                 f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
             )

@@ -7,11 +7,14 @@ Layout (version 1):
     /timeseries/<col> (n_records,) float64 per column; time_min is the time axis
     /fields/time_min  (n_snapshots,) float64, minutes
     /fields/<name>    (n_snapshots, *shape) snapshots, attrs: units
+    /events           the therapy event log: one JSON object per event (string array)
+    /outcomes         attrs: one per outcome (response classes as strings)
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from pathlib import Path
 
 import h5py
@@ -88,6 +91,20 @@ class RunWriter:
             ds.resize((n, *ds.shape[1:]))
             ds[n - 1] = values[i]
         self._n_snap = n
+        self.f.flush()
+
+    def write_events(self, events: list[dict]) -> None:
+        """Replace ``/events`` with the event log so far (JSON text per event)."""
+        if "events" in self.f:
+            del self.f["events"]
+        self.f.create_dataset("events", data=[json.dumps(e) for e in events], dtype=h5py.string_dtype())
+        self.f.flush()
+
+    def write_outcomes(self, outcomes: dict) -> None:
+        """Store the run's outcomes as attributes of ``/outcomes``."""
+        g = self.f.require_group("outcomes")
+        for k, v in outcomes.items():
+            g.attrs[k] = v
         self.f.flush()
 
     def flush(self) -> None:

@@ -143,13 +143,16 @@ class TMEModel(mesa.Model):
     def _place_initial_cells(self) -> None:
         cfg = self.config
         t = cfg.tumor
-        if t.archetype == "solid":
+        sites = np.zeros(0, dtype=np.int64)
+        occ = self.backend.to_host(self.occupancy)
+        if t.archetype in ("solid", "bulky"):
             center = [(s - 1) / 2.0 for s in self.lattice.shape]
             sites = self.lattice.sphere_sites(center, t.radius_sites)
-            sites = sites[self.backend.to_host(self.occupancy)[sites] == 0]
-        else:
-            free = self._free_sites_host()
-            sites = np.sort(self.rng.choice(free, size=min(t.initial_cells, len(free)), replace=False))
+            sites = sites[occ[sites] == 0]
+        if t.archetype in ("dispersed", "bulky"):
+            free = np.setdiff1d(np.flatnonzero(occ == 0), sites)
+            extra = self.rng.choice(free, size=min(t.initial_cells, len(free)), replace=False)
+            sites = np.sort(np.concatenate([sites, extra]))
         self.tumor.seed_cells(sites, self.rng)
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
                        (self.granulocytes, cfg.granulocyte.initial_cells)):

@@ -40,6 +40,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
         writer.append_row(model.current_row())
         writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
                                backend.to_host(model.fields.values))
+        n_events = 0
         show = not quiet and sys.stderr.isatty()
         t0 = time.perf_counter()
         with tqdm(total=n_ticks, disable=not show, unit="tick", desc=cfg.name) as bar:
@@ -50,11 +51,16 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
                     writer.append_row(row)
                     bar.set_postfix(day=f"{model.time_min / 1440:.2f}", tumor=int(row["tumor_alive"]),
                                     car_t=int(row["car_t_effector"] + row["car_t_exhausted"]))
+                if len(model.event_log) != n_events:
+                    n_events = len(model.event_log)
+                    writer.write_events(model.event_log)
                 if tick % snap_every == 0 or tick == n_ticks:
                     writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
                                            backend.to_host(model.fields.values))
                 bar.update(1)
         writer.f.attrs["wall_seconds"] = time.perf_counter() - t0
+        writer.write_events(model.event_log)
+        writer.write_outcomes(model.outcomes())
     except BaseException as exc:
         writer.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -5,8 +5,9 @@ and the source or assumption behind every parameter):
 
 * total tumor burden ``B = (alive tumor cells on the lattice) x burden_scale``;
 * blood CAR T pool, one entry per infused product ``p``:
-  ``dP_p/dt = (k_exp * f_p * A(B) * (1 + boost(t)) - k_con - k_traf) * P_p`` with the
-  antigen drive ``A(B) = B / (B + K_B)`` (saturating in burden), the product's fitness
+  ``dP_p/dt = (k_exp * f_p * A * (1 + boost(t)) - k_con - k_traf) * P_p`` with the
+  antigen drive ``A = B / (B + K_B + P)`` (saturating in burden, and limited by the
+  competition of P cells for antigen), the product's fitness
   ``f_p`` and the lymphodepletion boost ``boost(t) = b * exp(-(t - t_LD) / tau)``;
   the share ``lattice_share`` of the trafficking flux ``k_traf * P`` goes to the
   lattice: vessel sites release cells at that expected rate and each arrival is taken
@@ -16,7 +17,7 @@ and the source or assumption behind every parameter):
   ``M`` the engaged CAR T and activated monocytes of the patient (lattice counts x
   burden_scale), plus pulses (surgical wounds).
 
-Over one tick the inputs (B, E, M) are held at their values from the lattice, so both
+Over one tick the inputs (B, E, M and the drive A) are held at their tick-start values, so both
 equations are linear with known coefficients and are integrated exactly (the boost
 term in closed form), not by an approximate stepper; tests compare with the analytic
 solutions.
@@ -76,8 +77,10 @@ class Systemic:
         return float(sum(self.blood))
 
     def antigen_drive(self, burden: float) -> float:
-        """``A(B) = B / (B + K_B)`` in [0, 1)."""
-        return burden / (burden + self.cfg.expansion_half_burden)
+        """``A = B / (B + K_B + P)`` in [0, 1): rises and saturates with the burden B, and
+        falls as the blood CAR T P outnumber their antigen (competition for antigen,
+        which ends expansion once the pool is of the order of the burden)."""
+        return burden / (burden + self.cfg.expansion_half_burden + self.blood_total)
 
     def inflammation_index(self, burden: float, myeloid_per_tumor: float) -> float:
         """Pre-infusion inflammation in [0, 1]: a burden term ``B / (B + K_I)`` and a myeloid
