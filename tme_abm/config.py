@@ -224,8 +224,8 @@ def default_rules() -> dict[str, dict]:
         "monocyte": {
             "recruit": {"ccl2": _m("ccl2", "up", 1.0, 9.0)},
             "activate": {
-                "ifng": _m("cytokine", "up", 1.0, 20.0),
-                "engaged_car_t_contact": _m("contact:car_t_engaged", "up", 1.0, 20.0),
+                "ifng": _m("cytokine", "up", 5.0, 100.0),
+                "engaged_car_t_contact": _m("contact:car_t_engaged", "up", 1.0, 500.0),
             },
         },
         "granulocyte": {"recruit": {"cxcl8": _m("cxcl8", "up", 1.0, 9.0)}},
@@ -354,7 +354,8 @@ class MonocyteConfig(_Population):
     initial_cells: Annotated[int, Field(ge=0)] = 0
     recruit_per_vessel_per_min: NonNegFloat = 2e-5
     move: MonocyteMove = Field(default_factory=MonocyteMove)
-    activate_per_min: NonNegFloat = 1e-4
+    activate_per_min: NonNegFloat = 1e-6
+    """Activation without IFN-gamma or engaged CAR T (rare: CRS needs CAR T activity)."""
     death_per_min: NonNegFloat = 1.0 / (2.5 * 1440.0)
 
 

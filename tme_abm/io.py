@@ -23,6 +23,7 @@ import numpy as np
 from . import __version__
 
 FORMAT = "tme_abm-run-1"
+ROW_BLOCK = 500  # time-series rows buffered between writes
 
 
 def _now() -> str:
@@ -55,22 +56,38 @@ class RunWriter:
         self.ts = self.f.create_group("timeseries")
         self.fg = self.f.create_group("fields")
         self._n_rows = 0
+        self._rows: list[list[float]] = []
+        self._columns: list[str] | None = None
         self._n_snap = 0
         self.f.flush()
 
     def append_row(self, row: dict[str, float]) -> None:
-        """Append one time-series row (same keys every call)."""
-        if self._n_rows == 0:
+        """Append one time-series row (same keys every call). Rows are buffered and
+        written in blocks (one HDF5 resize per column per block, not per row): at every
+        snapshot, every ``ROW_BLOCK`` rows and at the end."""
+        if self._columns is None:
+            self._columns = list(row)
             for k in row:
                 self.ts.create_dataset(k, shape=(0,), maxshape=(None,), dtype="f8", chunks=(1024,))
-        elif set(row) != set(self.ts.keys()):
-            raise ValueError(f"time-series columns changed: {sorted(set(row) ^ set(self.ts.keys()))}")
-        n = self._n_rows + 1
-        for k, v in row.items():
+        elif set(row) != set(self._columns):
+            raise ValueError(f"time-series columns changed: {sorted(set(row) ^ set(self._columns))}")
+        self._rows.append([float(row[k]) for k in self._columns])
+        if len(self._rows) >= ROW_BLOCK:
+            self.flush_rows()
+
+    def flush_rows(self) -> None:
+        """Write the buffered rows to the file."""
+        if not self._rows:
+            return
+        block = np.asarray(self._rows, dtype=np.float64)
+        n0, n1 = self._n_rows, self._n_rows + len(block)
+        for j, k in enumerate(self._columns):
             ds = self.ts[k]
-            ds.resize((n,))
-            ds[n - 1] = v
-        self._n_rows = n
+            ds.resize((n1,))
+            ds[n0:n1] = block[:, j]
+        self._n_rows = n1
+        self._rows = []
+        self.f.flush()
 
     def snapshot_fields(self, time_min: float, names, units, values: np.ndarray) -> None:
         """Append one snapshot of every field; ``values`` is (F, *shape) on the host."""
@@ -83,6 +100,7 @@ class RunWriter:
                     chunks=(1, *shp), compression="gzip", compression_opts=4, shuffle=True,
                 )
                 ds.attrs["units"] = units[i]
+        self.flush_rows()
         n = self._n_snap + 1
         self.fg["time_min"].resize((n,))
         self.fg["time_min"][n - 1] = time_min
@@ -108,10 +126,12 @@ class RunWriter:
         self.f.flush()
 
     def flush(self) -> None:
+        self.flush_rows()
         self.f.flush()
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
         """Record the final status and close the file."""
+        self.flush_rows()
         self.f.attrs["status"] = status
         self.f.attrs["finished_utc"] = _now()
         if error:
