@@ -63,7 +63,7 @@ def test_site_exclusion_and_counts_change_only_through_events():
         _sites_ok(m)
         for p in m.populations:
             e = p.events
-            removed = e["cleared"] if p.kind == "tumor" else e["died"] + e["cleared"]
+            removed = e["cleared"] if p.kind == "tumor" else e["died"] + e["cleared"] + e["left"]
             assert len(p) - before[p.kind] == e["born"] + e["arrived"] - removed, (p.kind, e)
     assert m.current_row()["car_t_kills"] > 0 and m.current_row()["monocytes"] > 0
 

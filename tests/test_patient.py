@@ -104,12 +104,16 @@ def small_patient(therapy, **over):
 
 
 def test_infused_cells_are_conserved_between_blood_and_lattice():
-    m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 300}]), backend=BE)
+    """Cells arrive from the blood and return to it (egress): blood + lattice = infused."""
+    m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 300}],
+                               car_t={"egress_per_min": 1e-3}), backend=BE)
     for _ in range(60):
         m.step()
         arrived = int((m.backend.to_host(m.car_t.product) == 1).sum())
         assert m.systemic.blood_total + arrived == pytest.approx(300.0, abs=1e-9)
     assert arrived > 50  # cells did reach the lattice through the vessels
+    assert m.systemic.from_lattice > 5  # and some went back
+    assert abs(m.systemic.ledger_residual()) < 1e-9
     assert m.event_log[0]["kind"] == "infusion" and m.event_log[0]["day"] == 0.0
 
 
@@ -185,3 +189,16 @@ def test_outcomes_are_reported_at_the_end():
 def test_bad_timelines_are_refused_with_a_clear_message(therapy, needle):
     with pytest.raises(ConfigError, match=needle):
         validate_config({"therapy": therapy, "time": {"duration_days": 5}})
+
+
+def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
+    cfg = small_patient([{"kind": "lymphodepletion", "day": -1.0, "myeloid_kill_fraction": 0.6,
+                          "expansion_boost": 2.0, "boost_days": 5.0},
+                         {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
+                        monocyte={"initial_cells": 300}, granulocyte={"initial_cells": 300})
+    m = TMEModel(cfg, backend=BE)
+    n0 = len(m.monocytes) + len(m.granulocytes)
+    m.step()
+    removed = m.event_log[0]["myeloid_removed"]
+    assert abs(removed / n0 - 0.6) < 4 * math.sqrt(0.24 / n0)
+    assert m.systemic.boost == 2.0 and m.systemic.boost_tau_min == 5.0 * 1440

@@ -346,6 +346,9 @@ class CarTConfig(_Population):
     """Chance that a completed engagement triggers a division (divisions left > 0)."""
     exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = 0.1
     death_per_min: NonNegFloat = 1.0 / (9.5 * 1440.0)
+    egress_per_min: NonNegFloat = 1.0 / (3 * 1440.0)
+    """Rate at which free CAR T next to a vessel site return to the blood (into the
+    blood pool of their product)."""
     product: ProductConfig = ProductConfig()
 
 
@@ -369,7 +372,7 @@ class GranulocyteConfig(_Population):
 
 BEHAVIOURS = {
     "tumor": ("divide", "necrosis", "apoptosis"),
-    "car_t": ("arrive", "move", "engage", "kill", "divide", "exhaust", "death"),
+    "car_t": ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress"),
     "monocyte": ("recruit", "move", "activate", "death"),
     "granulocyte": ("recruit", "move", "death"),
 }

@@ -71,6 +71,8 @@ class TMEModel(mesa.Model):
             **{"car_t.initial_cells": 200})`` (this is how ``mesa.batch_run`` varies them).
     """
 
+    VESSEL = VESSEL
+
     def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None, **overrides):
         cfg = resolve_config(config, seed, overrides)
         super().__init__(rng=cfg.seed)
@@ -120,6 +122,7 @@ class TMEModel(mesa.Model):
                                            ("car_t.arrive", c.arrive), ("monocyte.recruit", mo.recruit),
                                            ("granulocyte.recruit", g.recruit)], shuffle=True),
             Stage("death_clearance", [("tumor.die", t.die), ("tumor.clear", t.clear), ("car_t.die", c.die),
+                                      ("car_t.egress", c.egress),
                                       ("monocyte.die", mo.die), ("granulocyte.die", g.die)]),
             Stage("systemic", [("systemic.advance", self.advance_systemic)]),
             Stage("secretion", [("fields.sources", self.collect_sources)]),

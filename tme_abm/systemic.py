@@ -65,6 +65,7 @@ class Systemic:
     expanded: float = 0.0
     contracted: float = 0.0
     to_lattice: float = 0.0
+    from_lattice: float = 0.0
     elsewhere: float = 0.0
 
     @property
@@ -155,11 +156,17 @@ class Systemic:
             self.blood[p] -= n
             self.to_lattice += n
 
+    def give_back(self, per_product: list[int]) -> None:
+        """Cells leaving the lattice for the blood (``per_product[p]`` of product p)."""
+        for p, n in enumerate(per_product):
+            self.blood[p] += float(n)
+            self.from_lattice += float(n)
+
     def ledger_residual(self) -> float:
-        """``infused + expanded - contracted - elsewhere - to_lattice - blood``: zero up
-        to rounding when the bookkeeping is right."""
+        """``infused + expanded - contracted - elsewhere - to_lattice + from_lattice -
+        blood``: zero up to rounding when the bookkeeping is right."""
         return (self.infused + self.expanded - self.contracted - self.elsewhere - self.to_lattice
-                - self.blood_total)
+                + self.from_lattice - self.blood_total)
 
     def crs_grade(self, cytokine: float | None = None) -> int:
         """CRS grade 0-4: the number of ``crs_thresholds`` the systemic cytokine reaches."""

@@ -18,7 +18,9 @@ product remove or change named modulators, for CAR T cells only):
   ``divide`` rules while it has divisions left;
 * exhausted cells (exhaustion >= 1) neither engage nor divide, and die faster (the
   ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
-* engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules).
+* engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules);
+* free cells next to a vessel site return to the blood at ``egress_per_min`` x
+  ``egress`` rules, back into their product's blood pool.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from ..rules import RuleSet, apply_edits
 from ..space import arrivals_at_vessels, choose, free_neighbours, resolve_conflicts, walk
 from .population import Population, rate_to_prob
 
-_ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH = (
-    0, 1, 40, 41, 42, 43, 44, 45, 46, 47)
+_ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH, _EGRESS = (
+    0, 1, 40, 41, 42, 43, 44, 45, 46, 47, 48)
 
 
 def car_t_rules(cfg, products, xp) -> RuleSet:
@@ -208,6 +210,22 @@ class CarTCells(Population):
         d["primed"][par] = 0
         self.add(target, exhaustion=d["exhaustion"][par], divisions_left=d["divisions_left"][par],
                  product=d["product"][par], birth_min=xp.full(par.shape, m.time_min))
+
+    def egress(self) -> None:
+        """Free cells next to a vessel leave the lattice for the blood pool."""
+        xp, p, m = self.xp, self.params, self.model
+        if len(self) == 0 or p.egress_per_min <= 0 or int(m.vessels_dev.shape[0]) == 0:
+            return
+        nb = m.lattice.neighbours(self.data["site"], xp)
+        at_vessel = ((nb >= 0) & (m.occupancy[xp.maximum(nb, 0)] == m.VESSEL)).any(axis=1) & ~self.engaged
+        prob = rate_to_prob(p.egress_per_min * self.factor("egress"), m.dt_min, xp)
+        leave = at_vessel & (self.uniform(_EGRESS) < prob)
+        if not bool(leave.any()):
+            return
+        counts = np.bincount(m.backend.to_host(self.data["product"][leave]).astype(np.int64),
+                             minlength=len(m.systemic.products))
+        m.systemic.give_back(counts.tolist())
+        self.remove(leave, how="left")
 
     def die(self) -> None:
         xp, p, m = self.xp, self.params, self.model

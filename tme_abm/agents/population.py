@@ -49,7 +49,7 @@ class Population(mesa.Agent):
         self._version = 0  # bumped whenever cells are added, removed or moved
         self._env: dict = {}
         self._env_version = -1
-        self.events = {"born": 0, "arrived": 0, "died": 0, "cleared": 0}
+        self.events = {"born": 0, "arrived": 0, "died": 0, "cleared": 0, "left": 0}
 
     def __len__(self) -> int:
         return int(self.data["site"].shape[0])
