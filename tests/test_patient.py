@@ -140,6 +140,22 @@ def test_events_fire_at_their_time_and_change_what_they_should():
     assert m.systemic.baseline_burden == pytest.approx(len(m.tumor) * 1e6)
 
 
+def test_resection_of_a_region_removes_exactly_the_cells_inside_it():
+    cfg = small_patient([{"kind": "resection", "day": -0.5, "region": {"center_sites": [19.5, 12], "radius_sites": 4},
+                          "wound_cytokine": 30.0},
+                         {"kind": "infusion", "day": 0.0, "dose_cells": 10}])
+    m = TMEModel(cfg, backend=BE)
+    coords = m.lattice.coords(m.backend.to_host(m.tumor.site))
+    inside = ((coords - np.array([19.5, 12])) ** 2).sum(axis=1) <= 16
+    m.step()
+    assert m.event_log[0]["tumor_removed"] == inside.sum() > 0
+    assert len(m.tumor) == len(coords) - inside.sum()
+    after = m.lattice.coords(m.backend.to_host(m.tumor.site))
+    assert (((after - np.array([19.5, 12])) ** 2).sum(axis=1) > 16).all()
+    # the wound pulse, cleared over the rest of the tick (half-life 3 h)
+    assert m.systemic.cytokine == pytest.approx(30.0 * math.exp(-math.log(2) / 180 * 6), rel=1e-9)
+
+
 def test_radiotherapy_kills_the_lq_fraction_and_spares_hypoxic_cells():
     from test_rules import fixed
 

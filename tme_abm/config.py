@@ -443,12 +443,20 @@ class LymphodepletionEvent(_Event):
     """e-folding time of the boost."""
 
 
+class ResectionRegion(_Strict):
+    center_sites: list[float]
+    """Centre, in site coordinates (C order: [y, x] or [z, y, x])."""
+    radius_sites: PosFloat
+
+
 class ResectionEvent(_Event):
     kind: Literal["resection"]
     fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
     """Fraction of the tumor cells removed: the outermost first when ``order: outside``
     (a surgeon takes the mass from its edge in), at random when ``order: random``."""
     order: Literal["outside", "random"] = "outside"
+    region: "ResectionRegion | None" = None
+    """Remove the tumor cells inside this ball instead of a fraction."""
     wound_cytokine: NonNegFloat = 50.0
     """Pulse of systemic cytokine (pg/mL-like) from the wound."""
 
@@ -614,6 +622,11 @@ class Config(_Strict):
                 raise ValueError(
                     f"therapy.{i} ({e.kind}): day {last:g} is at or after the end of the run "
                     f"(day {end:g} = start day {self.start_day:g} + duration_days {self.time.duration_days:g})"
+                )
+            if e.kind == "resection" and e.region is not None and len(e.region.center_sites) != self.lattice.dims:
+                raise ValueError(
+                    f"therapy.{i}.region.center_sites {e.region.center_sites}: needs {self.lattice.dims} "
+                    f"coordinates for a {self.lattice.dims}D lattice"
                 )
             if e.kind == "radiotherapy":
                 if e.fractions > 1 and e.interval_days * 1440 < self.time.tick_min:

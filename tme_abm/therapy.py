@@ -9,8 +9,8 @@ run file. What each event does (docs/model.md, "Therapy"):
   enters the blood pool;
 * ``lymphodepletion``: removes a fraction of the lattice's myeloid cells and boosts
   early CAR T expansion;
-* ``resection``: removes a fraction of the tumor cells (outermost first, or at random),
-  with a systemic cytokine pulse from the wound;
+* ``resection``: removes the tumor cells inside a region (a ball), or a fraction of
+  them (outermost first, or at random), with a systemic cytokine pulse from the wound;
 * ``radiotherapy``: each fraction kills alive tumor cells with linear-quadratic survival
   ``exp(-a D_eff - b D_eff^2)``, ``D_eff = D * OER(pO2) / OER_max``,
   ``OER(p) = (OER_max p + K) / (p + K)`` (Alper-Howard-Flanders), so hypoxic cells
@@ -87,6 +87,14 @@ def _resection(model, e, item) -> dict:
     xp = model.backend.xp
     t = model.tumor
     n = len(t)
+    if e.region is not None:  # every tumor cell inside the ball
+        coords = xp.stack(xp.unravel_index(t.data["site"], model.lattice.shape), axis=1).astype(xp.float64)
+        d2 = ((coords - xp.asarray(e.region.center_sites, dtype=xp.float64)) ** 2).sum(axis=1)
+        mask = d2 <= e.region.radius_sites**2
+        k = int(mask.sum())
+        t.remove(mask, how="cleared")
+        model.systemic.cytokine += e.wound_cytokine
+        return {"tumor_removed": k}
     k = int(round(e.fraction * n))
     if k == 0:
         return {"tumor_removed": 0}
