@@ -69,6 +69,16 @@ def test_hill_function_matches_its_closed_form(power):
     assert hill_impl(np.array([5.0]), 5.0, power, np)[0] == pytest.approx(0.5)
 
 
+def test_occurs_equals_the_direct_bernoulli_test():
+    from tme_abm.agents.population import occurs
+
+    rng = np.random.default_rng(4)
+    u = rng.random(200_000)
+    rates = np.concatenate([rng.random(100_000) * 1e-3, rng.random(100_000) * 5.0])
+    np.testing.assert_array_equal(occurs(u, rates, 6.0), u < -np.expm1(-rates * 6.0))
+    np.testing.assert_array_equal(occurs(u, 0.01, 6.0), u < -np.expm1(-0.06))
+
+
 # ---- tumor -----------------------------------------------------------------------------
 
 def test_lone_tumor_cells_divide_at_the_configured_rate_in_normoxia():

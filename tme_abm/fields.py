@@ -81,21 +81,24 @@ class FieldSet:
         v[coords] += amount
 
     def sources(self, populations) -> Sources:
-        """Secretion and uptake of every cell of ``populations`` (each gives its sites,
-        (F, k) secretion and (F, k) uptake from its rules), for the next field solve."""
+        """Secretion and uptake of every cell of ``populations`` (each fills its columns
+        from its rules), for the next field solve."""
         xp = self.backend.xp
-        sites, sec, upt = [], [], []
+        total = sum(len(p) for p in populations)
+        nf = len(self.names)
+        sites = xp.empty(total, dtype=xp.int64)
+        sec = xp.zeros((nf, total), dtype=self.backend.dtype)
+        upt = xp.zeros((nf, total), dtype=self.backend.dtype)
+        off = 0
         for pop in populations:
-            if len(pop) == 0:
+            n = len(pop)
+            if n == 0:
                 continue
-            s, a, b = pop.sources(self._secretion[pop.kind], self._uptake[pop.kind])
-            sites.append(s)
-            sec.append(a)
-            upt.append(b)
-        if not sites:
-            empty = xp.zeros((len(self.names), 0), self.backend.dtype)
-            return Sources(xp.zeros(0, xp.int64), empty, empty)
-        return Sources(xp.concatenate(sites), xp.concatenate(sec, axis=1), xp.concatenate(upt, axis=1))
+            sites[off:off + n] = pop.data["site"]
+            pop.fill_sources(sec[:, off:off + n], upt[:, off:off + n], self._secretion[pop.kind],
+                             self._uptake[pop.kind])
+            off += n
+        return Sources(sites, sec, upt)
 
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)

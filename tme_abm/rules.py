@@ -71,6 +71,7 @@ class RuleSet:
         self.xp = xp
         self.n_products = len(per_product)
         self._compiled: dict[str, list[tuple]] = {}
+        self._max_factor: dict[str, float] = {}
         behaviours = sorted({b for r in per_product for b in r})
         for beh in behaviours:
             names = sorted({n for r in per_product for n in r.get(beh, {})})
@@ -91,6 +92,21 @@ class RuleSet:
     def signals_needed(self) -> set[str]:
         """Every signal any behaviour reads."""
         return {sig for mods in self._compiled.values() for _, sig, _ in mods}
+
+    def max_factor(self, behaviour: str) -> float:
+        """Upper bound of the behaviour's factor over all signals and products:
+        ``prod(1 + max_effect)`` over its up modulators (down modulators are <= 1)."""
+        bound = self._max_factor.get(behaviour)
+        if bound is None:
+            bound = 1.0
+            for _name, _sig, p in self._compiled.get(behaviour, []):
+                up = np.asarray(self._host(p["up"])) > 0
+                bound *= float(np.max(np.where(up, 1.0 + np.asarray(self._host(p["effect"])), 1.0)))
+            self._max_factor[behaviour] = bound
+        return bound
+
+    def _host(self, a):
+        return self.xp.asnumpy(a) if hasattr(self.xp, "asnumpy") else a
 
     def behaviour_signals(self, behaviour: str) -> list[str]:
         """The signals ``behaviour``'s modulators read."""

@@ -218,10 +218,11 @@ class CarTCells(Population):
             return
         nb = m.lattice.neighbours(self.data["site"], xp)
         at_vessel = ((nb >= 0) & (m.occupancy[xp.maximum(nb, 0)] == m.VESSEL)).any(axis=1) & ~self.engaged
-        prob = rate_to_prob(p.egress_per_min * self.factor("egress"), m.dt_min, xp)
-        leave = at_vessel & (self.uniform(_EGRESS) < prob)
-        if not bool(leave.any()):
+        leaving = self.draw(xp.flatnonzero(at_vessel), p.egress_per_min, "egress", _EGRESS)
+        if leaving.size == 0:
             return
+        leave = xp.zeros(len(self), dtype=bool)
+        leave[leaving] = True
         counts = np.bincount(m.backend.to_host(self.data["product"][leave]).astype(np.int64),
                              minlength=len(m.systemic.products))
         m.systemic.give_back(counts.tolist())
@@ -231,5 +232,6 @@ class CarTCells(Population):
         xp, p, m = self.xp, self.params, self.model
         if len(self) == 0:
             return
-        prob = rate_to_prob(p.death_per_min * self.factor("death"), m.dt_min, xp)
-        self.remove(self.uniform(_DEATH) < prob, how="died")
+        dead = xp.zeros(len(self), dtype=bool)
+        dead[self.draw(xp.arange(len(self)), p.death_per_min, "death", _DEATH)] = True
+        self.remove(dead, how="died")

@@ -13,7 +13,7 @@ IL-6-like cytokine (the ``cytokine`` field).
 from __future__ import annotations
 
 from ..space import arrivals_at_vessels, walk
-from .population import Population, rate_to_prob
+from .population import Population
 
 _RECRUIT, _MOVE, _ACTIVATE, _DEATH = 0, 1, 40, 41
 
@@ -37,8 +37,9 @@ class MyeloidCells(Population):
     def die(self) -> None:
         if len(self) == 0:
             return
-        prob = rate_to_prob(self.params.death_per_min * self.factor("death"), self.model.dt_min, self.xp)
-        self.remove(self.uniform(_DEATH) < prob, how="died")
+        dead = self.xp.zeros(len(self), dtype=bool)
+        dead[self.draw(self.xp.arange(len(self)), self.params.death_per_min, "death", _DEATH)] = True
+        self.remove(dead, how="died")
 
 
 class Monocytes(MyeloidCells):
@@ -53,8 +54,7 @@ class Monocytes(MyeloidCells):
         rest = xp.flatnonzero(self.data["activated"] == 0)
         if rest.size == 0:
             return
-        prob = rate_to_prob(self.params.activate_per_min * self.factor("activate", rest), self.model.dt_min, xp)
-        self.data["activated"][rest[self.uniform(_ACTIVATE, self.data["id"][rest]) < prob]] = 1
+        self.data["activated"][self.draw(rest, self.params.activate_per_min, "activate", _ACTIVATE)] = 1
 
     def secretion_gate(self, field: str):
         if field == "cytokine":

@@ -22,6 +22,24 @@ def rate_to_prob(rate_per_min, dt_min: float, xp=np):
     return -xp.expm1(-xp.asarray(rate_per_min) * dt_min)
 
 
+def occurs(u, rate_per_min, dt_min: float, xp=np):
+    """(n,) bool ``u < 1 - exp(-rate * dt)``, exactly, but evaluating the exponential
+    only where ``u < rate * dt`` (a necessary condition, since 1 - e^-x <= x): most
+    events are rare, and expm1 is the costly part on large populations.
+
+    Args:
+        u: (n,) uniforms; rate_per_min: scalar or (n,) rates.
+    """
+    x = xp.asarray(rate_per_min) * dt_min
+    if x.ndim == 0:
+        return u < float(-np.expm1(-float(x)))
+    out = u < x * (1.0 + 1e-12)
+    idx = xp.flatnonzero(out)
+    if idx.size:
+        out[idx] = u[idx] < -xp.expm1(-x[idx])
+    return out
+
+
 class Population(mesa.Agent):
     """All cells of one type.
 
@@ -135,6 +153,21 @@ class Population(mesa.Agent):
         return crng.uniform(self.xp, m.seed, m.steps, self.code * 64 + purpose,
                             self.data["id"] if ids is None else ids, n_slots)
 
+    def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: int):
+        """The cells among ``idx`` ((k,) indices) for which an event of rate
+        ``base_rate * factor(behaviour)`` happens this tick: exactly
+        ``u < 1 - exp(-rate * dt)`` with u keyed by cell id, but the rules are evaluated
+        only for cells whose u is below the largest possible probability (rare events
+        on large populations cost a comparison, not a Hill function per cell)."""
+        xp, dt = self.xp, self.model.dt_min
+        u = self.uniform(purpose, self.data["id"][idx])
+        bound = base_rate_per_min * self.rules.max_factor(behaviour) * dt
+        cand = xp.flatnonzero(u < bound * (1.0 + 1e-12))
+        if cand.size == 0:
+            return cand
+        rate = base_rate_per_min * self.factor(behaviour, idx[cand])
+        return idx[cand[occurs(u[cand], rate, dt, xp)]]
+
     def factor(self, behaviour: str, idx=None, extra: dict | None = None, cache: dict | None = None):
         """(k,) rule factor of ``behaviour`` for cells ``idx`` ((k,) int indices; default
         all). Signals come from :meth:`signal`, except those given in ``extra`` (values
@@ -188,27 +221,22 @@ class Population(mesa.Agent):
     def counts(self) -> dict[str, int]:
         return {f"{self.kind}_cells": len(self)}
 
-    def sources(self, secretion: np.ndarray, uptake: np.ndarray):
-        """(sites, secretion (F, k), uptake (F, k)) of this population for the fields.
+    def fill_sources(self, sec, upt, secretion: np.ndarray, uptake: np.ndarray) -> None:
+        """Write this population's secretion and uptake rates into ``sec`` and ``upt``
+        ((F, n) views, zero on entry; one column per cell, in memory order).
 
         Args:
             secretion, uptake: (F,) base rates of this cell type per field.
         """
-        xp = self.xp
         names = self.model.fields.names
-        emit = self.emitting()
-        dtype = self.model.backend.dtype
-        on = emit.astype(dtype)  # cells that do not emit get zero rates (no gathers)
+        on = self.emitting().astype(sec.dtype)  # cells that do not emit get zero rates
         cache: dict = {}  # e.g. the hypoxia Hill value behind several secretion rules
-        sec = xp.zeros((len(names), len(self)), dtype=dtype)
-        upt = xp.zeros_like(sec)
         for f, name in enumerate(names):
             if secretion[f] > 0:
                 sec[f] = (secretion[f] * on) * self.factor(f"secrete_{name}", cache=cache) \
                     * self.secretion_gate(name)
             if uptake[f] > 0:
                 upt[f] = (uptake[f] * on) * self.factor(f"uptake_{name}", cache=cache)
-        return self.data["site"], sec, upt
 
     def emitting(self):
         """(n,) bool: cells that secrete and take up (all, unless overridden)."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import rng as crng
 from ..space import choose, free_neighbours, resolve_conflicts
-from .population import Population, rate_to_prob
+from .population import Population
 
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
 STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic", KILLED: "killed"}
@@ -87,9 +87,7 @@ class TumorCells(Population):
         alive = xp.flatnonzero(self.alive)
         if alive.size == 0:
             return
-        prob = rate_to_prob(p.divide_per_min * self.factor("divide", alive), self.model.dt_min, xp)
-        ids = self.data["id"][alive]
-        parents = alive[self.uniform(_DIVIDE, ids) < prob]
+        parents = self.draw(alive, p.divide_per_min, "divide", _DIVIDE)
         if parents.size == 0:
             return
         pid = self.data["id"][parents]
@@ -112,14 +110,22 @@ class TumorCells(Population):
         alive = xp.flatnonzero(self.alive)
         if alive.size == 0:
             return
-        p_nec = rate_to_prob(p.necrosis_per_min * self.factor("necrosis", alive), m.dt_min, xp)
-        p_apo = rate_to_prob(p.apoptosis_per_min * self.factor("apoptosis", alive), m.dt_min, xp)
         u = self.uniform(_DEATH, self.data["id"][alive])
-        nec = u < p_nec
-        apo = ~nec & (u < p_nec + p_apo * (1 - p_nec))
-        self.data["state"][alive[nec]] = NECROTIC
-        self.data["state"][alive[apo]] = APOPTOTIC
-        died = alive[nec | apo]
+        # competing risks, necrosis first: u < p_nec, else u < p_nec + p_apo (1 - p_nec);
+        # both are below the largest possible (r_nec + r_apo) dt, so the rules and the
+        # exponentials are evaluated for those candidates only
+        bound = (p.necrosis_per_min * self.rules.max_factor("necrosis")
+                 + p.apoptosis_per_min * self.rules.max_factor("apoptosis")) * m.dt_min
+        cand = xp.flatnonzero(u < bound * (1.0 + 1e-12))
+        ci = alive[cand]
+        p_nec = -xp.expm1(-p.necrosis_per_min * self.factor("necrosis", ci) * m.dt_min)
+        p_apo = -xp.expm1(-p.apoptosis_per_min * self.factor("apoptosis", ci) * m.dt_min)
+        uc = u[cand]
+        nec = uc < p_nec
+        apo = ~nec & (uc < p_nec + p_apo * (1 - p_nec))
+        self.data["state"][alive[cand[nec]]] = NECROTIC
+        self.data["state"][alive[cand[apo]]] = APOPTOTIC
+        died = alive[cand[nec | apo]]
         self.data["death_min"][died] = m.time_min
         self.events["died"] += int(died.shape[0])
 
