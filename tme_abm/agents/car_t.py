@@ -70,8 +70,9 @@ class CarTCells(Population):
         product's initial exhaustion and divisions (see systemic.Product)."""
         prods = self.model.systemic.products
         product = np.broadcast_to(np.asarray(self.model.backend.to_host(product), dtype=np.int64), (k,))
-        return {"exhaustion": np.array([prods[p].initial_exhaustion for p in product], dtype=float),
-                "divisions_left": np.array([prods[p].divisions for p in product], dtype=np.int16),
+        exhaustion = np.array([p.initial_exhaustion for p in prods], dtype=float)  # per product
+        divisions = np.array([p.divisions for p in prods], dtype=np.int16)
+        return {"exhaustion": exhaustion[product], "divisions_left": divisions[product],
                 "product": product.astype(np.int8), "birth_min": np.full(k, self.model.time_min)}
 
     @property
