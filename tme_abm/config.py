@@ -256,14 +256,7 @@ class _Population(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _merge_default_rules(cls, data: Any):
-        if isinstance(data, dict):
-            data = dict(data)
-            user = data.get("rules") or {}
-            if isinstance(user, dict):
-                data["rules"] = _deep_merge(default_rules()[cls.kind], user)
-        elif data is None or isinstance(data, cls):
-            return data
-        return data
+        return _merged_over_defaults(data, "rules", default_rules()[cls.kind])
 
 
 class MoveConfig(_Strict):
@@ -519,24 +512,11 @@ class Config(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _merge_default_fields(cls, data: Any):
-        if isinstance(data, dict):
-            data = dict(data)
-            user = data.get("fields") or {}
-            if not isinstance(user, dict):
-                return data  # let the type check report it
-            merged = default_fields()
-            for name, spec in user.items():
-                if isinstance(spec, dict) and name in merged:
-                    merged[name] = _deep_merge(merged[name], spec)
-                else:
-                    merged[name] = spec
-            data["fields"] = merged
-            edits = default_edits()
-            edits.update(data.get("edits") or {})
-            data["edits"] = edits
-            for pop in ("tumor", "car_t", "monocyte", "granulocyte"):
-                data.setdefault(pop, {})
+    def _merge_defaults(cls, data: Any):
+        data = _merged_over_defaults(data, "fields", default_fields())
+        if isinstance(data, dict) and isinstance(data.get("edits") or {}, dict):
+            # a user edit replaces a default edit of the same name as a whole
+            data = {**data, "edits": {**default_edits(), **(data.get("edits") or {})}}
         return data
 
     @model_validator(mode="after")
@@ -685,6 +665,16 @@ class Config(_Strict):
     def to_yaml(self) -> str:
         """The resolved config (defaults filled in) as YAML text."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _merged_over_defaults(data: Any, key: str, defaults: dict) -> Any:
+    """``data`` with ``data[key]`` deep-merged over ``defaults`` (anything that is not a
+    mapping is passed through for the type check to report)."""
+    if isinstance(data, dict):
+        user = data.get(key) or {}
+        if isinstance(user, dict):
+            data = {**data, key: _deep_merge(defaults, user)}
+    return data
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -670,10 +670,12 @@ class DiffusionSolver:
             c = self._dev_coeffs[axis]
             hc = self._coeffs[axis]
             kinds = c["diffusing"]
-            if sink_fields:
-                k = hc.diffusing.copy()
-                k[sink_fields] = _SKIP
-                kinds = xp.asarray(k)
+            if sink_fields:  # one host-to-device copy per axis and source plan, not per step
+                kinds = plan.setdefault("kinds", {}).get(axis)
+                if kinds is None:
+                    k = hc.diffusing.copy()
+                    k[sink_fields] = _SKIP
+                    kinds = plan["kinds"][axis] = xp.asarray(k)
             cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, nf, n, w_total)
             for f in sink_fields:
                 e = self._sink_diagonal(plan, f, axis)
