@@ -437,6 +437,20 @@ class DiffusionSolver:
         vol = self.spacing_um**self.ndim
         return self.backend.to_host(self._buf[self._cur].sum(axis=1, dtype=np.float64)) * vol
 
+    def get_state(self) -> tuple[np.ndarray, int]:
+        """(F, n_sites) host copy of the internal buffer and its layout (the lead axis):
+        with :meth:`set_state`, a solver continues bit for bit."""
+        return self.backend.to_host(self._buf[self._cur]).copy(), int(self._lead)
+
+    def set_state(self, buffer: np.ndarray, lead: int) -> None:
+        if buffer.shape != (self.n_fields, self.n_sites) or not 0 <= lead < self.ndim:
+            raise ValueError(f"solver state of shape {buffer.shape}, lead {lead} does not fit "
+                             f"{self.n_fields} fields on {self.shape}")
+        self._cur = 0
+        self._buf[0][...] = self.backend.xp.asarray(buffer, dtype=self.dtype)
+        self._lead = int(lead)
+        self._last_sample = None
+
     def close(self) -> None:
         """Stop the helper thread of the CPU engine (also done at garbage collection)."""
         if self._pool is not None:

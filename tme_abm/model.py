@@ -11,6 +11,7 @@ from .agents import CarTCells, Granulocytes, Monocytes, TumorCells
 from .agents.car_t import car_t_rules
 from .backend import Backend, make_backend
 from .config import Config, apply_overrides, check_memory, load_config, validate_config
+from .diffusion import Sources
 from .fields import FieldSet
 from .lattice import Lattice
 from .rules import RuleSet
@@ -133,7 +134,6 @@ class TMEModel(mesa.Model):
         for p in self.populations:
             p.reset_events()
         self._row: dict | None = None
-        self._row_step = -1
         self.datacollector = mesa.DataCollector(
             model_reporters={k: (lambda m, k=k: m.current_row().get(k, float("nan"))) for k in REPORTED}
         )
@@ -279,17 +279,100 @@ class TMEModel(mesa.Model):
         for p in self.populations:
             p.reset_events()
         self.time_min += self.dt_min
+        self._row = None
         self.scheduler.step()
         if self.steps >= self.n_ticks:
             self.running = False
 
+    def cell_table(self) -> dict[str, np.ndarray]:
+        """Every cell now, as host columns of equal length: ``x``, ``y`` (``z`` in 3D) lattice
+        indices (int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
+        4 granulocyte), ``id`` (int64, unique within a type), and the columns of
+        :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
+        to_host = self.backend.to_host
+        parts = []
+        for p in self.populations:
+            cols = {k: to_host(v) for k, v in p.snapshot().items()}
+            site = to_host(p.data["site"])
+            for axis, c in zip("xyz", np.unravel_index(site, self.lattice.shape)):
+                cols[axis] = c.astype(np.int32)
+            cols["type"] = np.full(site.shape, p.code, dtype=np.int8)
+            cols["id"] = to_host(p.data["id"])
+            parts.append(cols)
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The complete dynamic state between two ticks: ``(arrays, meta)``.
+
+        ``arrays`` maps "group/name" to host arrays (cell columns per population, the
+        field solver's buffer, the sources for the next field solve, the history and the
+        DataCollector's rows); ``meta`` holds JSON-able scalars (tick, time, systemic
+        compartment, event log, Mesa's generator). Everything else (lattice, vessels,
+        rules, timeline) is rebuilt from the config, so ``TMEModel(config)`` followed by
+        :meth:`set_state` continues exactly as the model that was saved. The random
+        numbers are counter-based (seed, tick, stream, cell id): their state is the tick.
+        """
+        to_host = self.backend.to_host
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict = {"steps": int(self.steps), "time_min": self.time_min, "running": bool(self.running),
+                      "next_event": self._next_event, "event_log": self.event_log,
+                      "systemic": self.systemic.get_state(), "populations": {},
+                      "rng": self.rng.bit_generator.state}
+        for p in self.populations:
+            cols, pmeta = p.get_state()
+            arrays.update({f"{p.kind}/{k}": v for k, v in cols.items()})
+            meta["populations"][p.kind] = pmeta
+        arrays["fields/buffer"], meta["fields_lead"] = self.fields.solver.get_state()
+        src = self._sources
+        arrays.update({f"sources/{k}": np.array(to_host(getattr(src, k)), copy=True)
+                       for k in ("sites", "secretion", "uptake")})
+        arrays.update({f"history/{k}": np.asarray(v, dtype=np.float64) for k, v in self.history.items()})
+        cols = list(self.datacollector.model_vars)
+        meta["datacollector_columns"] = cols
+        arrays["datacollector/rows"] = np.array([self.datacollector.model_vars[k] for k in cols],
+                                                dtype=np.float64).T.reshape(-1, len(cols))
+        return arrays, meta
+
+    def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Restore a state from :meth:`get_state` into a model built from the same config."""
+        xp = self.backend.xp
+        self.steps = int(meta["steps"])
+        self.time_min = float(meta["time_min"])
+        self.running = bool(meta["running"])
+        self._next_event = int(meta["next_event"])
+        self.event_log = list(meta["event_log"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.systemic.set_state(meta["systemic"])
+        self.update_products()
+        self.occupancy[...] = 0
+        self.occupancy[self.vessels_dev] = VESSEL
+        for p in self.populations:
+            prefix = f"{p.kind}/"
+            p.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                        meta["populations"][p.kind])
+            self.occupancy[p.data["site"]] = p.code
+        self._owner_cache = None
+        self._engaged_map[...] = 0
+        self._engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
+        self.fields.solver.set_state(arrays["fields/buffer"], meta["fields_lead"])
+        self._sources = Sources(xp.asarray(arrays["sources/sites"]),
+                                xp.asarray(arrays["sources/secretion"], dtype=self.backend.dtype),
+                                xp.asarray(arrays["sources/uptake"], dtype=self.backend.dtype))
+        self.history = {k: [float(x) for x in arrays[f"history/{k}"]] for k in self.history}
+        rows = arrays["datacollector/rows"]
+        self.datacollector.model_vars = {k: [float(x) for x in rows[:, j]]
+                                         for j, k in enumerate(meta["datacollector_columns"])}
+        self._row = None
+
     # ---- reporting -------------------------------------------------------------------
 
     def current_row(self) -> dict[str, float]:
-        """Host scalars describing the current state (one time-series row), cached per tick."""
-        if self._row is None or self._row_step != self.steps:  # steps counts from 1 inside step()
+        """Host scalars describing the current state (one time-series row), computed once
+        per state (:meth:`step` forgets it)."""
+        if self._row is None:
             self._row = self.record()
-            self._row_step = self.steps
         return self._row
 
     def record(self) -> dict[str, float]:

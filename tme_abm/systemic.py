@@ -26,7 +26,7 @@ solutions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -161,6 +161,21 @@ class Systemic:
         for p, n in enumerate(per_product):
             self.blood[p] += float(n)
             self.from_lattice += float(n)
+
+    def get_state(self) -> dict:
+        """Every field but the config, JSON-able (floats round-trip exactly)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cfg", "products")}
+        state["blood"] = list(self.blood)
+        state["products"] = [asdict(p) for p in self.products]
+        return state
+
+    def set_state(self, state: dict) -> None:
+        for k, v in state.items():
+            if k == "products":
+                v = [Product(**p) for p in v]
+            elif k == "blood":
+                v = [float(x) for x in v]
+            setattr(self, k, v)
 
     def ledger_residual(self) -> float:
         """``infused + expanded - contracted - elsewhere - to_lattice + from_lattice -

@@ -94,6 +94,14 @@ class CarTCells(Population):
             return self.engaged.astype(self.xp.float64)
         return 1.0
 
+    def snapshot(self) -> dict:
+        """State 0 effector, 1 engaged, 2 exhausted."""
+        xp = self.xp
+        out = super().snapshot()
+        state = xp.where(self.exhausted, 2, xp.where(self.engaged, 1, 0)).astype(xp.int8)
+        out.update(state=state, exhaustion=self.data["exhaustion"].astype(xp.float32))
+        return out
+
     def counts(self) -> dict[str, int]:
         ex = self.exhausted
         return {"car_t_effector": int((~ex).sum()), "car_t_exhausted": int(ex.sum()),

@@ -61,6 +61,12 @@ class Monocytes(MyeloidCells):
             return self.data["activated"].astype(self.xp.float64)
         return 1.0
 
+    def snapshot(self) -> dict:
+        """State 0 resting, 1 activated."""
+        out = super().snapshot()
+        out["state"] = self.data["activated"]
+        return out
+
     def counts(self) -> dict[str, int]:
         return {"monocytes": len(self), "monocytes_activated": int(self.data["activated"].sum())}
 

@@ -142,8 +142,33 @@ class Population(mesa.Agent):
         return xp.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def reset_events(self) -> None:
+        """Start a tick: zero the event counters and forget the sensed environment (a
+        tick never reuses what was sensed in an earlier one, so a model restored from
+        a checkpoint continues exactly)."""
         for k in self.events:
             self.events[k] = 0
+        self._env = {}
+        self._env_version = -1
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(columns as host arrays (copies), JSON-able scalars) of this population."""
+        to_host = self.model.backend.to_host
+        return ({k: np.array(to_host(v), copy=True) for k, v in self.data.items()},
+                {"next_id": self.next_id, "events": dict(self.events)})
+
+    def set_state(self, columns: dict[str, np.ndarray], meta: dict) -> None:
+        """Replace every cell by ``columns`` (as from :meth:`get_state`). The caller
+        rebuilds the occupancy grid."""
+        if set(columns) != set(self.data):
+            raise ValueError(f"{self.kind}: checkpoint columns {sorted(columns)} != {sorted(self.data)}")
+        self.data = {k: self.xp.asarray(columns[k], dtype=self.data[k].dtype) for k in self.data}
+        self.next_id = int(meta["next_id"])
+        self.events = {k: int(v) for k, v in meta["events"].items()}
+        self._version += 1
+        self._env = {}
+        self._env_version = -1
 
     # ---- random numbers and rules ----------------------------------------------------
 
@@ -220,6 +245,15 @@ class Population(mesa.Agent):
 
     def counts(self) -> dict[str, int]:
         return {f"{self.kind}_cells": len(self)}
+
+    def snapshot(self) -> dict:
+        """Per-cell columns of a cell snapshot, (n,) device arrays: ``state`` (int8 code,
+        see docs/output.md), ``lineage`` (int64, -1: none), ``antigen`` and ``exhaustion``
+        (float32, NaN where the type has none). Overridden where a type has them."""
+        xp, n = self.xp, len(self)
+        return {"state": xp.zeros(n, dtype=xp.int8), "lineage": xp.full(n, -1, dtype=xp.int64),
+                "antigen": xp.full(n, xp.nan, dtype=xp.float32),
+                "exhaustion": xp.full(n, xp.nan, dtype=xp.float32)}
 
     def fill_sources(self, sec, upt, secretion: np.ndarray, uptake: np.ndarray) -> None:
         """Write this population's secretion and uptake rates into ``sec`` and ``upt``

@@ -67,6 +67,12 @@ class TumorCells(Population):
     def emitting(self):
         return self.alive
 
+    def snapshot(self) -> dict:
+        out = super().snapshot()
+        out.update(state=self.data["state"], lineage=self.data["lineage"],
+                   antigen=self.data["antigen"].astype(self.xp.float32))
+        return out
+
     def counts(self) -> dict[str, int]:
         xp = self.xp
         st = self.data["state"]
