@@ -485,7 +485,13 @@ class OutputConfig(_Strict):
     path: str | None = None
     """Run file; default runs/<name>.h5 (relative to the working directory)."""
     record_every_ticks: Annotated[int, Field(ge=1)] = 1
+    """Time-series rows every this many ticks (plus the initial and final state)."""
     snapshot_every_min: Annotated[float, Field(gt=0)] = 360.0
+    """Field snapshots at t = 0, every this many minutes (rounded to whole ticks), and at the end."""
+    cell_snapshot_every_min: Annotated[float, Field(gt=0)] = 1440.0
+    """Cell snapshots (every cell's position, type and state), scheduled like field snapshots."""
+    checkpoint_every_min: Annotated[float, Field(gt=0)] = 1440.0
+    """Model-state checkpoints for ``--resume`` at t = 0 and every this many minutes."""
     hypoxic_threshold_mmHg: NonNegFloat = 10.0
     """Voxels below this oxygen count as hypoxic in the time series."""
 
@@ -542,11 +548,12 @@ class Config(_Strict):
             )
         self._check_rules()
         self._check_therapy()
-        if self.output.snapshot_every_min < self.time.tick_min:
-            raise ValueError(
-                f"output.snapshot_every_min {self.output.snapshot_every_min} is shorter than one tick "
-                f"({self.time.tick_min} min)"
-            )
+        for key in ("snapshot_every_min", "cell_snapshot_every_min", "checkpoint_every_min"):
+            if getattr(self.output, key) < self.time.tick_min:
+                raise ValueError(
+                    f"output.{key} {getattr(self.output, key)} is shorter than one tick "
+                    f"({self.time.tick_min} min)"
+                )
         return self
 
     def population(self, kind: str) -> _Population:

@@ -1,20 +1,30 @@
-"""HDF5 run files: one writer object with its own schedule (time series, snapshots).
+"""HDF5 run files: the layout, crash-safe appends, checkpoints, and the checks readers share.
 
-Layout (version 1):
-    /                 attrs: format, package_version, seed, backend, device, dtype,
-                      status (running|complete|failed), started_utc, finished_utc, error
-    /config           resolved config, YAML text
-    /timeseries/<col> (n_records,) float64 per column; time_min is the time axis
-    /fields/time_min  (n_snapshots,) float64, minutes
-    /fields/<name>    (n_snapshots, *shape) snapshots, attrs: units
-    /events           the therapy event log: one JSON object per event (string array)
-    /outcomes         attrs: one per outcome (response classes as strings)
+The layout (format ``tme_abm-run-2``) is documented in docs/output.md. Every group that
+holds arrays is a NetCDF-4 style group (HDF5 dimension scales), so
+``xarray.open_dataset(path, engine="h5netcdf", group="timeseries")`` (or ``"fields"``,
+``"cells"``) opens it with named dimensions and units.
+
+Crash safety: the file is flushed after every write, and data once flushed is never
+rewritten with different bytes. Growing datasets (time series, cells, events) are
+stored uncompressed, so appending rewrites a partly filled chunk in place with the same
+old bytes; only write-once chunks (one field snapshot each, checkpoint arrays) are
+compressed, because HDF5 moves a compressed chunk that grows and a kill during that
+move can corrupt it. A run killed at any moment therefore leaves a file that opens and
+holds everything up to the last flush, with ``status = "running"`` (datasets of one
+group may then differ in length by the records of an unfinished write; readers use the
+common prefix). The model state is checkpointed into one of two slots, and
+``/checkpoint`` points at a slot only after that slot is completely written, so a kill
+during a checkpoint leaves the previous one intact. Resuming truncates the appended data
+back to the checkpoint's time and continues (tme_abm.runner).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -22,118 +32,329 @@ import numpy as np
 
 from . import __version__
 
-FORMAT = "tme_abm-run-1"
-ROW_BLOCK = 500  # time-series rows buffered between writes
+FORMAT = "tme_abm-run-2"
+ROW_BLOCK = 500
+"""Time-series rows buffered between writes (one resize per column per block) ..."""
+ROW_SECONDS = 5.0
+"""... or for at most this many wall seconds, so a killed run loses at most that much."""
+TIME_COLUMN = "time_min"
+"""The time-series row key stored as the ``time`` coordinate of /timeseries."""
+CELL_COLUMNS = {"x": "i4", "y": "i4", "z": "i4", "type": "i1", "state": "i1", "id": "i8", "lineage": "i8",
+                "antigen": "f4", "exhaustion": "f4"}
+"""Cell-snapshot columns and their HDF5 dtypes (``z`` only on 3D lattices)."""
+_DIMENSION_ONLY = "This is a netCDF dimension but not a netCDF variable."  # the netCDF-4 marker
+_SLOTS = ("slot0", "slot1")
+
+
+class RunFileError(ValueError):
+    """A path that is not a readable tme_abm run file (missing, not HDF5, corrupt,
+    truncated, or written by something else)."""
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class RunWriter:
-    """Writes one run file. Refuses to overwrite an existing file unless asked.
+def column_units(name: str, field_units: dict[str, str]) -> str:
+    """Units of a time-series column (docs/output.md lists them)."""
+    for field, units in field_units.items():
+        if name in (f"{field}_mean", f"{field}_min", f"{field}_max"):
+            return units
+    fixed = {"tick": "1", TIME_COLUMN: "min", "day": "day", "hypoxic_fraction": "1", "ph_mean": "pH",
+             "car_t_tumor_ratio": "1", "systemic_cytokine": "pg/mL", "crs_grade": "grade",
+             "car_t_kills": "kills"}
+    return fixed.get(name, "cells")
 
-    Args:
-        path: output file.
-        config_yaml: the resolved config as YAML text.
-        attrs: extra root attributes (seed, backend, device, ...).
-        overwrite: replace an existing file (otherwise FileExistsError).
+
+def _scale(group, name: str, *, data=None, dtype="f8", units: str | None = None, long_name: str | None = None,
+           growing: bool = False, chunk: int = 1024, variable: bool = True):
+    """A 1-D dimension scale (a netCDF dimension, and its coordinate unless ``variable``
+    is false)."""
+    if growing:
+        ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,))
+    else:
+        ds = group.create_dataset(name, data=np.asarray(data, dtype=dtype))
+    ds.make_scale(name if variable else _DIMENSION_ONLY)
+    if units is not None:
+        ds.attrs["units"] = units
+    if long_name is not None:
+        ds.attrs["long_name"] = long_name
+    return ds
+
+
+def _growing(group, name: str, dims, dtype, *, units: str | None = None, chunk: tuple[int, ...] = (1024,),
+             compress: bool = False):
+    """A dataset growing along its first axis, with the dimension scales ``dims``."""
+    inner = tuple(len(d) for d in dims[1:])
+    kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress else {}
+    ds = group.create_dataset(name, shape=(0, *inner), maxshape=(None, *inner), dtype=dtype, chunks=chunk, **kw)
+    for axis, d in enumerate(dims):
+        ds.dims[axis].attach_scale(d)
+    if units is not None:
+        ds.attrs["units"] = units
+    return ds
+
+
+def _append(ds, values) -> None:
+    n = ds.shape[0]
+    values = np.asarray(values)
+    ds.resize((n + values.shape[0], *ds.shape[1:]))
+    ds[n:] = values
+
+
+class RunWriter:
+    """Writes one run file; use :meth:`create` for a new run, :meth:`reopen` to resume.
+
+    Every method that writes ends with a flush, except :meth:`append_row`, which buffers
+    rows up to ``ROW_BLOCK`` rows or ``ROW_SECONDS`` (and writes them at every checkpoint).
     """
 
-    def __init__(self, path, config_yaml: str, attrs: dict, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path}: output file exists; choose another --out or pass --overwrite")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = h5py.File(self.path, "w")
-        self.f.attrs["format"] = FORMAT
-        self.f.attrs["package_version"] = __version__
-        self.f.attrs["status"] = "running"
-        self.f.attrs["started_utc"] = _now()
-        for k, v in attrs.items():
-            self.f.attrs[k] = v
-        self.f.create_dataset("config", data=config_yaml, dtype=h5py.string_dtype())
-        self.ts = self.f.create_group("timeseries")
-        self.fg = self.f.create_group("fields")
-        self._n_rows = 0
+    def __init__(self, f: h5py.File):
+        self.f = f
+        self.path = Path(f.filename)
+        stored = [k for k in f["timeseries"] if k != "time"]
+        self._columns: list[str] | None = [TIME_COLUMN, *stored] if stored else None
         self._rows: list[list[float]] = []
-        self._columns: list[str] | None = None
-        self._n_snap = 0
-        self.f.flush()
+        self._rows_since = time.monotonic()
 
-    def append_row(self, row: dict[str, float]) -> None:
-        """Append one time-series row (same keys every call). Rows are buffered and
-        written in blocks (one HDF5 resize per column per block, not per row): at every
-        snapshot, every ``ROW_BLOCK`` rows and at the end."""
+    # ---- creating and reopening --------------------------------------------------------
+
+    @classmethod
+    def create(cls, path, *, config_yaml: str, attrs: dict, lattice_shape, spacing_um: float,
+               field_names, field_units, dtype: str, overwrite: bool = False) -> "RunWriter":
+        """A new run file with its groups and coordinates; refuses to replace an existing
+        file unless ``overwrite``.
+
+        Args:
+            attrs: root attributes (seed, backend, device, ...).
+            lattice_shape, spacing_um: the lattice (x, y[, z] coordinates in um).
+            field_names, field_units: the fields, in solver order; ``dtype`` their dtype.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, "
+                                  f"or --resume it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w", track_order=True)
+        f.attrs.update({"format": FORMAT, "package_version": __version__, "status": "running",
+                        "started_utc": _now(), **attrs})
+        f.create_dataset("config", data=config_yaml, dtype=h5py.string_dtype())
+        ev = _scale(f, "event", dtype="i8", growing=True, chunk=64, variable=False)
+        _growing(f, "events", [ev], h5py.string_dtype(), chunk=(64,))
+
+        ts = f.create_group("timeseries", track_order=True)
+        _scale(ts, "time", units="min", long_name="simulated time since the start", growing=True)
+
+        fg = f.create_group("fields", track_order=True)
+        ft = _scale(fg, "time", units="min", long_name="snapshot time", growing=True, chunk=256)
+        axes = [_scale(fg, a, data=np.arange(n) * spacing_um, units="um", long_name=f"{a} of the voxel")
+                for a, n in zip("xyz", lattice_shape)]
+        for name, units in zip(field_names, field_units):
+            _growing(fg, name, [ft, *axes], dtype, units=units, chunk=(1, *lattice_shape), compress=True)
+
+        cg = f.create_group("cells", track_order=True)
+        ct = _scale(cg, "time", units="min", long_name="snapshot time", growing=True, chunk=256)
+        count = _growing(cg, "count", [ct], "i8", chunk=(256,))
+        count.attrs["sample_dimension"] = "cell"  # CF contiguous ragged array
+        count.attrs["long_name"] = "cells in each snapshot"
+        cell = _scale(cg, "cell", dtype="i1", growing=True, chunk=65536, variable=False)
+        for name, dt in CELL_COLUMNS.items():
+            if name == "z" and len(lattice_shape) < 3:
+                continue
+            _growing(cg, name, [cell], dt, chunk=(16384,))
+
+        ck = f.create_group("checkpoint")
+        ck.attrs.update({"latest": "", "tick": -1, "time_min": np.nan})
+        f.flush()
+        return cls(f)
+
+    @classmethod
+    def reopen(cls, path) -> "RunWriter":
+        """Open an existing run file to continue it (see :meth:`rewind`)."""
+        with reading(path) as f:
+            status = str(f.attrs.get("status", ""))
+        if status == "complete":
+            raise RunFileError(f"{path}: the run is complete; nothing to resume")
+        try:
+            f = h5py.File(path, "r+")
+        except OSError as exc:
+            raise RunFileError(f"{path}: cannot open for writing: {exc}") from None
+        return cls(f)
+
+    # ---- appending -----------------------------------------------------------------------
+
+    def append_row(self, row: dict[str, float], field_units: dict[str, str]) -> None:
+        """Buffer one time-series row (the same keys every call)."""
+        ts = self.f["timeseries"]
         if self._columns is None:
             self._columns = list(row)
             for k in row:
-                self.ts.create_dataset(k, shape=(0,), maxshape=(None,), dtype="f8", chunks=(1024,))
+                if k != TIME_COLUMN:
+                    _growing(ts, k, [ts["time"]], "f8", units=column_units(k, field_units))
         elif set(row) != set(self._columns):
             raise ValueError(f"time-series columns changed: {sorted(set(row) ^ set(self._columns))}")
         self._rows.append([float(row[k]) for k in self._columns])
-        if len(self._rows) >= ROW_BLOCK:
+        if len(self._rows) >= ROW_BLOCK or time.monotonic() - self._rows_since > ROW_SECONDS:
             self.flush_rows()
 
     def flush_rows(self) -> None:
-        """Write the buffered rows to the file."""
+        """Write the buffered rows and flush."""
+        self._rows_since = time.monotonic()
         if not self._rows:
             return
         block = np.asarray(self._rows, dtype=np.float64)
-        n0, n1 = self._n_rows, self._n_rows + len(block)
+        ts = self.f["timeseries"]
         for j, k in enumerate(self._columns):
-            ds = self.ts[k]
-            ds.resize((n1,))
-            ds[n0:n1] = block[:, j]
-        self._n_rows = n1
+            _append(ts["time" if k == TIME_COLUMN else k], block[:, j])
         self._rows = []
         self.f.flush()
 
-    def snapshot_fields(self, time_min: float, names, units, values: np.ndarray) -> None:
+    def snapshot_fields(self, time_min: float, names, values: np.ndarray) -> None:
         """Append one snapshot of every field; ``values`` is (F, *shape) on the host."""
-        if self._n_snap == 0:
-            self.fg.create_dataset("time_min", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
-            for i, name in enumerate(names):
-                shp = values.shape[1:]
-                ds = self.fg.create_dataset(
-                    name, shape=(0, *shp), maxshape=(None, *shp), dtype=values.dtype,
-                    chunks=(1, *shp), compression="gzip", compression_opts=4, shuffle=True,
-                )
-                ds.attrs["units"] = units[i]
-        self.flush_rows()
-        n = self._n_snap + 1
-        self.fg["time_min"].resize((n,))
-        self.fg["time_min"][n - 1] = time_min
+        fg = self.f["fields"]
         for i, name in enumerate(names):
-            ds = self.fg[name]
-            ds.resize((n, *ds.shape[1:]))
-            ds[n - 1] = values[i]
-        self._n_snap = n
+            _append(fg[name], values[i][None])
+        _append(fg["time"], [time_min])  # last: a snapshot counts once its time is there
+        self.f.flush()
+
+    def snapshot_cells(self, time_min: float, table: dict[str, np.ndarray]) -> None:
+        """Append one cell snapshot; ``table`` maps :data:`CELL_COLUMNS` to (n,) arrays."""
+        cg = self.f["cells"]
+        n = len(table["type"])
+        for name in CELL_COLUMNS:
+            if name in cg:
+                _append(cg[name], table[name])
+        cg["cell"].resize((cg["cell"].shape[0] + n,))  # a dimension only: no data written
+        _append(cg["count"], [n])
+        _append(cg["time"], [time_min])
         self.f.flush()
 
     def write_events(self, events: list[dict]) -> None:
-        """Replace ``/events`` with the event log so far (JSON text per event)."""
-        if "events" in self.f:
-            del self.f["events"]
-        self.f.create_dataset("events", data=[json.dumps(e) for e in events], dtype=h5py.string_dtype())
+        """Store the event log so far (one JSON object per event): appends the events
+        not yet in the file (the log only grows; :meth:`rewind` shortens it)."""
+        ds, ev = self.f["events"], self.f["event"]
+        n = ds.shape[0]
+        if len(events) > n:
+            _append(ds, np.array([json.dumps(e) for e in events[n:]], dtype=object))
+            _append(ev, np.arange(n, len(events)))
         self.f.flush()
 
     def write_outcomes(self, outcomes: dict) -> None:
         """Store the run's outcomes as attributes of ``/outcomes``."""
         g = self.f.require_group("outcomes")
-        for k, v in outcomes.items():
-            g.attrs[k] = v
+        g.attrs.update(outcomes)
         self.f.flush()
 
-    def flush(self) -> None:
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Store a model state (``TMEModel.get_state()``) in the slot not holding the
+        latest one, then point ``/checkpoint`` at it."""
         self.flush_rows()
+        ck = self.f["checkpoint"]
+        slot = _SLOTS[1] if ck.attrs["latest"] == _SLOTS[0] else _SLOTS[0]
+        if slot in ck:
+            del ck[slot]
+        g = ck.create_group(slot)
+        for k, v in arrays.items():
+            kw = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if v.size > 4096 else {}
+            g.create_dataset(k, data=v, **kw)
+        g.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
         self.f.flush()
+        ck.attrs.update({"latest": slot, "tick": int(meta["steps"]), "time_min": float(meta["time_min"])})
+        self.f.flush()
+
+    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The latest checkpoint's ``(arrays, meta)``."""
+        ck = self.f["checkpoint"]
+        slot = str(ck.attrs["latest"])
+        if not slot:
+            raise RunFileError(f"{self.path}: holds no checkpoint to resume from")
+        g = ck[slot]
+        arrays: dict[str, np.ndarray] = {}
+        g.visititems(lambda k, obj: arrays.__setitem__(k, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        meta = json.loads(arrays.pop("meta").decode())
+        return arrays, meta
+
+    def rewind(self, time_min: float, events: list[dict]) -> None:
+        """Drop everything recorded after ``time_min`` (the latest checkpoint's time) and
+        mark the run as running again, so it can continue from that checkpoint."""
+        self._rows = []
+        keep = time_min + 1e-6
+        ts = self.f["timeseries"]
+        n = int(np.searchsorted(ts["time"][:], keep, side="right"))
+        for ds in ts.values():
+            ds.resize((n, *ds.shape[1:]))
+        fg = self.f["fields"]
+        n = int(np.searchsorted(fg["time"][:], keep, side="right"))
+        for name, ds in fg.items():
+            if name not in ("x", "y", "z"):
+                ds.resize((n, *ds.shape[1:]))
+        cg = self.f["cells"]
+        n = int(np.searchsorted(cg["time"][:], keep, side="right"))
+        total = int(cg["count"][:n].sum())
+        for name, ds in cg.items():
+            ds.resize((n if name in ("time", "count") else total,))
+        n = min(len(events), self.f["events"].shape[0], self.f["event"].shape[0])
+        self.f["events"].resize((n,))
+        self.f["event"].resize((n,))
+        self.write_events(events)
+        if "outcomes" in self.f:
+            del self.f["outcomes"]
+        for k in ("error", "finished_utc"):
+            if k in self.f.attrs:
+                del self.f.attrs[k]
+        self.f.attrs["status"] = "running"
+        self.f.attrs["resumed_utc"] = _now()
+        self.f.flush()
+
+    # ---- the end -------------------------------------------------------------------------
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
-        """Record the final status and close the file."""
-        self.flush_rows()
-        self.f.attrs["status"] = status
-        self.f.attrs["finished_utc"] = _now()
-        if error:
-            self.f.attrs["error"] = error
-        self.f.close()
+        """Record the final status (and the error) and close the file."""
+        if not self.f.id.valid:
+            return
+        try:
+            self.flush_rows()
+        finally:
+            self.f.attrs["status"] = status
+            self.f.attrs["finished_utc"] = _now()
+            if error:
+                self.f.attrs["error"] = error
+            self.f.close()
+
+
+@contextmanager
+def reading(path):
+    """Open a run file for reading (``h5py.File``), turning every way it can fail to be
+    one into a :class:`RunFileError` that names the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise RunFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory, not a run file")
+    if not h5py.is_hdf5(path):
+        raise RunFileError(f"{path}: not an HDF5 file (a tme_abm run file is HDF5)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if "lock" not in str(exc):
+            raise RunFileError(f"{path}: HDF5 file cannot be opened (truncated or corrupt): {exc}") from None
+        try:  # a run still being written holds a lock; read it up to its last flush anyway
+            f = h5py.File(path, "r", locking=False)
+        except OSError as exc2:
+            raise RunFileError(f"{path}: HDF5 file cannot be opened: {exc2}") from None
+    try:
+        fmt = str(f.attrs.get("format", ""))
+        if not fmt.startswith("tme_abm-run-"):
+            raise RunFileError(f"{path}: HDF5 file but not a tme_abm run file (no 'format' attribute "
+                               f"'tme_abm-run-N')")
+        if fmt != FORMAT:
+            raise RunFileError(f"{path}: run file format {fmt!r}; this version of tme_abm reads {FORMAT!r}")
+        yield f
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, RunFileError):
+            raise
+        raise RunFileError(f"{path}: run file is corrupt or incomplete: {type(exc).__name__}: {exc}") from None
+    finally:
+        f.close()

@@ -1,65 +1,72 @@
-"""Run one config to one run file: build the model, step it, write output."""
+"""Run one config to one run file: build the model, step it, write output, checkpoint, resume."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
 from .backend import make_backend
 from .config import Config
-from .io import RunWriter
+from .io import RunFileError, RunWriter, reading
 from .model import TMEModel
+
+
+class RunTerminated(Exception):
+    """The run received SIGTERM (e.g. a cluster job reaching its time limit)."""
 
 
 def default_output_path(cfg: Config) -> Path:
     return Path(cfg.output.path) if cfg.output.path else Path("runs") / f"{cfg.name}.h5"
 
 
-def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
-        quiet: bool = False) -> Path:
+def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, quiet: bool = False,
+        resume: bool = False) -> Path:
     """Run ``cfg`` to completion and return the run file's path.
+
+    With ``resume``, ``out`` is an existing run file of the same config (status running
+    or failed): the model is restored from its latest checkpoint, everything recorded
+    after it is dropped, and the run continues; the finished file equals the one an
+    uninterrupted run would have written (same seed and backend), bit for bit, apart
+    from wall-clock attributes.
 
     A failure records status "failed" and the error in the file before re-raising.
     """
     backend = make_backend(cfg.backend, cfg.dtype)
     path = Path(out) if out else default_output_path(cfg)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: output file exists; choose another --out or pass --overwrite")
+    if resume:
+        _check_same_config(path, cfg)
+    elif path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, or --resume it")
     model = TMEModel(cfg, backend=backend)
-    writer = RunWriter(
-        path, cfg.to_yaml(),
-        {"seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype},
-        overwrite=overwrite,
-    )
-    snap_every = max(1, round(cfg.output.snapshot_every_min / cfg.time.tick_min))
-    n_ticks = cfg.time.n_ticks
+    if resume:
+        writer = RunWriter.reopen(path)
+        try:
+            model.set_state(*writer.read_checkpoint())
+            writer.rewind(model.time_min, model.event_log)
+        except BaseException:
+            writer.f.close()
+            model.fields.solver.close()
+            raise
+    else:
+        writer = RunWriter.create(
+            path, config_yaml=cfg.to_yaml(), overwrite=overwrite,
+            attrs={"seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype,
+                   "git_commit": _git_commit()},
+            lattice_shape=model.lattice.shape, spacing_um=model.lattice.spacing_um,
+            field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)
+    t0 = time.perf_counter()
     try:
-        writer.append_row(model.current_row())
-        writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
-                               backend.to_host(model.fields.values))
-        n_events = 0
-        show = not quiet and sys.stderr.isatty()
-        t0 = time.perf_counter()
-        with tqdm(total=n_ticks, disable=not show, unit="tick", desc=cfg.name) as bar:
-            for tick in range(1, n_ticks + 1):
-                model.step()
-                if tick % cfg.output.record_every_ticks == 0 or tick == n_ticks:
-                    row = model.current_row()
-                    writer.append_row(row)
-                    bar.set_postfix(day=f"{model.time_min / 1440:.2f}", tumor=int(row["tumor_alive"]),
-                                    car_t=int(row["car_t_effector"] + row["car_t_exhausted"]))
-                if len(model.event_log) != n_events:
-                    n_events = len(model.event_log)
-                    writer.write_events(model.event_log)
-                if tick % snap_every == 0 or tick == n_ticks:
-                    writer.snapshot_fields(model.time_min, model.fields.names, model.fields.units,
-                                           backend.to_host(model.fields.values))
-                bar.update(1)
-        writer.f.attrs["wall_seconds"] = time.perf_counter() - t0
-        writer.write_events(model.event_log)
+        with _sigterm_raises():
+            _advance(model, writer, cfg, quiet)
+        writer.f.attrs["wall_seconds"] = float(writer.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
         writer.write_outcomes(model.outcomes())
     except BaseException as exc:
         writer.finish("failed", f"{type(exc).__name__}: {exc}")
@@ -68,3 +75,104 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False,
         model.fields.solver.close()
     writer.finish("complete")
     return path
+
+
+def _every(minutes: float, tick_min: float) -> int:
+    return max(1, round(minutes / tick_min))
+
+
+def _advance(model: TMEModel, writer: RunWriter, cfg: Config, quiet: bool) -> None:
+    """Step ``model`` from its current tick to the end, writing as configured."""
+    o = cfg.output
+    n_ticks = cfg.time.n_ticks
+    snap, cells, ckpt = (_every(m, cfg.time.tick_min) for m in
+                         (o.snapshot_every_min, o.cell_snapshot_every_min, o.checkpoint_every_min))
+    units = dict(zip(model.fields.names, model.fields.units))
+    to_host = model.backend.to_host
+    start = model.steps
+    if start == 0:
+        writer.append_row(model.current_row(), units)
+        writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
+        writer.snapshot_cells(model.time_min, model.cell_table())
+        writer.write_checkpoint(*model.get_state())
+    n_events = len(model.event_log)
+    show = not quiet and sys.stderr.isatty()
+    with tqdm(total=n_ticks, initial=start, disable=not show, unit="tick", desc=cfg.name) as bar:
+        for tick in range(start + 1, n_ticks + 1):
+            model.step()
+            last = tick == n_ticks
+            if tick % o.record_every_ticks == 0 or last:
+                row = model.current_row()
+                writer.append_row(row, units)
+                bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
+                                car_t=int(row["car_t_effector"] + row["car_t_exhausted"]), refresh=False)
+            if len(model.event_log) != n_events:
+                n_events = len(model.event_log)
+                writer.write_events(model.event_log)
+            if tick % snap == 0 or last:
+                writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
+            if tick % cells == 0 or last:
+                writer.snapshot_cells(model.time_min, model.cell_table())
+            if tick % ckpt == 0 and not last:
+                writer.write_checkpoint(*model.get_state())
+            bar.update(1)
+    writer.flush_rows()
+
+
+def _check_same_config(path: Path, cfg: Config) -> None:
+    """Refuse to resume ``path`` with a config other than the one it was started with."""
+    with reading(path) as f:
+        stored = yaml.safe_load(f["config"][()].decode())
+    given = cfg.model_dump(mode="json")
+    diff = sorted(k for k in _flat(stored).keys() | _flat(given).keys()
+                  if k != "output.path" and _flat(stored).get(k) != _flat(given).get(k))
+    if diff:
+        shown = ", ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+        raise RunFileError(f"{path}: was started with a different config (differs in {shown}); "
+                           f"resume with the same config and --set options")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into :class:`RunTerminated` while the run steps (main thread only),
+    so a job killed by its scheduler records status "failed" and can be resumed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunTerminated("received SIGTERM")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _git_commit() -> str:
+    """The commit of the tme_abm source tree, or "" when it is not a git checkout (an
+    installed package, even one inside some other repository)."""
+    src = Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=5)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != src.parent:
+            return ""
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
