@@ -30,7 +30,7 @@ def test_run_writes_a_run_file_and_refuses_to_overwrite(tmp_path):
         assert f.attrs["backend"] == "numpy" and f.attrs["package_version"]
         assert "seed: 9" in f["config"][()].decode()
         ts = f["timeseries"]
-        n = len(ts["time_min"])
+        n = len(ts["time"])
         assert n == 25  # initial row + 24 ticks of 6 min
         assert ts["tumor_alive"][0] > 0 and "oxygen_mean" in ts and "hypoxic_fraction" in ts
         assert f["fields/oxygen"].shape[1:] == (120, 120)

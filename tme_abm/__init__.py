@@ -10,9 +10,11 @@ except PackageNotFoundError:  # running from a source tree without installing
 from .backend import Backend, BackendError, make_backend  # noqa: E402
 from .config import Config, ConfigError, load_config  # noqa: E402
 from .diffusion import NOFLUX, DiffusionSolver, Sources  # noqa: E402
+from .io import RunFileError  # noqa: E402
 from .model import TMEModel  # noqa: E402
+from .analysis import Run, open_run, open_runs  # noqa: E402
 
 __all__ = [
-    "Backend", "BackendError", "Config", "ConfigError", "DiffusionSolver", "NOFLUX", "Sources",
-    "TMEModel", "__version__", "load_config", "make_backend",
+    "Backend", "BackendError", "Config", "ConfigError", "DiffusionSolver", "NOFLUX", "Run", "RunFileError",
+    "Sources", "TMEModel", "__version__", "load_config", "make_backend", "open_run", "open_runs",
 ]

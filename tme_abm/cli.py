@@ -47,21 +47,64 @@ def run(
     seed: Optional[int] = typer.Option(None, help="random seed (overrides the config)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set fields.oxygen.decay_per_min=0.2"),
     overwrite: bool = typer.Option(False, help="replace an existing run file"),
+    resume: Optional[Path] = typer.Option(None, help="continue this interrupted run file from its last checkpoint "
+                                                     "(same config and options as the first run)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run one config and write an HDF5 run file."""
+    from .io import RunFileError
     from .runner import run as run_config
 
     cfg = _load(config, set_, backend, seed)
     for w in cfg.accuracy_warnings():
         typer.echo(f"warning: {w}", err=True)
+    if resume is not None and (out is not None or overwrite):
+        _fail("--resume PATH continues PATH in place; it cannot be combined with --out or --overwrite")
     try:
-        path = run_config(cfg, out, overwrite=overwrite, quiet=quiet)
-    except (ConfigError, BackendError) as exc:
+        path = run_config(cfg, resume if resume is not None else out, overwrite=overwrite, quiet=quiet,
+                          resume=resume is not None)
+    except (ConfigError, BackendError, RunFileError) as exc:
         _fail(str(exc))
     except FileExistsError as exc:
         _fail(str(exc), 1)
     typer.echo(str(path))
+
+
+@app.command()
+def summarize(
+    run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Print a run's status and outcomes."""
+    from .analysis import open_run, summary_text
+    from .io import RunFileError
+
+    try:
+        r = open_run(run_file)
+        info = r.summary()
+    except RunFileError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(info, indent=2, default=float) if as_json else summary_text(info))
+
+
+@app.command()
+def report(
+    run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the figures (default <RUN>_report/)"),
+    days: Optional[List[float]] = typer.Option(None, "--day", help="snapshot day to show (repeatable; default "
+                                                                   "first, middle, last)"),
+) -> None:
+    """Write PNG figures and an HTML and text summary of a run."""
+    from .io import RunFileError
+    from .plots import write_report
+
+    folder = out if out is not None else run_file.with_name(run_file.stem + "_report")
+    try:
+        written = write_report(run_file, folder, days=days)
+    except RunFileError as exc:
+        _fail(str(exc))
+    for p in written:
+        typer.echo(str(p))
 
 
 @app.command()

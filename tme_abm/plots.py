@@ -1,0 +1,238 @@
+"""Report figures of one run (``tme-abm report``): PNGs plus an HTML and a text summary.
+
+Figures are drawn with matplotlib's non-interactive Agg canvas, so they work on machines
+without a display. Days on every time axis are relative to the first infusion (the
+model's ``day``).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Run, open_run, summary_text
+
+TYPE_NAMES = {1: "tumor", 2: "CAR T", 3: "monocyte", 4: "granulocyte"}
+TYPE_COLOURS = {1: "#7f7f7f", 2: "#1f77b4", 3: "#ff7f0e", 4: "#2ca02c"}
+TUMOR_STATE_COLOURS = {0: "#7f7f7f", 1: "#3b1f0b", 2: "#c5b0d5", 3: "#d62728"}  # alive, necrotic, apoptotic, killed
+
+
+def _figure(*args, **kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(*args, **kwargs)
+
+
+def _mark_events(ax, events: list[dict]) -> None:
+    """Dashed vertical lines at therapy events, labelled with their kind."""
+    seen = set()
+    for e in events:
+        ax.axvline(e["day"], color="k", ls="--", lw=0.8, alpha=0.6)
+        key = (e["kind"], round(e["day"], 3))
+        if key not in seen:
+            seen.add(key)
+            ax.annotate(e["kind"], (e["day"], 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                        va="top", ha="right", fontsize=7, alpha=0.8)
+
+
+def _snapshot_indices(times_min: np.ndarray, start_day: float, days) -> list[int]:
+    """Snapshot indices nearest to ``days`` (default: first, middle, last)."""
+    if len(times_min) == 0:
+        return []
+    snap_days = start_day + times_min / 1440.0
+    if not days:
+        idx = [0, len(times_min) // 2, len(times_min) - 1]
+    else:
+        idx = [int(np.argmin(np.abs(snap_days - d))) for d in days]
+    return list(dict.fromkeys(idx))
+
+
+def populations_figure(run: Run, ts, path: Path) -> None:
+    fig = _figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for col, label in (("tumor_alive", "tumor (alive)"), ("tumor_necrotic", "tumor (necrotic)"),
+                       ("car_t_effector", "CAR T effector"), ("car_t_exhausted", "CAR T exhausted"),
+                       ("monocytes", "monocytes"), ("granulocytes", "granulocytes")):
+        y = ts[col].to_numpy()
+        if (y > 0).any():
+            ax.plot(ts["day"], np.where(y > 0, y, np.nan), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("day (relative to infusion)")
+    ax.set_ylabel("cells on the lattice")
+    _mark_events(ax, run.events)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"{run.path.name}: populations")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def systemic_figure(run: Run, ts, path: Path) -> None:
+    fig = _figure(figsize=(8, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for col, label in (("burden", "tumor burden"), ("blood_car_t", "blood CAR T")):
+        y = ts[col].to_numpy()
+        top.plot(ts["day"], np.where(y > 0, y, np.nan), label=label)
+    top.set_yscale("log")
+    top.set_ylabel("cells (patient)")
+    top.legend(fontsize=8)
+    _mark_events(top, run.events)
+    c = ts["systemic_cytokine"].to_numpy()
+    bottom.plot(ts["day"], c, color="tab:red", label="systemic cytokine")
+    bottom.set_ylabel("cytokine (pg/mL)")
+    grade = bottom.twinx()
+    grade.step(ts["day"], ts["crs_grade"], where="post", color="k", lw=1, label="CRS grade")
+    grade.set_ylim(-0.2, 4.5)
+    grade.set_yticks(range(5))
+    grade.set_ylabel("CRS grade")
+    bottom.set_xlabel("day (relative to infusion)")
+    bottom.legend(fontsize=8, loc="upper left")
+    grade.legend(fontsize=8, loc="upper right")
+    top.set_title(f"{run.path.name}: blood CAR T, cytokine and CRS")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _plane(a: np.ndarray) -> np.ndarray:
+    """A 2D field, or the middle z slice of a 3D one."""
+    return a if a.ndim == 2 else a[:, :, a.shape[2] // 2]
+
+
+def fields_figure(run: Run, start_day: float, days, path: Path) -> None:
+    with run.fields() as ds:
+        names = list(ds.data_vars)
+        idx = _snapshot_indices(ds["time"].values, start_day, days)
+        planes = {n: [_plane(ds[n].isel(time=i).values) for i in idx] for n in names}
+        units = {n: ds[n].attrs.get("units", "") for n in names}
+        snap_days = [start_day + float(ds["time"].values[i]) / 1440 for i in idx]
+        three_d = ds[names[0]].ndim == 4
+    fig = _figure(figsize=(2.6 * len(idx) + 1, 2.3 * len(names)))
+    axes = fig.subplots(len(names), len(idx), squeeze=False)
+    for r, name in enumerate(names):
+        lo = min(float(np.nanmin(p)) for p in planes[name])
+        hi = max(float(np.nanmax(p)) for p in planes[name])
+        for c, plane in enumerate(planes[name]):
+            ax = axes[r, c]
+            im = ax.imshow(plane.T, origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1e-12, cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"day {snap_days[c]:.1f}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n({units[name]})", fontsize=8)
+        fig.colorbar(im, ax=list(axes[r]), shrink=0.8)
+    fig.suptitle(f"{run.path.name}: fields" + (" (middle z slice)" if three_d else ""))
+    fig.savefig(path, dpi=100)
+
+
+def _cell_image(cells, shape) -> np.ndarray:
+    """(ny, nx, 3) RGB raster of one snapshot's cells (white: empty)."""
+    from matplotlib.colors import to_rgb
+
+    img = np.ones((shape[1], shape[0], 3))
+    for code, colour in TYPE_COLOURS.items():
+        sel = cells[cells["type"] == code]
+        img[sel["y"].to_numpy(), sel["x"].to_numpy()] = to_rgb(colour)
+    tumor = cells[cells["type"] == 1]
+    for state, colour in TUMOR_STATE_COLOURS.items():
+        sel = tumor[tumor["state"] == state]
+        img[sel["y"].to_numpy(), sel["x"].to_numpy()] = to_rgb(colour)
+    return img
+
+
+def cells_figure(run: Run, start_day: float, days, shape, path: Path) -> None:
+    from matplotlib.patches import Patch
+
+    idx = _snapshot_indices(run.cell_times, start_day, days)
+    fig = _figure(figsize=(3.6 * len(idx) + 1.6, 3.9))
+    axes = np.atleast_1d(fig.subplots(1, len(idx), squeeze=False)[0])
+    for ax, i in zip(axes, idx):
+        cells = run.cells(i)
+        if "z" in cells:
+            cells = cells[cells["z"] == shape[2] // 2]
+        ax.imshow(_cell_image(cells, shape), origin="lower", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        counts = ", ".join(f"{int((cells['type'] == c).sum())}" for c in TYPE_NAMES)
+        ax.set_title(f"day {start_day + run.cell_times[i] / 1440:.1f}\n({counts})", fontsize=8)
+    handles = [Patch(color=TUMOR_STATE_COLOURS[s], label=f"tumor {n}")
+               for s, n in enumerate(("alive", "necrotic", "apoptotic", "killed"))]
+    handles += [Patch(color=TYPE_COLOURS[c], label=TYPE_NAMES[c]) for c in (2, 3, 4)]
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.suptitle(f"{run.path.name}: cells" + (" (middle z slice)" if len(shape) == 3 else "")
+                 + "; counts tumor, CAR T, monocytes, granulocytes", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / (3.6 * len(idx) + 1.6), 1))
+    fig.savefig(path, dpi=110)
+
+
+def antigen_figure(run: Run, ts, start_day: float, path: Path) -> None:
+    fig = _figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    classes = [("tumor_antigen_negative", "negative (< 0.05)"), ("tumor_antigen_low", "low (< 0.3)"),
+               ("tumor_antigen_high", "high")]
+    alive = ts["tumor_alive"].to_numpy()
+    fractions = [np.divide(ts[c].to_numpy(), alive, out=np.zeros_like(alive), where=alive > 0) for c, _ in classes]
+    left.stackplot(ts["day"], *fractions, labels=[lab for _, lab in classes],
+                   colors=["#d62728", "#ff9896", "#7f7f7f"])
+    left.set_ylim(0, 1)
+    left.set_xlabel("day (relative to infusion)")
+    left.set_ylabel("fraction of alive tumor cells")
+    left.legend(fontsize=8, loc="lower left")
+    _mark_events(left, run.events)
+    times = run.cell_times
+    bins = np.linspace(0, 1, 21)
+    for i in _snapshot_indices(times, start_day, None):
+        cells = run.cells(i)
+        ag = cells.loc[(cells["type"] == 1) & (cells["state"] == 0), "antigen"].to_numpy()
+        if len(ag):
+            right.hist(ag, bins=bins, histtype="step", density=True,
+                       label=f"day {start_day + times[i] / 1440:.1f} (n={len(ag)})")
+    right.set_xlabel("antigen density (alive tumor cells)")
+    right.set_ylabel("density")
+    right.legend(fontsize=8)
+    fig.suptitle(f"{run.path.name}: antigen distribution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(run_path, out_dir, days=None) -> list[Path]:
+    """Write the report of ``run_path`` into ``out_dir``; returns the files written.
+
+    Args:
+        days: snapshot days (relative to infusion) for the field and cell figures;
+            default the first, middle and last snapshot.
+    """
+    run = open_run(run_path)
+    cfg = run.config
+    ts = run.timeseries
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"populations": out / "populations.png", "systemic": out / "systemic.png",
+             "fields": out / "fields.png", "cells": out / "cells.png", "antigen": out / "antigen.png"}
+    if len(ts) == 0:
+        from .io import RunFileError
+
+        raise RunFileError(f"{run.path}: holds no time-series rows yet; nothing to report")
+    populations_figure(run, ts, files["populations"])
+    systemic_figure(run, ts, files["systemic"])
+    fields_figure(run, cfg.start_day, days, files["fields"])
+    cells_figure(run, cfg.start_day, days, cfg.lattice.shape, files["cells"])
+    antigen_figure(run, ts, cfg.start_day, files["antigen"])
+    info = run.summary()
+    text = summary_text(info)
+    (out / "summary.txt").write_text(text + "\n")
+    (out / "summary.html").write_text(_html(run, text, files))
+    return [*files.values(), out / "summary.txt", out / "summary.html"]
+
+
+def _html(run: Run, text: str, files: dict[str, Path]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(e['day']))}</td><td>{html.escape(e['kind'])}</td>"
+        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in e.items() if k not in ('day', 'kind', 'time_min', 'event')))}"
+        f"</td></tr>" for e in run.events)
+    figs = "".join(f'<h2>{name}</h2><img src="{p.name}" style="max-width:100%">' for name, p in files.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.path.name)}</title>"
+            f"</head><body><h1>{html.escape(run.path.name)}</h1><pre>{html.escape(text)}</pre>"
+            f"<h2>therapy events</h2><table border=1 cellpadding=3><tr><th>day</th><th>kind</th><th>details</th>"
+            f"</tr>{rows}</table>{figs}</body></html>\n")
