@@ -129,6 +129,53 @@ def validate(
     )
 
 
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="sweep spec (YAML, e.g. configs/sweeps/burden.yaml)"),
+    out: Path = typer.Option(..., "--out", "-o", help="sweep folder: runs/, outcomes.csv, sweep.yaml"),
+    workers: Optional[int] = typer.Option(None, min=1, help="local worker processes (default 1)"),
+    scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler, e.g. tcp://host:8786"),
+    gpus: Optional[str] = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1,2,3"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key of every run"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run every (point, replicate) of a sweep on Dask; finished runs are skipped."""
+    from .sweep import SweepError, run_sweep
+
+    gpu_ids = None
+    if gpus is not None:
+        try:
+            gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            _fail(f"--gpus {gpus!r}: expected device numbers, e.g. --gpus 0,1")
+    try:
+        table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=gpu_ids, extra_set=set_,
+                          progress=not quiet and sys.stderr.isatty())
+    except SweepError as exc:
+        _fail(str(exc))
+    failed = int((table["status"] != "complete").sum())
+    ran = int(table["ran"].sum()) if "ran" in table else 0
+    typer.echo(f"{out}: {len(table)} runs, {failed} failed, {ran} run now; table {out / 'outcomes.csv'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("sweep-summary")
+def sweep_summary(
+    folder: Path = typer.Argument(..., metavar="DIR", help="sweep folder written by tme-abm sweep"),
+) -> None:
+    """Per-point statistics, figures and (Morris/Sobol) sensitivity indices of a sweep."""
+    from .sweep import SweepError
+    from .sweep_summary import summarize_sweep
+
+    try:
+        written = summarize_sweep(folder)
+    except SweepError as exc:
+        _fail(str(exc))
+    for p in written.values():
+        typer.echo(str(p))
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
     try:

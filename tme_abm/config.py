@@ -715,20 +715,35 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Return a copy of the raw config dict with dotted ``KEY=VALUE`` overrides set."""
+    """Return a copy of the raw config dict with dotted ``KEY=VALUE`` overrides set. A
+    numeric part indexes a list: ``therapy.1.dose_cells=2e8``."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         path, value = parse_override(item)
         node = data
-        for i, part in enumerate(path[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                where = ".".join(path[: i + 1])
-                raise ConfigError(f"--set {item!r}: {where} is a value ({nxt!r}), not a section")
-            node = nxt
-        node[path[-1]] = value
+        for i, part in enumerate(path):
+            where = ".".join(path[: i + 1])
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item!r}: {'.'.join(path[:i]) or 'the config'} is a list of "
+                                      f"{len(node)}; {part!r} is not an index of it")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is a value ({node!r}), not a section")
+            if last:
+                node[part] = value
+            else:
+                nxt = node.get(part)
+                if nxt is None:
+                    nxt = node[part] = {}
+                if not isinstance(nxt, (dict, list)):
+                    raise ConfigError(f"--set {item!r}: {where} is a value ({nxt!r}), not a section")
+                node = nxt
     return data
 
 

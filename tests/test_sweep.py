@@ -1,0 +1,175 @@
+"""Sweeps on a real Dask LocalCluster: one run file and row per task, worker-count
+independence, failures, re-runs, a killed sweep, job scripts, summaries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import tme_abm
+from tme_abm.sweep import SweepError, gpu_cluster, jobqueue_cluster, load_spec, run_sweep, tasks
+from tme_abm.sweep_summary import summarize_sweep, wilson
+
+ROOT = Path(__file__).parent.parent
+QUICK = ROOT / "configs" / "quickstart.yaml"
+TINY = {"lattice.shape": [30, 30], "tumor.radius_sites": 5, "time.duration_days": 0.05, "backend": "numpy",
+        "output.snapshot_every_min": 60, "output.cell_snapshot_every_min": 60}
+
+
+def spec_file(tmp_path, name="s", design=None, replicates=2, **extra) -> Path:
+    spec = {"name": name, "base": str(QUICK), "seed": 11, "replicates": replicates, "set": dict(TINY),
+            "design": design or {"kind": "grid", "parameters": {"car_t.initial_cells": [5, 20]}}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def without_timing(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=["task_seconds"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep2")
+    spec = spec_file(d)
+    return spec, d / "out", run_sweep(spec, d / "out", workers=2, progress=False)
+
+
+def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_workers, tmp_path):
+    spec, out, table = two_workers
+    assert len(table) == 4 and list(table["status"]) == ["complete"] * 4
+    assert sorted(p.name for p in (out / "runs").glob("*.h5")) == [f"p000{i}_r00{r}.h5" for i in (0, 1) for r in (0, 1)]
+    assert list(table["car_t.initial_cells"]) == [5, 5, 20, 20]
+    assert table["seed"].nunique() == 4 and list(table["seed"]) == [t.seed for t in tasks(load_spec(spec)[0])]
+    for _, row in table.iterrows():
+        r = tme_abm.open_run(out / row["path"])
+        assert r.attrs["seed"] == row["seed"] and r.config.car_t.initial_cells == row["car_t.initial_cells"]
+        assert r.outcomes["peak_cytokine"] == pytest.approx(row["peak_cytokine"], rel=1e-12)
+    one = run_sweep(spec, tmp_path / "one", workers=1, progress=False)
+    pd.testing.assert_frame_equal(without_timing(one), without_timing(table))
+
+
+def test_failed_task_is_recorded_others_finish_and_rerun_runs_nothing_new(tmp_path):
+    spec = spec_file(tmp_path, design={"kind": "grid", "parameters": {"car_t.initial_cells": [5, -3]}},
+                     replicates=1)
+    out = tmp_path / "out"
+    table = run_sweep(spec, out, workers=1, progress=False)
+    assert list(table["status"]) == ["complete", "failed"]
+    assert "car_t.initial_cells" in table["error"][1] and table["ran"][0]
+    first = (out / "runs" / "p0000_r000.h5").stat().st_mtime_ns
+    again = run_sweep(spec, out, workers=1, progress=False)
+    assert not again["ran"].any() and (out / "runs" / "p0000_r000.h5").stat().st_mtime_ns == first
+    assert list(again["status"]) == ["complete", "failed"]  # the failure was retried, and failed again
+
+
+def test_killed_sweep_resumes_and_completes(tmp_path):
+    spec = spec_file(tmp_path, design={"kind": "list", "points": [{"car_t.initial_cells": n} for n in (5, 10, 15)]},
+                     replicates=2, )
+    data = yaml.safe_load(spec.read_text())
+    data["set"]["time.duration_days"] = 0.4
+    spec.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
+    proc = subprocess.Popen([sys.executable, "-m", "tme_abm.cli", "sweep", spec, "--out", out, "--workers", "1",
+                             "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            table = out / "outcomes.csv"
+            if table.exists() and len(pd.read_csv(table)) >= 2:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the client, its scheduler and worker processes
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    kept = pd.read_csv(out / "outcomes.csv")
+    assert 2 <= len(kept) < 6 and (kept["status"] == "complete").all()
+    table = run_sweep(spec, out, workers=1, progress=False)
+    assert len(table) == 6 and (table["status"] == "complete").all()
+    done_before = set(zip(kept["point"], kept["replicate"]))
+    assert all(not r.ran for r in table.itertuples() if (r.point, r.replicate) in done_before)
+    assert table["ran"].sum() == 6 - len(kept)
+
+
+def test_slurm_job_script_has_the_requested_resources(tmp_path):
+    opts = {"cores": 4, "memory": "16GB", "walltime": "02:00:00", "queue": "gpu", "account": "lab",
+            "job_extra_directives": ["--gres=gpu:1"]}
+    spec, _ = load_spec(spec_file(tmp_path, cluster={"kind": "slurm", "jobs": 3, "options": opts}))
+    cluster = jobqueue_cluster(spec)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for expected in ("#SBATCH --cpus-per-task=4", "#SBATCH --mem=15G", "#SBATCH -t 02:00:00", "#SBATCH -p gpu",
+                     "#SBATCH -A lab", "#SBATCH --gres=gpu:1"):
+        assert expected in script, (expected, script)
+
+
+def test_gpu_workers_each_see_one_device():
+    from dask.distributed import Client
+
+    cluster = gpu_cluster([0, 1])
+    try:
+        with Client(cluster) as client:
+            seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    finally:
+        cluster.close()
+    assert sorted(seen.values()) == ["0", "1"]
+
+
+def test_summary_statistics_and_figures(two_workers):
+    _, out, table = two_workers
+    written = summarize_sweep(out)
+    points = pd.read_csv(written["points"])
+    assert list(points["car_t.initial_cells"]) == [5, 20] and list(points["complete"]) == [2, 2]
+    for _, p in points.iterrows():
+        assert p["response_ci_low"] <= p["response_rate"] <= p["response_ci_high"]
+        assert sum(p[f"crs_grade_{g}"] for g in range(5)) == pytest.approx(1.0)
+    g = table[table["point"] == 0]
+    assert points["response_rate"][0] == g["response_at_end"].isin(["CR", "PR"]).mean()
+    assert written["outcomes_vs_car_t_initial_cells"].stat().st_size > 10_000
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(8, 10)  # a standard textbook value
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+
+
+def test_morris_design_gives_salib_indices(tmp_path):
+    design = {"kind": "morris", "samples": 2, "levels": 4,
+              "parameters": {"car_t.initial_cells": [5, 40], "tumor.radius_sites": [3, 7]},
+              "integer": ["car_t.initial_cells", "tumor.radius_sites"]}
+    spec = spec_file(tmp_path, design=design, replicates=1)
+    table = run_sweep(spec, tmp_path / "out", workers=1, progress=False)
+    assert len(table) == 6 and (table["status"] == "complete").all()
+    sens = pd.read_csv(summarize_sweep(tmp_path / "out")["sensitivity"])
+    assert set(sens["parameter"]) == {"car_t.initial_cells", "tumor.radius_sites"}
+    assert {"mu_star", "sigma"} <= set(sens.columns) and (sens["mu_star"] >= 0).all()
+    # more tumor is more burden: the radius matters for the burden ratio's trajectory
+    assert sens.loc[sens["outcome"] == "burden_ratio_at_end", "mu_star"].notna().all()
+
+
+def test_bad_specs_name_the_problem(tmp_path):
+    bad = spec_file(tmp_path, name="b1", design={"kind": "grid", "parameters": {"car_t.no_such_key": [1]}})
+    with pytest.raises(SweepError, match="car_t.no_such_key"):
+        load_spec(bad)
+    bad = spec_file(tmp_path, name="b2", design={"kind": "lhs", "parameters": {"car_t.initial_cells": [9, 3]}})
+    with pytest.raises(SweepError, match=r"design.parameters.car_t.initial_cells: lhs needs numeric bounds"):
+        load_spec(bad)
+    r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "sweep", bad, "--out", tmp_path / "o"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and str(bad) in r.stderr

@@ -1,0 +1,366 @@
+"""Parameter sweeps and ensembles on Dask: a spec -> (point, replicate) tasks -> run files
+and one outcomes table.
+
+Every task is independent: ``run one config -> run file + outcome row``. Its seed is
+derived from the sweep seed and its (point, replicate) alone, so results do not depend
+on how many workers ran them or in which order. A finished task is recognised by its run
+file's status, so running the same sweep again skips it and retries failed or
+interrupted ones (an interrupted run resumes from its checkpoint). The outcomes table is
+rewritten atomically, sorted by (point, replicate), after every finished task.
+docs/sweeps.md describes specs, clusters and the summary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import Field, ValidationError
+
+from .config import ConfigError, _Strict, format_validation_error, load_config, read_yaml
+
+TABLE = "outcomes.csv"
+SAMPLED = ("random", "lhs", "sobol", "morris")
+
+
+class SweepError(ValueError):
+    """A sweep spec or sweep folder that cannot be used (names the file and problem)."""
+
+
+class DesignConfig(_Strict):
+    """How points are chosen. ``parameters`` maps dotted config keys to a list of values
+    (grid) or to ``[low, high]`` bounds (random, lhs, sobol, morris)."""
+
+    kind: Literal["grid", "list", "random", "lhs", "sobol", "morris"]
+    parameters: dict[str, list[Any]] = {}
+    points: list[dict[str, Any]] = []
+    """Explicit points (kind list): one mapping of dotted keys to values each."""
+    samples: int = Field(8, ge=1)
+    """random/lhs: points; sobol: base samples N (N (D + 2) points); morris: trajectories
+    (N (D + 1) points)."""
+    levels: int = Field(4, ge=2)
+    """Morris grid levels."""
+    log: list[str] = []
+    """Parameters sampled uniformly in log10 between their bounds."""
+    integer: list[str] = []
+    """Parameters rounded to integers."""
+
+
+class ClusterConfig(_Strict):
+    """Where the tasks run when no ``--scheduler`` is given: ``local`` (a LocalCluster
+    of ``--workers`` processes), or ``slurm``/``pbs`` through dask-jobqueue with ``jobs``
+    batch jobs and ``options`` passed to SLURMCluster/PBSCluster (cores, memory,
+    walltime, queue, account, job_extra_directives, ...)."""
+
+    kind: Literal["local", "slurm", "pbs"] = "local"
+    jobs: int = Field(1, ge=1)
+    options: dict[str, Any] = {}
+
+
+class SweepSpec(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    base: str
+    """The base config (a path relative to the spec file)."""
+    set: dict[str, Any] = {}
+    """Dotted overrides applied to every point."""
+    seed: int = Field(0, ge=0)
+    replicates: int = Field(1, ge=1)
+    design: DesignConfig
+    cluster: ClusterConfig = ClusterConfig()
+
+
+@dataclass(frozen=True)
+class Task:
+    point: int
+    replicate: int
+    seed: int
+    params: dict
+
+    @property
+    def name(self) -> str:
+        return f"p{self.point:04d}_r{self.replicate:03d}"
+
+
+def load_spec(path, extra_set: list[str] | None = None) -> tuple[SweepSpec, Path]:
+    """Read and check a spec; returns it and the base config's resolved path. Every
+    parameter key is checked against the base config (values are checked per task)."""
+    path = Path(path)
+    try:
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise SweepError(str(exc).replace("config file", "sweep spec")) from None
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SweepError(format_validation_error(exc, str(path))) from None
+    for item in extra_set or []:
+        if "=" not in item:
+            raise SweepError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        spec.set[k.strip()] = yaml.safe_load(v)
+    base = (path.parent / spec.base).resolve()
+    d = spec.design
+    # PyYAML reads 1.0e5 (no exponent sign) as a string; a swept value is meant as a number
+    d.parameters = {k: [_number(x) for x in v] for k, v in d.parameters.items()}
+    d.points = [{k: _number(x) for k, x in p.items()} for p in d.points]
+    if d.kind == "list":
+        if not d.points:
+            raise SweepError(f"{path}: design.points: a list design needs at least one point")
+        keys = sorted(set().union(*d.points))
+    else:
+        if not d.parameters:
+            raise SweepError(f"{path}: design.parameters: name at least one dotted config key")
+        keys = list(d.parameters)
+        for k, v in d.parameters.items():
+            if d.kind == "grid" and not v:
+                raise SweepError(f"{path}: design.parameters.{k}: a grid needs at least one value")
+            if d.kind in SAMPLED and (len(v) != 2 or not all(isinstance(x, (int, float)) for x in v)
+                                      or not v[0] < v[1]):
+                raise SweepError(f"{path}: design.parameters.{k}: {d.kind} needs numeric bounds [low, high] "
+                                 f"with low < high, got {v}")
+            if k in d.log and d.kind in SAMPLED and v[0] <= 0:
+                raise SweepError(f"{path}: design.parameters.{k}: log-scaled bounds must be > 0, got {v}")
+    for k in d.log + d.integer:
+        if k not in keys:
+            raise SweepError(f"{path}: design: {k!r} in log/integer is not a swept parameter")
+    first = design_points(spec)[0]
+    try:
+        load_config(base, _overrides(spec, first))
+    except ConfigError as exc:
+        raise SweepError(f"{path}: the base config with the first point does not validate: {exc}") from None
+    return spec, base
+
+
+def _number(v):
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def problem(spec: SweepSpec) -> dict:
+    """The SALib problem of a sampled design (bounds in log10 for log parameters)."""
+    p = spec.design.parameters
+    bounds = [[float(np.log10(v[0])), float(np.log10(v[1]))] if k in spec.design.log else [float(v[0]), float(v[1])]
+              for k, v in p.items()]
+    return {"num_vars": len(p), "names": list(p), "bounds": bounds}
+
+
+def unit_samples(spec: SweepSpec) -> np.ndarray:
+    """(n_points, D) samples of a sampled design in the SALib problem's space."""
+    d = spec.design
+    prob = problem(spec)
+    if d.kind == "sobol":
+        from SALib.sample import sobol
+
+        return sobol.sample(prob, d.samples, calc_second_order=False, seed=spec.seed)
+    if d.kind == "morris":
+        from SALib.sample import morris
+
+        return morris.sample(prob, d.samples, num_levels=d.levels, seed=spec.seed)
+    if d.kind == "lhs":
+        from SALib.sample import latin
+
+        return latin.sample(prob, d.samples, seed=spec.seed)
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5EED]))
+    lo, hi = np.array(prob["bounds"]).T
+    return lo + (hi - lo) * rng.random((d.samples, len(lo)))
+
+
+def design_points(spec: SweepSpec) -> list[dict]:
+    """The parameter values of every point, in design order."""
+    d = spec.design
+    if d.kind == "grid":
+        keys = list(d.parameters)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*d.parameters.values())]
+    if d.kind == "list":
+        return [dict(p) for p in d.points]
+    x = unit_samples(spec)
+    out = []
+    for row in x:
+        point = {}
+        for k, v in zip(d.parameters, row):
+            v = float(10.0 ** v) if k in d.log else float(v)
+            point[k] = int(round(v)) if k in d.integer else v
+        out.append(point)
+    return out
+
+
+def task_seed(sweep_seed: int, point: int, replicate: int) -> int:
+    """The run seed of one task: a hash of (sweep seed, point, replicate) in [0, 2^63)."""
+    state = np.random.SeedSequence([sweep_seed, point, replicate]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def tasks(spec: SweepSpec) -> list[Task]:
+    return [Task(i, r, task_seed(spec.seed, i, r), p)
+            for i, p in enumerate(design_points(spec)) for r in range(spec.replicates)]
+
+
+def _overrides(spec: SweepSpec, params: dict) -> list[str]:
+    items = {**spec.set, **params}
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in items.items()]
+
+
+def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
+    """Run one task on a worker (or skip it): returns its outcome row. Never raises: an
+    error is recorded in the row (status failed) and, where the run started, its file."""
+    from .analysis import open_run
+    from .io import RunFileError
+    from .runner import run
+
+    path = Path(out_dir) / "runs" / f"{task.name}.h5"
+    row = {"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,
+           "path": str(path.relative_to(out_dir)), "ran": False}
+    t0 = time.perf_counter()
+    try:
+        cfg = load_config(base, [*overrides, f"seed={task.seed}", f"name={task.name}"])
+        status = None
+        if path.exists():
+            try:
+                status = open_run(path).status
+            except RunFileError:
+                status = "unreadable"
+        if status != "complete":
+            row["ran"] = True
+            resumed = False
+            if status in ("running", "failed"):
+                try:
+                    run(cfg, path, quiet=True, resume=True)
+                    resumed = True
+                except RunFileError:
+                    pass  # no usable checkpoint: start again
+            if not resumed:
+                run(cfg, path, quiet=True, overwrite=True)
+        r = open_run(path)
+        row.update(status=r.status, error="", **r.outcomes)
+    except Exception as exc:  # recorded, so the other tasks go on
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip())
+        row["traceback"] = traceback.format_exc(limit=3)
+    row["task_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: list[int] | None):
+    """A dask.distributed Client for the sweep, and the cluster to close (or None)."""
+    import logging
+
+    from dask.distributed import Client
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker start-up chatter
+    if scheduler:
+        return Client(scheduler), None
+    if spec.cluster.kind in ("slurm", "pbs"):
+        cluster = jobqueue_cluster(spec)
+        cluster.scale(jobs=spec.cluster.jobs)
+        return Client(cluster), cluster
+    if gpus:
+        cluster = gpu_cluster(gpus)
+    else:
+        from dask.distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")  # any free port: sweeps can run side by side
+    return Client(cluster), cluster
+
+
+def jobqueue_cluster(spec: SweepSpec):
+    """A dask-jobqueue SLURMCluster or PBSCluster from the spec's ``cluster.options``."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise SweepError("cluster.kind slurm/pbs needs dask-jobqueue: pip install 'tme-abm[cluster]'") from None
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[spec.cluster.kind]
+    opts = {"cores": 1, "processes": 1, "memory": "8GB", **spec.cluster.options}
+    try:
+        return cls(**opts)
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"cluster.options for {spec.cluster.kind}: {exc}") from None
+
+
+def gpu_cluster(gpus: list[int]):
+    """One single-threaded worker process per GPU, each seeing only its device
+    (CUDA_VISIBLE_DEVICES set in the worker's environment before CUDA starts)."""
+    from dask.distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+               for g in gpus}
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
+
+
+def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
+              gpus: list[int] | None = None, extra_set: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every task of a sweep not yet complete in ``out_dir``; returns the outcomes table."""
+    from dask.distributed import as_completed
+    from tqdm import tqdm
+
+    spec, base = load_spec(spec_path, extra_set)
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    _write_manifest(spec, base, out)
+    todo = tasks(spec)
+    rows: dict[tuple[int, int], dict] = {}
+    client, cluster = _client(spec, workers, scheduler, gpus)
+    try:
+        futures = [client.submit(run_task, str(base), _overrides(spec, t.params), t, str(out),
+                                 key=f"{spec.name}-{t.name}", pure=False) for t in todo]
+        bar = tqdm(total=len(futures), unit="run", desc=spec.name, disable=not progress)
+        for fut in as_completed(futures):
+            row = fut.result()
+            rows[(row["point"], row["replicate"])] = row
+            write_table(out, rows.values())
+            bar.set_postfix(failed=sum(r["status"] != "complete" for r in rows.values()), refresh=False)
+            bar.update(1)
+        bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return read_table(out)
+
+
+def write_table(out: Path, rows) -> None:
+    """Rewrite ``outcomes.csv`` atomically, one row per finished task, sorted by task."""
+    df = pd.DataFrame(sorted(rows, key=lambda r: (r["point"], r["replicate"])))
+    tmp = out / f".{TABLE}.tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out / TABLE)
+
+
+def read_table(out) -> pd.DataFrame:
+    path = Path(out) / TABLE
+    if not path.exists():
+        raise SweepError(f"{path}: no outcomes table (has the sweep run?)")
+    return pd.read_csv(path)
+
+
+def _write_manifest(spec: SweepSpec, base: Path, out: Path) -> None:
+    """``sweep.yaml``: the spec as run (base path resolved) and every point, for the
+    summary and for provenance. A different spec in the same folder is refused."""
+    doc = {"spec": {**spec.model_dump(mode="json"), "base": str(base)},
+           "points": design_points(spec)}
+    if spec.design.kind in SAMPLED:
+        doc["samples"] = unit_samples(spec).tolist()
+    text = yaml.safe_dump(doc, sort_keys=False)
+    path = out / "sweep.yaml"
+    if path.exists() and path.read_text() != text:
+        raise SweepError(f"{out}: holds a different sweep (sweep.yaml differs); use another --out")
+    path.write_text(text)
+
+
+def read_manifest(out) -> dict:
+    path = Path(out) / "sweep.yaml"
+    if not path.exists():
+        raise SweepError(f"{out}: not a sweep folder (no sweep.yaml)")
+    return yaml.safe_load(path.read_text())
