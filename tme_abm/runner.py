@@ -123,9 +123,8 @@ def _check_same_config(path: Path, cfg: Config) -> None:
     """Refuse to resume ``path`` with a config other than the one it was started with."""
     with reading(path) as f:
         stored = yaml.safe_load(f["config"][()].decode())
-    given = cfg.model_dump(mode="json")
-    diff = sorted(k for k in _flat(stored).keys() | _flat(given).keys()
-                  if k != "output.path" and _flat(stored).get(k) != _flat(given).get(k))
+    a, b = _flat(stored), _flat(cfg.model_dump(mode="json"))
+    diff = sorted(k for k in a.keys() | b.keys() if k != "output.path" and a.get(k) != b.get(k))
     if diff:
         shown = ", ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
         raise RunFileError(f"{path}: was started with a different config (differs in {shown}); "
