@@ -62,7 +62,7 @@ def test_lymphodepletion_boost_integrates_in_closed_form():
 
 
 def test_expansion_stops_once_the_pool_matches_the_burden():
-    s = Systemic(patient(expansion_per_min=5e-3, contraction_per_min=1e-4))
+    s = Systemic(patient(expansion_per_min=5e-3, contraction_per_min=1e-4, expansion_half_burden=1e9))
     s.burden = 1e9
     s.infuse(1e6, [], 0.0, 10)
     t = 0.0

@@ -126,11 +126,16 @@ def default_fields() -> dict[str, dict]:
         "oxygen": dict(units="mmHg", diffusion_um2_per_min=1e5, decay_per_min=0.1, initial=38.0,
                        vessel_value=38.0, uptake_per_min={"tumor": 10.0, "car_t": 1.0, "monocyte": 1.0,
                                                          "granulocyte": 1.0}),
-        "adenosine": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.05, initial=0.05,
-                          vessel_value=0.05, secretion_per_min={"tumor": 0.5, "monocyte": 0.5}),
-        # protons as H+ concentration in uM: pH 7.4 -> 0.0398 uM; pH = 6 - log10(H+ in uM)
-        "protons": dict(units="uM", diffusion_um2_per_min=1e5, decay_per_min=0.0, initial=0.0398,
-                        vessel_value=0.0398, secretion_per_min={"tumor": 0.002}),
+        # calibrated (docs/model.md): tens of uM in hypoxic tumor, plasma level far from it;
+        # the domain faces stand for the perfused tissue around the lattice
+        "adenosine": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.2, initial=0.05,
+                          vessel_value=0.05, boundary={"default": {"kind": "dirichlet", "value": 0.05}},
+                          secretion_per_min={"tumor": 8.0, "monocyte": 4.0}),
+        # protons as H+ concentration in uM: pH 7.4 -> 0.0398 uM; pH = 6 - log10(H+ in uM).
+        # D is that of buffered acid (mobile buffers), not of the free ion (docs/model.md)
+        "protons": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.0, initial=0.0398,
+                        vessel_value=0.0398, boundary={"default": {"kind": "dirichlet", "value": 0.0398}},
+                        secretion_per_min={"tumor": 0.02}),
         "cxcl10": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
                        secretion_per_min={"tumor": 0.01}),
         "ccl2": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
@@ -381,16 +386,17 @@ class PatientConfig(_Strict):
     lattice_share: Annotated[float, Field(gt=0, le=1)] | None = None
     """Fraction of CAR T trafficking out of blood that reaches this lattice (default
     1 / burden_scale: the lattice's share of the disease)."""
-    expansion_per_min: NonNegFloat = 2.0e-3
-    """Antigen-driven expansion rate of blood CAR T at saturating drive (~2.9/day)."""
-    expansion_half_burden: PosFloat = 1e9
+    expansion_per_min: NonNegFloat = 7.0e-4
+    """Antigen-driven expansion rate of blood CAR T at saturating drive (~1/day;
+    calibrated so the peak falls in week 1-3, docs/model.md)."""
+    expansion_half_burden: PosFloat = 1e8
     """Burden (cells) at which the antigen drive is half its maximum (A = B/(B + K + P))."""
     contraction_per_min: NonNegFloat = 1.0 / (7 * 1440.0)
     trafficking_per_min: NonNegFloat = 0.5 / 1440.0
     """Rate at which blood CAR T leave for tissues (all disease sites)."""
     cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
     """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
-    cytokine_per_engaged_car_t: NonNegFloat = 4e-8
+    cytokine_per_engaged_car_t: NonNegFloat = 4e-9
     """pg/mL per minute per engaged CAR T in the patient (lattice count x burden_scale)."""
     cytokine_per_activated_monocyte: NonNegFloat = 8e-8
     """pg/mL per minute per activated monocyte in the patient (lattice count x burden_scale)."""
