@@ -182,7 +182,29 @@ class Run:
         if info["simulated_days"] > 0:
             info["bytes_per_simulated_day"] = info["file_bytes"] / info["simulated_days"]
         info["outcomes"] = self.outcomes
+        info["calibration"] = self.calibration()
         return info
+
+    def calibration(self, days: int = 14) -> dict:
+        """The calibration targets of docs/model.md: tumor cells killed by CAR T per
+        non-exhausted lattice CAR T per day, for each whole day after infusion (the
+        ``tumor_killed`` count is the last 24 h's kills, since killed cells are cleared
+        after ``tumor.clearance_min`` = 1440 min), the day of the blood CAR T peak and
+        the CRS onset (first day >= 0 with grade >= 1; NaN if none)."""
+        ts = self.timeseries
+        out = {"kills_per_car_t_per_day": [], "peak_blood_car_t_day": math.nan, "crs_onset_day": math.nan}
+        if ts.empty:
+            return out
+        for d in range(1, days + 1):
+            w = ts[(ts["day"] > d - 1) & (ts["day"] <= d)]
+            if w.empty or w["day"].iloc[-1] < d - 1e-6:
+                break
+            eff = float(w["car_t_effector"].mean())
+            out["kills_per_car_t_per_day"].append(float(w["tumor_killed"].iloc[-1]) / eff if eff > 0 else math.nan)
+        out["peak_blood_car_t_day"] = float(ts["day"].iloc[int(ts["blood_car_t"].to_numpy().argmax())])
+        onset = ts.loc[(ts["day"] >= 0) & (ts["crs_grade"] >= 1), "day"]
+        out["crs_onset_day"] = float(onset.iloc[0]) if len(onset) else math.nan
+        return out
 
 
 def open_run(path) -> Run:
@@ -233,6 +255,12 @@ def summary_text(info: dict) -> str:
     width = max((len(k) for k in out), default=0)
     for k, v in out.items():
         lines.append(f"  {k:<{width}}  {_fmt(v)}")
+    cal = info.get("calibration")
+    if cal and cal["kills_per_car_t_per_day"]:
+        lines.append("calibration (docs/model.md): kills per CAR T per day on days 1.. "
+                     + " ".join(_fmt(k) for k in cal["kills_per_car_t_per_day"])
+                     + f"; blood CAR T peak day {_fmt(cal['peak_blood_car_t_day'])}; "
+                       f"CRS onset day {_fmt(cal['crs_onset_day'])}")
     return "\n".join(lines)
 
 

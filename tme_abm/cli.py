@@ -142,14 +142,8 @@ def sweep(
     """Run every (point, replicate) of a sweep on Dask; finished runs are skipped."""
     from .sweep import SweepError, run_sweep
 
-    gpu_ids = None
-    if gpus is not None:
-        try:
-            gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
-        except ValueError:
-            _fail(f"--gpus {gpus!r}: expected device numbers, e.g. --gpus 0,1")
     try:
-        table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=gpu_ids, extra_set=set_,
+        table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=_gpu_ids(gpus), extra_set=set_,
                           progress=not quiet and sys.stderr.isatty())
     except SweepError as exc:
         _fail(str(exc))
@@ -174,6 +168,52 @@ def sweep_summary(
         _fail(str(exc))
     for p in written.values():
         typer.echo(str(p))
+
+
+@app.command()
+def experiment(
+    name: Optional[str] = typer.Argument(None, help="experiment name (configs/experiments/NAME.yaml) or spec file"),
+    quick: bool = typer.Option(False, help="the small variant (minutes on a laptop; checks the pipeline)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default runs/experiments/NAME[-quick])"),
+    workers: Optional[int] = typer.Option(None, min=1, help="local worker processes (default 1)"),
+    scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler"),
+    gpus: Optional[str] = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1"),
+    list_: bool = typer.Option(False, "--list", help="list the experiments and their questions"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run one experiment (a sweep with a question and expected directions) and write its
+    table, figures and report under OUT/experiment/."""
+    from .experiments import available, experiment_config, find, run_experiment
+    from .sweep import SweepError, load_spec
+
+    if list_ or name is None:
+        for n in available():
+            try:
+                path = find(n)
+                q = experiment_config(load_spec(path)[0], path).question
+            except SweepError as exc:
+                q = f"(invalid: {exc})"
+            typer.echo(f"{n}: {' '.join(q.split())}")
+        return
+    try:
+        written = run_experiment(name, out, quick=quick, workers=workers, scheduler=scheduler,
+                                 gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty())
+    except SweepError as exc:
+        _fail(str(exc))
+    for key in ("arms", "expectations", "report"):
+        typer.echo(str(written[key]))
+    if written["failed"]:
+        typer.echo(f"error: {written['failed']} runs failed (see {written['out'] / 'outcomes.csv'})", err=True)
+        raise typer.Exit(1)
+
+
+def _gpu_ids(gpus: Optional[str]) -> Optional[list]:
+    if gpus is None:
+        return None
+    try:
+        return [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        _fail(f"--gpus {gpus!r}: expected device numbers, e.g. --gpus 0,1")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

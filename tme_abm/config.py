@@ -290,8 +290,9 @@ class GranulocyteMove(MoveConfig):
 class AntigenConfig(_Strict):
     mean: Annotated[float, Field(ge=0, le=1)] = 0.8
     sd: NonNegFloat = 0.15
-    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.02
-    """Fraction of initial cells with no antigen."""
+    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
+    """Fraction of initial cells with no antigen (rare pre-existing antigen-negative
+    subclones; 0.02 made their regrowth decide every run, docs/model.md)."""
     inheritance_sd: NonNegFloat = 0.05
     """Noise added to a daughter's antigen density."""
     loss_per_division: Annotated[float, Field(ge=0, le=1)] = 1e-3

@@ -75,6 +75,9 @@ class SweepSpec(_Strict):
     replicates: int = Field(1, ge=1)
     design: DesignConfig
     cluster: ClusterConfig = ClusterConfig()
+    experiment: dict[str, Any] | None = None
+    """An experiment's question, arms and analysis (checked by tme_abm.experiments;
+    a plain sweep ignores it)."""
 
 
 @dataclass(frozen=True)
@@ -302,10 +305,16 @@ def gpu_cluster(gpus: list[int]):
 def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
               gpus: list[int] | None = None, extra_set: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every task of a sweep not yet complete in ``out_dir``; returns the outcomes table."""
+    spec, base = load_spec(spec_path, extra_set)
+    return run_spec(spec, base, out_dir, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress)
+
+
+def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
+             gpus: list[int] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run a loaded spec (see :func:`run_sweep`)."""
     from dask.distributed import as_completed
     from tqdm import tqdm
 
-    spec, base = load_spec(spec_path, extra_set)
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)
@@ -354,9 +363,16 @@ def _write_manifest(spec: SweepSpec, base: Path, out: Path) -> None:
         doc["samples"] = unit_samples(spec).tolist()
     text = yaml.safe_dump(doc, sort_keys=False)
     path = out / "sweep.yaml"
-    if path.exists() and path.read_text() != text:
+    if path.exists() and _runs_part(yaml.safe_load(path.read_text())) != _runs_part(yaml.safe_load(text)):
         raise SweepError(f"{out}: holds a different sweep (sweep.yaml differs); use another --out")
     path.write_text(text)
+
+
+def _runs_part(doc: dict) -> dict:
+    """What decides the runs: the manifest without the experiment block (its question,
+    arm names and expectations only change the analysis) and the cluster."""
+    spec = {k: v for k, v in doc["spec"].items() if k not in ("experiment", "cluster")}
+    return {**doc, "spec": spec}
 
 
 def read_manifest(out) -> dict:

@@ -27,7 +27,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     den = 1 + Z95**2 / n
     mid = (p + Z95**2 / (2 * n)) / den
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+    # the interval contains p; min/max only absorb rounding at p = 0 or 1
+    return max(0.0, min(p, mid - half)), min(1.0, max(p, mid + half))
 
 
 def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
