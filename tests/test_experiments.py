@@ -21,7 +21,7 @@ from tme_abm.experiments import (GROUPS, RATES, analyse, auc_table, available, c
 from tme_abm.sweep import SweepError, design_points
 from tme_abm.sweep_summary import wilson
 
-NAMES = ["antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme", "surrogate"]
+NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme", "surrogate"]
 VERDICTS = {"reproduced", "same direction, not significant", "not reproduced (no difference)",
             "not reproduced (opposite direction)", "not reproduced (opposite direction), significant",
             "inconclusive (no data)"}
