@@ -234,30 +234,24 @@ def compare(runs: pd.DataFrame, metric: str, a: str, b: str) -> dict:
     U for continuous outcomes; NaN when an arm has no run)."""
     from scipy import stats
 
-    ga, gb = runs[runs["arm"] == a], runs[runs["arm"] == b]
-    out = {"metric": metric, "arm": a, "against": b, "n": len(ga), "n_against": len(gb)}
-    if metric in RATES:
-        col = RATES[metric]
-        ka, kb = int(ga[col].sum()), int(gb[col].sum())
-        va = ka / len(ga) if len(ga) else math.nan
-        vb = kb / len(gb) if len(gb) else math.nan
-        p = (float(stats.fisher_exact([[ka, len(ga) - ka], [kb, len(gb) - kb]])[1])
-             if len(ga) and len(gb) else math.nan)
-        test = "fisher_exact"
+    xa, xb = _per_run_values(runs, metric, a), _per_run_values(runs, metric, b)
+    va, vb = _arm_value(runs, metric, a), _arm_value(runs, metric, b)
+    out = {"metric": metric, "arm": a, "against": b, "n": int((runs["arm"] == a).sum()),
+           "n_against": int((runs["arm"] == b).sum()), "value": va, "value_against": vb, "difference": va - vb}
+    if not (len(xa) and len(xb)):
+        p = math.nan
+    elif metric in RATES:
+        ka, kb = int(xa.sum()), int(xb.sum())
+        p = float(stats.fisher_exact([[ka, len(xa) - ka], [kb, len(xb) - kb]])[1])
+    elif np.all(xa == xa[0]) and np.all(xb == xa[0]):
+        p = 1.0  # every value equal: no test statistic, no difference
     else:
-        xa, xb = ga[metric].to_numpy(float), gb[metric].to_numpy(float)
-        xa, xb = xa[np.isfinite(xa)], xb[np.isfinite(xb)]
-        va = float(np.median(xa)) if len(xa) else math.nan
-        vb = float(np.median(xb)) if len(xb) else math.nan
-        if len(xa) and len(xb) and not (np.all(xa == xa[0]) and np.all(xb == xa[0])):
-            p = float(stats.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
-        else:
-            p = 1.0 if len(xa) and len(xb) else math.nan
-        test = "mann_whitney_u"
-    return {**out, "value": va, "value_against": vb, "difference": va - vb, "p_value": p, "test": test}
+        p = float(stats.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
+    return {**out, "p_value": p, "test": "fisher_exact" if metric in RATES else "mann_whitney_u"}
 
 
 def _per_run_values(runs: pd.DataFrame, metric: str, arm: str) -> np.ndarray:
+    """The arm's finite per-run values of ``metric`` (0/1 for a rate)."""
     g = runs[runs["arm"] == arm]
     x = (g[RATES[metric]] if metric in RATES else g[metric]).to_numpy(float)
     return x[np.isfinite(x)]
