@@ -100,26 +100,28 @@ class ExperimentConfig(_Strict):
     quick: QuickConfig = QuickConfig()
 
 
+def _spec_dirs() -> list[Path]:
+    """Where experiments live: ``configs/experiments`` under the working directory, then
+    under the source tree (an editable install or a checkout)."""
+    dirs = [root / EXPERIMENTS_DIR for root in (Path.cwd(), Path(__file__).resolve().parents[1])]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]
+
+
 def find(name: str | Path) -> Path:
-    """The spec of experiment ``name``: a path, or ``configs/experiments/NAME.yaml`` under
-    the working directory or the source tree."""
+    """The spec of experiment ``name``: a path, or ``NAME.yaml`` in :func:`_spec_dirs`."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.exists():
         return p
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        cand = root / EXPERIMENTS_DIR / f"{name}.yaml"
-        if cand.exists():
-            return cand
+    for d in _spec_dirs():
+        if (d / f"{name}.yaml").exists():
+            return d / f"{name}.yaml"
     raise SweepError(f"no experiment {str(name)!r}: expected a spec file or one of {', '.join(available()) or 'none'} "
                      f"(in {EXPERIMENTS_DIR}/)")
 
 
 def available() -> list[str]:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        d = root / EXPERIMENTS_DIR
-        if d.is_dir():
-            return sorted(p.stem for p in d.glob("*.yaml"))
-    return []
+    """Every experiment :func:`find` can resolve by name."""
+    return sorted({p.stem for d in _spec_dirs() for p in d.glob("*.yaml")})
 
 
 def experiment_config(spec: SweepSpec, path) -> ExperimentConfig:
@@ -432,31 +434,22 @@ def analyse(out_dir) -> dict[str, Path]:
         written["auc"] = folder / "auc.csv"
         auc.to_csv(written["auc"], index=False)
         result["auc"] = auc.to_dict(orient="records")
+        by_predictor = auc.set_index("predictor")["auc"]
         for e in exp.expect:
             d, lo, hi, p = diffs[(e.higher, e.lower)]
-            expectations.append({"claim": e.claim, "metric": "auc", "higher": e.higher, "lower": e.lower,
-                                 "value_higher": float(auc.set_index("predictor").loc[e.higher, "auc"]),
-                                 "value_lower": float(auc.set_index("predictor").loc[e.lower, "auc"]),
-                                 "difference": d, "ci_low": lo, "ci_high": hi, "p_value": p,
-                                 "test": "paired bootstrap", "verdict": verdict(d, p)})
+            expectations.append(_expectation(e, e.higher, e.lower, by_predictor[e.higher], by_predictor[e.lower], d, p,
+                                             "paired bootstrap", lo, hi))
     else:
         for e in exp.expect:
+            hi_arm, lo_arm = (e.increasing[-1], e.increasing[0]) if e.increasing else (e.higher, e.lower)
+            vh, vl = _arm_value(runs, e.metric, hi_arm), _arm_value(runs, e.metric, lo_arm)
             if e.increasing:
-                tau, p = trend(runs, e.metric, e.increasing)
-                expectations.append({"claim": e.claim, "metric": e.metric, "higher": e.increasing[-1],
-                                     "lower": e.increasing[0], "value_higher": _arm_value(runs, e.metric,
-                                                                                          e.increasing[-1]),
-                                     "value_lower": _arm_value(runs, e.metric, e.increasing[0]),
-                                     "difference": tau, "ci_low": math.nan, "ci_high": math.nan, "p_value": p,
-                                     "test": f"kendall_tau_b over {' < '.join(e.increasing)}",
-                                     "verdict": verdict(tau, p)})
-                continue
-            c = compare(runs, e.metric, e.higher, e.lower)
-            expectations.append({"claim": e.claim, "metric": e.metric, "higher": e.higher, "lower": e.lower,
-                                 "value_higher": c["value"], "value_lower": c["value_against"],
-                                 "difference": c["difference"], "ci_low": math.nan, "ci_high": math.nan,
-                                 "p_value": c["p_value"], "test": c["test"],
-                                 "verdict": verdict(c["difference"], c["p_value"])})
+                d, p = trend(runs, e.metric, e.increasing)
+                test = f"kendall_tau_b over {' < '.join(e.increasing)}"
+            else:
+                c = compare(runs, e.metric, e.higher, e.lower)
+                d, p, test = c["difference"], c["p_value"], c["test"]
+            expectations.append(_expectation(e, hi_arm, lo_arm, vh, vl, d, p, test))
     exps = pd.DataFrame(expectations, columns=["claim", "metric", "higher", "lower", "value_higher", "value_lower",
                                                "difference", "ci_low", "ci_high", "p_value", "test", "verdict"])
     written["expectations"] = folder / "expectations.csv"
@@ -484,6 +477,14 @@ def analyse(out_dir) -> dict[str, Path]:
     written["report"].write_text(report_markdown(spec, manifest, exp, names, arms, exps,
                                                  auc if exp.analysis == "surrogate" else None, len(failed)))
     return written
+
+
+def _expectation(e: Expectation, higher: str, lower: str, value_higher: float, value_lower: float,
+                 difference: float, p: float, test: str, ci_low: float = math.nan, ci_high: float = math.nan) -> dict:
+    """One row of ``expectations.csv``: the measured values, the test and the verdict."""
+    return {"claim": e.claim, "metric": e.metric, "higher": higher, "lower": lower,
+            "value_higher": float(value_higher), "value_lower": float(value_lower), "difference": difference,
+            "ci_low": ci_low, "ci_high": ci_high, "p_value": p, "test": test, "verdict": verdict(difference, p)}
 
 
 def _crs_thresholds(spec: SweepSpec) -> list[float]:
