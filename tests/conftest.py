@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tme_abm.backend import _cupy_device_usable, make_backend
+from tme_abm.engine.backend import _cupy_device_usable, make_backend
 
 _CUPY, _REASON = _cupy_device_usable()
 

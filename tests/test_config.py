@@ -9,7 +9,7 @@ import yaml
 
 from tme_abm.config import (ConfigError, apply_overrides, check_memory, load_config, memory_estimate_bytes,
                             validate_config)
-from tme_abm.backend import make_backend
+from tme_abm.engine.backend import make_backend
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -1,4 +1,4 @@
-"""The CUDA sources ship in the wheel and are found by editable and wheel installs;
+"""The CUDA sources ship inside the package (wheel and editable installs find them);
 every kernel file compiles with nvcc; CuPy kernels match their NumPy twins."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tme_abm.backend import kernels_dir, make_backend
+from tme_abm.engine.backend import make_backend
+from tme_abm.engine.diffusion.cuda import SOURCE
 
 ROOT = Path(__file__).parent.parent
-KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
+KERNELS = sorted((ROOT / "tme_abm").rglob("*.cu"))
 
 
 def test_kernels_found_from_this_install():
-    d = kernels_dir()
-    assert (d / "lod.cu").is_file()
+    assert SOURCE.is_file() and SOURCE in KERNELS
 
 
 def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
@@ -32,16 +32,16 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("tme_abm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for k in KERNELS:
-        assert f"tme_abm/kernels/{k.name}" in names
+        assert k.relative_to(ROOT).as_posix() in names
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    code = "import tme_abm.backend as b; print(b.kernels_dir())"
+    code = "from tme_abm.engine.diffusion.cuda import SOURCE; print(SOURCE if SOURCE.is_file() else '')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()) == target / "tme_abm" / "kernels"
+    assert Path(out.stdout.strip()) == target / "tme_abm" / "engine" / "diffusion" / "lod.cu"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -60,7 +60,7 @@ def test_nvcc_compiles_kernel(cu, tmp_path):
 def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
     if not has_cuda:
         pytest.skip("no usable CUDA device")
-    from tme_abm.diffusion import NOFLUX, DiffusionSolver, Sources
+    from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
 
     gpu = make_backend("cupy", dtype)
     cpu = make_backend("numpy", dtype)

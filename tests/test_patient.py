@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tme_abm.backend import make_backend
+from tme_abm.engine.backend import make_backend
 from tme_abm.config import ConfigError, PatientConfig, validate_config
 from tme_abm.model import TMEModel
 from tme_abm.outcomes import classify_response

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tme_abm.backend import make_backend
+from tme_abm.engine.backend import make_backend
 from tme_abm.config import CELL_TYPES, validate_config
 from tme_abm.model import TMEModel
 from tme_abm.rules import RuleSet, apply_edits

@@ -7,9 +7,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-from .backend import Backend, BackendError, make_backend  # noqa: E402
+from .engine.backend import Backend, BackendError, make_backend  # noqa: E402
 from .config import Config, ConfigError, load_config  # noqa: E402
-from .diffusion import NOFLUX, DiffusionSolver, Sources  # noqa: E402
+from .engine.diffusion import NOFLUX, DiffusionSolver, Sources  # noqa: E402
 from .io import RunFileError  # noqa: E402
 from .model import TMEModel  # noqa: E402
 from .analysis import Run, open_run, open_runs  # noqa: E402

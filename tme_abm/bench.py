@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from .backend import make_backend
+from .engine.backend import make_backend
 from .config import default_fields
-from .diffusion import DiffusionSolver
+from .engine.diffusion import DiffusionSolver
 
 
 def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str = "auto",

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .backend import BACKEND_CHOICES, BackendError
+from .engine.backend import BACKEND_CHOICES, BackendError
 from .config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -113,7 +113,7 @@ def validate(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key, as for run"),
 ) -> None:
     """Check a config; exit 0 if valid, non-zero with the problems otherwise."""
-    from .backend import host_available_memory_bytes
+    from .engine.backend import host_available_memory_bytes
     from .config import check_memory, memory_estimate_bytes
 
     cfg = _load(config, set_)

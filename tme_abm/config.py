@@ -18,8 +18,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .engine.lattice import FACES
+
 CELL_TYPES = ("tumor", "car_t", "monocyte", "granulocyte")
-FACES = ("zmin", "zmax", "ymin", "ymax", "xmin", "xmax")
 
 
 class ConfigError(ValueError):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Backend
-from .config import FACES, Config
-from .diffusion import NOFLUX, DiffusionSolver, Sources
-from .lattice import Lattice
+from .engine.backend import Backend
+from .config import Config
+from .engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from .engine.lattice import FACES, Lattice
 
 
 class FieldSet:

@@ -9,13 +9,13 @@ import numpy as np
 
 from .agents import CarTCells, Granulocytes, Monocytes, TumorCells
 from .agents.car_t import car_t_rules
-from .backend import Backend, make_backend
+from .engine.backend import Backend, make_backend
 from .config import Config, apply_overrides, check_memory, load_config, validate_config
-from .diffusion import Sources
+from .engine.diffusion import Sources
 from .fields import FieldSet
-from .lattice import Lattice
+from .engine.lattice import Lattice, vessel_sites
 from .rules import RuleSet
-from .scheduler import Stage, StagedScheduler
+from .engine.schedule import Stage, StagedScheduler
 from .systemic import Product, Systemic
 from . import therapy
 
@@ -86,7 +86,9 @@ class TMEModel(mesa.Model):
         self.dt_min = cfg.time.tick_min
         self.n_ticks = cfg.time.n_ticks
         self.time_min = 0.0
-        self.lattice = Lattice.from_config(cfg.lattice, self.rng)
+        lc = cfg.lattice
+        self.lattice = Lattice(lc.shape, lc.spacing_um, vessel_sites(
+            lc.shape, lc.vessels.layout, self.rng, lc.vessels.density, lc.vessels.grid_spacing_sites))
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
         self.fields = FieldSet(cfg, self.lattice, self.backend)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)

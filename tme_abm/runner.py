@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from .backend import make_backend
+from .engine.backend import make_backend
 from .config import Config
 from .io import RunFileError, RunWriter, reading
 from .model import TMEModel

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import rng as crng
+from .engine import rng as crng
 from .agents.tumor import ALIVE, APOPTOTIC
 
 _STREAM = 20_000  # random-number stream base of therapy events

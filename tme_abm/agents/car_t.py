@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import rng as crng
+from ..engine import rng as crng
 from ..rules import RuleSet, apply_edits
-from ..space import arrivals_at_vessels, choose, free_neighbours, resolve_conflicts, walk
+from ..engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from .population import Population, rate_to_prob
 
 _ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH, _EGRESS = (
@@ -118,7 +118,7 @@ class CarTCells(Population):
         n_v = int(m.vessels_dev.shape[0])
         blood_rate = sysm.lattice_arrival_rate() / n_v if n_v else 0.0
         rate = self.params.arrival_per_vessel_per_min + blood_rate
-        sites = arrivals_at_vessels(m, self, rate, "arrive", self.code * 64 + _ARRIVE)
+        sites = self.arrivals_at_vessels(rate, "arrive", _ARRIVE)
         k = int(sites.shape[0])
         if k == 0:
             return

@@ -12,7 +12,7 @@ IL-6-like cytokine (the ``cytokine`` field).
 
 from __future__ import annotations
 
-from ..space import arrivals_at_vessels, walk
+from ..engine.moves import walk
 from .population import Population
 
 _RECRUIT, _MOVE, _ACTIVATE, _DEATH = 0, 1, 40, 41
@@ -25,8 +25,7 @@ class MyeloidCells(Population):
     columns = {"birth_min": ("float64", 0.0)}
 
     def recruit(self) -> None:
-        sites = arrivals_at_vessels(self.model, self, self.params.recruit_per_vessel_per_min, "recruit",
-                                    self.code * 64 + _RECRUIT)
+        sites = self.arrivals_at_vessels(self.params.recruit_per_vessel_per_min, "recruit", _RECRUIT)
         self.add(sites, how="arrived", birth_min=self.xp.full(sites.shape, self.model.time_min))
 
     def move(self) -> None:

@@ -13,7 +13,8 @@ from typing import ClassVar
 import mesa
 import numpy as np
 
-from .. import rng as crng
+from ..engine import rng as crng
+from ..engine.moves import choose, free_neighbours, resolve_conflicts
 from ..rules import RuleSet
 
 
@@ -119,6 +120,27 @@ class Population(mesa.Agent):
             self.data[name] = self.data[name][keep]
         self.events[how] += n
         return n
+
+    def arrivals_at_vessels(self, rate_per_vessel_per_min: float, behaviour: str, purpose: int):
+        """(k,) sites for cells arriving from blood this tick: each vessel site releases one
+        cell with probability ``1 - exp(-rate * factor * dt)`` (factor: this population's
+        rules for ``behaviour`` with the signals at the vessel) into a random free
+        neighbour. The caller adds the cells."""
+        m = self.model
+        xp = self.xp
+        vessels = m.vessels_dev
+        if rate_per_vessel_per_min <= 0 or int(vessels.shape[0]) == 0:
+            return xp.zeros(0, dtype=xp.int64)
+        stream = self.code * 64 + purpose
+        cache: dict = {}
+        signals = {n: m.sense_signal(n, vessels, cache) for n in self.rules.behaviour_signals(behaviour)}
+        factor = self.rules.factor(behaviour, signals, None, int(vessels.shape[0]))
+        prob = -xp.expm1(-rate_per_vessel_per_min * factor * m.dt_min)
+        go = crng.uniform(xp, m.seed, m.steps, stream, vessels) < prob
+        src = vessels[go]
+        target = choose(m, free_neighbours(m, src), src, stream + 1)
+        win = resolve_conflicts(m, target, src, stream + 2)
+        return target[win]
 
     def move_to(self, idx, sites) -> None:
         """Move cells ``idx`` to free ``sites`` (both (k,))."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import rng as crng
-from ..space import choose, free_neighbours, resolve_conflicts
+from ..engine import rng as crng
+from ..engine.moves import choose, free_neighbours, resolve_conflicts
 from .population import Population
 
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3

@@ -1,5 +1,5 @@
-"""Lattice moves shared by the populations: free neighbours, fair site claims,
-biased random walks and arrivals at vessel sites.
+"""Lattice moves shared by the populations: free neighbours, fair site claims and
+biased random walks.
 
 Every choice is keyed by the counter-based RNG (cell id, tick, purpose), and two cells
 wanting the same site are resolved by a random priority, so outcomes depend neither on
@@ -124,22 +124,3 @@ def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, s
         pop.move_to(tries[win], target[win])
         moved += int(win.sum())
     return moved
-
-
-def arrivals_at_vessels(model, pop, rate_per_vessel_per_min: float, behaviour: str, stream: int):
-    """Sites for cells arriving from blood this tick: each vessel site releases one cell
-    with probability ``1 - exp(-rate * factor * dt)`` (factor: the population's rules for
-    ``behaviour`` with signals at the vessel) into a random free neighbour."""
-    xp = model.backend.xp
-    vessels = model.vessels_dev
-    if rate_per_vessel_per_min <= 0 or int(vessels.shape[0]) == 0:
-        return xp.zeros(0, dtype=xp.int64)
-    cache: dict = {}
-    signals = {n: model.sense_signal(n, vessels, cache) for n in pop.rules.behaviour_signals(behaviour)}
-    factor = pop.rules.factor(behaviour, signals, None, int(vessels.shape[0]))
-    prob = -xp.expm1(-rate_per_vessel_per_min * factor * model.dt_min)
-    go = crng.uniform(xp, model.seed, model.steps, stream, vessels) < prob
-    src = vessels[go]
-    target = choose(model, free_neighbours(model, src), src, stream + 1)
-    win = resolve_conflicts(model, target, src, stream + 2)
-    return target[win]

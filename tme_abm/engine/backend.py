@@ -1,7 +1,8 @@
 """Array backend chosen once per run: NumPy on the CPU or CuPy on a CUDA device.
 
-This is the only module that imports CuPy. Everything else takes ``xp`` from a
-:class:`Backend` (or from its input arrays), so the same model code runs on both.
+This is the only module that imports CuPy, and :meth:`Backend.to_host` is the only way
+code reads a device array back to the host. Everything else takes ``xp`` from a
+:class:`Backend`, so the same model code runs on both.
 """
 
 from __future__ import annotations
@@ -39,21 +40,6 @@ def _cupy_device_usable() -> tuple[Any, str]:
     except Exception as exc:
         return None, f"no usable CUDA device ({exc.__class__.__name__}: {exc})"
     return cupy, ""
-
-
-def kernels_dir() -> Path:
-    """Folder holding the CUDA sources (``*.cu``).
-
-    A wheel ships them as ``tme_abm/kernels``; an editable install or a source
-    checkout finds them at the repository's top-level ``kernels/``.
-    """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "kernels", here.parent / "kernels"):
-        if candidate.is_dir() and any(candidate.glob("*.cu")):
-            return candidate
-    raise FileNotFoundError(
-        f"CUDA kernel sources not found in {here / 'kernels'} or {here.parent / 'kernels'}"
-    )
 
 
 @dataclass
@@ -99,14 +85,15 @@ class Backend:
             return int(free)
         return host_available_memory_bytes()
 
-    def raw_module(self, filename: str):
-        """Compile (once) and return the ``cupy.RawModule`` for ``kernels/<filename>``."""
+    def raw_module(self, source: Path):
+        """Compile (once per backend) and return the ``cupy.RawModule`` of the CUDA
+        source file ``source``."""
         if not self.is_gpu:
             raise BackendError("CUDA kernels need the cupy backend")
-        if filename not in self._modules:
-            source = (kernels_dir() / filename).read_text()
-            self._modules[filename] = self.xp.RawModule(code=source, options=("--std=c++14",))
-        return self._modules[filename]
+        key = str(source)
+        if key not in self._modules:
+            self._modules[key] = self.xp.RawModule(code=Path(source).read_text(), options=("--std=c++14",))
+        return self._modules[key]
 
 
 def host_available_memory_bytes() -> int:

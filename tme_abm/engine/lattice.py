@@ -1,4 +1,4 @@
-"""Lattice geometry: shape, Moore neighbourhood offsets, vessel sites."""
+"""Lattice geometry: shape, axis and face names, Moore neighbourhood offsets, vessel sites."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import itertools
 
 import numpy as np
 
-from .config import LatticeConfig
+FACES = ("zmin", "zmax", "ymin", "ymax", "xmin", "xmax")
+"""Domain faces, low and high per axis, in C axis order (a 2D lattice has the last four)."""
+
+
+def axis_names(ndim: int) -> tuple[str, ...]:
+    """Names of the lattice axes in C order: ("y", "x") in 2D, ("z", "y", "x") in 3D."""
+    return ("z", "y", "x")[3 - ndim:]
+
 
 _TABLE_MAX_BYTES = 64 * 2**20  # neighbour tables up to this size are precomputed
 
@@ -33,29 +40,6 @@ class Lattice:
         self.vessel_sites = np.unique(np.asarray(vessel_sites if vessel_sites is not None else [], np.int64))
         self.strides = np.array([int(np.prod(self.shape[a + 1:])) for a in range(self.ndim)], dtype=np.int64)
         self._dev: dict = {}  # per array module: (shape, strides, offsets, flat offsets)
-
-    @classmethod
-    def from_config(cls, cfg: LatticeConfig, rng: np.random.Generator) -> "Lattice":
-        shape = tuple(cfg.shape)
-        n = int(np.prod(shape))
-        v = cfg.vessels
-        if v.layout == "random":
-            k = int(round(v.density * n))
-            sites = rng.choice(n, size=k, replace=False) if k else np.zeros(0, np.int64)
-        elif v.layout == "grid":
-            s = v.grid_spacing_sites
-            axes = [np.arange(s // 2, L, s) for L in shape]
-            grid = np.meshgrid(*axes, indexing="ij")
-            sites = np.ravel_multi_index(tuple(g.ravel() for g in grid), shape)
-        elif v.layout == "boundary":
-            coords = np.indices(shape).reshape(len(shape), -1)
-            on_face = np.zeros(n, bool)
-            for a, L in enumerate(shape):
-                on_face |= (coords[a] == 0) | (coords[a] == L - 1)
-            sites = np.flatnonzero(on_face)
-        else:
-            sites = np.zeros(0, np.int64)
-        return cls(shape, cfg.spacing_um, sites)
 
     def coords(self, sites) -> np.ndarray:
         """(k, ndim) integer coordinates of flat ``sites`` (host arrays)."""
@@ -101,3 +85,32 @@ class Lattice:
         coords = np.indices(self.shape).reshape(self.ndim, -1)
         d2 = sum((coords[a] - center[a]) ** 2 for a in range(self.ndim))
         return np.flatnonzero(d2 <= radius**2)
+
+
+def vessel_sites(shape, layout: str, rng: np.random.Generator, density: float = 0.0,
+                 grid_spacing_sites: int = 10) -> np.ndarray:
+    """(k,) int64 flat indices of vessel sites of a lattice of ``shape`` (C order).
+
+    Args:
+        layout: "random" (a fraction ``density`` of the sites, drawn with ``rng``),
+            "grid" (every ``grid_spacing_sites`` sites along each axis), "boundary"
+            (every site on a domain face) or "none".
+    """
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape))
+    if layout == "random":
+        k = int(round(density * n))
+        return rng.choice(n, size=k, replace=False) if k else np.zeros(0, np.int64)
+    if layout == "grid":
+        axes = [np.arange(grid_spacing_sites // 2, L, grid_spacing_sites) for L in shape]
+        grid = np.meshgrid(*axes, indexing="ij")
+        return np.ravel_multi_index(tuple(g.ravel() for g in grid), shape)
+    if layout == "boundary":
+        coords = np.indices(shape).reshape(len(shape), -1)
+        on_face = np.zeros(n, bool)
+        for a, L in enumerate(shape):
+            on_face |= (coords[a] == 0) | (coords[a] == L - 1)
+        return np.flatnonzero(on_face)
+    if layout == "none":
+        return np.zeros(0, np.int64)
+    raise ValueError(f"vessel layout {layout!r} is not one of random, grid, boundary, none")

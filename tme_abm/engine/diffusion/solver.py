@@ -39,14 +39,12 @@ steps (0, 1, 2, then 2, 1, 0, ...) so a step needs ``ndim - 1`` transposes, not
 :attr:`DiffusionSolver.values` presents it in canonical order as a view. Kernels:
 ``lod_sweep`` (Thomas along the leading axis of ``(F, n, W)``, all fields in one
 launch), ``lod_sweep_sink`` (one field with per-voxel uptake on the diagonal) and
-``lod_rotate`` (tiled transpose with a per-field scale); NumPy twins:
-:func:`thomas_sweep_numpy`, :func:`thomas_sweep_sink_numpy` and :func:`rotate_numpy`.
-
-The Thomas recurrence is written in a scaled form that needs two array operations
-per plane and pass instead of three: with ``cp_i = r / denom_i`` the forward pass is
-``g_i = cp_i (d_i + g_{i-1})`` and the backward pass ``h_i = g_i + cp_i h_{i+1}``; then
-``u = h / r``. The ``1/r`` is folded into the transposing copy. (Fields with D = 0 are
-not diffusing and use ``u <- u / b`` instead.)
+``lod_rotate`` (tiled transpose with a per-field scale), launched from :mod:`.cuda`;
+their NumPy twins in :mod:`.thomas` are :func:`thomas_sweep_numpy`,
+:func:`thomas_sweep_sink_numpy` and :func:`rotate_numpy`. The Thomas recurrence is
+scaled (:mod:`.thomas`), so the buffer holds ``r*u`` after a sweep and the ``1/r`` is
+folded into the transposing copy. (Fields with D = 0 are not diffusing and use
+``u <- u / b`` instead.)
 """
 
 from __future__ import annotations
@@ -58,7 +56,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .backend import Backend, make_backend
+from ..backend import Backend, make_backend
+from .cuda import SKIP, cuda_rotate, cuda_sweep, cuda_sweep_sink
+from .thomas import (
+    AxisCoefficients,
+    axis_coefficients,
+    rotate_numpy,
+    scaled_thomas_passes,
+    sink_coefficients_numpy,
+    thomas_sweep_cp_numpy,
+    thomas_sweep_numpy,
+)
 
 NOFLUX = math.nan
 """Face value meaning "no-flux" in ``face_values``."""
@@ -86,177 +94,6 @@ class Sources:
     sites: object
     secretion: object
     uptake: object
-
-
-@dataclass(frozen=True)
-class _AxisCoefficients:
-    """Precomputed Thomas coefficients for one axis and one dt (host arrays)."""
-
-    b: np.ndarray  # (F, n) matrix diagonal without cell uptake (faces included)
-    r: np.ndarray  # (F,) D*dt/dx^2
-    cp: np.ndarray  # (F, n) r/denom_i (diffusing fields); unused rows for others
-    rhs_lo: np.ndarray  # (F,) 2*r*c for a fixed low face, else 0
-    rhs_hi: np.ndarray  # (F,) 2*r*c for a fixed high face, else 0
-    invb: np.ndarray  # (F,) 1/(1 + dt*lambda/ndim) for non-diffusing fields
-    scale: np.ndarray  # (F,) 1/r for diffusing fields, 1 otherwise
-    diffusing: np.ndarray  # (F,) int32, 1 where D > 0
-
-
-def axis_coefficients(
-    n: int,
-    r: np.ndarray,
-    kappa: np.ndarray,
-    face_lo: np.ndarray,
-    face_hi: np.ndarray,
-    dtype,
-) -> _AxisCoefficients:
-    """Thomas coefficients for lines of length ``n``, per field (computed in float64).
-
-    Args:
-        n: number of voxels along the axis.
-        r: (F,) D*dt/dx^2, dimensionless.
-        kappa: (F,) decay per axis sweep, lambda*dt/ndim, dimensionless.
-        face_lo, face_hi: (F,) fixed face values, NaN for no-flux.
-        dtype: dtype of the returned arrays.
-    """
-    nf = len(r)
-    bs = np.zeros((nf, n))
-    cp = np.zeros((nf, n))
-    rhs_lo = np.zeros(nf)
-    rhs_hi = np.zeros(nf)
-    for f in range(nf):
-        rf = float(r[f])
-        lo_fixed = not math.isnan(face_lo[f])
-        hi_fixed = not math.isnan(face_hi[f])
-        b = np.full(n, 1.0 + kappa[f] + 2.0 * rf)
-        if n == 1:
-            b[0] = 1.0 + kappa[f] + 2.0 * rf * (lo_fixed + hi_fixed)
-        else:
-            b[0] = 1.0 + kappa[f] + rf + (2.0 * rf if lo_fixed else 0.0)
-            b[-1] = 1.0 + kappa[f] + rf + (2.0 * rf if hi_fixed else 0.0)
-        bs[f] = b
-        if rf > 0:
-            denom = b[0]
-            cp[f, 0] = rf / denom
-            for i in range(1, n):
-                denom = b[i] - rf * cp[f, i - 1]
-                cp[f, i] = rf / denom
-            rhs_lo[f] = 2.0 * rf * face_lo[f] if lo_fixed else 0.0
-            rhs_hi[f] = 2.0 * rf * face_hi[f] if hi_fixed else 0.0
-    diffusing = (np.asarray(r) > 0).astype(np.int32)
-    scale = np.where(diffusing == 1, 1.0 / np.where(r > 0, r, 1.0), 1.0)
-    invb = 1.0 / (1.0 + np.asarray(kappa, dtype=float))
-    return _AxisCoefficients(
-        b=bs.astype(dtype),
-        r=np.asarray(r, dtype=dtype),
-        cp=cp.astype(dtype),
-        rhs_lo=rhs_lo.astype(dtype),
-        rhs_hi=rhs_hi.astype(dtype),
-        invb=invb.astype(dtype),
-        scale=scale.astype(dtype),
-        diffusing=diffusing,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# NumPy twins of kernels/lod.cu (also the CPU engine's building blocks)
-# --------------------------------------------------------------------------------------
-
-
-def _scaled_thomas_passes(planes, cps, xp) -> None:
-    """Forward ``g_i = cp_i (d_i + g_{i-1})`` and backward ``h_i = g_i + cp_i h_{i+1}``
-    passes over a list of planes, in place; ``cps[i]`` broadcasts against a plane."""
-    n = len(planes)
-    planes[0] *= cps[0]
-    for i in range(1, n):
-        planes[i] += planes[i - 1]
-        planes[i] *= cps[i]
-    tmp = xp.empty_like(planes[0])
-    for i in range(n - 2, -1, -1):
-        xp.multiply(planes[i + 1], cps[i], out=tmp)
-        planes[i] += tmp
-
-
-def thomas_sweep_numpy(v, cp, rhs_lo, rhs_hi) -> None:
-    """Scaled Thomas solve along axis 1 of ``v``, in place; twin of ``lod_sweep``.
-
-    Args:
-        v: (fg, n, w) array view of diffusing fields; on return it holds ``r * u_new``.
-        cp: (fg, n) coefficients ``r / denom_i``.
-        rhs_lo, rhs_hi: (fg,) face terms added to the first and last plane.
-    """
-    xp = np if isinstance(v, np.ndarray) else _array_module(v)
-    n = v.shape[1]
-    planes = [v[:, i, :] for i in range(n)]
-    cps = xp.ascontiguousarray(cp.T)[:, :, None]  # (n, fg, 1)
-    planes[0] += rhs_lo[:, None]
-    planes[-1] += rhs_hi[:, None]
-    _scaled_thomas_passes(planes, cps, xp)
-
-
-def sink_coefficients_numpy(e, b, r) -> None:
-    """Per-voxel Thomas coefficients ``cp_i = r / (b_i + e_i - r cp_{i-1})``, in place.
-
-    Args:
-        e: (n, w) extra diagonal (cell uptake ``dt*U/ndim``); overwritten with ``cp``.
-        b: (n,) diagonal without uptake (faces and decay included).
-        r: D*dt/dx^2 (> 0).
-    """
-    xp = np if isinstance(e, np.ndarray) else _array_module(e)
-    n = e.shape[0]
-    e += b[:, None]  # e now holds the full diagonal
-    tmp = xp.empty_like(e[0])
-    xp.divide(r, e[0], out=e[0])
-    for i in range(1, n):
-        xp.multiply(e[i - 1], -r, out=tmp)
-        tmp += e[i]
-        xp.divide(r, tmp, out=e[i])
-
-
-def thomas_sweep_cp_numpy(v, cp, rhs_lo, rhs_hi) -> None:
-    """Scaled Thomas solve of one field along axis 0 of ``v`` (n, w) with per-voxel
-    coefficients ``cp`` (n, w) from :func:`sink_coefficients_numpy`, in place."""
-    xp = np if isinstance(v, np.ndarray) else _array_module(v)
-    n = v.shape[0]
-    v[0] += rhs_lo
-    v[n - 1] += rhs_hi
-    _scaled_thomas_passes([v[i] for i in range(n)], cp, xp)
-
-
-def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
-    """Scaled Thomas solve of one diffusing field with per-voxel extra diagonal ``e``
-    (cell uptake, ``dt*U/ndim``), in place; twin of ``lod_sweep_sink``.
-
-    Args:
-        v: (n, w) array view; on return it holds ``r * u_new``.
-        e: (n, w) extra diagonal; overwritten with the per-voxel ``cp``.
-        b: (n,) diagonal without uptake (faces and decay included).
-        r: D*dt/dx^2 (> 0).
-        rhs_lo, rhs_hi: face terms added to the first and last plane.
-    """
-    sink_coefficients_numpy(e, b, r)
-    thomas_sweep_cp_numpy(v, e, rhs_lo, rhs_hi)
-
-
-def rotate_numpy(src, dst, scale) -> None:
-    """``dst[f, w, i] = src[f, i, w] * scale[f]``; twin of ``lod_rotate``.
-
-    Args:
-        src: (fg, n, w) array view.
-        dst: (fg, w, n) array view, written.
-        scale: (fg,) per-field factor.
-    """
-    xp = np if isinstance(src, np.ndarray) else _array_module(src)
-    xp.multiply(src.transpose(0, 2, 1), scale[:, None, None], out=dst)
-
-
-def _array_module(a):
-    try:
-        import cupy  # noqa: PLC0415 - only reached for CuPy arrays, which imply CuPy
-
-        return cupy.get_array_module(a)
-    except ImportError:  # pragma: no cover
-        return np
 
 
 # --------------------------------------------------------------------------------------
@@ -358,7 +195,7 @@ class DiffusionSolver:
         self._last_sample = None
 
         self._dt = None
-        self._coeffs: list[_AxisCoefficients] = []
+        self._coeffs: list[AxisCoefficients] = []
         self._dev_coeffs: list = []
         self._pool: ThreadPoolExecutor | None = None
         self.set_dt(dt_min)
@@ -597,7 +434,7 @@ class DiffusionSolver:
             n = block.shape[1]
             block[:, 0, :] += c.rhs_lo[f0:f1, None]
             block[:, n - 1, :] += c.rhs_hi[f0:f1, None]
-            _scaled_thomas_passes([block[:, i, :] for i in range(n)], cpb, np)
+            scaled_thomas_passes([block[:, i, :] for i in range(n)], cpb)
             return
         f = f0
         while f < f1:
@@ -688,7 +525,7 @@ class DiffusionSolver:
                 kinds = plan.setdefault("kinds", {}).get(axis)
                 if kinds is None:
                     k = hc.diffusing.copy()
-                    k[sink_fields] = _SKIP
+                    k[sink_fields] = SKIP
                     kinds = plan["kinds"][axis] = xp.asarray(k)
             cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, nf, n, w_total)
             for f in sink_fields:
@@ -730,41 +567,3 @@ def _scale_inplace(block, scale) -> None:
     """``block[f] *= scale[f]`` for a (fg, n, w) block."""
     block *= scale[:, None, None]
 
-
-# --------------------------------------------------------------------------------------
-# CUDA launchers (kernels/lod.cu)
-# --------------------------------------------------------------------------------------
-
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-_SKIP = 2  # lod_sweep leaves fields of this kind alone (swept by lod_sweep_sink)
-
-
-def cuda_sweep(backend: Backend, u, cp, rhs_lo, rhs_hi, invb, kinds, nf: int, n: int, w: int) -> None:
-    """Launch ``lod_sweep`` on ``u`` viewed as (F, n, W): one thread per line, all fields.
-
-    ``kinds[f]``: 1 diffusing (Thomas), 0 not diffusing (``u *= invb``), 2 skip."""
-    mod = backend.raw_module("lod.cu")
-    kern = mod.get_function(f"lod_sweep_{_SUFFIX[np.dtype(u.dtype)]}")
-    lines = nf * w
-    threads = 128
-    kern(((lines + threads - 1) // threads,), (threads,),
-         (u, cp, rhs_lo, rhs_hi, invb, kinds, np.int32(nf), np.int32(n), np.int64(w)))
-
-
-def cuda_sweep_sink(backend: Backend, u, e, b, r, rhs_lo, rhs_hi, n: int, w: int) -> None:
-    """Launch ``lod_sweep_sink`` on one field ``u`` (n, W) with extra diagonal ``e`` (n, W),
-    which it overwrites with the per-voxel coefficients."""
-    mod = backend.raw_module("lod.cu")
-    t = np.dtype(u.dtype)
-    kern = mod.get_function(f"lod_sweep_sink_{_SUFFIX[t]}")
-    threads = 128
-    kern(((w + threads - 1) // threads,), (threads,),
-         (u, e, b, t.type(r), t.type(rhs_lo), t.type(rhs_hi), np.int32(n), np.int64(w)))
-
-
-def cuda_rotate(backend: Backend, src, dst, scale, nf: int, n: int, w: int) -> None:
-    """Launch ``lod_rotate``: dst (F, W, n) = transpose of src (F, n, W) times scale[f]."""
-    mod = backend.raw_module("lod.cu")
-    kern = mod.get_function(f"lod_rotate_{_SUFFIX[np.dtype(src.dtype)]}")
-    grid = ((w + 31) // 32, (n + 31) // 32, nf)
-    kern(grid, (32, 8), (src, dst, scale, np.int32(n), np.int64(w)))
