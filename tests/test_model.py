@@ -5,7 +5,7 @@ from __future__ import annotations
 import mesa
 import numpy as np
 
-from tme_abm.agents import CarTCells, Granulocytes, Monocytes, TumorCells
+from tme_abm.biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from tme_abm.engine.backend import make_backend
 from tme_abm.config import validate_config
 from tme_abm.model import REPORTED, TMEModel

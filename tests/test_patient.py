@@ -11,9 +11,9 @@ import pytest
 from tme_abm.engine.backend import make_backend
 from tme_abm.config import ConfigError, PatientConfig, validate_config
 from tme_abm.model import TMEModel
-from tme_abm.outcomes import classify_response
-from tme_abm.systemic import Systemic
-from tme_abm.therapy import lq_survival, oxygen_dose_factor
+from tme_abm.biology.outcomes import classify_response
+from tme_abm.biology.patient import Systemic
+from tme_abm.biology.therapy import lq_survival, oxygen_dose_factor
 
 BE = make_backend("numpy", "float64")
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .engine.backend import make_backend
-from .config import default_fields
+from .biology.defaults import default_fields
 from .engine.diffusion import DiffusionSolver
 
 

@@ -18,9 +18,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .biology.defaults import default_edits, default_fields, default_rules
+from .biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
 from .engine.lattice import FACES
 
-CELL_TYPES = ("tumor", "car_t", "monocyte", "granulocyte")
 
 
 class ConfigError(ValueError):
@@ -115,43 +116,10 @@ class FieldConfig(_Strict):
     vessel_value: NonNegFloat | None = None
     """Value held at vessel sites (null: vessels do not fix this field)."""
     boundary: BoundaryConfig = BoundaryConfig()
-    secretion_per_min: dict[Literal["tumor", "car_t", "monocyte", "granulocyte"], NonNegFloat] = {}
+    secretion_per_min: dict[Literal[CELL_TYPES], NonNegFloat] = {}
     """Secretion per cell type, field units per minute."""
-    uptake_per_min: dict[Literal["tumor", "car_t", "monocyte", "granulocyte"], NonNegFloat] = {}
+    uptake_per_min: dict[Literal[CELL_TYPES], NonNegFloat] = {}
     """First-order uptake per cell type, 1/minute."""
-
-
-def default_fields() -> dict[str, dict]:
-    """The seven fields of MODEL.md with their starting defaults (see docs/model.md)."""
-    return {
-        "oxygen": dict(units="mmHg", diffusion_um2_per_min=1e5, decay_per_min=0.1, initial=38.0,
-                       vessel_value=38.0, uptake_per_min={"tumor": 10.0, "car_t": 1.0, "monocyte": 1.0,
-                                                         "granulocyte": 1.0}),
-        # calibrated (docs/model.md): tens of uM in hypoxic tumor, plasma level far from it;
-        # the domain faces stand for the perfused tissue around the lattice
-        "adenosine": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.2, initial=0.05,
-                          vessel_value=0.05, boundary={"default": {"kind": "dirichlet", "value": 0.05}},
-                          secretion_per_min={"tumor": 8.0, "monocyte": 4.0}),
-        # protons as H+ concentration in uM: pH 7.4 -> 0.0398 uM; pH = 6 - log10(H+ in uM).
-        # D is that of buffered acid (mobile buffers), not of the free ion (docs/model.md)
-        "protons": dict(units="uM", diffusion_um2_per_min=1e4, decay_per_min=0.0, initial=0.0398,
-                        vessel_value=0.0398, boundary={"default": {"kind": "dirichlet", "value": 0.0398}},
-                        secretion_per_min={"tumor": 0.02}),
-        "cxcl10": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
-                       secretion_per_min={"tumor": 0.01}),
-        "ccl2": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
-                     secretion_per_min={"tumor": 0.01}),
-        "cxcl8": dict(units="relative", diffusion_um2_per_min=555.0, decay_per_min=0.01,
-                      secretion_per_min={"tumor": 0.01}),
-        # secreted only by engaged CAR T (IFN-gamma) and activated monocytes (IL-6)
-        "cytokine": dict(units="pg/mL", diffusion_um2_per_min=1000.0, decay_per_min=0.016,
-                         secretion_per_min={"car_t": 1.0, "monocyte": 2.0}),
-    }
-
-
-CONTACT_TYPES = ("tumor", "car_t", "car_t_engaged", "monocyte", "granulocyte")
-STATE_SIGNALS = {"tumor": ("antigen",), "car_t": ("exhaustion", "antigen"), "monocyte": (), "granulocyte": ()}
-"""Cell-state signals a population's rules may use (car_t ``antigen``: the engaged target's)."""
 
 
 class ModulatorConfig(_Strict):
@@ -181,70 +149,6 @@ class ModulatorConfig(_Strict):
 
 
 Rules = dict[str, dict[str, ModulatorConfig]]
-
-
-def _m(signal, direction, half_max, max_effect, hill_power=1.0, low=False) -> dict:
-    return dict(signal=signal, direction=direction, half_max=half_max, hill_power=hill_power,
-                max_effect=max_effect, low=low)
-
-
-def default_rules() -> dict[str, dict]:
-    """Default modulators per population and behaviour (MODEL.md; docs/model.md)."""
-    hypoxia_up = lambda fold: _m("oxygen", "up", 10.0, fold, 4, low=True)  # noqa: E731
-    return {
-        "tumor": {
-            "divide": {"hypoxia": _m("oxygen", "down", 6.5, 1.0, 6, low=True)},
-            "necrosis": {"oxygen": _m("oxygen", "down", 3.75, 1.0, 8)},
-            "secrete_adenosine": {"hypoxia": hypoxia_up(9.0)},
-            "secrete_protons": {"hypoxia": hypoxia_up(2.0)},
-            "secrete_ccl2": {"hypoxia": hypoxia_up(3.0)},
-            "secrete_cxcl8": {"hypoxia": hypoxia_up(3.0)},
-            "secrete_cxcl10": {"ifng": _m("cytokine", "up", 1.0, 10.0)},
-        },
-        "car_t": {
-            "engage": {"antigen": _m("antigen", "down", 0.2, 1.0, 2, low=True)},
-            "kill": {
-                "adenosine": _m("adenosine", "down", 10.0, 1.0),
-                "acidity": _m("protons", "down", 0.158, 0.8, 2),
-                "hypoxia": _m("oxygen", "down", 5.0, 0.5, 3, low=True),
-                "monocyte_contact": _m("contact:monocyte", "down", 1.0, 0.5),
-                "granulocyte_contact": _m("contact:granulocyte", "down", 1.0, 0.5),
-            },
-            "divide": {
-                "adenosine": _m("adenosine", "down", 10.0, 0.8),
-                "acidity": _m("protons", "down", 0.158, 0.5, 2),
-                "granulocyte_contact": _m("contact:granulocyte", "down", 1.0, 0.7),
-            },
-            "exhaust": {
-                "adenosine": _m("adenosine", "up", 10.0, 1.0),
-                "hypoxia": _m("oxygen", "up", 5.0, 1.0, 3, low=True),
-                "monocyte_contact": _m("contact:monocyte", "up", 1.0, 1.0),
-                "granulocyte_contact": _m("contact:granulocyte", "up", 1.0, 1.0),
-            },
-            "death": {"exhaustion": _m("exhaustion", "up", 0.7, 4.0, 4)},
-            "secrete_cytokine": {
-                "adenosine": _m("adenosine", "down", 10.0, 0.8),
-                "acidity": _m("protons", "down", 0.158, 0.5, 2),
-            },
-        },
-        "monocyte": {
-            "recruit": {"ccl2": _m("ccl2", "up", 1.0, 9.0)},
-            "activate": {
-                "ifng": _m("cytokine", "up", 5.0, 100.0),
-                "engaged_car_t_contact": _m("contact:car_t_engaged", "up", 1.0, 500.0),
-            },
-        },
-        "granulocyte": {"recruit": {"cxcl8": _m("cxcl8", "up", 1.0, 9.0)}},
-    }
-
-
-def default_edits() -> dict[str, dict]:
-    """Gene edits of CAR T products: modulators removed or changed, CAR T rules only."""
-    return {
-        "a2ar_ko": {"remove": ["adenosine"]},
-        "pd1_ko": {"remove": ["monocyte_contact", "granulocyte_contact"]},
-        "hypoxia_resistant": {"change": {"hypoxia": {"max_effect": 0.1}}},
-    }
 
 
 class EditConfig(_Strict):
@@ -368,15 +272,6 @@ class GranulocyteConfig(_Population):
     recruit_per_vessel_per_min: NonNegFloat = 2e-5
     move: GranulocyteMove = Field(default_factory=GranulocyteMove)
     death_per_min: NonNegFloat = math.log(2) / (19 * 60.0)
-
-
-BEHAVIOURS = {
-    "tumor": ("divide", "necrosis", "apoptosis"),
-    "car_t": ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress"),
-    "monocyte": ("recruit", "move", "activate", "death"),
-    "granulocyte": ("recruit", "move", "death"),
-}
-"""Behaviours each population's rules may modulate (plus secrete_<field>, uptake_<field>)."""
 
 
 class PatientConfig(_Strict):
@@ -602,6 +497,14 @@ class Config(_Strict):
                 bad = set(ch) - set(ModulatorConfig.model_fields)
                 if bad:
                     raise ValueError(f"edits.{ename}.change.{n}: unknown keys {sorted(bad)}")
+                for beh, mods in self.car_t.rules.items():
+                    if n in mods:
+                        try:
+                            ModulatorConfig.model_validate({**mods[n].model_dump(), **ch})
+                        except ValidationError as exc:
+                            problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+                            raise ValueError(f"edits.{ename}.change.{n} {ch}: makes car_t.rules.{beh}.{n} "
+                                             f"invalid: {problem}") from None
 
     @property
     def start_day(self) -> float:

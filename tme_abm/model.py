@@ -7,17 +7,18 @@ from pathlib import Path
 import mesa
 import numpy as np
 
-from .agents import CarTCells, Granulocytes, Monocytes, TumorCells
-from .agents.car_t import car_t_rules
+from .biology import therapy
+from .biology.fields import FieldSet
+from .biology.outcomes import compute_outcomes
+from .biology.patient import Product, Systemic
+from .biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
+from .biology.populations.car_t import car_t_rules
+from .biology.rules import RuleSet
 from .engine.backend import Backend, make_backend
 from .config import Config, apply_overrides, check_memory, load_config, validate_config
 from .engine.diffusion import Sources
-from .fields import FieldSet
 from .engine.lattice import Lattice, vessel_sites
-from .rules import RuleSet
 from .engine.schedule import Stage, StagedScheduler
-from .systemic import Product, Systemic
-from . import therapy
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
 
@@ -90,7 +91,7 @@ class TMEModel(mesa.Model):
         self.lattice = Lattice(lc.shape, lc.spacing_um, vessel_sites(
             lc.shape, lc.vessels.layout, self.rng, lc.vessels.density, lc.vessels.grid_spacing_sites))
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
-        self.fields = FieldSet(cfg, self.lattice, self.backend)
+        self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self.occupancy[self.vessels_dev] = VESSEL
         self._engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
@@ -101,7 +102,7 @@ class TMEModel(mesa.Model):
             Product(edits=list(prod.edits), fitness=1.0, initial_exhaustion=prod.initial_exhaustion,
                     divisions=prod.divisions)])
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
-        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg, self.systemic.products, xp))
+        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg.car_t.rules, cfg.edits, self.systemic.products, xp))
         self.monocytes = Monocytes(self, cfg.monocyte, RuleSet([cfg.monocyte.rules], xp))
         self.granulocytes = Granulocytes(self, cfg.granulocyte, RuleSet([cfg.granulocyte.rules], xp))
         self.populations = [self.tumor, self.car_t, self.monocytes, self.granulocytes]
@@ -184,7 +185,8 @@ class TMEModel(mesa.Model):
 
     def update_products(self) -> None:
         """Recompile the CAR T rules after a product was added (its edits)."""
-        self.car_t.rules = car_t_rules(self.config, self.systemic.products, self.backend.xp)
+        self.car_t.rules = car_t_rules(self.config.car_t.rules, self.config.edits, self.systemic.products,
+                                      self.backend.xp)
 
     def apply_events(self) -> None:
         """Fire the therapy events whose time falls in this tick."""
@@ -219,9 +221,7 @@ class TMEModel(mesa.Model):
         h["antigen_negative_fraction"].append(neg / alive if alive else 0.0)
 
     def outcomes(self) -> dict:
-        """Per-run outcomes from the patient-level history (see :mod:`tme_abm.outcomes`)."""
-        from .outcomes import compute_outcomes
-
+        """Per-run outcomes from the patient-level history (see :mod:`tme_abm.biology.outcomes`)."""
         return compute_outcomes(self.history, self.systemic, self.config.patient)
 
     # ---- helpers used by the populations ---------------------------------------------
@@ -377,11 +377,26 @@ class TMEModel(mesa.Model):
             self._row = self.record()
         return self._row
 
+    def _derived_field_summaries(self) -> dict[str, float]:
+        """Mean pH from the proton field (pH = 6 - log10(H+ in uM)) and the fraction of
+        voxels below ``output.hypoxic_threshold_mmHg`` of oxygen."""
+        f = self.fields
+        xp = self.backend.xp
+        v = f.values.reshape(len(f.names), -1)
+        out = {}
+        if "protons" in f.index:
+            h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
+            out["ph_mean"] = float(self.backend.to_host((6.0 - xp.log10(h)).mean()))
+        out["hypoxic_fraction"] = float(self.backend.to_host(
+            (v[f.index["oxygen"]] < self.config.output.hypoxic_threshold_mmHg).mean()))
+        return out
+
     def record(self) -> dict[str, float]:
         row = {"tick": float(self.steps), "time_min": self.time_min}
         for p in self.populations:
             row.update({k: float(v) for k, v in p.counts().items()})
-        row.update(self.fields.summaries(self.config.output.hypoxic_threshold_mmHg))
+        row.update(self.fields.summaries())
+        row.update(self._derived_field_summaries())
         s = self.systemic
         row.update({"day": self.day, "burden": s.burden, "blood_car_t": s.blood_total,
                     "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import rng as crng
-from .agents.tumor import ALIVE, APOPTOTIC
+from ..engine import rng as crng
+from .populations.tumor import ALIVE, APOPTOTIC
 
 _STREAM = 20_000  # random-number stream base of therapy events
 

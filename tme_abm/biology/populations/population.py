@@ -13,8 +13,8 @@ from typing import ClassVar
 import mesa
 import numpy as np
 
-from ..engine import rng as crng
-from ..engine.moves import choose, free_neighbours, resolve_conflicts
+from ...engine import rng as crng
+from ...engine.moves import choose, free_neighbours, resolve_conflicts
 from ..rules import RuleSet
 
 
@@ -44,14 +44,19 @@ def occurs(u, rate_per_min, dt_min: float, xp=np):
 class Population(mesa.Agent):
     """All cells of one type.
 
-    Subclasses set ``kind`` (config section), ``code`` (occupancy value, > 0) and
-    ``columns`` (name -> (dtype, fill value)) for their own state; ``site`` (int64 flat
-    lattice index) and ``id`` (int64, unique within the population for the whole run,
-    the key of every random draw) are always present.
+    Subclasses set ``kind`` (config section), ``code`` (occupancy value, > 0),
+    ``behaviours`` (what their rules may modulate), ``state_signals_named`` (cell-state
+    signals their rules may read) and ``columns`` (name -> (dtype, fill value)) for their
+    own state; ``site`` (int64 flat lattice index) and ``id`` (int64, unique within the
+    population for the whole run, the key of every random draw) are always present.
     """
 
     kind: ClassVar[str]
     code: ClassVar[int]
+    behaviours: ClassVar[tuple[str, ...]]
+    """Behaviours the population's rules may modulate (besides secrete_<field> and
+    uptake_<field>)."""
+    state_signals_named: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[dict[str, tuple[str, float]]] = {}
     supplied_signals: ClassVar[frozenset[str]] = frozenset()
     """Signals only the caller can give (``extra`` of :meth:`factor`), never sensed."""
@@ -134,7 +139,7 @@ class Population(mesa.Agent):
         stream = self.code * 64 + purpose
         cache: dict = {}
         signals = {n: m.sense_signal(n, vessels, cache) for n in self.rules.behaviour_signals(behaviour)}
-        factor = self.rules.factor(behaviour, signals, None, int(vessels.shape[0]))
+        factor = self.rules.factor(behaviour, signals)
         prob = -xp.expm1(-rate_per_vessel_per_min * factor * m.dt_min)
         go = crng.uniform(xp, m.seed, m.steps, stream, vessels) < prob
         src = vessels[go]
@@ -227,11 +232,10 @@ class Population(mesa.Agent):
             else:
                 v = self.signal(name)
                 sig[name] = v if idx is None else v[idx]
-        k = len(self) if idx is None else int(idx.shape[0])
         product = self.data.get("product")
         if product is not None and idx is not None:
             product = product[idx]
-        return self.rules.factor(behaviour, sig, product, k, cache)
+        return self.rules.factor(behaviour, sig, product, cache)
 
     def sense(self) -> None:
         """The sensing stage: read every environment signal the rules use (fields at the

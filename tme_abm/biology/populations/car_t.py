@@ -3,8 +3,8 @@
 Rules (rates per minute, times the ``car_t.rules`` modulators; gene edits of the
 product remove or change named modulators, for CAR T cells only):
 
-* arrive from blood at vessel sites (``arrival_per_vessel_per_min``; issue 4 couples
-  it to the blood pool);
+* arrive from the blood pool at vessel sites (the patient's trafficking rate, plus a
+  constant ``arrival_per_vessel_per_min``);
 * move by a random walk biased up the CXCL10-like gradient (``move``); engaged cells
   stay;
 * engage: a free, non-exhausted cell next to alive, unengaged tumor cells picks one at
@@ -27,18 +27,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import rng as crng
+from ...engine import rng as crng
 from ..rules import RuleSet, apply_edits
-from ..engine.moves import choose, free_neighbours, resolve_conflicts, walk
+from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from .population import Population, rate_to_prob
 
 _ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH, _EGRESS = (
     0, 1, 40, 41, 42, 43, 44, 45, 46, 47, 48)
 
 
-def car_t_rules(cfg, products, xp) -> RuleSet:
-    """CAR T rules with each product's gene edits applied (one row per product)."""
-    return RuleSet([apply_edits(cfg.car_t.rules, [cfg.edits[e] for e in p.edits]) for p in products], xp)
+def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
+    """CAR T rules with each product's gene edits applied (one row per product).
+
+    Args:
+        rules: the CAR T rules (behaviour -> name -> modulator).
+        edits: every defined gene edit by name (the config's ``edits``).
+        products: the products (``patient.Product``), each naming its edits.
+    """
+    return RuleSet([apply_edits(rules, [edits[e] for e in p.edits]) for p in products], xp)
 
 
 class CarTCells(Population):
@@ -53,6 +59,8 @@ class CarTCells(Population):
 
     kind = "car_t"
     code = 2
+    behaviours = ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress")
+    state_signals_named = ("exhaustion", "antigen")  # antigen: the engaged target's
     supplied_signals = frozenset({"antigen"})  # the engaged target's antigen density
     columns = {
         "exhaustion": ("float64", 0.0),

@@ -12,7 +12,7 @@ IL-6-like cytokine (the ``cytokine`` field).
 
 from __future__ import annotations
 
-from ..engine.moves import walk
+from ...engine.moves import walk
 from .population import Population
 
 _RECRUIT, _MOVE, _ACTIVATE, _DEATH = 0, 1, 40, 41
@@ -46,6 +46,7 @@ class Monocytes(MyeloidCells):
 
     kind = "monocyte"
     code = 3
+    behaviours = ("recruit", "move", "activate", "death")
     columns = {"birth_min": ("float64", 0.0), "activated": ("int8", 0)}
 
     def activate(self) -> None:
@@ -73,6 +74,7 @@ class Monocytes(MyeloidCells):
 class Granulocytes(MyeloidCells):
     kind = "granulocyte"
     code = 4
+    behaviours = ("recruit", "move", "death")
 
     def counts(self) -> dict[str, int]:
         return {"granulocytes": len(self)}

@@ -1,17 +1,17 @@
 """Rules as data: behaviour rate = base rate x product of Hill modulators.
 
-Each population's ``rules`` (config) maps a behaviour name to named modulators
-(:class:`~tme_abm.config.ModulatorConfig`). :class:`RuleSet` compiles them into small
+Each population's ``rules`` (config) maps a behaviour name to named modulators (objects
+with ``signal``, ``direction``, ``low``, ``half_max``, ``hill_power``, ``max_effect`` and
+``enabled``: the config's ``ModulatorConfig``). :class:`RuleSet` compiles them into small
 parameter arrays, one row per *product* (a CAR T product's gene edits remove or change
 named modulators; the other populations have a single product), and evaluates a
-behaviour's factor for many cells at once from their signals.
+behaviour's factor for many cells at once from their signals. The defaults are the
+table ``data/rules.csv``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .config import EditConfig, ModulatorConfig
 
 
 def hill(s, half_max, power, xp):
@@ -42,8 +42,14 @@ def modulator_factor(s, up, low, half_max, power, effect, xp):
     return xp.where(up, 1.0 + effect * h, 1.0 - effect * h)
 
 
-def apply_edits(rules: dict, edits: list[EditConfig]) -> dict:
-    """Rules with gene edits applied: named modulators removed, or their keys changed."""
+def apply_edits(rules: dict, edits: list) -> dict:
+    """Rules with gene edits applied: named modulators removed, or their keys changed.
+
+    Args:
+        rules: behaviour -> name -> modulator (pydantic models).
+        edits: objects with ``remove`` (modulator names) and ``change`` (name -> keys
+            to set); the config has checked that every changed modulator is valid.
+    """
     out = {}
     for beh, mods in rules.items():
         kept = {}
@@ -52,7 +58,7 @@ def apply_edits(rules: dict, edits: list[EditConfig]) -> dict:
                 continue
             for e in edits:
                 if name in e.change:
-                    mod = ModulatorConfig.model_validate({**mod.model_dump(), **e.change[name]})
+                    mod = mod.model_copy(update=e.change[name])
             kept[name] = mod
         out[beh] = kept
     return out
@@ -62,10 +68,12 @@ class RuleSet:
     """Compiled modulators of one population, per product.
 
     Args:
-        per_product: one rules mapping (behaviour -> name -> ModulatorConfig) per
-            product, edits already applied.
+        per_product: one rules mapping (behaviour -> name -> modulator) per product,
+            edits already applied.
         xp: numpy or cupy.
     """
+
+    _KEYS = ("active", "up", "low", "half_max", "power", "effect")
 
     def __init__(self, per_product: list[dict], xp):
         self.xp = xp
@@ -76,6 +84,7 @@ class RuleSet:
         for beh in behaviours:
             names = sorted({n for r in per_product for n in r.get(beh, {})})
             mods = []
+            bound = 1.0
             for name in names:
                 rows = [r.get(beh, {}).get(name) for r in per_product]
                 signal = next(m.signal for m in rows if m is not None)
@@ -84,72 +93,57 @@ class RuleSet:
                 params = np.array([
                     (1.0, m.direction == "up", m.low, m.half_max, m.hill_power, m.max_effect) if m is not None
                     else (0.0, 0.0, 0.0, 1.0, 1.0, 0.0) for m in rows
-                ])
-                mods.append((name, signal, {k: xp.asarray(params[:, i]) for i, k in
-                                            enumerate(("active", "up", "low", "half_max", "power", "effect"))}))
+                ])  # (n_products, 6), host
+                # per-product columns on the device (indexed by each cell's product), and the
+                # first product's values as host floats (a single product needs no device read)
+                mods.append((name, signal, {k: xp.asarray(params[:, i]) for i, k in enumerate(self._KEYS)},
+                             {k: float(params[0, i]) for i, k in enumerate(self._KEYS)}))
+                bound *= float(np.max(np.where(params[:, 1] > 0, 1.0 + params[:, 5], 1.0)))
             self._compiled[beh] = mods
+            self._max_factor[beh] = bound
 
     def signals_needed(self) -> set[str]:
         """Every signal any behaviour reads."""
-        return {sig for mods in self._compiled.values() for _, sig, _ in mods}
+        return {m[1] for mods in self._compiled.values() for m in mods}
 
     def max_factor(self, behaviour: str) -> float:
         """Upper bound of the behaviour's factor over all signals and products:
         ``prod(1 + max_effect)`` over its up modulators (down modulators are <= 1)."""
-        bound = self._max_factor.get(behaviour)
-        if bound is None:
-            bound = 1.0
-            for _name, _sig, p in self._compiled.get(behaviour, []):
-                up = np.asarray(self._host(p["up"])) > 0
-                bound *= float(np.max(np.where(up, 1.0 + np.asarray(self._host(p["effect"])), 1.0)))
-            self._max_factor[behaviour] = bound
-        return bound
-
-    def _host(self, a):
-        return self.xp.asnumpy(a) if hasattr(self.xp, "asnumpy") else a
+        return self._max_factor.get(behaviour, 1.0)
 
     def behaviour_signals(self, behaviour: str) -> list[str]:
         """The signals ``behaviour``'s modulators read."""
-        return sorted({sig for _, sig, _ in self._compiled.get(behaviour, [])})
+        return sorted({m[1] for m in self._compiled.get(behaviour, [])})
 
     def modulators(self, behaviour: str) -> list[str]:
-        return [name for name, _, _ in self._compiled.get(behaviour, [])]
+        return [m[0] for m in self._compiled.get(behaviour, [])]
 
-    def factor(self, behaviour: str, signals: dict, product=None, k: int | None = None,
-               cache: dict | None = None):
+    def factor(self, behaviour: str, signals: dict, product=None, cache: dict | None = None):
         """(k,) product of the behaviour's modulator factors (the scalar 1.0 when the
         behaviour has none).
 
         Args:
             signals: signal name -> (k,) values for the cells evaluated.
             product: (k,) int product index per cell (None: product 0).
-            k: number of cells (needed when the behaviour has no modulators).
             cache: reuses Hill values of identical (signal, K, n) between behaviours
                 evaluated on the same cells (single-product rule sets).
         """
         xp = self.xp
-        mods = self._compiled.get(behaviour, [])
-        if not mods:
-            return 1.0  # no modulators: the base rate holds for every cell
-        if k is None:
-            k = int(next(iter(signals.values())).shape[0]) if signals else 0
         out = None
-        for _name, sig, p in mods:
+        for _name, sig, dev, host in self._compiled.get(behaviour, []):
             s = xp.asarray(signals[sig], dtype=xp.float64)
             if self.n_products == 1:
-                q = {key: float(v[0]) for key, v in p.items()}
-                hkey = (sig, q["half_max"], q["power"])
+                hkey = (sig, host["half_max"], host["power"])
                 h = None if cache is None else cache.get(hkey)
                 if h is None:
-                    h = hill(s, q["half_max"], q["power"], xp)
+                    h = hill(s, host["half_max"], host["power"], xp)
                     if cache is not None:
                         cache[hkey] = h
-                h = 1.0 - h if q["low"] else h
-                f = 1.0 + q["effect"] * h if q["up"] else 1.0 - q["effect"] * h
+                h = 1.0 - h if host["low"] else h
+                f = 1.0 + host["effect"] * h if host["up"] else 1.0 - host["effect"] * h
             else:
-                q = {key: v[product] for key, v in p.items()}
-                f = modulator_factor(s, q["up"] > 0, q["low"] > 0, q["half_max"], q["power"], q["effect"], xp)
-            if self.n_products > 1:
-                f = xp.where(q["active"] > 0, f, 1.0)
+                c = {key: v[product] for key, v in dev.items()}
+                f = modulator_factor(s, c["up"] > 0, c["low"] > 0, c["half_max"], c["power"], c["effect"], xp)
+                f = xp.where(c["active"] > 0, f, 1.0)
             out = f if out is None else out * f
-        return out
+        return 1.0 if out is None else out  # no modulators: the base rate holds for every cell

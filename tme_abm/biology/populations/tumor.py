@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import rng as crng
-from ..engine.moves import choose, free_neighbours, resolve_conflicts
+from ...engine import rng as crng
+from ...engine.moves import choose, free_neighbours, resolve_conflicts
 from .population import Population
 
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
@@ -40,6 +40,8 @@ class TumorCells(Population):
 
     kind = "tumor"
     code = 1
+    behaviours = ("divide", "necrosis", "apoptosis")
+    state_signals_named = ("antigen",)
     columns = {
         "state": ("int8", ALIVE),
         "death_min": ("float64", np.nan),

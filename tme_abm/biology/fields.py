@@ -1,17 +1,25 @@
-"""The set of reaction-diffusion fields of a run: config -> solver, sources, summaries."""
+"""The reaction-diffusion fields of a model: field specs -> one solver, the cells' sources,
+summaries."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .engine.backend import Backend
-from .config import Config
-from .engine.diffusion import NOFLUX, DiffusionSolver, Sources
-from .engine.lattice import FACES, Lattice
+from ..engine.backend import Backend
+from ..engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from ..engine.lattice import FACES, Lattice
 
 
 class FieldSet:
-    """All enabled fields of a config, solved together by one :class:`DiffusionSolver`.
+    """All fields of a model, solved together by one :class:`DiffusionSolver`.
+
+    Args:
+        fields: name -> field spec, in solver order (the config's enabled
+            ``FieldConfig``: units, diffusion_um2_per_min, decay_per_min, initial,
+            vessel_value, boundary, secretion_per_min and uptake_per_min per cell type).
+        lattice: the lattice (shape, spacing, vessel sites).
+        backend: where the fields live.
+        dt_min: field step, minutes.
 
     Attributes:
         names: field names, in solver order.
@@ -19,10 +27,10 @@ class FieldSet:
         solver: the DiffusionSolver; ``solver.values`` is (F, *shape).
     """
 
-    def __init__(self, cfg: Config, lattice: Lattice, backend: Backend):
+    def __init__(self, fields: dict, lattice: Lattice, backend: Backend, dt_min: float):
         self.backend = backend
         self.lattice = lattice
-        fields = cfg.enabled_fields
+        self._specs = fields
         self.names = list(fields)
         self.index = {n: i for i, n in enumerate(self.names)}
         self.units = [fields[n].units for n in self.names]
@@ -43,22 +51,24 @@ class FieldSet:
             lattice.spacing_um,
             [fields[n].diffusion_um2_per_min for n in self.names],
             [fields[n].decay_per_min for n in self.names],
-            dt_min=cfg.field_dt_min,
+            dt_min=dt_min,
             face_values=faces,
             vessel_sites=lattice.vessel_sites,
             vessel_values=vessel_values,
             initial=np.array([fields[n].initial for n in self.names]),
             backend=backend,
         )
-        # (F,) per cell type secretion and uptake rates, host arrays
-        self._secretion = {
-            t: np.array([fields[n].secretion_per_min.get(t, 0.0) for n in self.names])
-            for t in ("tumor", "car_t", "monocyte", "granulocyte")
-        }
-        self._uptake = {
-            t: np.array([fields[n].uptake_per_min.get(t, 0.0) for n in self.names])
-            for t in ("tumor", "car_t", "monocyte", "granulocyte")
-        }
+        self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def rates(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(secretion, uptake): (F,) host base rates of cell type ``kind`` per field
+        (field units per minute; 1/minute), zero where a field names no rate for it."""
+        r = self._rates.get(kind)
+        if r is None:
+            r = self._rates[kind] = tuple(
+                np.array([getattr(self._specs[n], key).get(kind, 0.0) for n in self.names])
+                for key in ("secretion_per_min", "uptake_per_min"))
+        return r
 
     @property
     def values(self):
@@ -95,16 +105,15 @@ class FieldSet:
             if n == 0:
                 continue
             sites[off:off + n] = pop.data["site"]
-            pop.fill_sources(sec[:, off:off + n], upt[:, off:off + n], self._secretion[pop.kind],
-                             self._uptake[pop.kind])
+            pop.fill_sources(sec[:, off:off + n], upt[:, off:off + n], *self.rates(pop.kind))
             off += n
         return Sources(sites, sec, upt)
 
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)
 
-    def summaries(self, hypoxic_threshold_mmHg: float) -> dict[str, float]:
-        """Host scalars: mean/min/max per field, mean pH, hypoxic fraction of the lattice."""
+    def summaries(self) -> dict[str, float]:
+        """Host scalars ``<field>_mean``, ``_min`` and ``_max`` over the lattice."""
         xp = self.backend.xp
         v = self.solver.values.reshape(len(self.names), -1)
         means = self.backend.to_host(v.mean(axis=1, dtype=xp.float64))
@@ -115,10 +124,4 @@ class FieldSet:
             out[f"{n}_mean"] = float(means[i])
             out[f"{n}_min"] = float(mins[i])
             out[f"{n}_max"] = float(maxs[i])
-        if "protons" in self.index:
-            h = xp.maximum(v[self.index["protons"]].astype(xp.float64), 1e-12)
-            out["ph_mean"] = float(self.backend.to_host((6.0 - xp.log10(h)).mean()))
-        out["hypoxic_fraction"] = float(
-            self.backend.to_host((v[self.index["oxygen"]] < hypoxic_threshold_mmHg).mean())
-        )
         return out

@@ -28,9 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-import numpy as np
-
-from .config import PatientConfig
+from typing import Any
 
 
 @dataclass
@@ -48,7 +46,8 @@ class Product:
 class Systemic:
     """The systemic compartment of one patient. Units: cells, minutes, pg/mL-like."""
 
-    cfg: PatientConfig
+    cfg: Any
+    """The ``patient`` config section (rates, thresholds; docs/config.md)."""
     blood: list[float] = field(default_factory=list)
     """Blood CAR T per product (cells)."""
     products: list[Product] = field(default_factory=list)
