@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tme_abm.config import (ConfigError, apply_overrides, check_memory, load_config, memory_estimate_bytes,
-                            validate_config)
+from tme_abm.config import (ConfigError, accuracy_warnings, apply_overrides, check_memory, load_config,
+                            memory_estimate_bytes, validate_config)
 from tme_abm.engine.backend import make_backend
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -117,6 +117,6 @@ def test_resolved_config_round_trips_through_yaml():
 
 def test_under_resolved_uptake_is_warned():
     cfg = validate_config({"time": {"tick_min": 6, "field_substeps": 1}})
-    assert any("fields.oxygen" in w and "field_substeps >= 40" in w for w in cfg.accuracy_warnings())
+    assert any("fields.oxygen" in w and "field_substeps >= 40" in w for w in accuracy_warnings(cfg))
     ok = validate_config({"time": {"tick_min": 6, "field_substeps": 10}})
-    assert ok.accuracy_warnings() == []
+    assert accuracy_warnings(ok) == []

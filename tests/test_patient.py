@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tme_abm.engine.backend import make_backend
-from tme_abm.config import ConfigError, PatientConfig, validate_config
+from tme_abm.config import ConfigError, validate_config
+from tme_abm.config.schema import PatientConfig
 from tme_abm.model import TMEModel
 from tme_abm.biology.outcomes import classify_response
 from tme_abm.biology.patient import Systemic

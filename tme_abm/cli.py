@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from .engine.backend import BACKEND_CHOICES, BackendError
-from .config import ConfigError, load_config
+from .config import ConfigError, accuracy_warnings, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tme_abm: agent-based tumor microenvironment simulator under CAR T therapy.")
@@ -56,7 +56,7 @@ def run(
     from .runner import run as run_config
 
     cfg = _load(config, set_, backend, seed)
-    for w in cfg.accuracy_warnings():
+    for w in accuracy_warnings(cfg):
         typer.echo(f"warning: {w}", err=True)
     if resume is not None and (out is not None or overwrite):
         _fail("--resume PATH continues PATH in place; it cannot be combined with --out or --overwrite")
@@ -121,7 +121,7 @@ def validate(
         check_memory(cfg, host_available_memory_bytes())
     except ConfigError as exc:
         _fail(str(exc))
-    for w in cfg.accuracy_warnings():
+    for w in accuracy_warnings(cfg):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(
         f"{config}: valid ({cfg.lattice.dims}D {cfg.lattice.shape}, {len(cfg.enabled_fields)} fields, "

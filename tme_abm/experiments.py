@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, ValidationError, model_validator
 
-from .config import _Strict, format_validation_error
+from .config import Strict, format_validation_error
 from .sweep import SweepError, SweepSpec, design_points, load_spec, read_manifest, read_table, run_spec
 from .sweep_summary import mean_ci, wilson
 
@@ -50,7 +50,7 @@ GROUPS = ("durable response", "no durable response")
 """The arms of a surrogate analysis: runs with CR or PR at the end, and the others."""
 
 
-class QuickConfig(_Strict):
+class QuickConfig(Strict):
     """The small variant: replicates (and samples of a sampled design) and overrides
     merged over the spec's ``set``."""
 
@@ -59,7 +59,7 @@ class QuickConfig(_Strict):
     set: dict[str, Any] = {}
 
 
-class Expectation(_Strict):
+class Expectation(Strict):
     """The review's direction: ``metric`` is higher in arm ``higher`` than in ``lower``
     (surrogate analysis: metric ``auc`` and two predictor names), or, with ``increasing``,
     rises along that ordered list of arms (Kendall's tau-b over every run of those arms,
@@ -86,7 +86,7 @@ class Expectation(_Strict):
         return self.increasing or [self.higher, self.lower]
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     question: str = Field(min_length=1)
     analysis: Literal["arms", "surrogate"] = "arms"
     arms: list[str] = []
@@ -130,7 +130,7 @@ def experiment_config(spec: SweepSpec, path) -> ExperimentConfig:
     try:
         exp = ExperimentConfig.model_validate(spec.experiment)
     except ValidationError as exc:
-        raise SweepError(format_validation_error(exc, f"{path}: experiment")) from None
+        raise SweepError(format_validation_error(exc, f"{path}: experiment", ExperimentConfig)) from None
     n = len(design_points(spec))
     if exp.arms and len(exp.arms) != n:
         raise SweepError(f"{path}: experiment.arms names {len(exp.arms)} arms but the design has {n} points")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mesa
 import numpy as np
 
@@ -15,7 +13,7 @@ from .biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from .biology.populations.car_t import car_t_rules
 from .biology.rules import RuleSet
 from .engine.backend import Backend, make_backend
-from .config import Config, apply_overrides, check_memory, load_config, validate_config
+from .config import check_memory, resolve_config
 from .engine.diffusion import Sources
 from .engine.lattice import Lattice, vessel_sites
 from .engine.schedule import Stage, StagedScheduler
@@ -29,31 +27,6 @@ REPORTED = (
     "adenosine_mean", "car_t_tumor_ratio", "burden", "blood_car_t", "systemic_cytokine", "crs_grade",
 )
 """Model reporters of the DataCollector (host scalars; one column each)."""
-
-
-def resolve_config(config, seed: int | None = None, overrides: dict | None = None) -> Config:
-    """A Config from a Config, a YAML path or a raw mapping, with dotted ``overrides``
-    ({"car_t.initial_cells": 50}) and an optional seed applied."""
-    items = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={_yaml_value(v)}" for k, v in (overrides or {}).items()]
-    if seed is not None:
-        items.append(f"seed={int(seed)}")
-    if config is None:
-        return validate_config(apply_overrides({}, items))
-    if isinstance(config, Config):
-        if not items:
-            return config
-        return validate_config(apply_overrides(config.model_dump(mode="json"), items))
-    if isinstance(config, (str, Path)):
-        return load_config(config, items)
-    if isinstance(config, dict):
-        return validate_config(apply_overrides(config, items))
-    raise TypeError(f"config must be a Config, a path or a mapping, not {type(config).__name__}")
-
-
-def _yaml_value(v) -> str:
-    import yaml
-
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 class TMEModel(mesa.Model):

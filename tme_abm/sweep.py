@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, _Strict, format_validation_error, load_config, read_yaml
+from .config import ConfigError, Strict, format_validation_error, load_config, read_yaml
 
 TABLE = "outcomes.csv"
 SAMPLED = ("random", "lhs", "sobol", "morris")
@@ -35,7 +35,7 @@ class SweepError(ValueError):
     """A sweep spec or sweep folder that cannot be used (names the file and problem)."""
 
 
-class DesignConfig(_Strict):
+class DesignConfig(Strict):
     """How points are chosen. ``parameters`` maps dotted config keys to a list of values
     (grid) or to ``[low, high]`` bounds (random, lhs, sobol, morris)."""
 
@@ -54,7 +54,7 @@ class DesignConfig(_Strict):
     """Parameters rounded to integers."""
 
 
-class ClusterConfig(_Strict):
+class ClusterConfig(Strict):
     """Where the tasks run when no ``--scheduler`` is given: ``local`` (a LocalCluster
     of ``--workers`` processes), or ``slurm``/``pbs`` through dask-jobqueue with ``jobs``
     batch jobs and ``options`` passed to SLURMCluster/PBSCluster (cores, memory,
@@ -65,7 +65,7 @@ class ClusterConfig(_Strict):
     options: dict[str, Any] = {}
 
 
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     base: str
     """The base config (a path relative to the spec file)."""
@@ -103,7 +103,7 @@ def load_spec(path, extra_set: list[str] | None = None) -> tuple[SweepSpec, Path
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise SweepError(format_validation_error(exc, str(path))) from None
+        raise SweepError(format_validation_error(exc, str(path), SweepSpec)) from None
     for item in extra_set or []:
         if "=" not in item:
             raise SweepError(f"--set {item!r}: expected KEY=VALUE")

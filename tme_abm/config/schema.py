@@ -1,9 +1,10 @@
-"""Run configuration: YAML -> validated, typed :class:`Config`.
+"""The config schema: every section of a run config as a pydantic model, with defaults,
+allowed ranges and the checks that need several keys at once (docs/config.md).
 
-Every key is checked (unknown keys, wrong types, out-of-range and physically
-impossible values are refused) and errors name the file, the dotted key path, the
-value and what is allowed. Fields default to the seven of MODEL.md; a config may
-change any of their keys or declare new fields.
+Every key is checked (unknown keys, wrong types, out-of-range and physically impossible
+values are refused). Fields, rule modulators and gene edits default to the biology's
+tables (``tme_abm/biology/data``); a config may change any of their keys, declare new
+fields and add edits.
 """
 
 from __future__ import annotations
@@ -11,24 +12,20 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .biology.defaults import default_edits, default_fields, default_rules
-from .biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
-from .engine.lattice import FACES
+from ..biology.defaults import default_edits, default_fields, default_rules
+from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
+from ..engine.lattice import FACES
 
 
+class Strict(BaseModel):
+    """Base of every schema model: unknown keys are errors."""
 
-class ConfigError(ValueError):
-    """A configuration problem, with a message fit for the user."""
-
-
-class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
 
@@ -36,7 +33,7 @@ PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class VesselConfig(_Strict):
+class VesselConfig(Strict):
     """Where vessel sites are: oxygen sources and entry points from blood."""
 
     layout: Literal["random", "grid", "boundary", "none"] = "random"
@@ -46,7 +43,7 @@ class VesselConfig(_Strict):
     """Sites between vessels along each axis (layout: grid)."""
 
 
-class LatticeConfig(_Strict):
+class LatticeConfig(Strict):
     dims: Literal[2, 3] = 2
     shape: list[Annotated[int, Field(ge=3, le=100_000)]] = [100, 100]
     """Sites per axis, C order: [y, x] in 2D, [z, y, x] in 3D."""
@@ -61,7 +58,7 @@ class LatticeConfig(_Strict):
         return self
 
 
-class TimeConfig(_Strict):
+class TimeConfig(Strict):
     tick_min: Annotated[float, Field(gt=0, le=1440)] = 6.0
     """Agent tick, minutes of simulated time."""
     duration_days: Annotated[float, Field(gt=0, le=3650)] = 1.0
@@ -84,13 +81,13 @@ class TimeConfig(_Strict):
         return self
 
 
-class FaceBC(_Strict):
+class FaceBC(Strict):
     kind: Literal["noflux", "dirichlet"] = "noflux"
     value: NonNegFloat = 0.0
     """Fixed face value (kind: dirichlet), field units."""
 
 
-class BoundaryConfig(_Strict):
+class BoundaryConfig(Strict):
     """Boundary condition per domain face; ``default`` applies to faces not named."""
 
     default: FaceBC = FaceBC()
@@ -105,7 +102,7 @@ class BoundaryConfig(_Strict):
         return getattr(self, name) or self.default
 
 
-class FieldConfig(_Strict):
+class FieldConfig(Strict):
     """One reaction-diffusion field."""
 
     enabled: bool = True
@@ -122,7 +119,7 @@ class FieldConfig(_Strict):
     """First-order uptake per cell type, 1/minute."""
 
 
-class ModulatorConfig(_Strict):
+class ModulatorConfig(Strict):
     """One rule modulator: a Hill function of a signal that multiplies a behaviour rate.
 
     ``H = s^n / (K^n + s^n)`` (``1 - H`` with ``low: true``: the effect grows as the
@@ -151,14 +148,14 @@ class ModulatorConfig(_Strict):
 Rules = dict[str, dict[str, ModulatorConfig]]
 
 
-class EditConfig(_Strict):
+class EditConfig(Strict):
     """A gene edit: modulator names removed from, or changed in, every CAR T behaviour."""
 
     remove: list[str] = []
     change: dict[str, dict[str, Any]] = {}
 
 
-class _Population(_Strict):
+class _Population(Strict):
     """Shared by the four populations: rules merged over the defaults."""
 
     rules: Rules = {}
@@ -169,7 +166,7 @@ class _Population(_Strict):
         return _merged_over_defaults(data, "rules", default_rules()[cls.kind])
 
 
-class MoveConfig(_Strict):
+class MoveConfig(Strict):
     speed_um_per_min: NonNegFloat = 0.0
     chemotaxis_field: str | None = None
     """Field whose gradient biases the walk (null: unbiased)."""
@@ -192,7 +189,7 @@ class GranulocyteMove(MoveConfig):
     chemotaxis_field: str | None = "cxcl8"
 
 
-class AntigenConfig(_Strict):
+class AntigenConfig(Strict):
     mean: Annotated[float, Field(ge=0, le=1)] = 0.8
     sd: NonNegFloat = 0.15
     negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
@@ -225,7 +222,7 @@ class TumorConfig(_Population):
     """Time a dead cell occupies its site before it is cleared."""
 
 
-class ProductConfig(_Strict):
+class ProductConfig(Strict):
     """The infused CAR T product."""
 
     edits: list[str] = []
@@ -274,7 +271,7 @@ class GranulocyteConfig(_Population):
     death_per_min: NonNegFloat = math.log(2) / (19 * 60.0)
 
 
-class PatientConfig(_Strict):
+class PatientConfig(Strict):
     """The systemic compartment (docs/model.md, "Patient"): what the lattice stands for,
     the blood CAR T pool, the systemic cytokine, toxicity and response thresholds."""
 
@@ -319,7 +316,7 @@ class PatientConfig(_Strict):
         return self
 
 
-class _Event(_Strict):
+class _Event(Strict):
     day: float
     """Day relative to the (first) infusion, day 0."""
 
@@ -339,7 +336,7 @@ class LymphodepletionEvent(_Event):
     """e-folding time of the boost."""
 
 
-class ResectionRegion(_Strict):
+class ResectionRegion(Strict):
     center_sites: list[float]
     """Centre, in site coordinates (C order: [y, x] or [z, y, x])."""
     radius_sites: PosFloat
@@ -384,7 +381,7 @@ TherapyEvent = Annotated[
 ]
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     path: str | None = None
     """Run file; default runs/<name>.h5 (relative to the working directory)."""
     record_every_ticks: Annotated[int, Field(ge=1)] = 1
@@ -399,7 +396,7 @@ class OutputConfig(_Strict):
     """Voxels below this oxygen count as hypoxic in the time series."""
 
 
-class Config(_Strict):
+class Config(Strict):
     """A complete, validated run configuration."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "run"
@@ -562,27 +559,10 @@ class Config(_Strict):
     def field_dt_min(self) -> float:
         return self.time.tick_min * self.time.fields_every_ticks / self.time.field_substeps
 
-    def accuracy_warnings(self) -> list[str]:
-        """Settings that run but are less accurate. Cell uptake is implicit together
-        with diffusion, but the LOD splitting still errs, in the 1D worst case, by 7.7%
-        of the boundary value at uptake x field step = 6, 12% at 60, and 1.7% at 1.5
-        (tests/test_diffusion.py); a 2D lesion errs by about half of that."""
-        out = []
-        for name, fc in self.enabled_fields.items():
-            u_max = max(fc.uptake_per_min.values(), default=0.0)
-            if u_max * self.field_dt_min > 6.0:
-                need = math.ceil(u_max * self.time.tick_min * self.time.fields_every_ticks / 1.5)
-                out.append(
-                    f"fields.{name}: uptake {u_max}/min x field step {self.field_dt_min:g} min = "
-                    f"{u_max * self.field_dt_min:g} > 6; the splitting error of cell uptake may reach 8-12% "
-                    f"of the boundary value near consuming cells; time.field_substeps >= {need} keeps it "
-                    f"near 2% (docs/architecture.md)"
-                )
-        return out
-
     def to_yaml(self) -> str:
         """The resolved config (defaults filled in) as YAML text."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
 
 
 def _merged_over_defaults(data: Any, key: str, defaults: dict) -> Any:
@@ -604,185 +584,3 @@ def _deep_merge(base: dict, over: dict) -> dict:
             out[k] = v
     return out
 
-
-# --------------------------------------------------------------------------------------
-# Loading, overrides and error messages
-# --------------------------------------------------------------------------------------
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=VALUE`` (VALUE read as YAML: numbers, lists, booleans, null)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. fields.oxygen.decay_per_min=0.2")
-    key, raw = item.split("=", 1)
-    path = [p for p in key.strip().split(".")]
-    if not key.strip() or any(not p for p in path):
-        raise ConfigError(f"--set {item!r}: the key {key!r} is not a dotted key path")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value {raw!r} is not valid YAML ({exc})") from None
-    return path, value
-
-
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Return a copy of the raw config dict with dotted ``KEY=VALUE`` overrides set. A
-    numeric part indexes a list: ``therapy.1.dose_cells=2e8``."""
-    data = copy.deepcopy(data)
-    for item in overrides or []:
-        path, value = parse_override(item)
-        node = data
-        for i, part in enumerate(path):
-            where = ".".join(path[: i + 1])
-            last = i == len(path) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {item!r}: {'.'.join(path[:i]) or 'the config'} is a list of "
-                                      f"{len(node)}; {part!r} is not an index of it")
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is a value ({node!r}), not a section")
-            if last:
-                node[part] = value
-            else:
-                nxt = node.get(part)
-                if nxt is None:
-                    nxt = node[part] = {}
-                if not isinstance(nxt, (dict, list)):
-                    raise ConfigError(f"--set {item!r}: {where} is a value ({nxt!r}), not a section")
-                node = nxt
-    return data
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, with errors that name the file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def validate_config(data: dict, source: str = "config") -> Config:
-    """Validate a raw config mapping; raise ConfigError with readable messages."""
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file, apply dotted overrides, and validate it."""
-    data = apply_overrides(read_yaml(path), overrides)
-    return validate_config(data, str(path))
-
-
-def _allowed_keys(loc: tuple) -> list[str] | None:
-    """Field names allowed at the parent of ``loc`` by walking the schema."""
-    model: Any = Config
-    for part in loc[:-1]:
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            info = model.model_fields.get(part)
-            if info is None:
-                return None
-            model = _unwrap(info.annotation)
-        elif isinstance(model, tuple) and model[0] == "dict":
-            model = model[1]
-        else:
-            return None
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return None
-
-
-def _unwrap(annotation):
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin is dict:
-        return ("dict", _unwrap(typing.get_args(annotation)[1]))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        for a in typing.get_args(annotation):
-            if a is not type(None):
-                return _unwrap(a)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    return annotation
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' * (exc.error_count() > 1)}):"]
-    for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "config"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc) or []
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            msg = f"  {key}: unknown key"
-            if hint:
-                msg += f" (did you mean {'.'.join(str(p) for p in loc[:-1] + (hint[0],))}?)"
-            if allowed:
-                msg += f"; allowed keys here: {', '.join(allowed)}"
-            lines.append(msg)
-            continue
-        text = err["msg"]
-        if text.startswith("Value error, "):
-            text = text[len("Value error, "):]
-        shown = _short(value)
-        if err["type"] in ("missing",):
-            lines.append(f"  {key}: required key is missing")
-        elif err["type"].startswith("model_") or err["type"] == "value_error":
-            lines.append(f"  {key}: {text}")
-        else:
-            lines.append(f"  {key}: value {shown} is not allowed: {text}")
-    return "\n".join(lines)
-
-
-def _short(value) -> str:
-    s = repr(value)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
-# --------------------------------------------------------------------------------------
-# Memory estimate
-# --------------------------------------------------------------------------------------
-
-
-def memory_estimate_bytes(cfg: Config) -> int:
-    """Bytes a run needs for its lattice-sized arrays (fields, solver buffers, grids).
-
-    Fields: two solver buffers per field; sources and summaries add about one more
-    field-sized array; occupancy and masks add ~16 bytes per site. Cells are bounded
-    by the number of sites (~64 bytes of state per cell).
-    """
-    n_sites = int(np.prod(cfg.lattice.shape))
-    item = np.dtype(cfg.dtype).itemsize
-    n_fields = len(cfg.enabled_fields)
-    return n_sites * (n_fields * item * 3 + 16 + 64)
-
-
-def check_memory(cfg: Config, available_bytes: int, where: str = "host memory") -> None:
-    """Refuse a lattice that cannot fit, with the estimate in the message."""
-    need = memory_estimate_bytes(cfg)
-    if need > 0.8 * available_bytes:
-        raise ConfigError(
-            f"lattice.shape {cfg.lattice.shape} with {len(cfg.enabled_fields)} fields in {cfg.dtype} "
-            f"needs about {need / 2**30:.2f} GiB, but only {available_bytes / 2**30:.2f} GiB of "
-            f"{where} is available (at most 80% is used); use a smaller lattice, fewer fields or float32"
-        )
