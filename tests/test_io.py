@@ -18,7 +18,7 @@ import xarray as xr
 import tme_abm
 from tme_abm.config import load_config
 from tme_abm.io import CELL_COLUMNS, RunFileError, RunWriter
-from tme_abm.model import TMEModel
+from tme_abm.model import TMEModel, cell_table, row
 from tme_abm.runner import run
 
 ROOT = Path(__file__).parent.parent
@@ -71,14 +71,14 @@ def test_round_trip_of_every_array_written_by_the_model(reference):
     file holds with what the model produced."""
     cfg = small()
     m = TMEModel(cfg)
-    rows, fields, cells = [m.record()], [(m.time_min, m.fields.values.copy())], [(m.time_min, m.cell_table())]
+    rows, fields, cells = [row(m)], [(m.time_min, m.fields.values.copy())], [(m.time_min, cell_table(m))]
     for tick in range(1, cfg.time.n_ticks + 1):
         m.step()
-        rows.append(m.record())
+        rows.append(row(m))
         if tick % 40 == 0 or tick == cfg.time.n_ticks:
             fields.append((m.time_min, m.fields.values.copy()))
         if tick % 80 == 0 or tick == cfg.time.n_ticks:
-            cells.append((m.time_min, m.cell_table()))
+            cells.append((m.time_min, cell_table(m)))
     r = tme_abm.open_run(reference)
     assert r.status == "complete" and r.attrs["seed"] == cfg.seed and r.config == cfg
     ts = r.timeseries

@@ -40,8 +40,9 @@ def test_model_is_a_mesa_model_with_population_agents():
                      "death_clearance", "systemic", "secretion"]
     m.step()
     df = m.datacollector.get_model_vars_dataframe()
-    assert list(df.columns) == list(REPORTED) and len(df) == 2  # the state before each tick
+    assert list(df.columns) == list(REPORTED) and len(df) == 3  # the initial state and the state after each tick
     assert df["car_t_effector"].iloc[0] == 60 and df["hypoxic_fraction"].between(0, 1).all()
+    assert df.iloc[-1].to_dict() == {k: m.current_row()[k] for k in REPORTED}  # the final state is recorded
 
 
 def _sites_ok(m):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .engine.backend import make_backend
 from .config import Config
 from .io import RunFileError, RunWriter, reading
-from .model import TMEModel
+from .model import TMEModel, cell_table, get_state, set_state
 
 
 class RunTerminated(Exception):
@@ -49,7 +49,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
     if resume:
         writer = RunWriter.reopen(path)
         try:
-            model.set_state(*writer.read_checkpoint())
+            set_state(model, *writer.read_checkpoint())
             writer.rewind(model.time_min, model.event_log)
         except BaseException:
             writer.f.close()
@@ -93,8 +93,8 @@ def _advance(model: TMEModel, writer: RunWriter, cfg: Config, quiet: bool) -> No
     if start == 0:
         writer.append_row(model.current_row(), units)
         writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
-        writer.snapshot_cells(model.time_min, model.cell_table())
-        writer.write_checkpoint(*model.get_state())
+        writer.snapshot_cells(model.time_min, cell_table(model))
+        writer.write_checkpoint(*get_state(model))
     n_events = len(model.event_log)
     show = not quiet and sys.stderr.isatty()
     with tqdm(total=n_ticks, initial=start, disable=not show, unit="tick", desc=cfg.name) as bar:
@@ -112,9 +112,9 @@ def _advance(model: TMEModel, writer: RunWriter, cfg: Config, quiet: bool) -> No
             if tick % snap == 0 or last:
                 writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
             if tick % cells == 0 or last:
-                writer.snapshot_cells(model.time_min, model.cell_table())
+                writer.snapshot_cells(model.time_min, cell_table(model))
             if tick % ckpt == 0 and not last:
-                writer.write_checkpoint(*model.get_state())
+                writer.write_checkpoint(*get_state(model))
             bar.update(1)
     writer.flush_rows()
 

@@ -1,6 +1,6 @@
 """Per-run outcomes from the patient-level trajectory.
 
-Response classes (MODEL.md; volume-based RECIST equivalents): complete response (CR)
+Response classes (volume-based RECIST equivalents, docs/model.md): complete response (CR)
 when no tumor cell is left alive; partial response (PR) at >= 65% reduction of the
 burden from baseline; progressive disease (PD) at >= 73% increase; otherwise stable
 disease (SD). Baseline is the burden at the first infusion (at the start when there is
@@ -32,14 +32,39 @@ def classify_response(baseline: float, burden: float, tumor_alive: float) -> str
     return "SD"
 
 
-def compute_outcomes(history: dict, systemic, patient) -> dict:
+class History:
+    """The patient-level trajectory the outcomes are computed from: one host float per
+    tick in each of :data:`COLUMNS`."""
+
+    COLUMNS = ("day", "burden", "tumor_alive", "blood_car_t", "cytokine", "crs_grade", "antigen_negative_fraction")
+
+    def __init__(self):
+        self.columns: dict[str, list[float]] = {k: [] for k in self.COLUMNS}
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.columns[name]
+
+    def append(self, **values: float) -> None:
+        """Add one tick: a value for every column."""
+        for k in self.COLUMNS:
+            self.columns[k].append(float(values[k]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every column as a float64 array (a checkpoint's copy)."""
+        return {k: np.asarray(v, dtype=np.float64) for k, v in self.columns.items()}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the trajectory by :meth:`arrays` of a saved one."""
+        self.columns = {k: [float(x) for x in arrays[k]] for k in self.COLUMNS}
+
+
+def compute_outcomes(history: History, systemic, patient) -> dict:
     """Outcomes of a run (host scalars; NaN where undefined, e.g. no progression).
 
     Args:
-        history: per-tick lists ``day``, ``burden``, ``tumor_alive``, ``blood_car_t``,
-            ``cytokine``, ``crs_grade``, ``antigen_negative_fraction``.
+        history: the per-tick trajectory.
         systemic: the model's Systemic (baseline burden, thresholds).
-        patient: the PatientConfig (assessment day, CRS thresholds).
+        patient: the ``patient`` config section (assessment day, CRS thresholds).
     """
     day = np.asarray(history["day"], dtype=float)
     burden = np.asarray(history["burden"], dtype=float)

@@ -1,33 +1,25 @@
-"""TMEModel: the Mesa model that owns the lattice, the fields and the four populations."""
+"""TMEModel: the Mesa model that assembles the lattice, the fields, the four populations,
+the patient and the therapy timeline, and steps them through the staged schedule."""
 
 from __future__ import annotations
 
 import mesa
 import numpy as np
 
-from .biology import therapy
-from .biology.fields import FieldSet
-from .biology.outcomes import compute_outcomes
-from .biology.patient import Product, Systemic
-from .biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
-from .biology.populations.car_t import car_t_rules
-from .biology.rules import RuleSet
-from .engine.backend import Backend, make_backend
-from .config import check_memory, resolve_config
-from .engine.diffusion import Sources
-from .engine.lattice import Lattice, vessel_sites
-from .engine.schedule import Stage, StagedScheduler
+from ..biology import therapy
+from ..biology.fields import FieldSet
+from ..biology.outcomes import History, compute_outcomes
+from ..biology.patient import Product, Systemic
+from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
+from ..biology.populations.car_t import car_t_rules
+from ..biology.rules import RuleSet
+from ..engine.backend import Backend, make_backend
+from ..config import check_memory, resolve_config
+from ..engine.lattice import Lattice, vessel_sites
+from ..engine.schedule import Stage, StagedScheduler
+from .readouts import REPORTED, row
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
-
-REPORTED = (
-    "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
-    "tumor_antigen_low", "tumor_antigen_high", "car_t_effector", "car_t_exhausted", "car_t_engaged",
-    "car_t_kills", "monocytes", "monocytes_activated", "granulocytes", "hypoxic_fraction", "ph_mean",
-    "adenosine_mean", "car_t_tumor_ratio", "burden", "blood_car_t", "systemic_cytokine", "crs_grade",
-)
-"""Model reporters of the DataCollector (host scalars; one column each)."""
-
 
 class TMEModel(mesa.Model):
     """The tumor-microenvironment model, one tick per :meth:`step`.
@@ -35,7 +27,9 @@ class TMEModel(mesa.Model):
     Each population (tumor, CAR T, monocytes, granulocytes) is one ``mesa.Agent``
     holding its cells as arrays, so ``model.agents`` and ``model.agents_by_type`` list
     populations and ``model.datacollector`` (a ``mesa.DataCollector``) records the
-    :data:`REPORTED` scalars every tick. A tick is the staged schedule in
+    :data:`~tme_abm.model.readouts.REPORTED` scalars as Mesa's examples do: once when the
+    model is built and at the end of every step, so its row k is the state after k ticks
+    and the last row is the final state. A tick is the staged schedule in
     ``model.scheduler`` (``model.scheduler.describe()`` lists it).
 
     Args:
@@ -67,7 +61,8 @@ class TMEModel(mesa.Model):
         self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self.occupancy[self.vessels_dev] = VESSEL
-        self._engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
+        self.engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
+        """(n_sites,) int8: 1 where an engaged CAR T sits (the ``contact:car_t_engaged`` signal)."""
         self._owner_cache = None
 
         prod = cfg.car_t.product
@@ -82,11 +77,11 @@ class TMEModel(mesa.Model):
         self._place_initial_cells()
 
         t, c, mo, g = self.tumor, self.car_t, self.monocytes, self.granulocytes
-        self._timeline = therapy.schedule(cfg)
-        self._next_event = 0
+        self.timeline = therapy.schedule(cfg)
+        self.next_event = 0
+        """Index into ``timeline`` of the next firing."""
         self.event_log: list[dict] = []
-        self.history: dict[str, list[float]] = {k: [] for k in (
-            "day", "burden", "tumor_alive", "blood_car_t", "cytokine", "crs_grade", "antigen_negative_fraction")}
+        self.history = History()
         self.scheduler = StagedScheduler(self, [
             Stage("therapy", [("therapy.events", self.apply_events)]),
             Stage("fields", [("fields.solve", self.solve_fields)]),
@@ -109,10 +104,11 @@ class TMEModel(mesa.Model):
         self.collect_sources()
         for p in self.populations:
             p.reset_events()
-        self._row: dict | None = None
+        self._row: tuple[int, dict] | None = None  # (tick, row) of current_row()
         self.datacollector = mesa.DataCollector(
             model_reporters={k: (lambda m, k=k: m.current_row().get(k, float("nan"))) for k in REPORTED}
         )
+        self.datacollector.collect(self)
 
     # ---- setup -----------------------------------------------------------------------
 
@@ -164,11 +160,11 @@ class TMEModel(mesa.Model):
     def apply_events(self) -> None:
         """Fire the therapy events whose time falls in this tick."""
         t0 = self.time_min - self.dt_min
-        while self._next_event < len(self._timeline) and self._timeline[self._next_event].minute < self.time_min:
-            item = self._timeline[self._next_event]
+        while self.next_event < len(self.timeline) and self.timeline[self.next_event].minute < self.time_min:
+            item = self.timeline[self.next_event]
             if item.minute >= t0 - 1e-9:
                 self.event_log.append(therapy.apply(self, item))
-            self._next_event += 1
+            self.next_event += 1
 
     def advance_systemic(self) -> None:
         s = self.systemic
@@ -180,18 +176,13 @@ class TMEModel(mesa.Model):
         self._remember()
 
     def _remember(self) -> None:
-        """Append the patient-level state of this tick to ``history`` (host floats)."""
+        """Append the patient-level state of this tick to ``history``."""
         s = self.systemic
-        h = self.history
         alive = int((self.tumor.data["state"] == 0).sum())
         neg = int(((self.tumor.data["state"] == 0) & (self.tumor.data["antigen"] < 0.05)).sum())
-        h["day"].append(self.day)
-        h["burden"].append(s.burden)
-        h["tumor_alive"].append(float(alive))
-        h["blood_car_t"].append(s.blood_total)
-        h["cytokine"].append(s.cytokine)
-        h["crs_grade"].append(float(s.crs_grade()))
-        h["antigen_negative_fraction"].append(neg / alive if alive else 0.0)
+        self.history.append(day=self.day, burden=s.burden, tumor_alive=alive, blood_car_t=s.blood_total,
+                            cytokine=s.cytokine, crs_grade=s.crs_grade(),
+                            antigen_negative_fraction=neg / alive if alive else 0.0)
 
     def outcomes(self) -> dict:
         """Per-run outcomes from the patient-level history (see :mod:`tme_abm.biology.outcomes`)."""
@@ -223,7 +214,7 @@ class TMEModel(mesa.Model):
             nb = cache["_nb"] = self.lattice.neighbours(sites, xp)
         kind = name[8:]
         if kind == "car_t_engaged":
-            return xp.where(nb >= 0, self._engaged_map[xp.maximum(nb, 0)], 0).sum(axis=1)
+            return xp.where(nb >= 0, self.engaged_map[xp.maximum(nb, 0)], 0).sum(axis=1)
         codes = cache.get("_codes")
         if codes is None:
             codes = cache["_codes"] = xp.where(nb >= 0, self.occupancy[xp.maximum(nb, 0)], 0)
@@ -237,143 +228,32 @@ class TMEModel(mesa.Model):
         or, with ``time.fields_every_ticks = k``, over the next k ticks at every k-th tick."""
         t = self.config.time
         if (self.steps - 1) % t.fields_every_ticks == 0:
-            self.fields.step(self._sources, t.field_substeps)
-        self._engaged_map[...] = 0
-        self._engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
+            self.fields.step(self.sources, t.field_substeps)
+        self.mark_engaged()
+
+    def mark_engaged(self) -> None:
+        """Rebuild :attr:`engaged_map` from the CAR T cells now engaged."""
+        self.engaged_map[...] = 0
+        self.engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
 
     def collect_sources(self) -> None:
-        self._sources = self.fields.sources(self.populations)
+        """The secretion stage: every cell's secretion and uptake for the next field solve."""
+        self.sources = self.fields.sources(self.populations)
 
     def step(self) -> None:
-        """Advance one tick (``config.time.tick_min`` minutes) through the staged schedule.
-
-        As in Mesa's examples, the DataCollector records the state at the start of each
-        step, so its row k is the state after k ticks (``mesa.batch_run`` relies on it).
-        """
-        self.datacollector.collect(self)
+        """Advance one tick (``config.time.tick_min`` minutes) through the staged schedule,
+        then record the new state in the DataCollector."""
         for p in self.populations:
             p.reset_events()
         self.time_min += self.dt_min
-        self._row = None
         self.scheduler.step()
         if self.steps >= self.n_ticks:
             self.running = False
-
-    def cell_table(self) -> dict[str, np.ndarray]:
-        """Every cell now, as host columns of equal length: ``x``, ``y`` (``z`` in 3D) lattice
-        indices (int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
-        4 granulocyte), ``id`` (int64, unique within a type), and the columns of
-        :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
-        to_host = self.backend.to_host
-        parts = []
-        for p in self.populations:
-            cols = {k: to_host(v) for k, v in p.snapshot().items()}
-            site = to_host(p.data["site"])
-            for axis, c in zip("xyz", np.unravel_index(site, self.lattice.shape)):
-                cols[axis] = c.astype(np.int32)
-            cols["type"] = np.full(site.shape, p.code, dtype=np.int8)
-            cols["id"] = to_host(p.data["id"])
-            parts.append(cols)
-        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-
-    # ---- checkpoints -------------------------------------------------------------------
-
-    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The complete dynamic state between two ticks: ``(arrays, meta)``.
-
-        ``arrays`` maps "group/name" to host arrays (cell columns per population, the
-        field solver's buffer, the sources for the next field solve, the history and the
-        DataCollector's rows); ``meta`` holds JSON-able scalars (tick, time, systemic
-        compartment, event log, Mesa's generator). Everything else (lattice, vessels,
-        rules, timeline) is rebuilt from the config, so ``TMEModel(config)`` followed by
-        :meth:`set_state` continues exactly as the model that was saved. The random
-        numbers are counter-based (seed, tick, stream, cell id): their state is the tick.
-        """
-        to_host = self.backend.to_host
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict = {"steps": int(self.steps), "time_min": self.time_min, "running": bool(self.running),
-                      "next_event": self._next_event, "event_log": self.event_log,
-                      "systemic": self.systemic.get_state(), "populations": {},
-                      "rng": self.rng.bit_generator.state}
-        for p in self.populations:
-            cols, pmeta = p.get_state()
-            arrays.update({f"{p.kind}/{k}": v for k, v in cols.items()})
-            meta["populations"][p.kind] = pmeta
-        arrays["fields/buffer"], meta["fields_lead"] = self.fields.solver.get_state()
-        src = self._sources
-        arrays.update({f"sources/{k}": np.array(to_host(getattr(src, k)), copy=True)
-                       for k in ("sites", "secretion", "uptake")})
-        arrays.update({f"history/{k}": np.asarray(v, dtype=np.float64) for k, v in self.history.items()})
-        cols = list(self.datacollector.model_vars)
-        meta["datacollector_columns"] = cols
-        arrays["datacollector/rows"] = np.array([self.datacollector.model_vars[k] for k in cols],
-                                                dtype=np.float64).T.reshape(-1, len(cols))
-        return arrays, meta
-
-    def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Restore a state from :meth:`get_state` into a model built from the same config."""
-        xp = self.backend.xp
-        self.steps = int(meta["steps"])
-        self.time_min = float(meta["time_min"])
-        self.running = bool(meta["running"])
-        self._next_event = int(meta["next_event"])
-        self.event_log = list(meta["event_log"])
-        self.rng.bit_generator.state = meta["rng"]
-        self.systemic.set_state(meta["systemic"])
-        self.update_products()
-        self.occupancy[...] = 0
-        self.occupancy[self.vessels_dev] = VESSEL
-        for p in self.populations:
-            prefix = f"{p.kind}/"
-            p.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
-                        meta["populations"][p.kind])
-            self.occupancy[p.data["site"]] = p.code
-        self._owner_cache = None
-        self._engaged_map[...] = 0
-        self._engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
-        self.fields.solver.set_state(arrays["fields/buffer"], meta["fields_lead"])
-        self._sources = Sources(xp.asarray(arrays["sources/sites"]),
-                                xp.asarray(arrays["sources/secretion"], dtype=self.backend.dtype),
-                                xp.asarray(arrays["sources/uptake"], dtype=self.backend.dtype))
-        self.history = {k: [float(x) for x in arrays[f"history/{k}"]] for k in self.history}
-        rows = arrays["datacollector/rows"]
-        self.datacollector.model_vars = {k: [float(x) for x in rows[:, j]]
-                                         for j, k in enumerate(meta["datacollector_columns"])}
-        self._row = None
-
-    # ---- reporting -------------------------------------------------------------------
+        self.datacollector.collect(self)
 
     def current_row(self) -> dict[str, float]:
-        """Host scalars describing the current state (one time-series row), computed once
-        per state (:meth:`step` forgets it)."""
-        if self._row is None:
-            self._row = self.record()
-        return self._row
-
-    def _derived_field_summaries(self) -> dict[str, float]:
-        """Mean pH from the proton field (pH = 6 - log10(H+ in uM)) and the fraction of
-        voxels below ``output.hypoxic_threshold_mmHg`` of oxygen."""
-        f = self.fields
-        xp = self.backend.xp
-        v = f.values.reshape(len(f.names), -1)
-        out = {}
-        if "protons" in f.index:
-            h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
-            out["ph_mean"] = float(self.backend.to_host((6.0 - xp.log10(h)).mean()))
-        out["hypoxic_fraction"] = float(self.backend.to_host(
-            (v[f.index["oxygen"]] < self.config.output.hypoxic_threshold_mmHg).mean()))
-        return out
-
-    def record(self) -> dict[str, float]:
-        row = {"tick": float(self.steps), "time_min": self.time_min}
-        for p in self.populations:
-            row.update({k: float(v) for k, v in p.counts().items()})
-        row.update(self.fields.summaries())
-        row.update(self._derived_field_summaries())
-        s = self.systemic
-        row.update({"day": self.day, "burden": s.burden, "blood_car_t": s.blood_total,
-                    "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
-        alive = row["tumor_alive"]
-        cart = row["car_t_effector"] + row["car_t_exhausted"]
-        row["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0
-        return row
+        """The current state as host scalars (one time-series row, :func:`~.readouts.row`),
+        computed once per tick."""
+        if self._row is None or self._row[0] != self.steps:
+            self._row = (self.steps, row(self))
+        return self._row[1]

@@ -1,0 +1,8 @@
+"""The model: :class:`TMEModel` (a ``mesa.Model``) assembles the engine and the biology
+from a config and steps them; what it reports and its checkpoint state sit beside it."""
+
+from .model import VESSEL, TMEModel
+from .readouts import REPORTED, cell_table, row
+from .state import get_state, set_state
+
+__all__ = ["REPORTED", "VESSEL", "TMEModel", "cell_table", "get_state", "row", "set_state"]

@@ -1,0 +1,66 @@
+"""What a model reports: one row of host scalars per recorded tick (the time series and
+the DataCollector) and the table of every cell (a cell snapshot)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPORTED = (
+    "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
+    "tumor_antigen_low", "tumor_antigen_high", "car_t_effector", "car_t_exhausted", "car_t_engaged",
+    "car_t_kills", "monocytes", "monocytes_activated", "granulocytes", "hypoxic_fraction", "ph_mean",
+    "adenosine_mean", "car_t_tumor_ratio", "burden", "blood_car_t", "systemic_cytokine", "crs_grade",
+)
+"""Model reporters of the DataCollector (host scalars; one column each)."""
+
+
+def row(model) -> dict[str, float]:
+    """The state of ``model`` now as host scalars: tick and time, every population's
+    counts, mean/min/max of every field, mean pH and hypoxic fraction, the patient
+    (day, burden, blood CAR T, systemic cytokine, CRS grade) and the lattice's CAR T per
+    alive tumor cell (docs/output.md lists the columns)."""
+    out = {"tick": float(model.steps), "time_min": model.time_min}
+    for p in model.populations:
+        out.update({k: float(v) for k, v in p.counts().items()})
+    out.update(model.fields.summaries())
+    out.update(_derived_field_summaries(model))
+    s = model.systemic
+    out.update({"day": model.day, "burden": s.burden, "blood_car_t": s.blood_total,
+                "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
+    alive = out["tumor_alive"]
+    cart = out["car_t_effector"] + out["car_t_exhausted"]
+    out["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0
+    return out
+
+
+def _derived_field_summaries(model) -> dict[str, float]:
+    """Mean pH from the proton field (pH = 6 - log10(H+ in uM)) and the fraction of
+    voxels below ``output.hypoxic_threshold_mmHg`` of oxygen."""
+    f = model.fields
+    xp = model.backend.xp
+    v = f.values.reshape(len(f.names), -1)
+    out = {}
+    if "protons" in f.index:
+        h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
+        out["ph_mean"] = float(model.backend.to_host((6.0 - xp.log10(h)).mean()))
+    out["hypoxic_fraction"] = float(model.backend.to_host(
+        (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean()))
+    return out
+
+
+def cell_table(model) -> dict[str, np.ndarray]:
+    """Every cell now, as host columns of equal length: ``x``, ``y`` (``z`` in 3D) lattice
+    indices (int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
+    4 granulocyte), ``id`` (int64, unique within a type), and the columns of
+    :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
+    to_host = model.backend.to_host
+    parts = []
+    for p in model.populations:
+        cols = {k: to_host(v) for k, v in p.snapshot().items()}
+        site = to_host(p.data["site"])
+        for axis, c in zip("xyz", np.unravel_index(site, model.lattice.shape)):
+            cols[axis] = c.astype(np.int32)
+        cols["type"] = np.full(site.shape, p.code, dtype=np.int8)
+        cols["id"] = to_host(p.data["id"])
+        parts.append(cols)
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
