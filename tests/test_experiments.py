@@ -214,9 +214,9 @@ def test_cli_lists_experiments_and_names_an_unknown_one():
 def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tmp_path):
     """Run.calibration() reads kills from the tumor_killed count (cleared after 1440 min);
     checked against kills tracked cell by cell in a model stepped by hand."""
-    from tme_abm.analysis import open_run
+    from tme_abm.io import open_run
     from tme_abm.model import TMEModel
-    from tme_abm.runner import run
+    from tme_abm.io import run
 
     over = {"lattice.shape": [40, 40], "tumor.radius_sites": 8, "time.duration_days": 2.0,
             "car_t.initial_cells": 60, "seed": 5}

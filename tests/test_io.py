@@ -17,9 +17,9 @@ import xarray as xr
 
 import tme_abm
 from tme_abm.config import load_config
-from tme_abm.io import CELL_COLUMNS, RunFileError, RunWriter
+from tme_abm.io import RunFileError, run
+from tme_abm.io.runfile import CELL_COLUMNS, RunFile
 from tme_abm.model import TMEModel, cell_table, row
-from tme_abm.runner import run
 
 ROOT = Path(__file__).parent.parent
 BASELINE = ROOT / "configs" / "baseline.yaml"
@@ -103,7 +103,7 @@ def test_round_trip_of_every_array_written_by_the_model(reference):
 def test_writer_round_trip_of_synthetic_arrays(tmp_path):
     """Arrays with edge values (NaN, inf, negative, empty snapshots) come back exactly."""
     rng = np.random.default_rng(3)
-    w = RunWriter.create(tmp_path / "w.h5", config_yaml=small().to_yaml(), attrs={"seed": 1},
+    w = RunFile.create(tmp_path / "w.h5", config_yaml=small().to_yaml(), attrs={"seed": 1},
                          lattice_shape=(5, 4, 3), spacing_um=10.0, field_names=["a", "b"],
                          field_units=["uM", "mmHg"], dtype="float64")
     rows = [{"tick": float(i), "time_min": 6.0 * i, "a_mean": v, "tumor_alive": float(i)}

@@ -53,7 +53,7 @@ def run(
 ) -> None:
     """Run one config and write an HDF5 run file."""
     from .io import RunFileError
-    from .runner import run as run_config
+    from .io import run as run_config
 
     cfg = _load(config, set_, backend, seed)
     for w in accuracy_warnings(cfg):
@@ -76,7 +76,7 @@ def summarize(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Print a run's status and outcomes."""
-    from .analysis import open_run, summary_text
+    from .io.readers import open_run, summary_text
     from .io import RunFileError
 
     try:

@@ -358,7 +358,7 @@ def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int 
 def timecourse(out: Path, runs: pd.DataFrame, series: list[str]) -> pd.DataFrame:
     """Per arm, day and series: median, quartiles, mean and 95% t interval over the
     replicates, from every run file's time series sampled once per 0.25 day."""
-    from .analysis import open_run
+    from .io import open_run
 
     frames = []
     for _, r in runs.iterrows():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Run, open_run, summary_text
+from .io.readers import Run, open_run, summary_text
 
 TYPE_NAMES = {1: "tumor", 2: "CAR T", 3: "monocyte", 4: "granulocyte"}
 TYPE_COLOURS = {1: "#7f7f7f", 2: "#1f77b4", 3: "#ff7f0e", 4: "#2ca02c"}

@@ -219,9 +219,9 @@ def _overrides(spec: SweepSpec, params: dict) -> list[str]:
 def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
     """Run one task on a worker (or skip it): returns its outcome row. Never raises: an
     error is recorded in the row (status failed) and, where the run started, its file."""
-    from .analysis import open_run
+    from .io import open_run
     from .io import RunFileError
-    from .runner import run
+    from .io import run
 
     path = Path(out_dir) / "runs" / f"{task.name}.h5"
     row = {"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,

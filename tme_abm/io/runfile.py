@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from ..version import __version__
 
 FORMAT = "tme_abm-run-2"
 ROW_BLOCK = 500
@@ -102,8 +102,8 @@ def _append(ds, values) -> None:
     ds[n:] = values
 
 
-class RunWriter:
-    """Writes one run file; use :meth:`create` for a new run, :meth:`reopen` to resume.
+class RunFile:
+    """One run file open for writing; :meth:`create` for a new run, :meth:`reopen` to resume.
 
     Every method that writes ends with a flush, except :meth:`append_row`, which buffers
     rows up to ``ROW_BLOCK`` rows or ``ROW_SECONDS`` (and writes them at every checkpoint).
@@ -121,7 +121,7 @@ class RunWriter:
 
     @classmethod
     def create(cls, path, *, config_yaml: str, attrs: dict, lattice_shape, spacing_um: float,
-               field_names, field_units, dtype: str, overwrite: bool = False) -> "RunWriter":
+               field_names, field_units, dtype: str, overwrite: bool = False) -> "RunFile":
         """A new run file with its groups and coordinates; refuses to replace an existing
         file unless ``overwrite``.
 
@@ -169,7 +169,7 @@ class RunWriter:
         return cls(f)
 
     @classmethod
-    def reopen(cls, path) -> "RunWriter":
+    def reopen(cls, path) -> "RunFile":
         """Open an existing run file to continue it (see :meth:`rewind`)."""
         with reading(path) as f:
             status = str(f.attrs.get("status", ""))
@@ -182,6 +182,11 @@ class RunWriter:
         return cls(f)
 
     # ---- appending -----------------------------------------------------------------------
+
+    @property
+    def n_events(self) -> int:
+        """Events stored so far."""
+        return int(self.f["events"].shape[0])
 
     def append_row(self, row: dict[str, float], field_units: dict[str, str]) -> None:
         """Buffer one time-series row (the same keys every call)."""
@@ -248,7 +253,7 @@ class RunWriter:
     # ---- checkpoints ---------------------------------------------------------------------
 
     def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Store a model state (``TMEModel.get_state()``) in the slot not holding the
+        """Store a model state (``tme_abm.model.get_state``) in the slot not holding the
         latest one, then point ``/checkpoint`` at it."""
         self.flush_rows()
         ck = self.f["checkpoint"]

@@ -1,4 +1,5 @@
-"""Run one config to one run file: build the model, step it, write output, checkpoint, resume."""
+"""Run one config to one run file: build the model, step it with its output writers,
+record the outcome; resume an interrupted run from its checkpoint."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from .engine.backend import make_backend
-from .config import Config
-from .io import RunFileError, RunWriter, reading
-from .model import TMEModel, cell_table, get_state, set_state
+from ..config import Config
+from ..engine.backend import make_backend
+from ..model import TMEModel, set_state
+from .runfile import RunFile, RunFileError, reading
+from .writers import output_writers
 
 
 class RunTerminated(Exception):
@@ -47,16 +49,16 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
         raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, or --resume it")
     model = TMEModel(cfg, backend=backend)
     if resume:
-        writer = RunWriter.reopen(path)
+        run_file = RunFile.reopen(path)
         try:
-            set_state(model, *writer.read_checkpoint())
-            writer.rewind(model.time_min, model.event_log)
+            set_state(model, *run_file.read_checkpoint())
+            run_file.rewind(model.time_min, model.event_log)
         except BaseException:
-            writer.f.close()
+            run_file.f.close()
             model.fields.solver.close()
             raise
     else:
-        writer = RunWriter.create(
+        run_file = RunFile.create(
             path, config_yaml=cfg.to_yaml(), overwrite=overwrite,
             attrs={"seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype,
                    "git_commit": _git_commit()},
@@ -65,58 +67,42 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
     t0 = time.perf_counter()
     try:
         with _sigterm_raises():
-            _advance(model, writer, cfg, quiet)
-        writer.f.attrs["wall_seconds"] = float(writer.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
-        writer.write_outcomes(model.outcomes())
+            _advance(model, run_file, cfg, quiet)
+        run_file.f.attrs["wall_seconds"] = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
+        run_file.write_outcomes(model.outcomes())
     except BaseException as exc:
-        writer.finish("failed", f"{type(exc).__name__}: {exc}")
+        run_file.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         model.fields.solver.close()
-    writer.finish("complete")
+    run_file.finish("complete")
     return path
 
 
-def _every(minutes: float, tick_min: float) -> int:
-    return max(1, round(minutes / tick_min))
-
-
-def _advance(model: TMEModel, writer: RunWriter, cfg: Config, quiet: bool) -> None:
-    """Step ``model`` from its current tick to the end, writing as configured."""
-    o = cfg.output
+def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool) -> None:
+    """Step ``model`` from its current tick to the end; after the initial state and after
+    every tick, each output writer that is due writes."""
+    writers = output_writers(cfg, run_file, dict(zip(model.fields.names, model.fields.units)))
     n_ticks = cfg.time.n_ticks
-    snap, cells, ckpt = (_every(m, cfg.time.tick_min) for m in
-                         (o.snapshot_every_min, o.cell_snapshot_every_min, o.checkpoint_every_min))
-    units = dict(zip(model.fields.names, model.fields.units))
-    to_host = model.backend.to_host
     start = model.steps
     if start == 0:
-        writer.append_row(model.current_row(), units)
-        writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
-        writer.snapshot_cells(model.time_min, cell_table(model))
-        writer.write_checkpoint(*get_state(model))
-    n_events = len(model.event_log)
+        for w in writers:
+            if w.due(model, last=False):
+                w.write(model)
     show = not quiet and sys.stderr.isatty()
     with tqdm(total=n_ticks, initial=start, disable=not show, unit="tick", desc=cfg.name) as bar:
         for tick in range(start + 1, n_ticks + 1):
             model.step()
             last = tick == n_ticks
-            if tick % o.record_every_ticks == 0 or last:
+            for w in writers:
+                if w.due(model, last):
+                    w.write(model)
+            if show:
                 row = model.current_row()
-                writer.append_row(row, units)
                 bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
                                 car_t=int(row["car_t_effector"] + row["car_t_exhausted"]), refresh=False)
-            if len(model.event_log) != n_events:
-                n_events = len(model.event_log)
-                writer.write_events(model.event_log)
-            if tick % snap == 0 or last:
-                writer.snapshot_fields(model.time_min, model.fields.names, to_host(model.fields.values))
-            if tick % cells == 0 or last:
-                writer.snapshot_cells(model.time_min, cell_table(model))
-            if tick % ckpt == 0 and not last:
-                writer.write_checkpoint(*get_state(model))
             bar.update(1)
-    writer.flush_rows()
+    run_file.flush_rows()
 
 
 def _check_same_config(path: Path, cfg: Config) -> None:
@@ -162,7 +148,7 @@ def _sigterm_raises():
 def _git_commit() -> str:
     """The commit of the tme_abm source tree, or "" when it is not a git checkout (an
     installed package, even one inside some other repository)."""
-    src = Path(__file__).resolve().parent
+    src = Path(__file__).resolve().parents[1]
     try:
         top = subprocess.run(["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True,
                              text=True, timeout=5)

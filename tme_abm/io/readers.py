@@ -1,7 +1,7 @@
 """Reading run files: :func:`open_run` for one run, :func:`open_runs` for an outcomes table.
 
-Every reader goes through :func:`tme_abm.io.reading`, so a missing, non-HDF5, corrupt,
-truncated or foreign file raises :class:`~tme_abm.io.RunFileError` naming the file and
+Every reader goes through :func:`tme_abm.io.runfile.reading`, so a missing, non-HDF5, corrupt,
+truncated or foreign file raises :class:`~tme_abm.io.runfile.RunFileError` naming the file and
 the problem instead of an h5py traceback. A run still being written can be read up to
 its last flush.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import Config, ConfigError, validate_config
-from .io import TIME_COLUMN, RunFileError, reading
+from ..config import Config, ConfigError, validate_config
+from .runfile import TIME_COLUMN, RunFileError, reading
 
 
 class Run:
@@ -208,7 +208,7 @@ class Run:
 
 
 def open_run(path) -> Run:
-    """Open one run file (raises :class:`~tme_abm.io.RunFileError` if it is not one)."""
+    """Open one run file (raises :class:`~tme_abm.io.runfile.RunFileError` if it is not one)."""
     return Run(path)
 
 

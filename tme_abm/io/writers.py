@@ -1,0 +1,112 @@
+"""Output writers: each kind of output (time series, therapy events, field snapshots,
+cell snapshots, checkpoints) is an object with its own schedule that writes the model's
+state into the run file when it is due (docs/output.md).
+
+The runner asks every writer after the initial state (tick 0) and after every tick, in
+the order of :func:`output_writers`; the checkpoint comes last, so a checkpoint covers
+everything written before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import cell_table, get_state
+from .runfile import RunFile
+
+
+@dataclass(frozen=True)
+class Every:
+    """Due at tick 0 and every ``ticks`` ticks; at the last tick of the run always
+    (``at_end``) or never (``at_end=False``: a checkpoint of a finished run is of no use)."""
+
+    ticks: int
+    at_end: bool = True
+
+    @classmethod
+    def minutes(cls, interval_min: float, tick_min: float, at_end: bool = True) -> "Every":
+        """Every ``interval_min`` minutes, rounded to whole ticks (at least one)."""
+        return cls(max(1, round(interval_min / tick_min)), at_end)
+
+    def due(self, tick: int, last: bool) -> bool:
+        return self.at_end if last else tick % self.ticks == 0
+
+
+class TimeSeriesWriter:
+    """One time-series row (``model.current_row()``) per due tick."""
+
+    def __init__(self, run_file: RunFile, schedule: Every, field_units: dict[str, str]):
+        self.run_file, self.schedule, self.field_units = run_file, schedule, field_units
+
+    def due(self, model, last: bool) -> bool:
+        return self.schedule.due(model.steps, last)
+
+    def write(self, model) -> None:
+        self.run_file.append_row(model.current_row(), self.field_units)
+
+
+class EventWriter:
+    """The therapy events fired since the last write (due whenever the log has grown)."""
+
+    def __init__(self, run_file: RunFile):
+        self.run_file = run_file
+        self.written = run_file.n_events
+
+    def due(self, model, last: bool) -> bool:
+        return len(model.event_log) != self.written
+
+    def write(self, model) -> None:
+        self.run_file.write_events(model.event_log)
+        self.written = len(model.event_log)
+
+
+class FieldSnapshotWriter:
+    """Every field's values on the lattice."""
+
+    def __init__(self, run_file: RunFile, schedule: Every):
+        self.run_file, self.schedule = run_file, schedule
+
+    def due(self, model, last: bool) -> bool:
+        return self.schedule.due(model.steps, last)
+
+    def write(self, model) -> None:
+        f = model.fields
+        self.run_file.snapshot_fields(model.time_min, f.names, model.backend.to_host(f.values))
+
+
+class CellSnapshotWriter:
+    """Every cell's site, type and state."""
+
+    def __init__(self, run_file: RunFile, schedule: Every):
+        self.run_file, self.schedule = run_file, schedule
+
+    def due(self, model, last: bool) -> bool:
+        return self.schedule.due(model.steps, last)
+
+    def write(self, model) -> None:
+        self.run_file.snapshot_cells(model.time_min, cell_table(model))
+
+
+class Checkpointer:
+    """The model's complete state, for ``--resume``."""
+
+    def __init__(self, run_file: RunFile, schedule: Every):
+        self.run_file, self.schedule = run_file, schedule
+
+    def due(self, model, last: bool) -> bool:
+        return self.schedule.due(model.steps, last)
+
+    def write(self, model) -> None:
+        self.run_file.write_checkpoint(*get_state(model))
+
+
+def output_writers(cfg, run_file: RunFile, field_units: dict[str, str]) -> list:
+    """The writers of a run configured by ``cfg.output``, in the order they write."""
+    o, tick = cfg.output, cfg.time.tick_min
+    return [
+        TimeSeriesWriter(run_file, Every(o.record_every_ticks), field_units),
+        EventWriter(run_file),
+        FieldSnapshotWriter(run_file, Every.minutes(o.snapshot_every_min, tick)),
+        CellSnapshotWriter(run_file, Every.minutes(o.cell_snapshot_every_min, tick)),
+        Checkpointer(run_file, Every.minutes(o.checkpoint_every_min, tick, at_end=False)),
+    ]
