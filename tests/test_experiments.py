@@ -16,10 +16,12 @@ import pytest
 import yaml
 from scipy import stats
 
-from tme_abm.experiments import (GROUPS, RATES, analyse, auc_table, available, compare, find, load, roc_auc,
-                                 run_experiment, trend, verdict)
-from tme_abm.sweep import SweepError, design_points
-from tme_abm.sweep_summary import wilson
+from tme_abm.studies.experiments import analyse, available, find, load, run_experiment
+from tme_abm.studies.experiments.analysis import compare, trend, verdict
+from tme_abm.studies.experiments.spec import GROUPS, RATES
+from tme_abm.studies.statistics import auc_table, roc_auc, wilson
+from tme_abm.studies.sweep import SweepError, design_points
+from tme_abm.viz.study_figures import experiment_figures
 
 NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme", "surrogate"]
 VERDICTS = {"reproduced", "same direction, not significant", "not reproduced (no difference)",
@@ -39,8 +41,11 @@ def scheduler():
 @pytest.fixture(scope="module")
 def quick_runs(scheduler, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
-    return {name: run_experiment(name, root / name, quick=True, scheduler=scheduler, progress=False)
-            for name in NAMES}
+    out = {}
+    for name in NAMES:
+        out[name] = run_experiment(name, root / name, quick=True, scheduler=scheduler, progress=False)
+        out[name].update(experiment_figures(out[name]["out"]))
+    return out
 
 
 def test_every_shipped_experiment_is_listed_and_loads():

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 import tme_abm
-from tme_abm.sweep import SweepError, gpu_cluster, jobqueue_cluster, load_spec, run_sweep, tasks
-from tme_abm.sweep_summary import summarize_sweep, wilson
+from tme_abm.studies.statistics import wilson
+from tme_abm.studies.summary import summarize_sweep
+from tme_abm.studies.sweep import SweepError, gpu_cluster, jobqueue_cluster, load_spec, run_sweep, tasks
+from tme_abm.viz.study_figures import sweep_figures
 
 ROOT = Path(__file__).parent.parent
 QUICK = ROOT / "configs" / "quickstart.yaml"
@@ -133,6 +135,7 @@ def test_gpu_workers_each_see_one_device():
 def test_summary_statistics_and_figures(two_workers):
     _, out, table = two_workers
     written = summarize_sweep(out)
+    written.update(sweep_figures(out))
     points = pd.read_csv(written["points"])
     assert list(points["car_t.initial_cells"]) == [5, 20] and list(points["complete"]) == [2, 2]
     for _, p in points.iterrows():

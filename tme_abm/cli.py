@@ -96,7 +96,7 @@ def report(
 ) -> None:
     """Write PNG figures and an HTML and text summary of a run."""
     from .io import RunFileError
-    from .plots import write_report
+    from .viz.report import write_report
 
     folder = out if out is not None else run_file.with_name(run_file.stem + "_report")
     try:
@@ -140,7 +140,7 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run every (point, replicate) of a sweep on Dask; finished runs are skipped."""
-    from .sweep import SweepError, run_sweep
+    from .studies.sweep import SweepError, run_sweep
 
     try:
         table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=_gpu_ids(gpus), extra_set=set_,
@@ -159,13 +159,15 @@ def sweep_summary(
     folder: Path = typer.Argument(..., metavar="DIR", help="sweep folder written by tme-abm sweep"),
 ) -> None:
     """Per-point statistics, figures and (Morris/Sobol) sensitivity indices of a sweep."""
-    from .sweep import SweepError
-    from .sweep_summary import summarize_sweep
+    from .studies.summary import summarize_sweep
+    from .studies.sweep import SweepError
+    from .viz.study_figures import sweep_figures
 
     try:
         written = summarize_sweep(folder)
     except SweepError as exc:
         _fail(str(exc))
+    written.update(sweep_figures(folder))
     for p in written.values():
         typer.echo(str(p))
 
@@ -183,8 +185,9 @@ def experiment(
 ) -> None:
     """Run one experiment (a sweep with a question and expected directions) and write its
     table, figures and report under OUT/experiment/."""
-    from .experiments import available, experiment_config, find, run_experiment
-    from .sweep import SweepError, load_spec
+    from .studies.experiments import available, experiment_config, find, run_experiment
+    from .studies.sweep import SweepError, load_spec
+    from .viz.study_figures import experiment_figures
 
     if list_ or name is None:
         for n in available():
@@ -200,6 +203,7 @@ def experiment(
                                  gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty())
     except SweepError as exc:
         _fail(str(exc))
+    experiment_figures(written["out"])
     for key in ("arms", "expectations", "report"):
         typer.echo(str(written[key]))
     if written["failed"]:

@@ -16,7 +16,7 @@ group may then differ in length by the records of an unfinished write; readers u
 common prefix). The model state is checkpointed into one of two slots, and
 ``/checkpoint`` points at a slot only after that slot is completely written, so a kill
 during a checkpoint leaves the previous one intact. Resuming truncates the appended data
-back to the checkpoint's time and continues (tme_abm.runner).
+back to the checkpoint's time and continues (tme_abm.io.runner).
 """
 
 from __future__ import annotations

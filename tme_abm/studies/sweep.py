@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, Strict, format_validation_error, load_config, read_yaml
+from ..config import ConfigError, Strict, format_validation_error, load_config, read_yaml
 
 TABLE = "outcomes.csv"
 SAMPLED = ("random", "lhs", "sobol", "morris")
@@ -76,7 +76,7 @@ class SweepSpec(Strict):
     design: DesignConfig
     cluster: ClusterConfig = ClusterConfig()
     experiment: dict[str, Any] | None = None
-    """An experiment's question, arms and analysis (checked by tme_abm.experiments;
+    """An experiment's question, arms and analysis (checked by tme_abm.studies.experiments;
     a plain sweep ignores it)."""
 
 
@@ -136,7 +136,7 @@ def load_spec(path, extra_set: list[str] | None = None) -> tuple[SweepSpec, Path
             raise SweepError(f"{path}: design: {k!r} in log/integer is not a swept parameter")
     first = design_points(spec)[0]
     try:
-        load_config(base, _overrides(spec, first))
+        load_config(base, task_overrides(spec, first))
     except ConfigError as exc:
         raise SweepError(f"{path}: the base config with the first point does not validate: {exc}") from None
     return spec, base
@@ -210,7 +210,7 @@ def tasks(spec: SweepSpec) -> list[Task]:
             for i, p in enumerate(design_points(spec)) for r in range(spec.replicates)]
 
 
-def _overrides(spec: SweepSpec, params: dict) -> list[str]:
+def task_overrides(spec: SweepSpec, params: dict) -> list[str]:
     items = {**spec.set, **params}
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for k, v in items.items()]
@@ -219,9 +219,7 @@ def _overrides(spec: SweepSpec, params: dict) -> list[str]:
 def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
     """Run one task on a worker (or skip it): returns its outcome row. Never raises: an
     error is recorded in the row (status failed) and, where the run started, its file."""
-    from .io import open_run
-    from .io import RunFileError
-    from .io import run
+    from ..io import RunFileError, open_run, run
 
     path = Path(out_dir) / "runs" / f"{task.name}.h5"
     row = {"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,
@@ -322,7 +320,7 @@ def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None
     rows: dict[tuple[int, int], dict] = {}
     client, cluster = _client(spec, workers, scheduler, gpus)
     try:
-        futures = [client.submit(run_task, str(base), _overrides(spec, t.params), t, str(out),
+        futures = [client.submit(run_task, str(base), task_overrides(spec, t.params), t, str(out),
                                  key=f"{spec.name}-{t.name}", pure=False) for t in todo]
         bar = tqdm(total=len(futures), unit="run", desc=spec.name, disable=not progress)
         for fut in as_completed(futures):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.readers import Run, open_run, summary_text
+from ..io.readers import Run, open_run, summary_text
+from ..io.runfile import RunFileError
 
 TYPE_NAMES = {1: "tumor", 2: "CAR T", 3: "monocyte", 4: "granulocyte"}
 TYPE_COLOURS = {1: "#7f7f7f", 2: "#1f77b4", 3: "#ff7f0e", 4: "#2ca02c"}
@@ -211,8 +212,6 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
     files = {"populations": out / "populations.png", "systemic": out / "systemic.png",
              "fields": out / "fields.png", "cells": out / "cells.png", "antigen": out / "antigen.png"}
     if len(ts) == 0:
-        from .io import RunFileError
-
         raise RunFileError(f"{run.path}: holds no time-series rows yet; nothing to report")
     populations_figure(run, ts, files["populations"])
     systemic_figure(run, ts, files["systemic"])
@@ -236,100 +235,3 @@ def _html(run: Run, text: str, files: dict[str, Path]) -> str:
             f"</head><body><h1>{html.escape(run.path.name)}</h1><pre>{html.escape(text)}</pre>"
             f"<h2>therapy events</h2><table border=1 cellpadding=3><tr><th>day</th><th>kind</th><th>details</th>"
             f"</tr>{rows}</table>{figs}</body></html>\n")
-
-
-# ---- experiments (tme-abm experiment) ------------------------------------------------
-
-def outcomes_figure(arms, runs, names: list[str], path: Path) -> Path:
-    """Per arm: response and severe-CRS rates with Wilson 95% intervals, and every run's
-    peak blood CAR T (points) with the arm median (bar)."""
-    fig = _figure(figsize=(max(9.0, 1.6 * len(names) + 4), 3.8))
-    axes = fig.subplots(1, 3)
-    x = np.arange(len(names))
-    a = arms.set_index("arm").reindex(names)
-    for ax, rate, title in ((axes[0], "response_rate", "response (CR + PR at end)"),
-                            (axes[1], "severe_crs_rate", "severe CRS (grade >= 3)")):
-        v = a[rate].to_numpy(float)
-        lo, hi = a[f"{rate}_ci_low"].to_numpy(float), a[f"{rate}_ci_high"].to_numpy(float)
-        ax.bar(x, v, color="#9ecae1", edgecolor="#3182bd")
-        ax.errorbar(x, v, yerr=np.clip([v - lo, hi - v], 0, None), fmt="none", ecolor="k", capsize=4)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(title, fontsize=9)
-    ax = axes[2]
-    for i, name in enumerate(names):
-        y = runs.loc[runs["arm"] == name, "peak_blood_car_t"].to_numpy(float)
-        jitter = (np.arange(len(y)) - (len(y) - 1) / 2) * (0.5 / max(len(y), 1))
-        ax.scatter(i + jitter, y, s=12, color="#1f77b4", alpha=0.7)
-        if len(y):
-            ax.hlines(np.median(y), i - 0.3, i + 0.3, color="k")
-    if (runs["peak_blood_car_t"] > 0).any():
-        ax.set_yscale("log")
-    ax.set_title("peak blood CAR T (cells)", fontsize=9)
-    for ax in axes:
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def timecourse_figure(tc, names: list[str], series: list[str], path: Path, crs_thresholds=()) -> Path:
-    """One panel per series: the median over each arm's replicates with its IQR band
-    (CRS grade thresholds marked on the cytokine panel)."""
-    from .experiments import LOG_SERIES, SERIES
-
-    fig = _figure(figsize=(4.2 * len(series), 3.6))
-    axes = np.atleast_1d(fig.subplots(1, len(series)))
-    colours = [f"C{i % 10}" for i in range(len(names))]
-    for ax, s in zip(axes, series):
-        for name, c in zip(names, colours):
-            g = tc[(tc["arm"] == name) & (tc["series"] == s)]
-            if g.empty:
-                continue
-            ax.plot(g["day"], g["median"], color=c, label=name, lw=1.4)
-            ax.fill_between(g["day"], g["q25"], g["q75"], color=c, alpha=0.2, lw=0)
-        if s in LOG_SERIES and (tc.loc[tc["series"] == s, "median"] > 0).any():
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=LOG_SERIES[s])
-        if s == "systemic_cytokine" and crs_thresholds:
-            for grade, c in enumerate(crs_thresholds, start=1):
-                ax.axhline(c, color="k", ls=":", lw=0.7, alpha=0.6)
-                ax.annotate(f"CRS {grade}", (0.01, c), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
-        ax.axvline(0, color="k", ls="--", lw=0.8, alpha=0.5)
-        ax.set_xlabel("day (0 = first infusion)")
-        ax.set_title(SERIES[s], fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def roc_figure(runs, predictors: list[str], auc, path: Path) -> Path:
-    """ROC curves of each predictor for durable response, and the runs in the
-    (baseline burden, peak blood CAR T) plane coloured by durable response."""
-    from .experiments import roc_curve
-
-    fig = _figure(figsize=(10, 4))
-    ax, ax2 = fig.subplots(1, 2)
-    label = runs["responded"].to_numpy(bool)
-    a = auc.set_index("predictor")
-    for i, p in enumerate(predictors):
-        fpr, tpr = roc_curve(runs[p].to_numpy(float), label)
-        ax.plot(fpr, tpr, color=f"C{i}", label=f"{p} (AUC {a.loc[p, 'auc']:.2f})")
-    ax.plot([0, 1], [0, 1], color="k", ls=":", lw=0.8)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title("durable response (CR/PR at end)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    for resp, c, name in ((True, "#2ca02c", "durable response"), (False, "#d62728", "no durable response")):
-        g = runs[runs["responded"] == resp]
-        ax2.scatter(g["baseline_burden"], g["peak_blood_car_t"], s=16, color=c, label=name, alpha=0.8)
-    if (runs["baseline_burden"] > 0).all() and (runs["peak_blood_car_t"] > 0).all() and len(runs):
-        ax2.set_xscale("log")
-        ax2.set_yscale("log")
-    ax2.set_xlabel("baseline burden (cells)")
-    ax2.set_ylabel("peak blood CAR T (cells)")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path

@@ -1,0 +1,78 @@
+"""The report section of an experiment for docs/validation.md (``report.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..sweep import SweepSpec
+from .spec import ExperimentConfig
+
+
+def _ci(v, lo, hi, pct=True) -> str:
+    if not np.isfinite(v):
+        return "n/a"
+    if pct:
+        return f"{100 * v:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+    return f"{v:.3g} ({lo:.3g}-{hi:.3g})"
+
+
+def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, names: list[str], arms: pd.DataFrame,
+                    exps: pd.DataFrame, auc: pd.DataFrame | None, failed: int) -> str:
+    """A validation-report section: question, setup, per-arm table, verdicts, figures."""
+    points = manifest["points"]
+    lines = [f"### {spec.name}", "", f"**Question.** {exp.question.strip()}", "",
+             f"**Setup.** Base config `{Path(spec.base).name}`"
+             + (f" with {', '.join(f'`{k}={v}`' for k, v in spec.set.items())}" if spec.set else "")
+             + f"; {spec.design.kind} design, {len(points)} {'points' if auc is not None else 'arms'} x "
+               f"{spec.replicates} replicates "
+               f"(sweep seed {spec.seed}); {int(arms['runs'].sum())} complete runs, {failed} failed.", ""]
+    if auc is not None:
+        ranges = "; ".join(f"`{k}` {v[0]:.3g} to {v[1]:.3g}" + (" (log)" if k in spec.design.log else "")
+                           for k, v in spec.design.parameters.items())
+        lines += [f"Sampled: {ranges}. Arms below are the runs with and without a durable response.", ""]
+    elif spec.design.kind in ("grid", "list"):
+        lines += ["| arm | parameters |", "|---|---|"]
+        for name, p in zip(names, points):
+            params = "; ".join(f"`{k}`: {json.dumps(v)}" for k, v in p.items())
+            lines.append(f"| {name} | {params} |")
+        lines.append("")
+    lines += ["| arm | runs | response (CR+PR at end) | CR | severe CRS (grade >= 3) | peak blood CAR T, median (IQR) "
+              "| peak expansion / baseline burden, median | antigen-negative at end, mean |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, a in arms.iterrows():
+        lines.append(
+            f"| {a['arm']} | {a['runs']} | {_ci(a['response_rate'], a['response_rate_ci_low'], a['response_rate_ci_high'])}"
+            f" | {_ci(a['cr_rate'], a['cr_rate_ci_low'], a['cr_rate_ci_high'])}"
+            f" | {_ci(a['severe_crs_rate'], a['severe_crs_rate_ci_low'], a['severe_crs_rate_ci_high'])}"
+            f" | {a['peak_blood_car_t_median']:.3g} ({a['peak_blood_car_t_q25']:.3g}-{a['peak_blood_car_t_q75']:.3g})"
+            f" | {a['peak_expansion_over_baseline_burden_median']:.3g}"
+            f" | {_ci(a['antigen_negative_fraction_end_mean'], a['antigen_negative_fraction_end_ci_low'], a['antigen_negative_fraction_end_ci_high'])} |")
+    lines.append("")
+    if auc is not None:
+        lines += ["| predictor of durable response | ROC AUC (95% bootstrap CI) | runs | responders |",
+                  "|---|---|---|---|"]
+        for _, r in auc.iterrows():
+            lines.append(f"| {r['predictor']} | {_ci(r['auc'], r['ci_low'], r['ci_high'], pct=False)} | {r['runs']} "
+                         f"| {r['responders']} |")
+        lines.append("")
+    if len(exps):
+        lines += ["| expected (the review) | measured | p | verdict |", "|---|---|---|---|"]
+        for _, e in exps.iterrows():
+            claim = e["claim"] or f"{e['metric']}: {e['higher']} > {e['lower']}"
+            if str(e["test"]).startswith("kendall"):
+                measured = (f"{e['metric']} from {e['value_lower']:.3g} ({e['lower']}) to {e['value_higher']:.3g} "
+                            f"({e['higher']}), Kendall tau {e['difference']:.2f}")
+            else:
+                ci = f" (95% CI {e['ci_low']:.3g} to {e['ci_high']:.3g})" if np.isfinite(e["ci_low"]) else ""
+                measured = (f"{e['metric']} {e['value_higher']:.3g} vs {e['value_lower']:.3g}, difference "
+                            f"{e['difference']:.3g}{ci}")
+            lines.append(f"| {claim} | {measured} | {e['p_value']:.2g} ({e['test']}) | {e['verdict']} |")
+        lines.append("")
+    figs = ["outcomes.png", "timecourse.png"] + (["roc.png"] if auc is not None else [])
+    lines += [" ".join(f"![{f}]({f})" for f in figs), ""]
+    return "\n".join(lines)
+
