@@ -142,7 +142,7 @@ def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
     assert ts["systemic_cytokine"].attrs["units"] == "pg/mL"
     assert float(ts["time"][-1]) == pytest.approx(3.5 * 1440)
     fs = xr.open_dataset(reference, engine="h5netcdf", group="fields")
-    assert fs["oxygen"].dims == ("time", "x", "y") and fs["oxygen"].shape[1:] == (40, 40)
+    assert fs["oxygen"].dims == ("time", "y", "x") and fs["oxygen"].shape[1:] == (40, 40)
     assert fs["oxygen"].attrs["units"] == "mmHg" and fs["x"].attrs["units"] == "um"
     assert float(fs["x"][1] - fs["x"][0]) == 20.0
     cs = xr.open_dataset(reference, engine="h5netcdf", group="cells")

@@ -210,6 +210,9 @@ class TumorConfig(_Population):
     dispersed disease (extramedullary/bulky hematologic disease)."""
     radius_sites: Annotated[float, Field(gt=0)] = 8.0
     """Spheroid radius in sites (archetypes solid and bulky)."""
+    center_sites: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    """Centre of the spheroid in site coordinates, C order ([y, x] or [z, y, x]); null:
+    the middle of the lattice."""
     initial_cells: Annotated[int, Field(ge=0)] = 200
     """Cells scattered uniformly (archetypes dispersed and bulky)."""
     antigen: AntigenConfig = AntigenConfig()
@@ -436,11 +439,8 @@ class Config(Strict):
                     raise ValueError(
                         f"fields.{name}.boundary.{face}: a {self.lattice.dims}D lattice has faces {', '.join(faces)}"
                     )
-        if self.tumor.archetype in ("solid", "bulky") and 2 * self.tumor.radius_sites > min(self.lattice.shape):
-            raise ValueError(
-                f"tumor.radius_sites {self.tumor.radius_sites}: a spheroid of diameter "
-                f"{2 * self.tumor.radius_sites} sites does not fit the lattice {self.lattice.shape}"
-            )
+        if self.tumor.archetype in ("solid", "bulky"):
+            self._check_spheroid()
         n_sites = int(np.prod(self.lattice.shape))
         if self.tumor.archetype in ("dispersed", "bulky") and self.tumor.initial_cells > n_sites:
             raise ValueError(
@@ -455,6 +455,23 @@ class Config(Strict):
                     f"({self.time.tick_min} min)"
                 )
         return self
+
+    @property
+    def tumor_center_sites(self) -> list[float]:
+        """Centre of the initial spheroid, C order: ``tumor.center_sites`` or the middle."""
+        c = self.tumor.center_sites
+        return list(c) if c is not None else [(s - 1) / 2.0 for s in self.lattice.shape]
+
+    def _check_spheroid(self) -> None:
+        t = self.tumor
+        if t.center_sites is not None and len(t.center_sites) != self.lattice.dims:
+            raise ValueError(f"tumor.center_sites {t.center_sites}: needs {self.lattice.dims} coordinates "
+                             f"(C order) for a {self.lattice.dims}D lattice")
+        for c, n in zip(self.tumor_center_sites, self.lattice.shape):
+            if c - t.radius_sites < -0.5 or c + t.radius_sites > n - 0.5:
+                where = "" if t.center_sites is None else f" centred at {t.center_sites}"
+                raise ValueError(f"tumor.radius_sites {t.radius_sites}: a spheroid of diameter {2 * t.radius_sites} "
+                                 f"sites{where} does not fit the lattice {self.lattice.shape}")
 
     def population(self, kind: str) -> _Population:
         return getattr(self, kind)

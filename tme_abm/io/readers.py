@@ -79,7 +79,7 @@ class Run:
     # ---- fields ------------------------------------------------------------------------
 
     def fields(self):
-        """Field snapshots as an xarray Dataset, dimensions (time, x, y[, z]), with units.
+        """Field snapshots as an xarray Dataset, dimensions (time, [z,] y, x), with units.
         Complete snapshots only; the data are read when used."""
         import xarray as xr
 
@@ -92,7 +92,7 @@ class Run:
         with reading(self.path) as f:
             fg = f["fields"]
             n = len(self.field_times)
-            axes = {a: (a, fg[a][:], dict(fg[a].attrs)) for a in ("x", "y", "z") if a in fg}
+            axes = {a: (a, fg[a][:], dict(fg[a].attrs)) for a in ("z", "y", "x") if a in fg}  # C order
             data = {k: (("time", *axes), fg[k][:n], {"units": fg[k].attrs["units"]}) for k in self.field_names}
             coords = {"time": ("time", fg["time"][:n], {"units": "min"}), **axes}
         return xr.Dataset(data, coords={k: (d, v, {kk: _py(vv) for kk, vv in a.items()
@@ -138,7 +138,7 @@ class Run:
             return f["cells/time"][: len(self._cell_counts(f["cells"]))]
 
     def cells(self, index: int = -1) -> pd.DataFrame:
-        """Every cell of one snapshot (``index`` into :attr:`cell_times`): columns x, y[, z],
+        """Every cell of one snapshot (``index`` into :attr:`cell_times`): columns [z,] y, x,
         type, state, id, lineage, antigen, exhaustion (docs/output.md)."""
         with reading(self.path) as f:
             cg = f["cells"]

@@ -30,6 +30,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..engine.lattice import axis_names
+
 from ..version import __version__
 
 FORMAT = "tme_abm-run-2"
@@ -39,7 +41,7 @@ ROW_SECONDS = 5.0
 """... or for at most this many wall seconds, so a killed run loses at most that much."""
 TIME_COLUMN = "time_min"
 """The time-series row key stored as the ``time`` coordinate of /timeseries."""
-CELL_COLUMNS = {"x": "i4", "y": "i4", "z": "i4", "type": "i1", "state": "i1", "id": "i8", "lineage": "i8",
+CELL_COLUMNS = {"z": "i4", "y": "i4", "x": "i4", "type": "i1", "state": "i1", "id": "i8", "lineage": "i8",
                 "antigen": "f4", "exhaustion": "f4"}
 """Cell-snapshot columns and their HDF5 dtypes (``z`` only on 3D lattices)."""
 _DIMENSION_ONLY = "This is a netCDF dimension but not a netCDF variable."  # the netCDF-4 marker
@@ -127,7 +129,7 @@ class RunFile:
 
         Args:
             attrs: root attributes (seed, backend, device, ...).
-            lattice_shape, spacing_um: the lattice (x, y[, z] coordinates in um).
+            lattice_shape, spacing_um: the lattice, C order ([z,] y, x coordinates in um).
             field_names, field_units: the fields, in solver order; ``dtype`` their dtype.
         """
         path = Path(path)
@@ -148,7 +150,7 @@ class RunFile:
         fg = f.create_group("fields", track_order=True)
         ft = _scale(fg, "time", units="min", long_name="snapshot time", growing=True, chunk=256)
         axes = [_scale(fg, a, data=np.arange(n) * spacing_um, units="um", long_name=f"{a} of the voxel")
-                for a, n in zip("xyz", lattice_shape)]
+                for a, n in zip(axis_names(len(lattice_shape)), lattice_shape)]
         for name, units in zip(field_names, field_units):
             _growing(fg, name, [ft, *axes], dtype, units=units, chunk=(1, *lattice_shape), compress=True)
 

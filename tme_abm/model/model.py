@@ -121,8 +121,7 @@ class TMEModel(mesa.Model):
         sites = np.zeros(0, dtype=np.int64)
         occ = self.backend.to_host(self.occupancy)
         if t.archetype in ("solid", "bulky"):
-            center = [(s - 1) / 2.0 for s in self.lattice.shape]
-            sites = self.lattice.sphere_sites(center, t.radius_sites)
+            sites = self.lattice.sphere_sites(cfg.tumor_center_sites, t.radius_sites)
             sites = sites[occ[sites] == 0]
         if t.archetype in ("dispersed", "bulky"):
             free = np.setdiff1d(np.flatnonzero(occ == 0), sites)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.lattice import axis_names
+
 REPORTED = (
     "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
     "tumor_antigen_low", "tumor_antigen_high", "car_t_effector", "car_t_exhausted", "car_t_engaged",
@@ -49,8 +51,8 @@ def _derived_field_summaries(model) -> dict[str, float]:
 
 
 def cell_table(model) -> dict[str, np.ndarray]:
-    """Every cell now, as host columns of equal length: ``x``, ``y`` (``z`` in 3D) lattice
-    indices (int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
+    """Every cell now, as host columns of equal length: the lattice indices of its site
+    along each axis, named in C order (``y``, ``x``; ``z``, ``y``, ``x`` in 3D; int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
     4 granulocyte), ``id`` (int64, unique within a type), and the columns of
     :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
     to_host = model.backend.to_host
@@ -58,7 +60,7 @@ def cell_table(model) -> dict[str, np.ndarray]:
     for p in model.populations:
         cols = {k: to_host(v) for k, v in p.snapshot().items()}
         site = to_host(p.data["site"])
-        for axis, c in zip("xyz", np.unravel_index(site, model.lattice.shape)):
+        for axis, c in zip(axis_names(model.lattice.ndim), np.unravel_index(site, model.lattice.shape)):
             cols[axis] = c.astype(np.int32)
         cols["type"] = np.full(site.shape, p.code, dtype=np.int8)
         cols["id"] = to_host(p.data["id"])

@@ -11,6 +11,9 @@ import html
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..io.readers import Run, open_run, summary_text
 from ..io.runfile import RunFileError
@@ -18,12 +21,6 @@ from ..io.runfile import RunFileError
 TYPE_NAMES = {1: "tumor", 2: "CAR T", 3: "monocyte", 4: "granulocyte"}
 TYPE_COLOURS = {1: "#7f7f7f", 2: "#1f77b4", 3: "#ff7f0e", 4: "#2ca02c"}
 TUMOR_STATE_COLOURS = {0: "#7f7f7f", 1: "#3b1f0b", 2: "#c5b0d5", 3: "#d62728"}  # alive, necrotic, apoptotic, killed
-
-
-def _figure(*args, **kwargs):
-    from matplotlib.figure import Figure
-
-    return Figure(*args, **kwargs)
 
 
 def _mark_events(ax, events: list[dict]) -> None:
@@ -51,7 +48,7 @@ def _snapshot_indices(times_min: np.ndarray, start_day: float, days) -> list[int
 
 
 def populations_figure(run: Run, ts, path: Path) -> None:
-    fig = _figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     for col, label in (("tumor_alive", "tumor (alive)"), ("tumor_necrotic", "tumor (necrotic)"),
                        ("car_t_effector", "CAR T effector"), ("car_t_exhausted", "CAR T exhausted"),
@@ -70,7 +67,7 @@ def populations_figure(run: Run, ts, path: Path) -> None:
 
 
 def systemic_figure(run: Run, ts, path: Path) -> None:
-    fig = _figure(figsize=(8, 6))
+    fig = Figure(figsize=(8, 6))
     top, bottom = fig.subplots(2, 1, sharex=True)
     for col, label in (("burden", "tumor burden"), ("blood_car_t", "blood CAR T")):
         y = ts[col].to_numpy()
@@ -95,43 +92,53 @@ def systemic_figure(run: Run, ts, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _plane(a: np.ndarray) -> np.ndarray:
-    """A 2D field, or the middle z slice of a 3D one."""
-    return a if a.ndim == 2 else a[:, :, a.shape[2] // 2]
+def _extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) of voxels centred at ``x`` and ``y`` (um)."""
+    dx = float(x[1] - x[0]) if len(x) > 1 else 1.0
+    dy = float(y[1] - y[0]) if len(y) > 1 else 1.0
+    return float(x[0]) - dx / 2, float(x[-1]) + dx / 2, float(y[0]) - dy / 2, float(y[-1]) + dy / 2
 
 
-def fields_figure(run: Run, start_day: float, days, path: Path) -> None:
+def _label_axes(ax, bottom: bool, left: bool) -> None:
+    ax.tick_params(labelsize=6)
+    if bottom:
+        ax.set_xlabel("x (um)", fontsize=7)
+    if left:
+        ax.set_ylabel("y (um)", fontsize=7)
+
+
+def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
+    """Every field at the chosen snapshot days (the middle z slice in 3D): x across, y up,
+    in micrometres."""
     with run.fields() as ds:
         names = list(ds.data_vars)
         idx = _snapshot_indices(ds["time"].values, start_day, days)
-        planes = {n: [_plane(ds[n].isel(time=i).values) for i in idx] for n in names}
+        three_d = "z" in ds.dims
+        sel = {"z": ds.sizes["z"] // 2} if three_d else {}
+        planes = {n: [ds[n].isel(time=i, **sel).transpose("y", "x").values for i in idx] for n in names}
         units = {n: ds[n].attrs.get("units", "") for n in names}
         snap_days = [start_day + float(ds["time"].values[i]) / 1440 for i in idx]
-        three_d = ds[names[0]].ndim == 4
-    fig = _figure(figsize=(2.6 * len(idx) + 1, 2.3 * len(names)))
+        extent = _extent(ds["x"].values, ds["y"].values)
+    fig = Figure(figsize=(2.8 * len(idx) + 1.2, 2.4 * len(names)))
     axes = fig.subplots(len(names), len(idx), squeeze=False)
     for r, name in enumerate(names):
         lo = min(float(np.nanmin(p)) for p in planes[name])
         hi = max(float(np.nanmax(p)) for p in planes[name])
         for c, plane in enumerate(planes[name]):
             ax = axes[r, c]
-            im = ax.imshow(plane.T, origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1e-12, cmap="viridis")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"day {snap_days[c]:.1f}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(f"{name}\n({units[name]})", fontsize=8)
-        fig.colorbar(im, ax=list(axes[r]), shrink=0.8)
+            im = ax.imshow(plane, origin="lower", extent=extent, vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
+                           cmap="viridis")
+            _label_axes(ax, bottom=r == len(names) - 1, left=c == 0)
+            ax.set_title(f"{name}, day {snap_days[c]:.1f}", fontsize=8)
+        fig.colorbar(im, ax=list(axes[r]), shrink=0.8).set_label(units[name], fontsize=7)
     fig.suptitle(f"{run.path.name}: fields" + (" (middle z slice)" if three_d else ""))
     fig.savefig(path, dpi=100)
+    return fig
 
 
-def _cell_image(cells, shape) -> np.ndarray:
-    """(ny, nx, 3) RGB raster of one snapshot's cells (white: empty)."""
-    from matplotlib.colors import to_rgb
-
-    img = np.ones((shape[1], shape[0], 3))
+def _cell_image(cells, ny: int, nx: int) -> np.ndarray:
+    """(ny, nx, 3) RGB raster of one snapshot's cells, indexed [y, x] (white: empty)."""
+    img = np.ones((ny, nx, 3))
     for code, colour in TYPE_COLOURS.items():
         sel = cells[cells["type"] == code]
         img[sel["y"].to_numpy(), sel["x"].to_numpy()] = to_rgb(colour)
@@ -142,19 +149,23 @@ def _cell_image(cells, shape) -> np.ndarray:
     return img
 
 
-def cells_figure(run: Run, start_day: float, days, shape, path: Path) -> None:
-    from matplotlib.patches import Patch
+def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, path: Path) -> Figure:
+    """The lattice with cells coloured by type (tumor by state) at the chosen snapshot days
+    (the middle z slice in 3D): x across, y up, in micrometres.
 
+    Args:
+        shape: the lattice shape, C order; spacing_um: its site spacing."""
     idx = _snapshot_indices(run.cell_times, start_day, days)
-    fig = _figure(figsize=(3.6 * len(idx) + 1.6, 3.9))
+    ny, nx = shape[-2], shape[-1]
+    extent = _extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um)
+    fig = Figure(figsize=(3.6 * len(idx) + 1.6, 3.9))
     axes = np.atleast_1d(fig.subplots(1, len(idx), squeeze=False)[0])
-    for ax, i in zip(axes, idx):
+    for k, (ax, i) in enumerate(zip(axes, idx)):
         cells = run.cells(i)
         if "z" in cells:
-            cells = cells[cells["z"] == shape[2] // 2]
-        ax.imshow(_cell_image(cells, shape), origin="lower", interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
+            cells = cells[cells["z"] == shape[0] // 2]
+        ax.imshow(_cell_image(cells, ny, nx), origin="lower", extent=extent, interpolation="nearest")
+        _label_axes(ax, bottom=True, left=k == 0)
         counts = ", ".join(f"{int((cells['type'] == c).sum())}" for c in TYPE_NAMES)
         ax.set_title(f"day {start_day + run.cell_times[i] / 1440:.1f}\n({counts})", fontsize=8)
     handles = [Patch(color=TUMOR_STATE_COLOURS[s], label=f"tumor {n}")
@@ -165,10 +176,11 @@ def cells_figure(run: Run, start_day: float, days, shape, path: Path) -> None:
                  + "; counts tumor, CAR T, monocytes, granulocytes", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / (3.6 * len(idx) + 1.6), 1))
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def antigen_figure(run: Run, ts, start_day: float, path: Path) -> None:
-    fig = _figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     classes = [("tumor_antigen_negative", "negative (< 0.05)"), ("tumor_antigen_low", "low (< 0.3)"),
                ("tumor_antigen_high", "high")]
@@ -216,7 +228,7 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
     populations_figure(run, ts, files["populations"])
     systemic_figure(run, ts, files["systemic"])
     fields_figure(run, cfg.start_day, days, files["fields"])
-    cells_figure(run, cfg.start_day, days, cfg.lattice.shape, files["cells"])
+    cells_figure(run, cfg.start_day, days, cfg.lattice.shape, cfg.lattice.spacing_um, files["cells"])
     antigen_figure(run, ts, cfg.start_day, files["antigen"])
     info = run.summary()
     text = summary_text(info)
