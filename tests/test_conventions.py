@@ -1,7 +1,17 @@
 """Run files keep the conventions users' tools rely on: lattice axes named in C order
-([z,] y, x) wherever they appear (the file, xarray, cell tables, report figures)."""
+([z,] y, x) wherever they appear (the file, xarray, cell tables, report figures), and
+CF attributes (UDUNITS units, long names, Conventions) that a netCDF-C client and
+xarray read.
+
+The netCDF-C and UDUNITS-2 command-line tools (Debian's netcdf-bin and udunits-bin) are
+installed by .ci/run, which sets TME_ABM_REQUIRE_TOOLS=1 so that their tests cannot be
+skipped there."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -92,3 +102,59 @@ def test_report_figures_draw_x_across_and_y_up_in_micrometres(lesion_run, tmp_pa
     i, j = np.unravel_index(np.argmin(plane), plane.shape)
     assert left + (j + 0.5) * (right - left) / plane.shape[1] == pytest.approx(x_c, abs=1.5 * SPACING)
     assert bottom + (i + 0.5) * (top - bottom) / plane.shape[0] == pytest.approx(y_c, abs=1.5 * SPACING)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("TME_ABM_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is required here (TME_ABM_REQUIRE_TOOLS=1) but not on PATH")
+        pytest.skip(f"{name} not on PATH (Debian: netcdf-bin, udunits-bin)")
+    return path
+
+
+def test_ncdump_reads_the_header_with_c_order_axes_and_cf_attributes(lesion_run):
+    les, path, _ = lesion_run
+    out = subprocess.run([_tool("ncdump"), "-h", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    dims = ", ".join(("z", "y", "x")[3 - len(les["shape"]):])
+    assert ':Conventions = "CF-1.10"' in out.stdout
+    assert f"float oxygen(time, {dims}) ;" in out.stdout
+    assert 'oxygen:units = "mmHg" ;' in out.stdout and 'adenosine:units = "umol/L" ;' in out.stdout
+    assert 'x:units = "um" ;' in out.stdout and 'tumor_alive:units = "1" ;' in out.stdout
+    assert 'type:flag_meanings = "tumor car_t monocyte granulocyte" ;' in out.stdout
+
+
+def test_every_variable_has_a_long_name_and_udunits_units(lesion_run):
+    """Every variable of the data groups has a long_name; every one but the cell type,
+    state and ids has units that UDUNITS-2 parses."""
+    _, path, _ = lesion_run
+    udunits = _tool("udunits2")
+    found: dict[str, dict] = {}
+    with h5py.File(path, "r") as f:
+        for group in ("timeseries", "fields", "cells"):
+            for name, ds in f[group].items():
+                if name not in ("cell",):  # a dimension without a variable
+                    found[f"{group}/{name}"] = {k: (v.decode() if isinstance(v, bytes) else v)
+                                                for k, v in ds.attrs.items()}
+        found["events"] = dict(f["events"].attrs)
+        assert f.attrs["Conventions"] == "CF-1.10" and str(f.attrs["title"]).startswith("tme_abm run")
+    assert len(found) > 60
+    no_units = {k for k, a in found.items() if "units" not in a}
+    assert no_units == {"cells/type", "cells/state", "cells/id", "cells/lineage", "events"}
+    assert all(a.get("long_name") for a in found.values()), [k for k, a in found.items() if not a.get("long_name")]
+    for units in sorted({str(a["units"]) for a in found.values() if "units" in a}):
+        r = subprocess.run([udunits, "-H", units, "-W", ""], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{units!r} is not UDUNITS-2: {r.stderr.strip()}"
+
+
+def test_xarray_reads_cf_units_and_keeps_numbers_as_numbers(lesion_run):
+    """CF-aware decoding leaves the time series numeric (no unit is a time unit xarray
+    would turn into timedeltas) and shows units and long names."""
+    _, path, _ = lesion_run
+    with xr.open_dataset(path, engine="h5netcdf", group="timeseries") as ts:
+        assert ts["time"].dtype == np.float64 and ts["day"].dtype == np.float64
+        assert ts["tumor_alive"].attrs == {"units": "1", "long_name": "alive tumor cells on the lattice"}
+        assert ts["adenosine_mean"].attrs["units"] == "umol/L"
+    with xr.open_dataset(path, engine="h5netcdf", group="cells") as cs:
+        assert list(cs["type"].attrs["flag_values"]) == [1, 2, 3, 4]

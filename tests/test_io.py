@@ -138,7 +138,7 @@ def test_writer_round_trip_of_synthetic_arrays(tmp_path):
 def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
     ts = xr.open_dataset(reference, engine="h5netcdf", group="timeseries")
     assert ts["tumor_alive"].dims == ("time",) and ts["time"].attrs["units"] == "min"
-    assert ts["tumor_alive"].attrs["units"] == "cells" and ts["oxygen_mean"].attrs["units"] == "mmHg"
+    assert ts["tumor_alive"].attrs["units"] == "1" and ts["oxygen_mean"].attrs["units"] == "mmHg"
     assert ts["systemic_cytokine"].attrs["units"] == "pg/mL"
     assert float(ts["time"][-1]) == pytest.approx(3.5 * 1440)
     fs = xr.open_dataset(reference, engine="h5netcdf", group="fields")
@@ -243,6 +243,13 @@ def test_bad_files_give_a_clear_error(tmp_path, reference):
     with pytest.raises(RunFileError, match="cut.h5: .*(truncated|corrupt)"):
         r = tme_abm.open_run(cut)
         r.timeseries, r.fields(), r.cells(-1)
+    old = tmp_path / "old.h5"
+    old.write_bytes(reference.read_bytes())
+    with h5py.File(old, "r+") as f:
+        f.attrs["format"] = "tme_abm-run-2"
+    with pytest.raises(RunFileError, match="old.h5: run file format 'tme_abm-run-2'; this version of tme_abm reads "
+                                           "'tme_abm-run-3' .*written by tme_abm "):
+        tme_abm.open_run(old)
     with pytest.raises(RunFileError, match="no such file"):
         tme_abm.open_run(tmp_path / "missing.h5")
     for bad in (text, foreign, cut):

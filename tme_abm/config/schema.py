@@ -106,7 +106,8 @@ class FieldConfig(Strict):
     """One reaction-diffusion field."""
 
     enabled: bool = True
-    units: str = "relative"
+    units: str = "1"
+    """UDUNITS-2 units written to run files ("1": relative, no physical unit)."""
     diffusion_um2_per_min: NonNegFloat = 1000.0
     decay_per_min: NonNegFloat = 0.0
     initial: NonNegFloat = 0.0

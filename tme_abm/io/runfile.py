@@ -1,7 +1,8 @@
 """HDF5 run files: the layout, crash-safe appends, checkpoints, and the checks readers share.
 
-The layout (format ``tme_abm-run-2``) is documented in docs/output.md. Every group that
-holds arrays is a NetCDF-4 style group (HDF5 dimension scales), so
+The layout (format ``tme_abm-run-3``) is documented in docs/output.md. Every group that
+holds arrays is a NetCDF-4 style group (HDF5 dimension scales) with CF-1.10 attributes
+(UDUNITS ``units``, ``long_name``), so
 ``xarray.open_dataset(path, engine="h5netcdf", group="timeseries")`` (or ``"fields"``,
 ``"cells"``) opens it with named dimensions and units.
 
@@ -30,11 +31,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..biology.populations import POPULATIONS
 from ..engine.lattice import axis_names
+from ..model import column_attrs
 
 from ..version import __version__
 
-FORMAT = "tme_abm-run-2"
+FORMAT = "tme_abm-run-3"
+CONVENTIONS = "CF-1.10"
 ROW_BLOCK = 500
 """Time-series rows buffered between writes (one resize per column per block) ..."""
 ROW_SECONDS = 5.0
@@ -44,6 +48,18 @@ TIME_COLUMN = "time_min"
 CELL_COLUMNS = {"z": "i4", "y": "i4", "x": "i4", "type": "i1", "state": "i1", "id": "i8", "lineage": "i8",
                 "antigen": "f4", "exhaustion": "f4"}
 """Cell-snapshot columns and their HDF5 dtypes (``z`` only on 3D lattices)."""
+_CELL_ATTRS = {
+    **{a: {"units": "1", "long_name": f"{a} index of the cell's site"} for a in "zyx"},
+    "type": {"long_name": "cell type", "flag_values": np.array([p.code for p in POPULATIONS], np.int8),
+             "flag_meanings": " ".join(p.kind for p in POPULATIONS)},
+    "state": {"long_name": "cell state, by type",
+              "comment": "tumor: 0 alive, 1 necrotic, 2 apoptotic, 3 killed; car_t: 0 effector, 1 engaged, "
+                         "2 exhausted; monocyte: 0 resting, 1 activated; granulocyte: 0"},
+    "id": {"long_name": "cell id, unique within its type for the whole run"},
+    "lineage": {"long_name": "id of the founding tumor cell of the cell's clone (-1: not a tumor cell)"},
+    "antigen": {"units": "1", "long_name": "tumor antigen density (NaN: not a tumor cell)"},
+    "exhaustion": {"units": "1", "long_name": "CAR T exhaustion (NaN: not a CAR T cell)"},
+}
 _DIMENSION_ONLY = "This is a netCDF dimension but not a netCDF variable."  # the netCDF-4 marker
 _SLOTS = ("slot0", "slot1")
 
@@ -57,43 +73,28 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def column_units(name: str, field_units: dict[str, str]) -> str:
-    """Units of a time-series column (docs/output.md lists them)."""
-    for field, units in field_units.items():
-        if name in (f"{field}_mean", f"{field}_min", f"{field}_max"):
-            return units
-    fixed = {"tick": "1", TIME_COLUMN: "min", "day": "day", "hypoxic_fraction": "1", "ph_mean": "pH",
-             "car_t_tumor_ratio": "1", "systemic_cytokine": "pg/mL", "crs_grade": "grade",
-             "car_t_kills": "kills"}
-    return fixed.get(name, "cells")
-
-
-def _scale(group, name: str, *, data=None, dtype="f8", units: str | None = None, long_name: str | None = None,
-           growing: bool = False, chunk: int = 1024, variable: bool = True):
+def _scale(group, name: str, *, data=None, dtype="f8", growing: bool = False, chunk: int = 1024,
+           variable: bool = True, **attrs):
     """A 1-D dimension scale (a netCDF dimension, and its coordinate unless ``variable``
-    is false)."""
+    is false) with CF attributes ``attrs``."""
     if growing:
         ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,))
     else:
         ds = group.create_dataset(name, data=np.asarray(data, dtype=dtype))
     ds.make_scale(name if variable else _DIMENSION_ONLY)
-    if units is not None:
-        ds.attrs["units"] = units
-    if long_name is not None:
-        ds.attrs["long_name"] = long_name
+    ds.attrs.update(attrs)
     return ds
 
 
-def _growing(group, name: str, dims, dtype, *, units: str | None = None, chunk: tuple[int, ...] = (1024,),
-             compress: bool = False):
-    """A dataset growing along its first axis, with the dimension scales ``dims``."""
+def _growing(group, name: str, dims, dtype, *, chunk: tuple[int, ...] = (1024,), compress: bool = False, **attrs):
+    """A dataset growing along its first axis, with the dimension scales ``dims`` and CF
+    attributes ``attrs``."""
     inner = tuple(len(d) for d in dims[1:])
     kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress else {}
     ds = group.create_dataset(name, shape=(0, *inner), maxshape=(None, *inner), dtype=dtype, chunks=chunk, **kw)
     for axis, d in enumerate(dims):
         ds.dims[axis].attach_scale(d)
-    if units is not None:
-        ds.attrs["units"] = units
+    ds.attrs.update(attrs)
     return ds
 
 
@@ -138,32 +139,37 @@ class RunFile:
                                   f"or --resume it")
         path.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(path, "w", track_order=True)
-        f.attrs.update({"format": FORMAT, "package_version": __version__, "status": "running",
-                        "started_utc": _now(), **attrs})
+        f.attrs.update({"Conventions": CONVENTIONS, "title": "tme_abm run",
+                        "source": f"tme_abm {__version__}", "format": FORMAT, "package_version": __version__,
+                        "status": "running", "started_utc": _now(), **attrs})
         f.create_dataset("config", data=config_yaml, dtype=h5py.string_dtype())
+        f["config"].attrs["long_name"] = "the run's resolved config (YAML)"
         ev = _scale(f, "event", dtype="i8", growing=True, chunk=64, variable=False)
-        _growing(f, "events", [ev], h5py.string_dtype(), chunk=(64,))
+        _growing(f, "events", [ev], h5py.string_dtype(), chunk=(64,),
+                 long_name="therapy events, one JSON object each")
 
         ts = f.create_group("timeseries", track_order=True)
-        _scale(ts, "time", units="min", long_name="simulated time since the start", growing=True)
+        _scale(ts, "time", growing=True, **column_attrs(TIME_COLUMN, {}))
 
         fg = f.create_group("fields", track_order=True)
-        ft = _scale(fg, "time", units="min", long_name="snapshot time", growing=True, chunk=256)
-        axes = [_scale(fg, a, data=np.arange(n) * spacing_um, units="um", long_name=f"{a} of the voxel")
+        ft = _scale(fg, "time", growing=True, chunk=256, units="min", long_name="snapshot time")
+        axes = [_scale(fg, a, data=np.arange(n) * spacing_um, units="um", axis=a.upper(),
+                       long_name=f"{a} coordinate of the voxel centre")
                 for a, n in zip(axis_names(len(lattice_shape)), lattice_shape)]
         for name, units in zip(field_names, field_units):
-            _growing(fg, name, [ft, *axes], dtype, units=units, chunk=(1, *lattice_shape), compress=True)
+            _growing(fg, name, [ft, *axes], dtype, chunk=(1, *lattice_shape), compress=True, units=units,
+                     long_name=f"{name} field")
 
         cg = f.create_group("cells", track_order=True)
-        ct = _scale(cg, "time", units="min", long_name="snapshot time", growing=True, chunk=256)
-        count = _growing(cg, "count", [ct], "i8", chunk=(256,))
-        count.attrs["sample_dimension"] = "cell"  # CF contiguous ragged array
-        count.attrs["long_name"] = "cells in each snapshot"
+        ct = _scale(cg, "time", growing=True, chunk=256, units="min", long_name="snapshot time")
+        # a CF contiguous ragged array: snapshot i is count[i] cells along the cell dimension
+        _growing(cg, "count", [ct], "i8", chunk=(256,), sample_dimension="cell", units="1",
+                 long_name="cells in each snapshot")
         cell = _scale(cg, "cell", dtype="i1", growing=True, chunk=65536, variable=False)
         for name, dt in CELL_COLUMNS.items():
             if name == "z" and len(lattice_shape) < 3:
                 continue
-            _growing(cg, name, [cell], dt, chunk=(16384,))
+            _growing(cg, name, [cell], dt, chunk=(16384,), **_CELL_ATTRS[name])
 
         ck = f.create_group("checkpoint")
         ck.attrs.update({"latest": "", "tick": -1, "time_min": np.nan})
@@ -197,7 +203,7 @@ class RunFile:
             self._columns = list(row)
             for k in row:
                 if k != TIME_COLUMN:
-                    _growing(ts, k, [ts["time"]], "f8", units=column_units(k, field_units))
+                    _growing(ts, k, [ts["time"]], "f8", **column_attrs(k, field_units))
         elif set(row) != set(self._columns):
             raise ValueError(f"time-series columns changed: {sorted(set(row) ^ set(self._columns))}")
         self._rows.append([float(row[k]) for k in self._columns])
@@ -357,7 +363,9 @@ def reading(path):
             raise RunFileError(f"{path}: HDF5 file but not a tme_abm run file (no 'format' attribute "
                                f"'tme_abm-run-N')")
         if fmt != FORMAT:
-            raise RunFileError(f"{path}: run file format {fmt!r}; this version of tme_abm reads {FORMAT!r}")
+            raise RunFileError(f"{path}: run file format {fmt!r}; this version of tme_abm reads {FORMAT!r} "
+                               f"(the file was written by tme_abm {f.attrs.get('package_version', '?')}: read it with "
+                               f"that version, or run its config again)")
         yield f
     except (OSError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, RunFileError):

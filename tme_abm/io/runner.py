@@ -60,7 +60,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
     else:
         run_file = RunFile.create(
             path, config_yaml=cfg.to_yaml(), overwrite=overwrite,
-            attrs={"seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype,
+            attrs={"title": f"tme_abm run {cfg.name}", "seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype,
                    "git_commit": _git_commit()},
             lattice_shape=model.lattice.shape, spacing_um=model.lattice.spacing_um,
             field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)

@@ -66,3 +66,42 @@ def cell_table(model) -> dict[str, np.ndarray]:
         cols["id"] = to_host(p.data["id"])
         parts.append(cols)
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+_COLUMN_ATTRS = {
+    "time_min": ("min", "simulated time since the start of the run"),
+    "tick": ("1", "ticks since the start of the run"),
+    "day": ("day", "day relative to the first infusion"),
+    "tumor_alive": ("1", "alive tumor cells on the lattice"),
+    "tumor_necrotic": ("1", "necrotic tumor cells on the lattice (not yet cleared)"),
+    "tumor_apoptotic": ("1", "apoptotic tumor cells on the lattice (not yet cleared)"),
+    "tumor_killed": ("1", "tumor cells killed by CAR T cells on the lattice (not yet cleared)"),
+    "tumor_antigen_negative": ("1", "alive tumor cells with antigen density below 0.05"),
+    "tumor_antigen_low": ("1", "alive tumor cells with antigen density from 0.05 to 0.3"),
+    "tumor_antigen_high": ("1", "alive tumor cells with antigen density of 0.3 or more"),
+    "car_t_effector": ("1", "CAR T cells on the lattice, not exhausted"),
+    "car_t_exhausted": ("1", "CAR T cells on the lattice, exhausted"),
+    "car_t_engaged": ("1", "CAR T cells on the lattice engaged with a tumor cell"),
+    "car_t_kills": ("1", "kills made by the CAR T cells now on the lattice"),
+    "monocytes": ("1", "monocytes on the lattice"),
+    "monocytes_activated": ("1", "activated monocytes on the lattice"),
+    "granulocytes": ("1", "granulocytes on the lattice"),
+    "ph_mean": ("1", "mean pH over the lattice, from the proton field"),
+    "hypoxic_fraction": ("1", "fraction of voxels with oxygen below output.hypoxic_threshold_mmHg"),
+    "car_t_tumor_ratio": ("1", "CAR T cells per alive tumor cell on the lattice"),
+    "burden": ("1", "tumor cells in the patient"),
+    "blood_car_t": ("1", "CAR T cells in the patient's blood"),
+    "systemic_cytokine": ("pg/mL", "systemic IL-6-like cytokine"),
+    "crs_grade": ("1", "cytokine release syndrome grade (0-4)"),
+}
+
+
+def column_attrs(name: str, field_units: dict[str, str]) -> dict[str, str]:
+    """CF ``units`` (UDUNITS; "1" for counts and other pure numbers) and ``long_name`` of a
+    row key (docs/output.md lists them)."""
+    for field, units in field_units.items():
+        for stat, word in (("mean", "mean"), ("min", "minimum"), ("max", "maximum")):
+            if name == f"{field}_{stat}":
+                return {"units": units, "long_name": f"{word} of the {field} field over the lattice"}
+    units, long_name = _COLUMN_ATTRS.get(name, ("1", name.replace("_", " ")))
+    return {"units": units, "long_name": long_name}
