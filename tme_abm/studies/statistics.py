@@ -1,51 +1,56 @@
-"""Statistics shared by sweeps and experiments: intervals for rates and means, ROC AUC
-with bootstrap intervals."""
+"""Statistics shared by sweeps and experiments, from SciPy: Wilson intervals for rates,
+t intervals for means, ROC AUC (the Mann-Whitney U statistic) with BCa bootstrap
+intervals, and the ROC curve, which SciPy lacks."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-Z95 = 1.959963984540054
+CONFIDENCE = 0.95
+
 
 def wilson(k: int, n: int) -> tuple[float, float]:
     """Wilson score 95% interval of a proportion k/n (NaN for n = 0)."""
     if n == 0:
         return math.nan, math.nan
-    p = k / n
-    den = 1 + Z95**2 / n
-    mid = (p + Z95**2 / (2 * n)) / den
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
-    # the interval contains p; min/max only absorb rounding at p = 0 or 1
-    return max(0.0, min(p, mid - half)), min(1.0, max(p, mid + half))
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    """Mean and its 95% t interval (NaN bounds for fewer than two values)."""
+    """Mean of the finite values of ``x`` and its 95% t interval (NaN bounds for fewer
+    than two values; the mean itself when they do not vary)."""
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return math.nan, math.nan, math.nan
     m = float(x.mean())
     if len(x) < 2:
         return m, math.nan, math.nan
-    from scipy import stats
+    sem = float(stats.sem(x))
+    if sem == 0.0:  # no spread: SciPy's interval is undefined (scale 0)
+        return m, m, m
+    lo, hi = stats.t.interval(CONFIDENCE, len(x) - 1, loc=m, scale=sem)
+    return m, float(lo), float(hi)
 
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
+
+def _auc(pos, neg, axis: int = -1):
+    """ROC AUC of positives ``pos`` against negatives ``neg``: the Mann-Whitney U of
+    ``pos`` over n_pos n_neg (ties count half), along ``axis``."""
+    u = stats.mannwhitneyu(pos, neg, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return u / (np.shape(pos)[axis] * np.shape(neg)[axis])
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for boolean ``label`` (Mann-Whitney U / n1 n0,
-    ties counted half); NaN if a class is empty."""
-    from scipy.stats import rankdata
-
-    pos, neg = int(label.sum()), int((~label).sum())
-    if pos == 0 or neg == 0:
+    """Area under the ROC curve of ``score`` for boolean ``label``; NaN if a class is empty."""
+    label = np.asarray(label, bool)
+    if label.all() or not label.any():
         return math.nan
-    ranks = rankdata(score)
-    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return float(_auc(score[label], score[~label]))
 
 
 def roc_curve(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,38 +62,50 @@ def roc_curve(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndar
     return fpr, tpr
 
 
+def _bootstrap(statistic, label: np.ndarray, seed: int, n_boot: int) -> tuple[float, float, np.ndarray]:
+    """BCa 95% interval and bootstrap distribution of ``statistic(pos_index, neg_index)``,
+    resampling the runs of each class apart (so no resample lacks a class; a statistic
+    of several predictors sees the same runs for each: a paired bootstrap). Where every
+    resample gives the same value (a perfect predictor), BCa is undefined and the
+    interval is that value."""
+    pos, neg = np.flatnonzero(label), np.flatnonzero(~label)
+    if min(len(pos), len(neg)) < 2:
+        return math.nan, math.nan, np.zeros(0)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA0C]))
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # handled below
+        res = stats.bootstrap((pos, neg), statistic, n_resamples=n_boot, confidence_level=CONFIDENCE,
+                              method="BCa", vectorized=True, rng=rng)
+    dist = res.bootstrap_distribution
+    if np.ptp(dist) == 0:
+        return float(dist[0]), float(dist[0]), dist
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), dist
+
+
 def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int = 2000) -> tuple[pd.DataFrame, dict]:
-    """ROC AUC of each predictor for durable response (CR or PR at the end of the run)
-    with a percentile bootstrap 95% interval, and the paired bootstrap of every
-    difference (same resamples); returns the table and {(a, b): (diff, low, high, p)}."""
+    """ROC AUC of each predictor (a column of ``runs``) for durable response (the boolean
+    column ``responded``) with a BCa bootstrap 95% interval, and the paired bootstrap of
+    every difference; returns the table and {(a, b): (difference, low, high, p)}, p the
+    two-sided bootstrap p value of a zero difference."""
     label = runs["responded"].to_numpy(bool)
     scores = {p: runs[p].to_numpy(float) for p in predictors}
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA0C]))
-    n = len(label)
-    boots = {p: [] for p in predictors}
-    for _ in range(n_boot if n else 0):
-        idx = rng.integers(0, n, n)
-        for p in predictors:
-            boots[p].append(roc_auc(scores[p][idx], label[idx]))
+
+    def auc_of(p):
+        return lambda pos, neg, axis=-1: _auc(scores[p][pos], scores[p][neg], axis)
+
     rows = []
     for p in predictors:
-        b = np.array(boots[p], float)
-        b = b[np.isfinite(b)]
-        lo, hi = (np.percentile(b, [2.5, 97.5]).tolist() if len(b) else (math.nan, math.nan))
-        rows.append({"predictor": p, "auc": roc_auc(scores[p], label), "ci_low": lo, "ci_high": hi, "runs": n,
-                     "responders": int(label.sum())})
+        lo, hi, _ = _bootstrap(auc_of(p), label, seed, n_boot)
+        rows.append({"predictor": p, "auc": roc_auc(scores[p], label), "ci_low": lo, "ci_high": hi,
+                     "runs": len(label), "responders": int(label.sum())})
     diffs = {}
     for a in predictors:
-        for b_ in predictors:
-            if a == b_:
+        for b in predictors:
+            if a == b:
                 continue
-            d = np.array(boots[a], float) - np.array(boots[b_], float)
-            d = d[np.isfinite(d)]
-            point = roc_auc(scores[a], label) - roc_auc(scores[b_], label)
-            if len(d):
-                lo, hi = np.percentile(d, [2.5, 97.5])
-                p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
-            else:
-                lo = hi = p = math.nan
-            diffs[(a, b_)] = (point, float(lo), float(hi), p)
+            fa, fb = auc_of(a), auc_of(b)
+            lo, hi, d = _bootstrap(lambda pos, neg, axis=-1: fa(pos, neg, axis) - fb(pos, neg, axis),
+                                   label, seed, n_boot)
+            p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else math.nan
+            diffs[(a, b)] = (roc_auc(scores[a], label) - roc_auc(scores[b], label), lo, hi, p)
     return pd.DataFrame(rows), diffs
