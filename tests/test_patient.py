@@ -12,7 +12,7 @@ from tme_abm.engine.backend import make_backend
 from tme_abm.config import ConfigError, validate_config
 from tme_abm.config.schema import PatientConfig
 from tme_abm.model import TMEModel
-from tme_abm.biology.outcomes import classify_response
+from tme_abm.biology.outcomes import OUTCOME_KEYS, classify_response
 from tme_abm.biology.patient import Systemic
 from tme_abm.biology.therapy import lq_survival, oxygen_dose_factor
 
@@ -188,6 +188,7 @@ def test_outcomes_are_reported_at_the_end():
     while m.running:
         m.step()
     out = m.outcomes()
+    assert tuple(out) == OUTCOME_KEYS  # the columns a sweep's outcome table declares
     assert out["response_at_assessment"] in ("CR", "PR", "SD", "PD")
     # no expansion: the pool peaks in the infusion tick (after that tick's arrivals) and only falls
     assert 250 < out["peak_blood_car_t"] <= 300 and out["peak_blood_car_t_day"] <= 0.01

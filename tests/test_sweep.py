@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 import tme_abm
+from tme_abm.engine.backend import _cupy_device_usable
 from tme_abm.studies.statistics import wilson
 from tme_abm.studies.summary import summarize_sweep
 from tme_abm.studies.sweep import SweepError, gpu_cluster, jobqueue_cluster, load_spec, run_sweep, tasks
+from tme_abm.studies.table import TableAppender, read_table, table_columns
 from tme_abm.viz.study_figures import sweep_figures
 
 ROOT = Path(__file__).parent.parent
@@ -86,8 +88,7 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            table = out / "outcomes.csv"
-            if table.exists() and len(pd.read_csv(table)) >= 2:
+            if (out / "outcomes.csv").exists() and len(read_table(out)) >= 2:
                 break
             time.sleep(0.1)
         time.sleep(0.5)
@@ -97,7 +98,7 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    kept = pd.read_csv(out / "outcomes.csv")
+    kept = read_table(out)
     assert 2 <= len(kept) < 6 and (kept["status"] == "complete").all()
     table = run_sweep(spec, out, workers=1, progress=False)
     assert len(table) == 6 and (table["status"] == "complete").all()
@@ -120,16 +121,27 @@ def test_slurm_job_script_has_the_requested_resources(tmp_path):
         assert expected in script, (expected, script)
 
 
-def test_gpu_workers_each_see_one_device():
+def test_gpu_workers_each_use_their_own_device():
+    """With dask-cuda and a GPU, each worker's first visible device (the one CuPy uses) is
+    its own; without them, --gpus is a one-line error naming the extra or the problem."""
+    try:
+        import dask_cuda  # noqa: F401
+        has_dask_cuda = True
+    except ImportError:
+        has_dask_cuda = False
+    if not (has_dask_cuda and _cupy_device_usable()[0] is not None):
+        with pytest.raises(SweepError, match="dask-cuda: pip install 'tme-abm\\[cuda12\\]'|cannot start GPU workers"):
+            gpu_cluster([0])
+        return
     from dask.distributed import Client
 
-    cluster = gpu_cluster([0, 1])
+    cluster = gpu_cluster([0])
     try:
         with Client(cluster) as client:
             seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
     finally:
         cluster.close()
-    assert sorted(seen.values()) == ["0", "1"]
+    assert [v.split(",")[0] for v in seen.values()] == ["0"]
 
 
 def test_summary_statistics_and_figures(two_workers):
@@ -176,3 +188,39 @@ def test_bad_specs_name_the_problem(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "sweep", bad, "--out", tmp_path / "o"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.startswith("error: ") and str(bad) in r.stderr
+
+
+def test_outcome_table_is_appended_row_by_row_and_read_as_the_last_row_per_task(tmp_path):
+    """Finished tasks are appended to the same file (no rewrite per task); a task's newer
+    row wins; a line cut short by a kill is ignored; closing compacts and sorts."""
+    table = TableAppender(tmp_path, ["car_t.initial_cells"])
+    path = tmp_path / "outcomes.csv"
+    inode, sizes = path.stat().st_ino, [path.stat().st_size]
+
+    def row(point, replicate, status, peak):
+        return {"point": point, "replicate": replicate, "seed": 7 + point, "car_t.initial_cells": 5 * point,
+                "path": f"runs/p{point}_r{replicate}.h5", "ran": True, "status": status,
+                "error": "" if status == "complete" else "RuntimeError: boom, with a comma\nand a newline",
+                "task_seconds": 1.5, "peak_blood_car_t": peak}
+
+    for r in (row(1, 0, "complete", 2.5e8), row(0, 1, "failed", None), row(0, 0, "complete", float("inf"))):
+        table.append(r)
+        sizes.append(path.stat().st_size)
+        assert path.stat().st_ino == inode and sizes[-1] > sizes[-2]
+    table.append(row(0, 1, "complete", 1e8))  # the failed task, run again
+    with open(path, "a") as fh:
+        fh.write("2,0,99,10,runs/p2_r0.h5,True,compl")  # a kill in the middle of a row
+    got = read_table(tmp_path)
+    assert list(zip(got["point"], got["replicate"])) == [(0, 0), (0, 1), (1, 0)]
+    assert list(got["status"]) == ["complete"] * 3 and list(got.columns) == table_columns(["car_t.initial_cells"])
+    assert got["peak_blood_car_t"].tolist() == [float("inf"), 1e8, 2.5e8] and got["ran"].dtype == bool
+    with pytest.raises(ValueError, match="unknown columns"):
+        table.append({**row(3, 0, "complete", 1.0), "mood": "good"})
+    table.close()
+    # compacted once, at the end (the empty error column now reads as floats)
+    pd.testing.assert_frame_equal(pd.read_csv(path), got, check_dtype=False)
+    assert path.read_text().count("\n") == 4
+    again = TableAppender(tmp_path, ["car_t.initial_cells"])  # a rerun appends to the compacted table
+    again.append(row(2, 0, "complete", 3.0))
+    again.close()
+    assert len(read_table(tmp_path)) == 4

@@ -16,6 +16,13 @@ import numpy as np
 
 PR_REDUCTION = 0.65
 PD_INCREASE = 0.73
+OUTCOME_KEYS = (
+    "baseline_burden", "response_at_assessment", "assessment_day", "response_at_end", "burden_ratio_at_end",
+    "nadir_burden", "time_to_nadir_days", "time_to_progression_days", "peak_blood_car_t", "peak_blood_car_t_day",
+    "peak_expansion_over_baseline_burden", "max_crs_grade", "peak_cytokine", "icans_score",
+    "antigen_negative_fraction_end",
+)
+"""The outcomes of a run, in the order :func:`compute_outcomes` gives them (docs/model.md)."""
 
 
 def classify_response(baseline: float, burden: float, tumor_alive: float) -> str:

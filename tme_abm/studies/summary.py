@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import SweepError
 from .statistics import mean_ci, wilson
-from .sweep import SweepError, read_manifest, read_table
+from .sweep import SweepSpec, problem, read_manifest, swept_keys
+from .table import read_table
 
 SENSITIVITY_OUTCOMES = ("burden_ratio_at_end", "peak_expansion_over_baseline_burden", "max_crs_grade",
                         "responded")
@@ -54,8 +56,6 @@ def sensitivity(manifest: dict, table: pd.DataFrame) -> pd.DataFrame | None:
     kind = spec["design"]["kind"]
     if kind not in ("morris", "sobol"):
         return None
-    from .sweep import SweepSpec, problem
-
     prob = problem(SweepSpec.model_validate({**spec, "base": spec["base"]}))
     x = np.asarray(manifest["samples"], dtype=float)
     done = table[table["status"] == "complete"].copy()
@@ -85,12 +85,6 @@ def sensitivity(manifest: dict, table: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def swept_parameters(manifest: dict) -> list[str]:
-    """The dotted config keys a sweep (its ``sweep.yaml`` manifest) varies."""
-    d = manifest["spec"]["design"]
-    return list(d["parameters"]) if d["kind"] != "list" else sorted(set().union(*d["points"]))
-
-
 def summarize_sweep(out_dir) -> dict[str, Path]:
     """Write ``summary/points.csv`` and (Morris/Sobol) ``summary/sensitivity.csv`` for a
     sweep folder; returns what was written by name (figures:
@@ -98,7 +92,7 @@ def summarize_sweep(out_dir) -> dict[str, Path]:
     out = Path(out_dir)
     manifest = read_manifest(out)
     table = read_table(out)
-    params = swept_parameters(manifest)
+    params = swept_keys(SweepSpec.model_validate(manifest["spec"]))
     folder = out / "summary"
     folder.mkdir(exist_ok=True)
     points = per_point(table, params)

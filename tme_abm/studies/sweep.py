@@ -13,7 +13,6 @@ docs/sweeps.md describes specs, clusters and the summary.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -26,13 +25,10 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, read_yaml
+from .errors import SweepError
+from .table import TableAppender, read_table
 
-TABLE = "outcomes.csv"
 SAMPLED = ("random", "lhs", "sobol", "morris")
-
-
-class SweepError(ValueError):
-    """A sweep spec or sweep folder that cannot be used (names the file and problem)."""
 
 
 class DesignConfig(Strict):
@@ -205,6 +201,12 @@ def task_seed(sweep_seed: int, point: int, replicate: int) -> int:
     return int(state >> np.uint64(1))
 
 
+def swept_keys(spec: SweepSpec) -> list[str]:
+    """The dotted config keys the design varies (a list design: every key any point sets)."""
+    d = spec.design
+    return list(d.parameters) if d.kind != "list" else sorted(set().union(*d.points))
+
+
 def tasks(spec: SweepSpec) -> list[Task]:
     return [Task(i, r, task_seed(spec.seed, i, r), p)
             for i, p in enumerate(design_points(spec)) for r in range(spec.replicates)]
@@ -291,13 +293,18 @@ def jobqueue_cluster(spec: SweepSpec):
 
 
 def gpu_cluster(gpus: list[int]):
-    """One single-threaded worker process per GPU, each seeing only its device
-    (CUDA_VISIBLE_DEVICES set in the worker's environment before CUDA starts)."""
-    from dask.distributed import Nanny, Scheduler, SpecCluster
-
-    workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
-               for g in gpus}
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
+    """One single-threaded worker process per listed GPU: dask-cuda's LocalCUDACluster,
+    which puts each worker's own device first in its CUDA_VISIBLE_DEVICES (the device
+    CuPy then uses)."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise SweepError("--gpus needs dask-cuda: pip install 'tme-abm[cuda12]'") from None
+    try:
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(gpus), threads_per_worker=1, dashboard_address=":0")
+    except Exception as exc:  # no driver, no such device: one line for the user
+        raise SweepError(f"--gpus {','.join(map(str, gpus))}: cannot start GPU workers "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
@@ -317,39 +324,26 @@ def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)
     todo = tasks(spec)
-    rows: dict[tuple[int, int], dict] = {}
+    failed = 0
     client, cluster = _client(spec, workers, scheduler, gpus)
+    table = TableAppender(out, swept_keys(spec))
     try:
         futures = [client.submit(run_task, str(base), task_overrides(spec, t.params), t, str(out),
                                  key=f"{spec.name}-{t.name}", pure=False) for t in todo]
         bar = tqdm(total=len(futures), unit="run", desc=spec.name, disable=not progress)
         for fut in as_completed(futures):
             row = fut.result()
-            rows[(row["point"], row["replicate"])] = row
-            write_table(out, rows.values())
-            bar.set_postfix(failed=sum(r["status"] != "complete" for r in rows.values()), refresh=False)
+            table.append(row)
+            failed += row["status"] != "complete"
+            bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
         bar.close()
     finally:
+        table.close()
         client.close()
         if cluster is not None:
             cluster.close()
     return read_table(out)
-
-
-def write_table(out: Path, rows) -> None:
-    """Rewrite ``outcomes.csv`` atomically, one row per finished task, sorted by task."""
-    df = pd.DataFrame(sorted(rows, key=lambda r: (r["point"], r["replicate"])))
-    tmp = out / f".{TABLE}.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out / TABLE)
-
-
-def read_table(out) -> pd.DataFrame:
-    path = Path(out) / TABLE
-    if not path.exists():
-        raise SweepError(f"{path}: no outcomes table (has the sweep run?)")
-    return pd.read_csv(path)
 
 
 def _write_manifest(spec: SweepSpec, base: Path, out: Path) -> None:

@@ -12,8 +12,7 @@ from matplotlib.figure import Figure
 
 from ..studies.experiments.spec import LOG_SERIES, SERIES
 from ..studies.statistics import roc_curve
-from ..studies.summary import swept_parameters
-from ..studies.sweep import read_manifest
+from ..studies.sweep import SweepSpec, read_manifest, swept_keys
 
 
 def experiment_figures(out_dir) -> dict[str, Path]:
@@ -39,7 +38,7 @@ def sweep_figures(out_dir) -> dict[str, Path]:
     """Draw a summarised sweep folder's figures (``summary/outcomes_vs_<parameter>.png``);
     returns their paths by name."""
     out = Path(out_dir)
-    params = swept_parameters(read_manifest(out))
+    params = swept_keys(SweepSpec.model_validate(read_manifest(out)["spec"]))
     points = pd.read_csv(out / "summary" / "points.csv")
     return {p.stem: p for p in outcomes_vs_parameter_figures(points, params, out / "summary")}
 

@@ -17,7 +17,8 @@ from scipy import stats
 from ...config import ConfigError, load_config
 from ...io import open_run
 from ..statistics import auc_table, mean_ci, wilson
-from ..sweep import SweepSpec, read_manifest, read_table, task_overrides
+from ..sweep import SweepSpec, read_manifest, task_overrides
+from ..table import read_table
 from .report import report_markdown
 from .spec import CONTINUOUS, GROUPS, RATES, Expectation, arm_names, experiment_config
 

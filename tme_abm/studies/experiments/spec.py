@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from ...config import Strict, format_validation_error
-from ..sweep import SweepError, SweepSpec, design_points, load_spec
+from ..errors import SweepError
+from ..sweep import SweepSpec, design_points, load_spec
 
 EXPERIMENTS_DIR = Path("configs") / "experiments"
 RATES = {"response_rate": "responded", "cr_rate": "complete_response", "severe_crs_rate": "severe_crs",
