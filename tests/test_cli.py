@@ -94,3 +94,29 @@ def test_bench_model_reports_throughput_and_stages():
 def test_shipped_configs_are_valid(name):
     r = cli("validate", ROOT / "configs" / f"{name}.yaml")
     assert r.returncode == 0, r.stderr
+
+
+def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path):
+    """With dask, SALib and matplotlib unimportable (a core install), a run works and the
+    commands that need an extra say which one in one line."""
+    blocker = ("import sys; sys.modules.update(dict.fromkeys(['dask', 'distributed', 'SALib', 'matplotlib'])); "
+               "from tme_abm.cli import main; sys.argv[0] = 'tme-abm'; main()")
+    env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
+
+    def lean(*args):
+        return subprocess.run([sys.executable, "-c", blocker, *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    out = tmp_path / "lean.h5"
+    r = lean("run", QUICK, "--out", out, "--set", "time.duration_days=0.05", "-q")
+    assert r.returncode == 0, r.stderr
+    r = lean("summarize", out)
+    assert r.returncode == 0 and "status complete" in r.stdout, r.stderr
+    for args, extra in ((("report", out), "report"), (("sweep", ROOT / "configs/sweeps/burden.yaml", "--out",
+                                                        tmp_path / "s"), "sweeps"),
+                        (("experiment", "--list"), "sweeps")):
+        r = lean(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"error: tme-abm {args[0]} needs the '{extra}' extra "
+            f"({'matplotlib' if extra == 'report' else 'dask'} is not installed): pip install 'tme-abm[{extra}]'"]

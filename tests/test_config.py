@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tme_abm.config import (ConfigError, accuracy_warnings, apply_overrides, check_memory, load_config,
-                            memory_estimate_bytes, validate_config)
+from tme_abm.config import (
+    ConfigError,
+    accuracy_warnings,
+    apply_overrides,
+    check_memory,
+    load_config,
+    memory_estimate_bytes,
+    validate_config,
+)
 from tme_abm.engine.backend import make_backend
+from tme_abm.model import TMEModel
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -45,7 +53,8 @@ def test_typo_key_is_named_with_suggestion_and_file(tmp_path):
     "data, needle",
     [
         ({"time": {"tick_min": -1}}, "time.tick_min: value -1"),
-        ({"fields": {"oxygen": {"diffusion_um2_per_min": "fast"}}}, "fields.oxygen.diffusion_um2_per_min: value 'fast'"),
+        ({"fields": {"oxygen": {"diffusion_um2_per_min": "fast"}}},
+         "fields.oxygen.diffusion_um2_per_min: value 'fast'"),
         ({"lattice": {"dims": 3, "shape": [10, 10]}}, "has 2 entries but dims is 3"),
         ({"lattice": {"vessels": {"density": 1.5}}}, "lattice.vessels.density: value 1.5"),
         ({"tumor": {"radius_sites": 500}}, "does not fit the lattice"),
@@ -95,8 +104,6 @@ def test_extra_field_declared_in_config_is_solved():
                            "initial": 1.0, "secretion_per_min": {"tumor": 0.5}}},
     })
     assert "il2" in cfg.enabled_fields
-    from tme_abm.model import TMEModel
-
     m = TMEModel(cfg, backend=make_backend("numpy", "float64"))
     assert m.fields.names[-1] == "il2" and m.fields.units[-1] == "pg/mL"
     before = float(m.fields.field("il2").sum())

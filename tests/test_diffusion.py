@@ -7,8 +7,7 @@ import pytest
 
 from tme_abm.engine.backend import make_backend
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
-from tme_abm.engine.diffusion.thomas import (axis_coefficients, rotate_numpy, thomas_sweep_numpy,
-                                             thomas_sweep_sink_numpy)
+from tme_abm.engine.diffusion.thomas import axis_coefficients, rotate_numpy, thomas_sweep_numpy, thomas_sweep_sink_numpy
 
 DX = 20.0
 

@@ -10,12 +10,16 @@ import math
 import subprocess
 import sys
 
+import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from dask.distributed import LocalCluster
 from scipy import stats
 
+from tme_abm.io import open_run, run
+from tme_abm.model import TMEModel
 from tme_abm.studies.experiments import analyse, available, find, load, run_experiment
 from tme_abm.studies.experiments.analysis import compare, trend, verdict
 from tme_abm.studies.experiments.spec import GROUPS, RATES
@@ -23,7 +27,8 @@ from tme_abm.studies.statistics import auc_table, roc_auc, wilson
 from tme_abm.studies.sweep import SweepError, design_points
 from tme_abm.viz.study_figures import experiment_figures
 
-NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme", "surrogate"]
+NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme",
+         "surrogate"]
 VERDICTS = {"reproduced", "same direction, not significant", "not reproduced (no difference)",
             "not reproduced (opposite direction)", "not reproduced (opposite direction), significant",
             "inconclusive (no data)"}
@@ -31,8 +36,6 @@ VERDICTS = {"reproduced", "same direction, not significant", "not reproduced (no
 
 @pytest.fixture(scope="module")
 def scheduler():
-    from dask.distributed import LocalCluster
-
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     yield cluster.scheduler_address
     cluster.close()
@@ -95,8 +98,6 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     assert (most <= arms.set_index("arm")["runs"].reindex(most.index)).all()
     assert tc["day"].min() < 0 < tc["day"].max()
     pngs = ["outcomes_png", "timecourse_png"] + (["roc_png"] if exp.analysis == "surrogate" else [])
-    import matplotlib.image as mpimg
-
     for key in pngs:
         img = mpimg.imread(w[key])
         assert img.shape[0] >= 300 and img.shape[1] >= 400 and img[..., :3].std() > 0.01, key
@@ -219,10 +220,6 @@ def test_cli_lists_experiments_and_names_an_unknown_one():
 def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tmp_path):
     """Run.calibration() reads kills from the tumor_killed count (cleared after 1440 min);
     checked against kills tracked cell by cell in a model stepped by hand."""
-    from tme_abm.io import open_run
-    from tme_abm.model import TMEModel
-    from tme_abm.io import run
-
     over = {"lattice.shape": [40, 40], "tumor.radius_sites": 8, "time.duration_days": 2.0,
             "car_t.initial_cells": 60, "seed": 5}
     m = TMEModel(find("burden").parent.parent / "quickstart.yaml", **over)

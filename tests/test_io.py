@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.image import imread
 
 import tme_abm
 from tme_abm.config import load_config
@@ -108,8 +109,8 @@ def test_writer_round_trip_of_synthetic_arrays(tmp_path):
                          field_units=["uM", "mmHg"], dtype="float64")
     rows = [{"tick": float(i), "time_min": 6.0 * i, "a_mean": v, "tumor_alive": float(i)}
             for i, v in enumerate([0.5, np.nan, np.inf, -2.0])]
-    for row in rows:
-        w.append_row(row, {"a": "uM"})
+    for r in rows:
+        w.append_row(r, {"a": "uM"})
     snaps = [rng.normal(size=(2, 5, 4, 3)) for _ in range(3)]
     tables = []
     for i, s in enumerate(snaps):
@@ -277,8 +278,6 @@ def test_open_runs_table_and_summarize(tmp_path, reference):
 
 
 def test_report_writes_figures_that_differ_between_runs(tmp_path, reference):
-    from matplotlib.image import imread
-
     other = tmp_path / "other.h5"
     run(small("seed=5", "car_t.initial_cells=60"), other, quiet=True)
     written = {}

@@ -6,8 +6,8 @@ import mesa
 import numpy as np
 
 from tme_abm.biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
-from tme_abm.engine.backend import make_backend
 from tme_abm.config import validate_config
+from tme_abm.engine.backend import make_backend
 from tme_abm.model import REPORTED, TMEModel
 
 BE = make_backend("numpy", "float64")

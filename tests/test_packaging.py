@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tme_abm.engine.backend import make_backend
+from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
 from tme_abm.engine.diffusion.cuda import SOURCE
 
 ROOT = Path(__file__).parent.parent
@@ -60,8 +61,6 @@ def test_nvcc_compiles_kernel(cu, tmp_path):
 def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
     if not has_cuda:
         pytest.skip("no usable CUDA device")
-    from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
-
     gpu = make_backend("cupy", dtype)
     cpu = make_backend("numpy", dtype)
     rng = np.random.default_rng(0)

@@ -7,14 +7,15 @@ import math
 
 import numpy as np
 import pytest
+from test_rules import fixed
 
-from tme_abm.engine.backend import make_backend
-from tme_abm.config import ConfigError, validate_config
-from tme_abm.config.schema import PatientConfig
-from tme_abm.model import TMEModel
 from tme_abm.biology.outcomes import OUTCOME_KEYS, classify_response
 from tme_abm.biology.patient import Systemic
 from tme_abm.biology.therapy import lq_survival, oxygen_dose_factor
+from tme_abm.config import ConfigError, validate_config
+from tme_abm.config.schema import PatientConfig
+from tme_abm.engine.backend import make_backend
+from tme_abm.model import TMEModel
 
 BE = make_backend("numpy", "float64")
 
@@ -119,8 +120,6 @@ def test_infused_cells_are_conserved_between_blood_and_lattice():
 
 
 def test_events_fire_at_their_time_and_change_what_they_should():
-    from test_rules import fixed
-
     cfg = small_patient([{"kind": "resection", "day": -1.0, "fraction": 0.5},
                          {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
                         time={"tick_min": 6, "duration_days": 3, "field_substeps": 1},
@@ -158,8 +157,6 @@ def test_resection_of_a_region_removes_exactly_the_cells_inside_it():
 
 
 def test_radiotherapy_kills_the_lq_fraction_and_spares_hypoxic_cells():
-    from test_rules import fixed
-
     def killed(o2):
         cfg = small_patient([{"kind": "radiotherapy", "day": 0.0, "dose_gy": 4.0}],
                             tumor={"archetype": "dispersed", "initial_cells": 1200},

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tme_abm.engine.backend import make_backend
 from tme_abm.biology.populations import CELL_TYPES
-from tme_abm.config import validate_config
-from tme_abm.model import TMEModel
+from tme_abm.biology.populations.population import occurs
 from tme_abm.biology.rules import RuleSet, apply_edits
+from tme_abm.biology.rules import hill as hill_impl
+from tme_abm.config import validate_config
+from tme_abm.engine.backend import make_backend
+from tme_abm.model import TMEModel
 
 BE = make_backend("numpy", "float64")
 SEEDS = range(5)
@@ -62,8 +64,6 @@ def hill(s, K, n):
 
 @pytest.mark.parametrize("power", [1, 2, 3, 6, 8, 2.5, 40])
 def test_hill_function_matches_its_closed_form(power):
-    from tme_abm.biology.rules import hill as hill_impl
-
     s = np.array([0.0, 0.1, 1.0, 4.9, 5.0, 7.0, 100.0, 1e30])
     expected = np.array([x**power / (5.0**power + x**power) if x < 1e3 else 1.0 for x in s])
     np.testing.assert_allclose(hill_impl(s, 5.0, power, np), expected, rtol=1e-12, atol=1e-300)
@@ -71,8 +71,6 @@ def test_hill_function_matches_its_closed_form(power):
 
 
 def test_occurs_equals_the_direct_bernoulli_test():
-    from tme_abm.biology.populations.population import occurs
-
     rng = np.random.default_rng(4)
     u = rng.random(200_000)
     rates = np.concatenate([rng.random(100_000) * 1e-3, rng.random(100_000) * 5.0])

@@ -3,6 +3,7 @@ independence, failures, re-runs, a killed sweep, job scripts, summaries."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from dask.distributed import Client
 
 import tme_abm
 from tme_abm.engine.backend import _cupy_device_usable
@@ -124,17 +126,10 @@ def test_slurm_job_script_has_the_requested_resources(tmp_path):
 def test_gpu_workers_each_use_their_own_device():
     """With dask-cuda and a GPU, each worker's first visible device (the one CuPy uses) is
     its own; without them, --gpus is a one-line error naming the extra or the problem."""
-    try:
-        import dask_cuda  # noqa: F401
-        has_dask_cuda = True
-    except ImportError:
-        has_dask_cuda = False
-    if not (has_dask_cuda and _cupy_device_usable()[0] is not None):
+    if not (importlib.util.find_spec("dask_cuda") and _cupy_device_usable()[0] is not None):
         with pytest.raises(SweepError, match="dask-cuda: pip install 'tme-abm\\[cuda12\\]'|cannot start GPU workers"):
             gpu_cluster([0])
         return
-    from dask.distributed import Client
-
     cluster = gpu_cluster([0])
     try:
         with Client(cluster) as client:

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 
-from .engine.backend import make_backend
 from .biology.defaults import default_fields
+from .engine.backend import make_backend
 from .engine.diffusion import DiffusionSolver
+from .model import TMEModel
 
 
 def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str = "auto",
@@ -62,8 +63,6 @@ def bench_model(config) -> dict:
     Agent-updates are cells x ticks summed over the run (every living cell is updated
     once per tick); reported with the wall time per simulated day and per stage.
     """
-    from .model import TMEModel
-
     model = TMEModel(config)
     model.backend.synchronize()
     updates = 0

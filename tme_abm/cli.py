@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from .engine.backend import BACKEND_CHOICES, BackendError
 from .config import ConfigError, accuracy_warnings, load_config
+from .engine.backend import BACKEND_CHOICES, BackendError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tme_abm: agent-based tumor microenvironment simulator under CAR T therapy.")
@@ -19,13 +19,31 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (speed figures fo
 app.add_typer(bench_app, name="bench")
 
 
+EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps"}
+"""Top-level modules of the optional extras, and the extra that installs each."""
+
+
+@contextmanager
+def _needs_extras(command: str):
+    """Import a command's modules inside this block: a missing optional extra is a one-line
+    error naming the extra to install, not a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        _fail(f"tme-abm {command} needs the {EXTRAS[top]!r} extra ({top} is not installed): "
+              f"pip install 'tme-abm[{EXTRAS[top]}]'")
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _load(config: Path, overrides: Optional[List[str]], backend: Optional[str] = None,
-          seed: Optional[int] = None):
+def _load(config: Path, overrides: list[str] | None, backend: str | None = None,
+          seed: int | None = None):
     extra = list(overrides or [])
     if backend is not None:
         if backend not in BACKEND_CHOICES:
@@ -42,12 +60,12 @@ def _load(config: Path, overrides: Optional[List[str]], backend: Optional[str] =
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="YAML config file"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run file (default runs/<name>.h5)"),
-    backend: Optional[str] = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
-    seed: Optional[int] = typer.Option(None, help="random seed (overrides the config)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set fields.oxygen.decay_per_min=0.2"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run file (default runs/<name>.h5)"),
+    backend: str | None = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
+    seed: int | None = typer.Option(None, help="random seed (overrides the config)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set fields.oxygen.decay_per_min=0.2"),
     overwrite: bool = typer.Option(False, help="replace an existing run file"),
-    resume: Optional[Path] = typer.Option(None, help="continue this interrupted run file from its last checkpoint "
+    resume: Path | None = typer.Option(None, help="continue this interrupted run file from its last checkpoint "
                                                      "(same config and options as the first run)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -76,8 +94,8 @@ def summarize(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Print a run's status and outcomes."""
-    from .io.readers import open_run, summary_text
     from .io import RunFileError
+    from .io.readers import open_run, summary_text
 
     try:
         r = open_run(run_file)
@@ -90,13 +108,15 @@ def summarize(
 @app.command()
 def report(
     run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the figures (default <RUN>_report/)"),
-    days: Optional[List[float]] = typer.Option(None, "--day", help="snapshot day to show (repeatable; default "
+    out: Path | None = typer.Option(None, "--out", "-o", help="folder for the figures (default <RUN>_report/)"),
+    days: list[float] | None = typer.Option(None, "--day", help="snapshot day to show (repeatable; default "
                                                                    "first, middle, last)"),
 ) -> None:
     """Write PNG figures and an HTML and text summary of a run."""
     from .io import RunFileError
-    from .viz.report import write_report
+
+    with _needs_extras("report"):
+        from .viz.report import write_report
 
     folder = out if out is not None else run_file.with_name(run_file.stem + "_report")
     try:
@@ -110,11 +130,11 @@ def report(
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="YAML config file"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key, as for run"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key, as for run"),
 ) -> None:
     """Check a config; exit 0 if valid, non-zero with the problems otherwise."""
-    from .engine.backend import host_available_memory_bytes
     from .config import check_memory, memory_estimate_bytes
+    from .engine.backend import host_available_memory_bytes
 
     cfg = _load(config, set_)
     try:
@@ -133,14 +153,15 @@ def validate(
 def sweep(
     spec: Path = typer.Argument(..., help="sweep spec (YAML, e.g. configs/sweeps/burden.yaml)"),
     out: Path = typer.Option(..., "--out", "-o", help="sweep folder: runs/, outcomes.csv, sweep.yaml"),
-    workers: Optional[int] = typer.Option(None, min=1, help="local worker processes (default 1)"),
-    scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler, e.g. tcp://host:8786"),
-    gpus: Optional[str] = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1,2,3"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key of every run"),
+    workers: int | None = typer.Option(None, min=1, help="local worker processes (default 1)"),
+    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler, e.g. tcp://host:8786"),
+    gpus: str | None = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1,2,3"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key of every run"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run every (point, replicate) of a sweep on Dask; finished runs are skipped."""
-    from .studies.sweep import SweepError, run_sweep
+    with _needs_extras("sweep"):
+        from .studies.sweep import SweepError, run_sweep
 
     try:
         table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=_gpu_ids(gpus), extra_set=set_,
@@ -159,9 +180,10 @@ def sweep_summary(
     folder: Path = typer.Argument(..., metavar="DIR", help="sweep folder written by tme-abm sweep"),
 ) -> None:
     """Per-point statistics, figures and (Morris/Sobol) sensitivity indices of a sweep."""
-    from .studies.summary import summarize_sweep
-    from .studies.sweep import SweepError
-    from .viz.study_figures import sweep_figures
+    with _needs_extras("sweep-summary"):
+        from .studies.summary import summarize_sweep
+        from .studies.sweep import SweepError
+        from .viz.study_figures import sweep_figures
 
     try:
         written = summarize_sweep(folder)
@@ -174,20 +196,21 @@ def sweep_summary(
 
 @app.command()
 def experiment(
-    name: Optional[str] = typer.Argument(None, help="experiment name (configs/experiments/NAME.yaml) or spec file"),
+    name: str | None = typer.Argument(None, help="experiment name (configs/experiments/NAME.yaml) or spec file"),
     quick: bool = typer.Option(False, help="the small variant (minutes on a laptop; checks the pipeline)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default runs/experiments/NAME[-quick])"),
-    workers: Optional[int] = typer.Option(None, min=1, help="local worker processes (default 1)"),
-    scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler"),
-    gpus: Optional[str] = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="folder (default runs/experiments/NAME[-quick])"),
+    workers: int | None = typer.Option(None, min=1, help="local worker processes (default 1)"),
+    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
+    gpus: str | None = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1"),
     list_: bool = typer.Option(False, "--list", help="list the experiments and their questions"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run one experiment (a sweep with a question and expected directions) and write its
     table, figures and report under OUT/experiment/."""
-    from .studies.experiments import available, experiment_config, find, run_experiment
-    from .studies.sweep import SweepError, load_spec
-    from .viz.study_figures import experiment_figures
+    with _needs_extras("experiment"):
+        from .studies.experiments import available, experiment_config, find, run_experiment
+        from .studies.sweep import SweepError, load_spec
+        from .viz.study_figures import experiment_figures
 
     if list_ or name is None:
         for n in available():
@@ -211,7 +234,7 @@ def experiment(
         raise typer.Exit(1)
 
 
-def _gpu_ids(gpus: Optional[str]) -> Optional[list]:
+def _gpu_ids(gpus: str | None) -> list | None:
     if gpus is None:
         return None
     try:
@@ -263,9 +286,9 @@ def bench_diffusion_cmd(
 @bench_app.command("model")
 def bench_model_cmd(
     config: Path = typer.Argument(..., help="YAML config file"),
-    days: Optional[float] = typer.Option(None, help="simulate only this many days"),
-    backend: Optional[str] = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set lattice.shape=[400,400]"),
+    days: float | None = typer.Option(None, help="simulate only this many days"),
+    backend: str | None = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set lattice.shape=[400,400]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Agent-updates per second and wall time per simulated day of a whole model run."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-
 from typing import Any
 
 

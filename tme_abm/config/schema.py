@@ -352,7 +352,7 @@ class ResectionEvent(_Event):
     """Fraction of the tumor cells removed: the outermost first when ``order: outside``
     (a surgeon takes the mass from its edge in), at random when ``order: random``."""
     order: Literal["outside", "random"] = "outside"
-    region: "ResectionRegion | None" = None
+    region: ResectionRegion | None = None
     """Remove the tumor cells inside this ball instead of a fraction."""
     wound_cytokine: NonNegFloat = 50.0
     """Pulse of systemic cytokine (pg/mL-like) from the wound."""
@@ -556,7 +556,8 @@ class Config(Strict):
             if e.kind == "infusion":
                 for ed in e.product.edits:
                     if ed not in self.edits:
-                        raise ValueError(f"therapy.{i}.product.edits: unknown edit {ed!r}; defined: {', '.join(self.edits)}")
+                        raise ValueError(f"therapy.{i}.product.edits: unknown edit {ed!r}; "
+                                         f"defined: {', '.join(self.edits)}")
 
     def _check_signal(self, key: str, signal: str, kind: str) -> None:
         if signal.startswith("contact:"):

@@ -10,8 +10,8 @@ no population is systematically first.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import rng as crng
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 import yaml
 
 from ..config import Config, ConfigError, validate_config
@@ -53,7 +54,8 @@ class Run:
         try:
             return validate_config(yaml.safe_load(self.config_yaml))
         except ConfigError as exc:
-            raise RunFileError(f"{self.path}: stored config does not validate with this tme_abm version: {exc}")
+            raise RunFileError(f"{self.path}: stored config does not validate with this tme_abm version: "
+                               f"{exc}") from None
 
     # ---- time series -------------------------------------------------------------------
 
@@ -68,8 +70,6 @@ class Run:
 
     def timeseries_xr(self):
         """The time series as an xarray Dataset over dimension ``time`` (minutes), with units."""
-        import xarray as xr
-
         ts = self.timeseries
         with reading(self.path) as f:
             units = {k: f["timeseries"][k].attrs.get("units", "") for k in f["timeseries"]}
@@ -81,8 +81,6 @@ class Run:
     def fields(self):
         """Field snapshots as an xarray Dataset, dimensions (time, [z,] y, x), with units.
         Complete snapshots only; the data are read when used."""
-        import xarray as xr
-
         try:
             return xr.open_dataset(self.path, engine="h5netcdf", group="fields")
         except (OSError, ValueError) as exc:

@@ -34,7 +34,6 @@ import numpy as np
 from ..biology.populations import POPULATIONS
 from ..engine.lattice import axis_names
 from ..model import column_attrs
-
 from ..version import __version__
 
 FORMAT = "tme_abm-run-3"
@@ -70,7 +69,7 @@ class RunFileError(ValueError):
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _scale(group, name: str, *, data=None, dtype="f8", growing: bool = False, chunk: int = 1024,
@@ -124,7 +123,7 @@ class RunFile:
 
     @classmethod
     def create(cls, path, *, config_yaml: str, attrs: dict, lattice_shape, spacing_um: float,
-               field_names, field_units, dtype: str, overwrite: bool = False) -> "RunFile":
+               field_names, field_units, dtype: str, overwrite: bool = False) -> RunFile:
         """A new run file with its groups and coordinates; refuses to replace an existing
         file unless ``overwrite``.
 
@@ -177,7 +176,7 @@ class RunFile:
         return cls(f)
 
     @classmethod
-    def reopen(cls, path) -> "RunFile":
+    def reopen(cls, path) -> RunFile:
         """Open an existing run file to continue it (see :meth:`rewind`)."""
         with reading(path) as f:
             status = str(f.attrs.get("status", ""))

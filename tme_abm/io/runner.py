@@ -60,15 +60,16 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
     else:
         run_file = RunFile.create(
             path, config_yaml=cfg.to_yaml(), overwrite=overwrite,
-            attrs={"title": f"tme_abm run {cfg.name}", "seed": cfg.seed, "backend": backend.name, "device": backend.device, "dtype": cfg.dtype,
-                   "git_commit": _git_commit()},
+            attrs={"title": f"tme_abm run {cfg.name}", "seed": cfg.seed, "backend": backend.name,
+                   "device": backend.device, "dtype": cfg.dtype, "git_commit": _git_commit()},
             lattice_shape=model.lattice.shape, spacing_um=model.lattice.spacing_um,
             field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)
     t0 = time.perf_counter()
     try:
         with _sigterm_raises():
             _advance(model, run_file, cfg, quiet)
-        run_file.f.attrs["wall_seconds"] = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
+        wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
+        run_file.f.attrs["wall_seconds"] = wall
         run_file.write_outcomes(model.outcomes())
     except BaseException as exc:
         run_file.finish("failed", f"{type(exc).__name__}: {exc}")

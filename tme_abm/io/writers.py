@@ -24,7 +24,7 @@ class Every:
     at_end: bool = True
 
     @classmethod
-    def minutes(cls, interval_min: float, tick_min: float, at_end: bool = True) -> "Every":
+    def minutes(cls, interval_min: float, tick_min: float, at_end: bool = True) -> Every:
         """Every ``interval_min`` minutes, rounded to whole ticks (at least one)."""
         return cls(max(1, round(interval_min / tick_min)), at_end)
 

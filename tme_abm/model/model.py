@@ -13,8 +13,8 @@ from ..biology.patient import Product, Systemic
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
-from ..engine.backend import Backend, make_backend
 from ..config import check_memory, resolve_config
+from ..engine.backend import Backend, make_backend
 from ..engine.lattice import Lattice, vessel_sites
 from ..engine.schedule import Stage, StagedScheduler
 from .readouts import REPORTED, row

@@ -52,9 +52,10 @@ def _derived_field_summaries(model) -> dict[str, float]:
 
 def cell_table(model) -> dict[str, np.ndarray]:
     """Every cell now, as host columns of equal length: the lattice indices of its site
-    along each axis, named in C order (``y``, ``x``; ``z``, ``y``, ``x`` in 3D; int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
-    4 granulocyte), ``id`` (int64, unique within a type), and the columns of
-    :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
+    along each axis, named in C order (``y``, ``x``; ``z``, ``y``, ``x`` in 3D; int32),
+    ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte, 4 granulocyte), ``id``
+    (int64, unique within a type), and the columns of :meth:`Population.snapshot`
+    (state, lineage, antigen, exhaustion)."""
     to_host = model.backend.to_host
     parts = []
     for p in model.populations:

@@ -82,6 +82,11 @@ def _bootstrap(statistic, label: np.ndarray, seed: int, n_boot: int) -> tuple[fl
     return float(res.confidence_interval.low), float(res.confidence_interval.high), dist
 
 
+def _difference(f, g):
+    """The statistic ``f - g`` (same arguments)."""
+    return lambda pos, neg, axis=-1: f(pos, neg, axis) - g(pos, neg, axis)
+
+
 def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int = 2000) -> tuple[pd.DataFrame, dict]:
     """ROC AUC of each predictor (a column of ``runs``) for durable response (the boolean
     column ``responded``) with a BCa bootstrap 95% interval, and the paired bootstrap of
@@ -103,9 +108,7 @@ def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int 
         for b in predictors:
             if a == b:
                 continue
-            fa, fb = auc_of(a), auc_of(b)
-            lo, hi, d = _bootstrap(lambda pos, neg, axis=-1: fa(pos, neg, axis) - fb(pos, neg, axis),
-                                   label, seed, n_boot)
+            lo, hi, d = _bootstrap(_difference(auc_of(a), auc_of(b)), label, seed, n_boot)
             p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else math.nan
             diffs[(a, b)] = (roc_auc(scores[a], label) - roc_auc(scores[b], label), lo, hi, p)
     return pd.DataFrame(rows), diffs

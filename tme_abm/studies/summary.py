@@ -5,11 +5,12 @@ Sobol designs."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from SALib.analyze import morris as morris_analysis
+from SALib.analyze import sobol as sobol_analysis
 
 from .errors import SweepError
 from .statistics import mean_ci, wilson
@@ -69,16 +70,12 @@ def sensitivity(manifest: dict, table: pd.DataFrame) -> pd.DataFrame | None:
     for outcome in SENSITIVITY_OUTCOMES:
         y = means[outcome].reindex(range(len(x))).to_numpy(float)
         if kind == "morris":
-            from SALib.analyze import morris
-
-            res = morris.analyze(prob, x, y, num_levels=spec["design"]["levels"], seed=spec["seed"])
+            res = morris_analysis.analyze(prob, x, y, num_levels=spec["design"]["levels"], seed=spec["seed"])
             for i, name in enumerate(prob["names"]):
                 rows.append({"outcome": outcome, "parameter": name, "mu_star": res["mu_star"][i],
                              "mu_star_conf": res["mu_star_conf"][i], "sigma": res["sigma"][i], "mu": res["mu"][i]})
         else:
-            from SALib.analyze import sobol
-
-            res = sobol.analyze(prob, y, calc_second_order=False, seed=spec["seed"])
+            res = sobol_analysis.analyze(prob, y, calc_second_order=False, seed=spec["seed"])
             for i, name in enumerate(prob["names"]):
                 rows.append({"outcome": outcome, "parameter": name, "S1": res["S1"][i], "S1_conf": res["S1_conf"][i],
                              "ST": res["ST"][i], "ST_conf": res["ST_conf"][i]})

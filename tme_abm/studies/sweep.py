@@ -13,6 +13,7 @@ docs/sweeps.md describes specs, clusters and the summary.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
+from dask.distributed import Client, LocalCluster, as_completed
 from pydantic import Field, ValidationError
+from SALib.sample import latin, morris, sobol
+from tqdm import tqdm
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, read_yaml
+from ..io import RunFileError, open_run, run
 from .errors import SweepError
 from .table import TableAppender, read_table
 
@@ -160,16 +165,10 @@ def unit_samples(spec: SweepSpec) -> np.ndarray:
     d = spec.design
     prob = problem(spec)
     if d.kind == "sobol":
-        from SALib.sample import sobol
-
         return sobol.sample(prob, d.samples, calc_second_order=False, seed=spec.seed)
     if d.kind == "morris":
-        from SALib.sample import morris
-
         return morris.sample(prob, d.samples, num_levels=d.levels, seed=spec.seed)
     if d.kind == "lhs":
-        from SALib.sample import latin
-
         return latin.sample(prob, d.samples, seed=spec.seed)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5EED]))
     lo, hi = np.array(prob["bounds"]).T
@@ -221,8 +220,6 @@ def task_overrides(spec: SweepSpec, params: dict) -> list[str]:
 def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
     """Run one task on a worker (or skip it): returns its outcome row. Never raises: an
     error is recorded in the row (status failed) and, where the run started, its file."""
-    from ..io import RunFileError, open_run, run
-
     path = Path(out_dir) / "runs" / f"{task.name}.h5"
     row = {"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,
            "path": str(path.relative_to(out_dir)), "ran": False}
@@ -257,10 +254,6 @@ def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
 
 def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: list[int] | None):
     """A dask.distributed Client for the sweep, and the cluster to close (or None)."""
-    import logging
-
-    from dask.distributed import Client
-
     logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker start-up chatter
     if scheduler:
         return Client(scheduler), None
@@ -271,8 +264,6 @@ def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: l
     if gpus:
         cluster = gpu_cluster(gpus)
     else:
-        from dask.distributed import LocalCluster
-
         cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
                                dashboard_address=":0")  # any free port: sweeps can run side by side
     return Client(cluster), cluster
@@ -281,7 +272,7 @@ def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: l
 def jobqueue_cluster(spec: SweepSpec):
     """A dask-jobqueue SLURMCluster or PBSCluster from the spec's ``cluster.options``."""
     try:
-        import dask_jobqueue
+        import dask_jobqueue  # noqa: PLC0415 - the cluster extra, needed only for batch queues
     except ImportError:
         raise SweepError("cluster.kind slurm/pbs needs dask-jobqueue: pip install 'tme-abm[cluster]'") from None
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[spec.cluster.kind]
@@ -297,7 +288,7 @@ def gpu_cluster(gpus: list[int]):
     which puts each worker's own device first in its CUDA_VISIBLE_DEVICES (the device
     CuPy then uses)."""
     try:
-        from dask_cuda import LocalCUDACluster
+        from dask_cuda import LocalCUDACluster  # noqa: PLC0415 - the cuda12 extra, needed only for --gpus
     except ImportError:
         raise SweepError("--gpus needs dask-cuda: pip install 'tme-abm[cuda12]'") from None
     try:
@@ -317,9 +308,6 @@ def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str 
 def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
              gpus: list[int] | None = None, progress: bool = True) -> pd.DataFrame:
     """Run a loaded spec (see :func:`run_sweep`)."""
-    from dask.distributed import as_completed
-    from tqdm import tqdm
-
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)

@@ -238,10 +238,11 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
 
 
 def _html(run: Run, text: str, files: dict[str, Path]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(str(e['day']))}</td><td>{html.escape(e['kind'])}</td>"
-        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in e.items() if k not in ('day', 'kind', 'time_min', 'event')))}"
-        f"</td></tr>" for e in run.events)
+    def details(e: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("day", "kind", "time_min", "event"))
+
+    rows = "".join(f"<tr><td>{html.escape(str(e['day']))}</td><td>{html.escape(e['kind'])}</td>"
+                   f"<td>{html.escape(details(e))}</td></tr>" for e in run.events)
     figs = "".join(f'<h2>{name}</h2><img src="{p.name}" style="max-width:100%">' for name, p in files.items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.path.name)}</title>"
             f"</head><body><h1>{html.escape(run.path.name)}</h1><pre>{html.escape(text)}</pre>"

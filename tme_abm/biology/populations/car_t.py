@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...engine import rng as crng
-from ..rules import RuleSet, apply_edits
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
+from ..rules import RuleSet, apply_edits
 from .population import Population, rate_to_prob
 
 _ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH, _EGRESS = (
@@ -246,7 +246,7 @@ class CarTCells(Population):
         self.remove(leave, how="left")
 
     def die(self) -> None:
-        xp, p, m = self.xp, self.params, self.model
+        xp, p = self.xp, self.params
         if len(self) == 0:
             return
         dead = xp.zeros(len(self), dtype=bool)

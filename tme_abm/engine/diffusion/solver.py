@@ -50,9 +50,9 @@ folded into the transposing copy. (Fields with D = 0 are not diffusing and use
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -20,6 +20,12 @@ def _ci(v, lo, hi, pct=True) -> str:
     return f"{v:.3g} ({lo:.3g}-{hi:.3g})"
 
 
+def _arm_ci(arm, key: str, value: str = "") -> str:
+    """``_ci`` of one arm's column ``key`` (its value in ``value``, default ``key``) with
+    the interval columns ``<key>_ci_low`` and ``<key>_ci_high``."""
+    return _ci(arm[value or key], arm[f"{key}_ci_low"], arm[f"{key}_ci_high"])
+
+
 def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, names: list[str], arms: pd.DataFrame,
                     exps: pd.DataFrame, auc: pd.DataFrame | None, failed: int) -> str:
     """A validation-report section: question, setup, per-arm table, verdicts, figures."""
@@ -45,12 +51,11 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
               "|---|---|---|---|---|---|---|---|"]
     for _, a in arms.iterrows():
         lines.append(
-            f"| {a['arm']} | {a['runs']} | {_ci(a['response_rate'], a['response_rate_ci_low'], a['response_rate_ci_high'])}"
-            f" | {_ci(a['cr_rate'], a['cr_rate_ci_low'], a['cr_rate_ci_high'])}"
-            f" | {_ci(a['severe_crs_rate'], a['severe_crs_rate_ci_low'], a['severe_crs_rate_ci_high'])}"
+            f"| {a['arm']} | {a['runs']} | {_arm_ci(a, 'response_rate')} | {_arm_ci(a, 'cr_rate')}"
+            f" | {_arm_ci(a, 'severe_crs_rate')}"
             f" | {a['peak_blood_car_t_median']:.3g} ({a['peak_blood_car_t_q25']:.3g}-{a['peak_blood_car_t_q75']:.3g})"
             f" | {a['peak_expansion_over_baseline_burden_median']:.3g}"
-            f" | {_ci(a['antigen_negative_fraction_end_mean'], a['antigen_negative_fraction_end_ci_low'], a['antigen_negative_fraction_end_ci_high'])} |")
+            f" | {_arm_ci(a, 'antigen_negative_fraction_end', 'antigen_negative_fraction_end_mean')} |")
     lines.append("")
     if auc is not None:
         lines += ["| predictor of durable response | ROC AUC (95% bootstrap CI) | runs | responders |",
