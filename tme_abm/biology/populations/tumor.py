@@ -76,7 +76,6 @@ class TumorCells(Population):
         return out
 
     def counts(self) -> dict[str, int]:
-        xp = self.xp
         st = self.data["state"]
         out = {f"tumor_{name}": int((st == code).sum()) for code, name in STATE_NAMES.items()}
         alive = st == ALIVE
@@ -84,7 +83,6 @@ class TumorCells(Population):
         out["tumor_antigen_negative"] = int((alive & (ag < 0.05)).sum())
         out["tumor_antigen_low"] = int((alive & (ag >= 0.05) & (ag < 0.3)).sum())
         out["tumor_antigen_high"] = int((alive & (ag >= 0.3)).sum())
-        del xp
         return out
 
     # ---- stages --------------------------------------------------------------------
