@@ -101,6 +101,20 @@ def test_round_trip_of_every_array_written_by_the_model(reference):
     assert json.dumps(r.outcomes, sort_keys=True) == json.dumps(m.outcomes(), sort_keys=True)
 
 
+def test_output_writers_follow_their_schedules(tmp_path):
+    """Rows every 7 ticks, field and cell snapshots every 10 and 20 ticks, checkpoints every
+    10: each at tick 0 and, but for the checkpoint, at the last tick (24) as well."""
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
+        "time.duration_days=0.1", "backend=numpy", "output.record_every_ticks=7", "output.snapshot_every_min=60",
+        "output.cell_snapshot_every_min=120", "output.checkpoint_every_min=60"])
+    path = run(cfg, tmp_path / "s.h5", quiet=True)
+    r = tme_abm.open_run(path)
+    assert list(r.timeseries["tick"]) == [0, 7, 14, 21, 24]
+    assert list(r.field_times / 6) == [0, 10, 20, 24] and list(r.cell_times / 6) == [0, 20, 24]
+    with h5py.File(path, "r") as f:
+        assert f["checkpoint"].attrs["tick"] == 20
+
+
 def test_writer_round_trip_of_synthetic_arrays(tmp_path):
     """Arrays with edge values (NaN, inf, negative, empty snapshots) come back exactly."""
     rng = np.random.default_rng(3)

@@ -32,17 +32,50 @@ class Every:
         return self.at_end if last else tick % self.ticks == 0
 
 
-class TimeSeriesWriter:
-    """One time-series row (``model.current_row()``) per due tick."""
+class ScheduledWriter:
+    """A writer of one kind of output that is due on a schedule; subclasses write it."""
 
-    def __init__(self, run_file: RunFile, schedule: Every, field_units: dict[str, str]):
-        self.run_file, self.schedule, self.field_units = run_file, schedule, field_units
+    def __init__(self, run_file: RunFile, schedule: Every):
+        self.run_file, self.schedule = run_file, schedule
 
     def due(self, model, last: bool) -> bool:
         return self.schedule.due(model.steps, last)
 
     def write(self, model) -> None:
+        raise NotImplementedError
+
+
+class TimeSeriesWriter(ScheduledWriter):
+    """One time-series row (``model.current_row()``) per due tick."""
+
+    def __init__(self, run_file: RunFile, schedule: Every, field_units: dict[str, str]):
+        super().__init__(run_file, schedule)
+        self.field_units = field_units
+
+    def write(self, model) -> None:
         self.run_file.append_row(model.current_row(), self.field_units)
+
+
+class FieldSnapshotWriter(ScheduledWriter):
+    """Every field's values on the lattice."""
+
+    def write(self, model) -> None:
+        f = model.fields
+        self.run_file.snapshot_fields(model.time_min, f.names, model.backend.to_host(f.values))
+
+
+class CellSnapshotWriter(ScheduledWriter):
+    """Every cell's site, type and state."""
+
+    def write(self, model) -> None:
+        self.run_file.snapshot_cells(model.time_min, cell_table(model))
+
+
+class Checkpointer(ScheduledWriter):
+    """The model's complete state, for ``--resume``."""
+
+    def write(self, model) -> None:
+        self.run_file.write_checkpoint(*get_state(model))
 
 
 class EventWriter:
@@ -58,46 +91,6 @@ class EventWriter:
     def write(self, model) -> None:
         self.run_file.write_events(model.event_log)
         self.written = len(model.event_log)
-
-
-class FieldSnapshotWriter:
-    """Every field's values on the lattice."""
-
-    def __init__(self, run_file: RunFile, schedule: Every):
-        self.run_file, self.schedule = run_file, schedule
-
-    def due(self, model, last: bool) -> bool:
-        return self.schedule.due(model.steps, last)
-
-    def write(self, model) -> None:
-        f = model.fields
-        self.run_file.snapshot_fields(model.time_min, f.names, model.backend.to_host(f.values))
-
-
-class CellSnapshotWriter:
-    """Every cell's site, type and state."""
-
-    def __init__(self, run_file: RunFile, schedule: Every):
-        self.run_file, self.schedule = run_file, schedule
-
-    def due(self, model, last: bool) -> bool:
-        return self.schedule.due(model.steps, last)
-
-    def write(self, model) -> None:
-        self.run_file.snapshot_cells(model.time_min, cell_table(model))
-
-
-class Checkpointer:
-    """The model's complete state, for ``--resume``."""
-
-    def __init__(self, run_file: RunFile, schedule: Every):
-        self.run_file, self.schedule = run_file, schedule
-
-    def due(self, model, last: bool) -> bool:
-        return self.schedule.due(model.steps, last)
-
-    def write(self, model) -> None:
-        self.run_file.write_checkpoint(*get_state(model))
 
 
 def output_writers(cfg, run_file: RunFile, field_units: dict[str, str]) -> list:
