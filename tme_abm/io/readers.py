@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 import yaml
 
 from ..config import Config, ConfigError, validate_config
@@ -70,6 +69,7 @@ class Run:
 
     def timeseries_xr(self):
         """The time series as an xarray Dataset over dimension ``time`` (minutes), with units."""
+        import xarray as xr  # noqa: PLC0415 - 0.1 s to import: only these two readers need it
         ts = self.timeseries
         with reading(self.path) as f:
             units = {k: f["timeseries"][k].attrs.get("units", "") for k in f["timeseries"]}
@@ -81,6 +81,7 @@ class Run:
     def fields(self):
         """Field snapshots as an xarray Dataset, dimensions (time, [z,] y, x), with units.
         Complete snapshots only; the data are read when used."""
+        import xarray as xr  # noqa: PLC0415 - 0.1 s to import: only these two readers need it
         try:
             return xr.open_dataset(self.path, engine="h5netcdf", group="fields")
         except (OSError, ValueError) as exc:
