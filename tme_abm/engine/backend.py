@@ -1,7 +1,8 @@
 """Array backend chosen once per run: NumPy on the CPU or CuPy on a CUDA device.
 
-This is the only module that imports CuPy, and :meth:`Backend.to_host` is the only way
-code reads a device array back to the host. Everything else takes ``xp`` from a
+This is the only module that imports CuPy, and :meth:`Backend.to_host` is the one function
+that copies device arrays to the host (scalar reductions read with ``int()`` or
+``float()`` still wait for the device). Everything else takes ``xp`` from a
 :class:`Backend`, so the same model code runs on both.
 """
 
