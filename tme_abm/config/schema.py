@@ -583,7 +583,6 @@ class Config(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-
 def _merged_over_defaults(data: Any, key: str, defaults: dict) -> Any:
     """``data`` with ``data[key]`` deep-merged over ``defaults`` (anything that is not a
     mapping is passed through for the type check to report)."""

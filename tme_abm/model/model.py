@@ -21,6 +21,7 @@ from .readouts import REPORTED, row
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
 
+
 class TMEModel(mesa.Model):
     """The tumor-microenvironment model, one tick per :meth:`step`.
 

@@ -85,7 +85,6 @@ def axis_coefficients(
     )
 
 
-
 def scaled_thomas_passes(planes, cps) -> None:
     """Forward ``g_i = cp_i (d_i + g_{i-1})`` and backward ``h_i = g_i + cp_i h_{i+1}``
     passes over a list of planes, in place; ``cps[i]`` broadcasts against a plane."""

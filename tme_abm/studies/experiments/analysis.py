@@ -124,7 +124,6 @@ def verdict(difference: float, p: float, alpha: float = 0.05) -> str:
     return "not reproduced (opposite direction)" + (", significant" if p < alpha else "")
 
 
-
 def timecourse(out: Path, runs: pd.DataFrame, series: list[str]) -> pd.DataFrame:
     """Per arm, day and series: median, quartiles, mean and 95% t interval over the
     replicates, from every run file's time series sampled once per 0.25 day."""
