@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -137,6 +138,24 @@ def test_gpu_workers_each_use_their_own_device():
     finally:
         cluster.close()
     assert [v.split(",")[0] for v in seen.values()] == ["0"]
+
+
+def test_gpu_workers_are_one_single_threaded_local_cuda_worker_per_listed_device(monkeypatch):
+    """The wiring to dask-cuda, checked without a GPU: LocalCUDACluster gets the listed
+    devices and one thread per worker; its failure to start is a one-line SweepError."""
+    seen = {}
+
+    class FakeLocalCUDACluster:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            if kwargs["CUDA_VISIBLE_DEVICES"] == [9]:
+                raise RuntimeError("no CUDA device 9")
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeLocalCUDACluster))
+    assert isinstance(gpu_cluster([2, 0]), FakeLocalCUDACluster)
+    assert seen["CUDA_VISIBLE_DEVICES"] == [2, 0] and seen["threads_per_worker"] == 1
+    with pytest.raises(SweepError, match=r"--gpus 9: cannot start GPU workers \(RuntimeError: no CUDA device 9\)"):
+        gpu_cluster([9])
 
 
 def test_summary_statistics_and_figures(two_workers):
