@@ -73,8 +73,27 @@ def test_typo_key_is_named_with_suggestion_and_file(tmp_path):
         ({"time": {"duration_days": 0.001, "tick_min": 6}}, "shorter than one tick"),
         ({"fields": {"oxygen": {"enabled": False}}}, "fields.oxygen must be enabled"),
         ({"fields": {"oxygen": {"boundary": {"zmin": {"kind": "noflux"}}}}}, "a 2D lattice has faces"),
-        ({"fields": {"il2": {"uptake_per_min": {"tcell": 1}}}}, "fields.il2.uptake_per_min.tcell"),
+        ({"fields": {"il2": {"new": True, "uptake_per_min": {"tcell": 1}}}}, "fields.il2.uptake_per_min.tcell"),
         ({"backend": "gpu"}, "backend: value 'gpu'"),
+        ({"granulocyte": {"move": {"chemotaxis_bias": 100}}}, "granulocyte.move.chemotaxis_bias: value 100"),
+        ({"lattice": {"spacing_um": 0.001}}, "lattice.spacing_um: value 0.001"),
+        ({"time": {"tick_min": 1e-9}}, "time.tick_min: value 1e-09"),
+        ({"time": {"tick_min": 0.05, "duration_days": 3650}}, "105120000 ticks; at most 10,000,000"),
+        ({"granulocyte": {"move": {"speed_um_per_min": 900}}}, "granulocyte.move.speed_um_per_min 900 at"),
+        ({"fields": {"oxygn": {"initial": 1}}}, "fields.oxygn: not a default field (did you mean oxygen?)"),
+        ({"fields": {"oxygen": {"new": True}}}, "fields.oxygen.new: oxygen is a default field"),
+        ({"fields": {"protons": {"enabled": False}}, "tumor": {"rules": {"secrete_protons": {"x": {
+            "signal": "oxygen", "direction": "up", "half_max": 1, "max_effect": 1}}}}},
+         "tumor.rules.secrete_protons: a rule for a field that is not there (the field protons is disabled"),
+        ({"time": {"duration_days": True}}, "time.duration_days: value True is not allowed"),
+        ({"time": {"duration_days": "1"}}, "time.duration_days: value '1' is not allowed"),
+        ({"therapy": [{"kind": "infusion", "day": float("nan"), "dose_cells": 1e8}]}, "therapy.0.infusion.day"),
+        ({"output": {"snapshot_every_min": float("inf")}}, "output.snapshot_every_min: value inf"),
+        ({"therapy": [{"kind": "radiotherapy", "day": -1, "oer_max": float("inf")}]}, "oer_max: value inf"),
+        ({"therapy": [{"kind": "resection", "day": -1, "region": {"center_sites": [float("nan"), 1],
+                                                                 "radius_sites": 3}}]}, "center_sites.0: value nan"),
+        ({"car_t": {"initial_cells": 1e9}}, "car_t.initial_cells: value 1000000000.0 is not allowed"),
+        ({"car_t": {"initial_cells": 6000}, "monocyte": {"initial_cells": 6000}}, "more cells than the 10000"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_value(data, needle):
@@ -100,7 +119,7 @@ def test_malformed_overrides_are_refused(item):
 def test_extra_field_declared_in_config_is_solved():
     cfg = validate_config({
         "lattice": {"shape": [20, 20]},
-        "fields": {"il2": {"units": "pg/mL", "diffusion_um2_per_min": 800, "decay_per_min": 0.02,
+        "fields": {"il2": {"new": True, "units": "pg/mL", "diffusion_um2_per_min": 800, "decay_per_min": 0.02,
                            "initial": 1.0, "secretion_per_min": {"tumor": 0.5}}},
     })
     assert "il2" in cfg.enabled_fields
@@ -122,7 +141,7 @@ def test_lattice_too_large_for_memory_is_refused_with_estimate():
 
 
 def test_resolved_config_round_trips_through_yaml():
-    cfg = validate_config({"seed": 3, "fields": {"il2": {"decay_per_min": 0.1}}})
+    cfg = validate_config({"seed": 3, "fields": {"il2": {"new": True, "decay_per_min": 0.1}}})
     again = validate_config(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
 

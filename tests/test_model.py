@@ -123,7 +123,7 @@ def test_fields_every_k_ticks_solves_over_k_ticks_at_once():
     solve spans both ticks (a decay-only field: backward Euler split over 2 axes, dt = 12)."""
     zero = {t: 0.0 for t in ("tumor", "car_t", "monocyte", "granulocyte")}
     cfg = busy(time={"tick_min": 6, "duration_days": 1, "field_substeps": 1, "fields_every_ticks": 2},
-               fields={"decaying": {"initial": 10.0, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.05,
+               fields={"decaying": {"new": True, "initial": 10.0, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.05,
                                     "secretion_per_min": zero}})
     m = TMEModel(cfg, backend=BE)
     values = []

@@ -120,9 +120,11 @@ class Systemic:
         a = self.antigen_drive(self.burden)
         boost_int = 0.0  # integral of the boost over the step, in closed form
         if self.boost > 0:
-            e0 = math.exp(-(t0_min - self.boost_since_min) / self.boost_tau_min)
+            # from the boost's start (within this tick, at the lymphodepletion) to the tick's end
+            lo = max(t0_min, self.boost_since_min)
+            e0 = math.exp(-(lo - self.boost_since_min) / self.boost_tau_min)
             e1 = math.exp(-(t0_min + dt_min - self.boost_since_min) / self.boost_tau_min)
-            boost_int = self.boost * self.boost_tau_min * (e0 - e1)
+            boost_int = self.boost * self.boost_tau_min * max(e0 - e1, 0.0)
         k_else = c.trafficking_per_min * (1.0 - self.lattice_share)
         for p, prod in enumerate(self.products):
             P0 = self.blood[p]

@@ -52,7 +52,7 @@ def schedule(cfg) -> list[Scheduled]:
 def apply(model, item: Scheduled) -> dict:
     """Apply one firing to ``model``; returns the log entry (host scalars)."""
     e = item.event
-    entry = {"day": item.day, "time_min": model.time_min, "kind": e.kind, "event": item.index}
+    entry = {"day": item.day, "time_min": item.minute, "kind": e.kind, "event": item.index}
     fn = {"infusion": _infusion, "lymphodepletion": _lymphodepletion, "resection": _resection,
           "radiotherapy": _radiotherapy, "mrd": _mrd}[e.kind]
     entry.update(fn(model, e, item))
@@ -78,7 +78,7 @@ def _lymphodepletion(model, e, item) -> dict:
             removed += pop.remove(u < e.myeloid_kill_fraction, how="died")
     sysm = model.systemic
     sysm.boost = e.expansion_boost
-    sysm.boost_since_min = model.time_min
+    sysm.boost_since_min = item.minute
     sysm.boost_tau_min = e.boost_days * 1440.0
     return {"myeloid_removed": removed}
 

@@ -15,34 +15,62 @@ class ConfigError(ValueError):
     """A configuration problem, with a message fit for the user."""
 
 
-def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel],
+                            overrides: dict[str, str] | None = None) -> str:
     """One line per problem of ``exc``, raised validating ``root`` from ``source`` (a
-    file name or "config")."""
-    lines = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' * (exc.error_count() > 1)}):"]
+    file name or "config").
+
+    Args:
+        overrides: dotted key -> how the user set it on the command line ("--set a.b=1",
+            "--seed 3"); a problem with such a key (or under it, or naming it) says so.
+    """
+    problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "config"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc) or []
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            msg = f"  {key}: unknown key"
-            if hint:
-                msg += f" (did you mean {'.'.join(str(p) for p in loc[:-1] + (hint[0],))}?)"
-            if allowed:
-                msg += f"; allowed keys here: {', '.join(allowed)}"
-            lines.append(msg)
-            continue
-        text = err["msg"]
-        if text.startswith("Value error, "):
-            text = text[len("Value error, "):]
-        if err["type"] in ("missing",):
-            lines.append(f"  {key}: required key is missing")
-        elif err["type"].startswith("model_") or err["type"] == "value_error":
-            lines.append(f"  {key}: {text}")
-        else:
-            lines.append(f"  {key}: value {_short(value)} is not allowed: {text}")
-    return "\n".join(lines)
+        key = ".".join(str(p) for p in loc)
+        problems.append(_problem(err, loc, key, err.get("input"), root) + _blame(key, err["msg"], overrides or {}))
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return "\n".join([f"{source}: invalid configuration ({len(problems)} problems):",
+                      *(f"  {p}" for p in problems)])
+
+
+def _blame(key: str, message: str, overrides: dict[str, str]) -> str:
+    """" (from --set ...)" for a problem with a key the command line set."""
+
+    def concerns(k: str) -> bool:
+        if not key:  # a check of several keys: its message names them
+            return k in message
+        return key == k or key.startswith(k + ".") or k.startswith(key + ".")
+
+    hits = [label for k, label in overrides.items() if concerns(k)]
+    return f" (from {', '.join(hits)})" if hits else ""
+
+
+def _problem(err: dict, loc: tuple, key: str, value, root: type[BaseModel]) -> str:
+    """The line of one problem: the key, the value, what is wrong and what is allowed (a
+    check of several keys names them in its message)."""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(root, loc) or []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        msg = f"{key}: unknown key"
+        if hint:
+            msg += f" (did you mean {'.'.join(str(p) for p in loc[:-1] + (hint[0],))}?)"
+        if allowed:
+            msg += f"; allowed keys here: {', '.join(allowed)}"
+        return msg
+    text = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if err["type"].startswith("model_") or err["type"] == "value_error":
+        if not key:
+            return text
+        # a check of a section that starts with one of its keys names it in full
+        first = text.split(" ", 1)[0].rstrip(":")
+        if first in (_allowed_keys(root, (*loc, "")) or []):
+            return f"{key}.{text}"
+        return f"{key}: {text}"
+    return f"{key or 'config'}: value {_short(value)} is not allowed: {text}"
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str] | None:

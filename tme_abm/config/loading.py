@@ -4,6 +4,7 @@ with errors that name the file or override, the key and the value."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,23 @@ from pydantic import ValidationError
 
 from .errors import ConfigError, format_validation_error
 from .schema import Config
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: PyYAML reads ``1e8`` and ``1.0e8`` (no exponent sign)
+    as strings, which a strict schema would refuse; here they are floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (configs, specs, ``--set`` values, the config stored in run files)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -23,7 +41,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in path):
         raise ConfigError(f"--set {item!r}: the key {key!r} is not a dotted key path")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: the value {raw!r} is not valid YAML ({exc})") from None
     return path, value
@@ -69,31 +87,44 @@ def read_yaml(path: str | Path) -> dict:
         text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a config is YAML text)") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{p}: the file is empty; a config sets at least one key (docs/config.md lists them)")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
-def validate_config(data: dict, source: str = "config") -> Config:
-    """Validate a raw config mapping; raise ConfigError with readable messages."""
+def validate_config(data: dict, source: str = "config", overrides: dict[str, str] | None = None) -> Config:
+    """Validate a raw config mapping; raise ConfigError with readable messages (a problem
+    with a key in ``overrides``, dotted key -> what the user typed, names it)."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, Config)) from None
+        raise ConfigError(format_validation_error(exc, source, Config, overrides)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file, apply dotted overrides, and validate it."""
+def load_config(path: str | Path, overrides: list[str] | None = None, labels: list[str] | None = None) -> Config:
+    """Load a YAML config file, apply dotted ``KEY=VALUE`` overrides, and validate it.
+
+    Args:
+        labels: what the user typed for each override ("--set KEY=VALUE", "--seed 3"),
+            named in the error of a problem with its key; default "--set KEY=VALUE".
+    """
+    overrides = list(overrides or [])
+    labels = labels or [f"--set {item}" for item in overrides]
     data = apply_overrides(read_yaml(path), overrides)
-    return validate_config(data, str(path))
+    by_key = {item.split("=", 1)[0].strip(): label for item, label in zip(overrides, labels)}
+    return validate_config(data, str(path), by_key)
 
 
 def resolve_config(config, seed: int | None = None, overrides: dict | None = None) -> Config:

@@ -20,17 +20,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..biology.defaults import default_edits, default_fields, default_rules
 from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
-from ..engine.lattice import FACES
+from ..engine.lattice import FACES, Lattice
+from ..engine.moves import mean_step_sites
 
 
 class Strict(BaseModel):
-    """Base of every schema model: unknown keys are errors."""
+    """Base of every schema model: unknown keys are errors, numbers are numbers (no
+    booleans or strings coerced) and finite (no NaN or infinity)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Level = Annotated[float, Field(ge=0, le=1e9)]
+"""A field's value (any of its units): bounded so that float32 fields stay finite."""
+MIN_DIFFUSION = 1e-3
+"""Smallest nonzero diffusion coefficient, um^2/min (below it the solver's scaled line
+solves leave the float range; such a field does not diffuse in any run's time anyway)."""
+MAX_TICKS = 10_000_000
+"""The most ticks a run may have (3650 days at a 0.5-min tick)."""
+MAX_MOVES_PER_TICK = 100
+"""The most lattice moves a cell may make in one tick (speed x tick / spacing)."""
 
 
 class VesselConfig(Strict):
@@ -47,7 +58,7 @@ class LatticeConfig(Strict):
     dims: Literal[2, 3] = 2
     shape: list[Annotated[int, Field(ge=3, le=100_000)]] = [100, 100]
     """Sites per axis, C order: [y, x] in 2D, [z, y, x] in 3D."""
-    spacing_um: Annotated[float, Field(gt=0, le=1000)] = 20.0
+    spacing_um: Annotated[float, Field(ge=1, le=1000)] = 20.0
     """Site spacing in micrometres (about one cell diameter)."""
     vessels: VesselConfig = VesselConfig()
 
@@ -59,7 +70,7 @@ class LatticeConfig(Strict):
 
 
 class TimeConfig(Strict):
-    tick_min: Annotated[float, Field(gt=0, le=1440)] = 6.0
+    tick_min: Annotated[float, Field(ge=0.01, le=1440)] = 6.0
     """Agent tick, minutes of simulated time."""
     duration_days: Annotated[float, Field(gt=0, le=3650)] = 1.0
     field_substeps: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -74,6 +85,9 @@ class TimeConfig(Strict):
 
     @model_validator(mode="after")
     def _duration_covers_a_tick(self):
+        if self.n_ticks > MAX_TICKS:
+            raise ValueError(f"duration_days {self.duration_days} at tick_min {self.tick_min} is {self.n_ticks} "
+                             f"ticks; at most {MAX_TICKS:,} are allowed")
         if self.duration_days * 1440.0 < self.tick_min:
             raise ValueError(
                 f"duration_days {self.duration_days} is shorter than one tick ({self.tick_min} min)"
@@ -83,7 +97,7 @@ class TimeConfig(Strict):
 
 class FaceBC(Strict):
     kind: Literal["noflux", "dirichlet"] = "noflux"
-    value: NonNegFloat = 0.0
+    value: Level = 0.0
     """Fixed face value (kind: dirichlet), field units."""
 
 
@@ -105,19 +119,29 @@ class BoundaryConfig(Strict):
 class FieldConfig(Strict):
     """One reaction-diffusion field."""
 
+    new: bool = False
+    """Declares a field that is not one of the defaults (a name that is neither is refused,
+    so a misspelt default cannot add a field by accident)."""
     enabled: bool = True
     units: str = "1"
     """UDUNITS-2 units written to run files ("1": relative, no physical unit)."""
-    diffusion_um2_per_min: NonNegFloat = 1000.0
-    decay_per_min: NonNegFloat = 0.0
-    initial: NonNegFloat = 0.0
-    vessel_value: NonNegFloat | None = None
+    diffusion_um2_per_min: Annotated[float, Field(ge=0, le=1e8)] = 1000.0
+    decay_per_min: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    initial: Level = 0.0
+    vessel_value: Level | None = None
     """Value held at vessel sites (null: vessels do not fix this field)."""
     boundary: BoundaryConfig = BoundaryConfig()
-    secretion_per_min: dict[Literal[CELL_TYPES], NonNegFloat] = {}
+    secretion_per_min: dict[Literal[CELL_TYPES], Annotated[float, Field(ge=0, le=1e4)]] = {}
     """Secretion per cell type, field units per minute."""
-    uptake_per_min: dict[Literal[CELL_TYPES], NonNegFloat] = {}
+    uptake_per_min: dict[Literal[CELL_TYPES], Annotated[float, Field(ge=0, le=1e6)]] = {}
     """First-order uptake per cell type, 1/minute."""
+
+    @model_validator(mode="after")
+    def _diffuses_or_not(self):
+        if 0 < self.diffusion_um2_per_min < MIN_DIFFUSION:
+            raise ValueError(f"diffusion_um2_per_min {self.diffusion_um2_per_min:g}: use 0 (a field that does not "
+                             f"diffuse) or at least {MIN_DIFFUSION:g}")
+        return self
 
 
 class ModulatorConfig(Strict):
@@ -135,9 +159,9 @@ class ModulatorConfig(Strict):
     tumor, car_t, car_t_engaged, monocyte or granulocyte) or a cell-state signal."""
     direction: Literal["up", "down"]
     low: bool = False
-    half_max: PosFloat
+    half_max: Annotated[float, Field(ge=1e-12, le=1e12)]
     hill_power: Annotated[float, Field(gt=0, le=64)] = 1.0
-    max_effect: NonNegFloat
+    max_effect: Annotated[float, Field(ge=0, le=1e4)]
 
     @model_validator(mode="after")
     def _effect_range(self):
@@ -171,8 +195,9 @@ class MoveConfig(Strict):
     speed_um_per_min: NonNegFloat = 0.0
     chemotaxis_field: str | None = None
     """Field whose gradient biases the walk (null: unbiased)."""
-    chemotaxis_bias: NonNegFloat = 1.5
-    """Strength of the bias: move weights exp(bias * cos(angle to the gradient))."""
+    chemotaxis_bias: Annotated[float, Field(ge=0, le=50)] = 1.5
+    """Strength of the bias: move weights exp(bias * cos(angle to the gradient)); 0 is an
+    unbiased walk, 50 all but forbids moves down the gradient."""
 
 
 class CarTMove(MoveConfig):
@@ -211,7 +236,7 @@ class TumorConfig(_Population):
     dispersed disease (extramedullary/bulky hematologic disease)."""
     radius_sites: Annotated[float, Field(gt=0)] = 8.0
     """Spheroid radius in sites (archetypes solid and bulky)."""
-    center_sites: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    center_sites: list[float] | None = None
     """Centre of the spheroid in site coordinates, C order ([y, x] or [z, y, x]); null:
     the middle of the lattice."""
     initial_cells: Annotated[int, Field(ge=0)] = 200
@@ -279,12 +304,12 @@ class PatientConfig(Strict):
     """The systemic compartment (docs/model.md, "Patient"): what the lattice stands for,
     the blood CAR T pool, the systemic cytokine, toxicity and response thresholds."""
 
-    burden_scale: PosFloat = 1e5
+    burden_scale: Annotated[float, Field(gt=0, le=1e14)] = 1e5
     """Tumor cells in the patient per tumor cell on the lattice."""
     lattice_share: Annotated[float, Field(gt=0, le=1)] | None = None
     """Fraction of CAR T trafficking out of blood that reaches this lattice (default
     1 / burden_scale: the lattice's share of the disease)."""
-    expansion_per_min: NonNegFloat = 7.0e-4
+    expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = 7.0e-4
     """Antigen-driven expansion rate of blood CAR T at saturating drive (~1/day;
     calibrated so the peak falls in week 1-3, docs/model.md)."""
     expansion_half_burden: PosFloat = 1e8
@@ -294,9 +319,9 @@ class PatientConfig(Strict):
     """Rate at which blood CAR T leave for tissues (all disease sites)."""
     cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
     """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
-    cytokine_per_engaged_car_t: NonNegFloat = 4e-9
+    cytokine_per_engaged_car_t: Annotated[float, Field(ge=0, le=1)] = 4e-9
     """pg/mL per minute per engaged CAR T in the patient (lattice count x burden_scale)."""
-    cytokine_per_activated_monocyte: NonNegFloat = 8e-8
+    cytokine_per_activated_monocyte: Annotated[float, Field(ge=0, le=1)] = 8e-8
     """pg/mL per minute per activated monocyte in the patient (lattice count x burden_scale)."""
     inflammation_half_burden: PosFloat = 1e10
     """Baseline burden at which the pre-infusion inflammation index reaches 0.5."""
@@ -327,14 +352,14 @@ class _Event(Strict):
 
 class InfusionEvent(_Event):
     kind: Literal["infusion"]
-    dose_cells: PosFloat
+    dose_cells: Annotated[float, Field(gt=0, le=1e13)]
     product: ProductConfig = Field(default_factory=ProductConfig)
 
 
 class LymphodepletionEvent(_Event):
     kind: Literal["lymphodepletion"]
     myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
-    expansion_boost: NonNegFloat = 1.0
+    expansion_boost: Annotated[float, Field(ge=0, le=10)] = 1.0
     """Extra expansion, as a fraction of the base rate, right after lymphodepletion."""
     boost_days: PosFloat = 7.0
     """e-folding time of the boost."""
@@ -431,6 +456,7 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _physically_possible(self):
+        self._check_field_names()
         if "oxygen" not in self.enabled_fields:
             raise ValueError("fields.oxygen must be enabled: tumor growth and death depend on it")
         faces = FACES[-2 * self.lattice.dims:]
@@ -447,6 +473,10 @@ class Config(Strict):
             raise ValueError(
                 f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
             )
+        immune = {k: self.population(k).initial_cells for k in ("car_t", "monocyte", "granulocyte")}
+        if sum(immune.values()) > n_sites:
+            shown = ", ".join(f"{k}.initial_cells {n}" for k, n in immune.items() if n)
+            raise ValueError(f"{shown}: more cells than the {n_sites} lattice sites")
         self._check_rules()
         self._check_therapy()
         for key in ("snapshot_every_min", "cell_snapshot_every_min", "checkpoint_every_min"):
@@ -456,6 +486,16 @@ class Config(Strict):
                     f"({self.time.tick_min} min)"
                 )
         return self
+
+    def _check_field_names(self) -> None:
+        defaults = default_fields()
+        for name, fc in self.fields.items():
+            if name not in defaults and not fc.new:
+                hint = difflib.get_close_matches(name, list(defaults), n=1)
+                raise ValueError(f"fields.{name}: not a default field" + (f" (did you mean {hint[0]}?)" if hint else "")
+                                 + f"; the defaults are {', '.join(defaults)}; declare a new field with new: true")
+            if name in defaults and fc.new:
+                raise ValueError(f"fields.{name}.new: {name} is a default field; new: true declares other names")
 
     @property
     def tumor_center_sites(self) -> list[float]:
@@ -477,13 +517,57 @@ class Config(Strict):
     def population(self, kind: str) -> _Population:
         return getattr(self, kind)
 
+    def _drop_defaults_of_disabled_fields(self) -> None:
+        """A disabled field takes with it the default rules that read or write it and the
+        default chemotaxis up its gradient (what the user set on it stays, and is refused
+        by the checks that follow)."""
+        off = {n for n, fc in self.fields.items() if not fc.enabled}
+        if not off:
+            return
+        defaults = default_rules()
+        for kind in CELL_TYPES:
+            pop = self.population(kind)
+            for beh in list(pop.rules):
+                writes_off = beh.startswith(("secrete_", "uptake_")) and beh.split("_", 1)[1] in off
+                for name in list(pop.rules[beh]):
+                    mod = pop.rules[beh][name]
+                    default = defaults.get(kind, {}).get(beh, {}).get(name)
+                    if (writes_off or mod.signal in off) and default is not None \
+                            and mod == ModulatorConfig.model_validate(default):
+                        del pop.rules[beh][name]
+                if writes_off and not pop.rules[beh]:
+                    del pop.rules[beh]
+            move = getattr(pop, "move", None)
+            if move is not None and move.chemotaxis_field in off \
+                    and move.chemotaxis_field == type(move).model_fields["chemotaxis_field"].default:
+                move.chemotaxis_field = None
+
+    def _check_move_rate(self, kind: str, speed_um_per_min: float) -> None:
+        """A walk makes speed x tick / (spacing x mean Moore step) moves per tick, one
+        sub-move each: refuse more than :data:`MAX_MOVES_PER_TICK`."""
+        step_um = self.lattice.spacing_um * mean_step_sites(Lattice(self.lattice.shape, self.lattice.spacing_um))
+        moves = speed_um_per_min * self.time.tick_min / step_um
+        if moves > MAX_MOVES_PER_TICK:
+            raise ValueError(f"{kind}.move.speed_um_per_min {speed_um_per_min:g} at time.tick_min "
+                             f"{self.time.tick_min:g} and lattice.spacing_um {self.lattice.spacing_um:g}: "
+                             f"{moves:.3g} moves per tick; at most {MAX_MOVES_PER_TICK} are allowed (shorten the tick)")
+
+    def _disabled(self, name: str) -> str:
+        """" (the field X is disabled: fields.X.enabled is false)" when ``name`` is one."""
+        fc = self.fields.get(name)
+        return f" (the field {name} is disabled: fields.{name}.enabled is false)" if fc and not fc.enabled else ""
+
     def _check_rules(self) -> None:
+        self._drop_defaults_of_disabled_fields()
         fields = self.enabled_fields
         for kind in CELL_TYPES:
             pop = self.population(kind)
             allowed = set(BEHAVIOURS[kind]) | {f"{v}_{f}" for f in fields for v in ("secrete", "uptake")}
             for beh, mods in pop.rules.items():
                 if beh not in allowed:
+                    disabled = self._disabled(beh.split("_", 1)[1]) if "_" in beh else ""
+                    if disabled:
+                        raise ValueError(f"{kind}.rules.{beh}: a rule for a field that is not there{disabled}")
                     hint = difflib.get_close_matches(beh, sorted(allowed), n=1)
                     raise ValueError(
                         f"{kind}.rules.{beh}: unknown behaviour"
@@ -493,16 +577,23 @@ class Config(Strict):
                 for name, mod in mods.items():
                     self._check_signal(f"{kind}.rules.{beh}.{name}.signal", mod.signal, kind)
             move = getattr(pop, "move", None)
+            if move is not None:
+                self._check_move_rate(kind, move.speed_um_per_min)
             if move is not None and move.chemotaxis_field is not None and move.chemotaxis_field not in fields:
                 raise ValueError(
                     f"{kind}.move.chemotaxis_field: {move.chemotaxis_field!r} is not an enabled field "
-                    f"({', '.join(fields)})"
+                    f"({', '.join(fields)}){self._disabled(move.chemotaxis_field)}"
                 )
         for e in self.car_t.product.edits:
             if e not in self.edits:
                 raise ValueError(f"car_t.product.edits: unknown edit {e!r}; defined edits: {', '.join(self.edits)}")
         car_t_mods = {n for mods in self.car_t.rules.values() for n in mods}
+        used = {*self.car_t.product.edits,
+                *(e for ev in self.therapy if ev.kind == "infusion" for e in ev.product.edits)}
+        defaults = default_edits()
         for ename, edit in self.edits.items():
+            if ename not in used and ename in defaults and edit == EditConfig.model_validate(defaults[ename]):
+                continue  # a default edit no product uses may name modulators a disabled field took away
             for n in [*edit.remove, *edit.change]:
                 if n not in car_t_mods:
                     raise ValueError(
@@ -565,8 +656,8 @@ class Config(Strict):
                 raise ValueError(f"{key}: {signal!r}: contact types are {', '.join(CONTACT_TYPES)}")
         elif signal not in self.enabled_fields and signal not in STATE_SIGNALS[kind]:
             raise ValueError(
-                f"{key}: unknown signal {signal!r}; use an enabled field ({', '.join(self.enabled_fields)}), "
-                f"contact:<{'|'.join(CONTACT_TYPES)}> or a {kind} state signal "
+                f"{key}: unknown signal {signal!r}{self._disabled(signal)}; use an enabled field "
+                f"({', '.join(self.enabled_fields)}), contact:<{'|'.join(CONTACT_TYPES)}> or a {kind} state signal "
                 f"({', '.join(STATE_SIGNALS[kind]) or 'none'})"
             )
 

@@ -13,13 +13,20 @@ from ..biology.patient import Product, Systemic
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
-from ..config import check_memory, resolve_config
+from ..config import ConfigError, check_memory, resolve_config
 from ..engine.backend import Backend, make_backend
 from ..engine.lattice import Lattice, vessel_sites
 from ..engine.schedule import Stage, StagedScheduler
 from .readouts import REPORTED, row
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
+
+
+def _check_room(key: str, wanted: int, free: int) -> None:
+    """Refuse to place more initial cells than there are free sites (never fewer, silently)."""
+    if wanted > free:
+        raise ConfigError(f"{key} {wanted}: only {free} free lattice sites are left for them (after vessels and "
+                          f"the cells placed before)")
 
 
 class TMEModel(mesa.Model):
@@ -126,14 +133,16 @@ class TMEModel(mesa.Model):
             sites = sites[occ[sites] == 0]
         if t.archetype in ("dispersed", "bulky"):
             free = np.setdiff1d(np.flatnonzero(occ == 0), sites)
-            extra = self.rng.choice(free, size=min(t.initial_cells, len(free)), replace=False)
+            _check_room("tumor.initial_cells", t.initial_cells, len(free))
+            extra = self.rng.choice(free, size=t.initial_cells, replace=False)
             sites = np.sort(np.concatenate([sites, extra]))
         self.tumor.seed_cells(sites, self.rng)
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
                        (self.granulocytes, cfg.granulocyte.initial_cells)):
             if n:
                 free = self._free_sites_host()
-                sites = np.sort(self.rng.choice(free, size=min(n, len(free)), replace=False))
+                _check_room(f"{pop.kind}.initial_cells", n, len(free))
+                sites = np.sort(self.rng.choice(free, size=n, replace=False))
                 extra = pop.new_cell_state(len(sites)) if pop is self.car_t else {}
                 pop.add(sites, how="arrived", **extra)
 
