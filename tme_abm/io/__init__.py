@@ -4,6 +4,6 @@ and reading runs back as pandas and xarray objects (readers). docs/output.md."""
 
 from .readers import Run, open_run, open_runs
 from .runfile import RunFile, RunFileError
-from .runner import run
+from .runner import default_output_path, run
 
-__all__ = ["Run", "RunFile", "RunFileError", "open_run", "open_runs", "run"]
+__all__ = ["Run", "RunFile", "RunFileError", "default_output_path", "open_run", "open_runs", "run"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from ..config import Config, ConfigError, validate_config
+from ..biology.outcomes import OUTCOME_UNITS
+from ..config import Config, ConfigError, load_yaml, validate_config
 from .runfile import TIME_COLUMN, RunFileError, reading
 
 
@@ -51,7 +51,7 @@ class Run:
     def config(self) -> Config:
         """The run's resolved config, validated."""
         try:
-            return validate_config(yaml.safe_load(self.config_yaml))
+            return validate_config(load_yaml(self.config_yaml))
         except ConfigError as exc:
             raise RunFileError(f"{self.path}: stored config does not validate with this tme_abm version: "
                                f"{exc}") from None
@@ -168,7 +168,7 @@ class Run:
     def summary(self) -> dict:
         """Identity, status and outcomes of the run (what ``tme-abm summarize`` prints)."""
         a = self.attrs
-        info = {"path": str(self.path), "name": yaml.safe_load(self.config_yaml).get("name", ""),
+        info = {"path": str(self.path), "name": load_yaml(self.config_yaml).get("name", ""),
                 "status": self.status, "seed": a.get("seed"), "backend": a.get("backend"),
                 "device": a.get("device"), "package_version": a.get("package_version"),
                 "git_commit": a.get("git_commit", ""), "wall_seconds": a.get("wall_seconds")}
@@ -253,7 +253,7 @@ def summary_text(info: dict) -> str:
         lines.append("no outcomes (the run has not completed)")
     width = max((len(k) for k in out), default=0)
     for k, v in out.items():
-        lines.append(f"  {k:<{width}}  {_fmt(v)}")
+        lines.append(f"  {k:<{width}}  {_fmt(v)} {OUTCOME_UNITS.get(k, '')}".rstrip())
     cal = info.get("calibration")
     if cal and cal["kills_per_car_t_per_day"]:
         lines.append("calibration (docs/model.md): kills per CAR T per day on days 1.. "

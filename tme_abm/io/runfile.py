@@ -276,23 +276,25 @@ class RunFile:
         ck.attrs.update({"latest": slot, "tick": int(meta["steps"]), "time_min": float(meta["time_min"])})
         self.f.flush()
 
-    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The latest checkpoint's ``(arrays, meta)``."""
+    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The latest checkpoint's ``(arrays, meta)``, or None if the run was stopped before
+        its first checkpoint was complete."""
         ck = self.f["checkpoint"]
         slot = str(ck.attrs["latest"])
         if not slot:
-            raise RunFileError(f"{self.path}: holds no checkpoint to resume from")
+            return None
         g = ck[slot]
         arrays: dict[str, np.ndarray] = {}
         g.visititems(lambda k, obj: arrays.__setitem__(k, obj[()]) if isinstance(obj, h5py.Dataset) else None)
         meta = json.loads(arrays.pop("meta").decode())
         return arrays, meta
 
-    def rewind(self, time_min: float, events: list[dict]) -> None:
-        """Drop everything recorded after ``time_min`` (the latest checkpoint's time) and
-        mark the run as running again, so it can continue from that checkpoint."""
+    def rewind(self, time_min: float | None, events: list[dict]) -> None:
+        """Drop everything recorded after ``time_min`` (the latest checkpoint's time; None:
+        everything, to start again) and mark the run as running again, so it can continue
+        from that checkpoint."""
         self._rows = []
-        keep = time_min + 1e-6
+        keep = -np.inf if time_min is None else time_min + 1e-6
         ts = self.f["timeseries"]
         n = int(np.searchsorted(ts["time"][:], keep, side="right"))
         for ds in ts.values():

@@ -3,6 +3,7 @@ record the outcome; resume an interrupted run from its checkpoint."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,12 +12,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, load_yaml
 from ..engine.backend import make_backend
 from ..model import TMEModel, set_state
+from .lock import WriterLock
 from .runfile import RunFile, RunFileError, reading
 from .writers import output_writers
 
@@ -29,64 +30,115 @@ def default_output_path(cfg: Config) -> Path:
     return Path(cfg.output.path) if cfg.output.path else Path("runs") / f"{cfg.name}.h5"
 
 
+def pending_path(path: Path) -> Path:
+    """Where ``--overwrite`` writes the new run until it completes and replaces ``path``."""
+    return path.with_name(f".{path.name}.overwrite")
+
+
 def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, quiet: bool = False,
         resume: bool = False) -> Path:
     """Run ``cfg`` to completion and return the run file's path.
 
-    With ``resume``, ``out`` is an existing run file of the same config (status running
-    or failed): the model is restored from its latest checkpoint, everything recorded
-    after it is dropped, and the run continues; the finished file equals the one an
-    uninterrupted run would have written (same seed and backend), bit for bit, apart
-    from wall-clock attributes.
+    The run holds an exclusive lock on its path for its whole life: a second run, resume
+    or overwrite of the same path is refused (:class:`~.lock.LockedError` naming the
+    holder). With ``overwrite``, an existing file stays untouched until the new run
+    completes: the new run is written beside it (:func:`pending_path`) and replaces it
+    only then.
 
-    A failure records status "failed" and the error in the file before re-raising.
+    With ``resume``, ``out`` is an existing run file of the same config (status running
+    or failed), or the path an interrupted ``--overwrite`` was to replace: the model is
+    restored from the latest checkpoint (or built afresh if the run stopped before its
+    first one), everything recorded after it is dropped, and the run continues; the
+    finished file equals the one an uninterrupted run would have written (same seed and
+    backend), bit for bit, apart from wall-clock attributes.
+
+    A failure records status "failed" and the error in the file before re-raising; a run
+    whose file was removed or replaced while it ran fails.
     """
     backend = make_backend(cfg.backend, cfg.dtype)
     path = Path(out) if out else default_output_path(cfg)
-    if resume:
-        _check_same_config(path, cfg)
-    elif path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, or --resume it")
-    model = TMEModel(cfg, backend=backend)
-    if resume:
-        run_file = RunFile.reopen(path)
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory; --out names the run file (e.g. {path / (cfg.name + '.h5')})")
+    lock = WriterLock(path, "another run is writing it")
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise RunFileError(f"{path}: cannot write the run file there: {exc.strerror or exc}") from None
+    with _sigterm_raises(), lock:
+        pending = pending_path(path)
+        if resume:
+            target = pending if pending.exists() else path
+            _check_same_config(target, cfg)
+        elif path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, "
+                                  f"or --resume it")
+        else:
+            target = pending if path.exists() else path
+        model = TMEModel(cfg, backend=backend)
         try:
-            set_state(model, *run_file.read_checkpoint())
-            run_file.rewind(model.time_min, model.event_log)
+            run_file, fresh = _open(model, cfg, target, backend, resume)
         except BaseException:
-            run_file.f.close()
             model.fields.solver.close()
             raise
-    else:
-        run_file = RunFile.create(
-            path, config_yaml=cfg.to_yaml(), overwrite=overwrite,
-            attrs={"title": f"tme_abm run {cfg.name}", "seed": cfg.seed, "backend": backend.name,
-                   "device": backend.device, "dtype": cfg.dtype, "git_commit": _git_commit()},
-            lattice_shape=model.lattice.shape, spacing_um=model.lattice.spacing_um,
-            field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)
-    t0 = time.perf_counter()
-    try:
-        with _sigterm_raises():
-            _advance(model, run_file, cfg, quiet)
-        wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
-        run_file.f.attrs["wall_seconds"] = wall
-        run_file.write_outcomes(model.outcomes())
-    except BaseException as exc:
-        run_file.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        model.fields.solver.close()
-    run_file.finish("complete")
+        inode = os.stat(target).st_ino
+        t0 = time.perf_counter()
+        try:
+            _advance(model, run_file, cfg, quiet, fresh)
+            wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
+            run_file.f.attrs["wall_seconds"] = wall
+            run_file.write_outcomes(model.outcomes())
+        except BaseException as exc:
+            run_file.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            model.fields.solver.close()
+        run_file.finish("complete")
+        try:
+            still_ours = os.stat(target).st_ino == inode
+        except FileNotFoundError:
+            still_ours = False
+        if not still_ours:
+            raise RunFileError(f"{target}: the run file was removed or replaced while the run was writing it; "
+                               f"this run's results are lost")
+        if target != path:
+            os.replace(target, path)
     return path
 
 
-def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool) -> None:
-    """Step ``model`` from its current tick to the end; after the initial state and after
-    every tick, each output writer that is due writes."""
+def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool) -> tuple[RunFile, bool]:
+    """The run file to write and whether the run starts from its initial state: a new
+    file, or ``target`` reopened, restored into ``model`` from its latest checkpoint and
+    cut back to it (to nothing if it has no checkpoint yet)."""
+    if not resume:
+        try:
+            run_file = RunFile.create(
+                target, config_yaml=cfg.to_yaml(), overwrite=True,
+                attrs={"title": f"tme_abm run {cfg.name}", "seed": cfg.seed, "backend": backend.name,
+                       "device": backend.device, "dtype": cfg.dtype, "git_commit": _git_commit()},
+                lattice_shape=model.lattice.shape, spacing_um=model.lattice.spacing_um,
+                field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)
+        except OSError as exc:
+            raise RunFileError(f"{target}: cannot write the run file: {exc.strerror or exc}") from None
+        return run_file, True
+    run_file = RunFile.reopen(target)
+    try:
+        state = run_file.read_checkpoint()
+        if state is not None:
+            set_state(model, *state)
+        run_file.rewind(model.time_min if state is not None else None, model.event_log)
+    except BaseException:
+        run_file.f.close()
+        raise
+    return run_file, state is None
+
+
+def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh: bool) -> None:
+    """Step ``model`` from its current tick to the end; after the initial state (when the
+    run starts from it) and after every tick, each output writer that is due writes."""
     writers = output_writers(cfg, run_file, dict(zip(model.fields.names, model.fields.units)))
     n_ticks = cfg.time.n_ticks
     start = model.steps
-    if start == 0:
+    if fresh:
         for w in writers:
             if w.due(model, last=False):
                 w.write(model)
@@ -109,7 +161,7 @@ def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool) -> No
 def _check_same_config(path: Path, cfg: Config) -> None:
     """Refuse to resume ``path`` with a config other than the one it was started with."""
     with reading(path) as f:
-        stored = yaml.safe_load(f["config"][()].decode())
+        stored = load_yaml(f["config"][()].decode())
     a, b = _flat(stored), _flat(cfg.model_dump(mode="json"))
     diff = sorted(k for k in a.keys() | b.keys() if k != "output.path" and a.get(k) != b.get(k))
     if diff:
@@ -130,8 +182,8 @@ def _flat(d, prefix: str = "") -> dict:
 
 @contextmanager
 def _sigterm_raises():
-    """Turn SIGTERM into :class:`RunTerminated` while the run steps (main thread only),
-    so a job killed by its scheduler records status "failed" and can be resumed."""
+    """Turn SIGTERM into :class:`RunTerminated` while a run is on (main thread only), so a
+    job killed by its scheduler records status "failed" and can be resumed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

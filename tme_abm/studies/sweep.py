@@ -28,8 +28,10 @@ from pydantic import Field, ValidationError
 from SALib.sample import latin, morris, sobol
 from tqdm import tqdm
 
-from ..config import ConfigError, Strict, format_validation_error, load_config, read_yaml
+from ..config import ConfigError, Strict, format_validation_error, load_config, load_yaml, read_yaml
+from ..engine.backend import cuda_device_count
 from ..io import RunFileError, open_run, run
+from ..io.lock import LockedError, WriterLock
 from .errors import SweepError
 from .table import TableAppender, read_table
 
@@ -109,12 +111,9 @@ def load_spec(path, extra_set: list[str] | None = None) -> tuple[SweepSpec, Path
         if "=" not in item:
             raise SweepError(f"--set {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        spec.set[k.strip()] = yaml.safe_load(v)
+        spec.set[k.strip()] = load_yaml(v)
     base = (path.parent / spec.base).resolve()
     d = spec.design
-    # PyYAML reads 1.0e5 (no exponent sign) as a string; a swept value is meant as a number
-    d.parameters = {k: [_number(x) for x in v] for k, v in d.parameters.items()}
-    d.points = [{k: _number(x) for k, x in p.items()} for p in d.points]
     if d.kind == "list":
         if not d.points:
             raise SweepError(f"{path}: design.points: a list design needs at least one point")
@@ -141,15 +140,6 @@ def load_spec(path, extra_set: list[str] | None = None) -> tuple[SweepSpec, Path
     except ConfigError as exc:
         raise SweepError(f"{path}: the base config with the first point does not validate: {exc}") from None
     return spec, base
-
-
-def _number(v):
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
 
 
 def problem(spec: SweepSpec) -> dict:
@@ -264,7 +254,7 @@ def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: l
     if gpus:
         cluster = gpu_cluster(gpus)
     else:
-        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
                                dashboard_address=":0")  # any free port: sweeps can run side by side
     return Client(cluster), cluster
 
@@ -286,13 +276,20 @@ def jobqueue_cluster(spec: SweepSpec):
 def gpu_cluster(gpus: list[int]):
     """One single-threaded worker process per listed GPU: dask-cuda's LocalCUDACluster,
     which puts each worker's own device first in its CUDA_VISIBLE_DEVICES (the device
-    CuPy then uses)."""
+    CuPy then uses). Devices the machine does not have are refused first."""
+    present = cuda_device_count()
+    missing = [g for g in gpus if not 0 <= g < present]
+    if missing:
+        have = ", ".join(map(str, range(present))) if present else "none"
+        raise SweepError(f"--gpus {','.join(map(str, gpus))}: no CUDA device {', '.join(map(str, missing))} "
+                         f"on this machine (devices: {have})")
     try:
         from dask_cuda import LocalCUDACluster  # noqa: PLC0415 - the cuda12 extra, needed only for --gpus
     except ImportError:
         raise SweepError("--gpus needs dask-cuda: pip install 'tme-abm[cuda12]'") from None
     try:
-        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(gpus), threads_per_worker=1, dashboard_address=":0")
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(gpus), threads_per_worker=1, dashboard_address=":0",
+                                silence_logs=logging.ERROR)
     except Exception as exc:  # no driver, no such device: one line for the user
         raise SweepError(f"--gpus {','.join(map(str, gpus))}: cannot start GPU workers "
                          f"({type(exc).__name__}: {exc})") from None
@@ -307,8 +304,20 @@ def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str 
 
 def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
              gpus: list[int] | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run a loaded spec (see :func:`run_sweep`)."""
+    """Run a loaded spec (see :func:`run_sweep`). One sweep at a time runs in a folder: a
+    second is refused (SweepError naming the process that holds the folder)."""
     out = Path(out_dir)
+    try:
+        lock = WriterLock(out, "another sweep is running in this folder", lock_name=".sweep.lock").acquire()
+    except LockedError as exc:
+        raise SweepError(str(exc)) from None
+    try:
+        return _run_locked(spec, base, out, workers, scheduler, gpus, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus, progress) -> pd.DataFrame:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)
     todo = tasks(spec)
