@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -120,3 +123,102 @@ def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path
         assert r.stderr.strip().splitlines() == [
             f"error: tme-abm {args[0]} needs the '{extra}' extra "
             f"({'matplotlib' if extra == 'report' else 'dask'} is not installed): pip install 'tme-abm[{extra}]'"]
+
+
+def error_lines(r: subprocess.CompletedProcess) -> list[str]:
+    return [x for x in r.stderr.splitlines() if not x.startswith(("warning:", "WARNING:"))]
+
+
+@pytest.mark.parametrize("setup, args, expected", [
+    (lambda d: (d / "bin.yaml").write_bytes(bytes(range(256)) * 4), ["run", "{d}/bin.yaml"],
+     "{d}/bin.yaml: not a text file"),
+    (lambda d: (d / "empty.yaml").write_text(""), ["validate", "{d}/empty.yaml"], "{d}/empty.yaml: the file is empty"),
+    (lambda d: (d / "folder").mkdir(), ["run", str(QUICK), "--out", "{d}/folder"], "{d}/folder: is a directory"),
+    (lambda d: (d / "file").write_text("x"), ["run", str(QUICK), "--out", "{d}/file/run.h5"],
+     "{d}/file/run.h5: cannot write the run file there"),
+    (lambda d: None, ["run", str(QUICK), "--set", "tumor.radius_sites=500"],
+     "tumor.radius_sites 500.0: a spheroid of diameter 1000.0 sites does not fit the lattice [120, 120] "
+     "(from --set tumor.radius_sites=500)"),
+    (lambda d: None, ["run", str(QUICK), "--seed", "-1"], "seed: value -1 is not allowed: Input should be greater "
+                                                          "than or equal to 0 (from --seed -1)"),
+    (lambda d: None, ["validate", str(QUICK), "--set", "fields.oxygn.initial=3"],
+     "fields.oxygn: not a default field (did you mean oxygen?)"),
+    (lambda d: None, ["validate", str(QUICK), "--set", "car_t.initial_cells=14000"],
+     "car_t.initial_cells 14000: only 13084 free lattice sites are left"),
+])
+def test_user_errors_are_one_line(tmp_path, setup, args, expected):
+    setup(tmp_path)
+    r = cli(*(a.format(d=tmp_path) for a in args), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = error_lines(r)
+    assert line.startswith("error: ") and expected.format(d=tmp_path) in line, line
+
+
+def test_report_refuses_a_file_as_folder_and_days_the_run_lacks(tmp_path):
+    out = tmp_path / "q.h5"
+    assert cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "-q").returncode == 0
+    (tmp_path / "taken").write_text("x")
+    for args, expected in ((["--out", tmp_path / "taken"], f"{tmp_path / 'taken'}: is a file"),
+                           (["--day", "100"], "--day 100: the run's snapshots span days 0 to 0.1")):
+        r = cli("report", out, *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        (line,) = error_lines(r)
+        assert line.startswith(f"error: {expected}"), line
+
+
+def test_summarize_json_is_strict_json(tmp_path):
+    out = tmp_path / "q.h5"
+    assert cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "-q").returncode == 0
+    r = cli("summarize", out, "--json")
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    info = json.loads(r.stdout, parse_constant=refuse)
+    assert info["outcomes"]["time_to_progression_days"] is None  # NaN: no progression
+    assert "day" in cli("summarize", out).stdout  # units in the text
+
+
+@pytest.mark.parametrize("sig, code, what", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_an_interrupted_run_says_how_to_resume_and_that_command_finishes_it(tmp_path, sig, code, what):
+    out = tmp_path / "i.h5"
+    env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
+    proc = subprocess.Popen([sys.executable, "-m", "tme_abm.cli", "run", QUICK, "--out", out, "-q", "--seed", "4",
+                             "--set", "time.duration_days=2"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out.exists() and h5py.is_hdf5(out)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    (line,) = [x for x in stderr.splitlines() if not x.startswith(("warning:", "WARNING:"))]
+    assert line.startswith(f"error: {what}: the run file records status failed; continue it with: tme-abm run ")
+    assert tme_abm_status(out) == "failed"
+    command = shlex.split(line.split("continue it with: ", 1)[1])
+    assert command[-2:] == ["--resume", str(out)] and "--seed" in command
+    r = subprocess.run([sys.executable, "-m", "tme_abm.cli", *command[1:]], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert tme_abm_status(out) == "complete"
+
+
+def tme_abm_status(path) -> str:
+    with h5py.File(path, "r", locking=False) as f:
+        return f.attrs["status"]
+
+
+def test_version_and_unexpected_errors_in_one_line_unless_debug(tmp_path):
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("tme-abm ")
+    odd = tmp_path / "odd.h5"  # a run file whose config is a number: not a case the readers know
+    with h5py.File(odd, "w") as f:
+        f.attrs["format"] = "tme_abm-run-3"
+        f["config"] = 3
+    r = cli("summarize", odd)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = error_lines(r)
+    assert line.startswith("error: AttributeError: ") and "--debug" in line
+    r = cli("--debug", "summarize", odd)
+    assert r.returncode == 1 and "Traceback" in r.stderr

@@ -43,6 +43,14 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == target / "tme_abm" / "engine" / "diffusion" / "lod.cu"
+    # the configs ship too: outside the repository the installed package lists its experiments
+    for cfg in ("quickstart.yaml", "experiments/burden.yaml", "sweeps/burden.yaml"):
+        assert f"tme_abm/configs/{cfg}" in names
+    code = "from tme_abm.studies.experiments import available, find; print(available(), find('burden'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'burden'" in out.stdout and str(target / "tme_abm" / "configs" / "experiments") in out.stdout
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")

@@ -128,7 +128,7 @@ def test_gpu_workers_each_use_their_own_device():
     """With dask-cuda and a GPU, each worker's first visible device (the one CuPy uses) is
     its own; without them, --gpus is a one-line error naming the extra or the problem."""
     if not (importlib.util.find_spec("dask_cuda") and _cupy_device_usable()[0] is not None):
-        with pytest.raises(SweepError, match="dask-cuda: pip install 'tme-abm\\[cuda12\\]'|cannot start GPU workers"):
+        with pytest.raises(SweepError, match="no CUDA device 0 on this machine|dask-cuda: pip install|cannot start"):
             gpu_cluster([0])
         return
     cluster = gpu_cluster([0])
@@ -152,10 +152,14 @@ def test_gpu_workers_are_one_single_threaded_local_cuda_worker_per_listed_device
                 raise RuntimeError("no CUDA device 9")
 
     monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeLocalCUDACluster))
+    monkeypatch.setattr("tme_abm.studies.sweep.cuda_device_count", lambda: 10)
     assert isinstance(gpu_cluster([2, 0]), FakeLocalCUDACluster)
     assert seen["CUDA_VISIBLE_DEVICES"] == [2, 0] and seen["threads_per_worker"] == 1
     with pytest.raises(SweepError, match=r"--gpus 9: cannot start GPU workers \(RuntimeError: no CUDA device 9\)"):
         gpu_cluster([9])
+    monkeypatch.setattr("tme_abm.studies.sweep.cuda_device_count", lambda: 1)
+    with pytest.raises(SweepError, match=r"--gpus 0,1: no CUDA device 1 on this machine \(devices: 0\)"):
+        gpu_cluster([0, 1])
 
 
 def test_summary_statistics_and_figures(two_workers):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,15 +14,30 @@ import typer
 
 from .config import ConfigError, accuracy_warnings, load_config
 from .engine.backend import BACKEND_CHOICES, BackendError
+from .version import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="tme_abm: agent-based tumor microenvironment simulator under CAR T therapy.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (speed figures for reports).")
+bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Benchmarks (speed figures for reports).")
 app.add_typer(bench_app, name="bench")
-
 
 EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps"}
 """Top-level modules of the optional extras, and the extra that installs each."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tme-abm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    """tme_abm: agent-based tumor microenvironment simulator under CAR T therapy."""
 
 
 @contextmanager
@@ -42,56 +59,93 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path, overrides: list[str] | None, backend: str | None = None,
-          seed: int | None = None):
-    extra = list(overrides or [])
+def _overrides(set_: list[str] | None, backend: str | None = None, seed: int | None = None,
+               days: float | None = None) -> tuple[list[str], list[str]]:
+    """The command line's config overrides as ``KEY=VALUE`` items, and what the user typed
+    for each (so an error names the option, not the config file)."""
+    items, labels = [], []
+    for s in set_ or []:
+        items.append(s)
+        labels.append(f"--set {s}")
     if backend is not None:
         if backend not in BACKEND_CHOICES:
             _fail(f"--backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
-        extra.append(f"backend={backend}")
+        items.append(f"backend={backend}")
+        labels.append(f"--backend {backend}")
     if seed is not None:
-        extra.append(f"seed={seed}")
+        items.append(f"seed={seed}")
+        labels.append(f"--seed {seed}")
+    if days is not None:
+        items.append(f"time.duration_days={days}")
+        labels.append(f"--days {days}")
+    return items, labels
+
+
+def _load(config: Path, set_: list[str] | None, backend: str | None = None, seed: int | None = None,
+          days: float | None = None):
+    items, labels = _overrides(set_, backend, seed, days)
     try:
-        return load_config(config, extra)
+        return load_config(config, items, labels)
     except ConfigError as exc:
         _fail(str(exc))
 
 
+CONFIG = typer.Argument(..., metavar="CONFIG", help="YAML config file")
+SET = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key, e.g. --set seed=3 "
+                                                             "(repeatable; the value is YAML)")
+BACKEND = typer.Option(None, metavar="auto|numpy|cupy", help="array backend (overrides the config)")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress bar")
+WORKERS = typer.Option(None, min=1, metavar="N", help="local worker processes (default 1)")
+SCHEDULER = typer.Option(None, metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+GPUS = typer.Option(None, metavar="IDS", help="one worker per listed GPU, e.g. --gpus 0,1 (the cuda12 extra)")
+
+
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="YAML config file"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="run file (default runs/<name>.h5)"),
-    backend: str | None = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
-    seed: int | None = typer.Option(None, help="random seed (overrides the config)"),
-    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set fields.oxygen.decay_per_min=0.2"),
-    overwrite: bool = typer.Option(False, help="replace an existing run file"),
-    resume: Path | None = typer.Option(None, help="continue this interrupted run file from its last checkpoint "
-                                                     "(same config and options as the first run)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    config: Path = CONFIG,
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH", help="run file (default runs/<name>.h5)"),
+    backend: str | None = BACKEND,
+    seed: int | None = typer.Option(None, metavar="N", help="random seed (overrides the config)"),
+    set_: list[str] | None = SET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run file once this run completes"),
+    resume: Path | None = typer.Option(None, metavar="PATH", help="continue this interrupted run file (same config "
+                                                                  "and options as the first run)"),
+    quiet: bool = QUIET,
 ) -> None:
     """Run one config and write an HDF5 run file."""
-    from .io import RunFileError
+    from .io import RunFileError, default_output_path
     from .io import run as run_config
+    from .io.lock import LockedError
+    from .io.runner import RunTerminated, pending_path
 
     cfg = _load(config, set_, backend, seed)
     for w in accuracy_warnings(cfg):
         typer.echo(f"warning: {w}", err=True)
     if resume is not None and (out is not None or overwrite):
         _fail("--resume PATH continues PATH in place; it cannot be combined with --out or --overwrite")
+    target = resume or out or default_output_path(cfg)
     try:
-        path = run_config(cfg, resume if resume is not None else out, overwrite=overwrite, quiet=quiet,
-                          resume=resume is not None)
-    except (ConfigError, BackendError, RunFileError) as exc:
+        path = run_config(cfg, target, overwrite=overwrite, quiet=quiet, resume=resume is not None)
+    except (ConfigError, BackendError, RunFileError, LockedError) as exc:
         _fail(str(exc))
     except FileExistsError as exc:
         _fail(str(exc), 1)
+    except (KeyboardInterrupt, RunTerminated) as exc:
+        # exit status 128 + the signal, as a shell reports it
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, RunTerminated) else ("interrupted (Ctrl-C)", 130)
+        if not (target.exists() or pending_path(target).exists()):
+            _fail(f"{what} before {target} was written", code)
+        command = shlex.join(["tme-abm", "run", str(config), *(a for s in set_ or [] for a in ("--set", s)),
+                              *(["--seed", str(seed)] if seed is not None else []),
+                              *(["--backend", backend] if backend is not None else []), "--resume", str(target)])
+        _fail(f"{what}: the run file records status failed; continue it with: {command}", code)
     typer.echo(str(path))
 
 
 @app.command()
 def summarize(
     run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (NaN and infinity as null)"),
 ) -> None:
     """Print a run's status and outcomes."""
     from .io import RunFileError
@@ -102,26 +156,40 @@ def summarize(
         info = r.summary()
     except RunFileError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(info, indent=2, default=float) if as_json else summary_text(info))
+    typer.echo(json.dumps(_json_safe(info), indent=2, allow_nan=False) if as_json else summary_text(info))
+
+
+def _json_safe(value):
+    """``value`` with NaN and infinities as null (JSON has neither), NumPy scalars as numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @app.command()
 def report(
     run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="folder for the figures (default <RUN>_report/)"),
-    days: list[float] | None = typer.Option(None, "--day", help="snapshot day to show (repeatable; default "
-                                                                   "first, middle, last)"),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
+                                    help="folder for the figures (default <RUN>_report/)"),
+    days: list[float] | None = typer.Option(None, "--day", metavar="DAY", help="snapshot day to show (repeatable; "
+                                                                                "default first, middle, last)"),
 ) -> None:
     """Write PNG figures and an HTML and text summary of a run."""
     from .io import RunFileError
 
     with _needs_extras("report"):
-        from .viz.report import write_report
+        from .viz.report import ReportError, write_report
 
     folder = out if out is not None else run_file.with_name(run_file.stem + "_report")
     try:
         written = write_report(run_file, folder, days=days)
-    except RunFileError as exc:
+    except (RunFileError, ReportError) as exc:
         _fail(str(exc))
     for p in written:
         typer.echo(str(p))
@@ -129,16 +197,19 @@ def report(
 
 @app.command()
 def validate(
-    config: Path = typer.Argument(..., help="YAML config file"),
-    set_: list[str] | None = typer.Option(None, "--set", help="override a key, as for run"),
+    config: Path = CONFIG,
+    set_: list[str] | None = SET,
 ) -> None:
     """Check a config; exit 0 if valid, non-zero with the problems otherwise."""
     from .config import check_memory, memory_estimate_bytes
-    from .engine.backend import host_available_memory_bytes
+    from .engine.backend import host_available_memory_bytes, make_backend
+    from .model import TMEModel
 
     cfg = _load(config, set_)
     try:
         check_memory(cfg, host_available_memory_bytes())
+        # building the model places the initial cells, which can fail only then
+        TMEModel(cfg, backend=make_backend("numpy", cfg.dtype)).fields.solver.close()
     except ConfigError as exc:
         _fail(str(exc))
     for w in accuracy_warnings(cfg):
@@ -151,13 +222,13 @@ def validate(
 
 @app.command()
 def sweep(
-    spec: Path = typer.Argument(..., help="sweep spec (YAML, e.g. configs/sweeps/burden.yaml)"),
-    out: Path = typer.Option(..., "--out", "-o", help="sweep folder: runs/, outcomes.csv, sweep.yaml"),
-    workers: int | None = typer.Option(None, min=1, help="local worker processes (default 1)"),
-    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler, e.g. tcp://host:8786"),
-    gpus: str | None = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1,2,3"),
-    set_: list[str] | None = typer.Option(None, "--set", help="override a key of every run"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    spec: Path = typer.Argument(..., metavar="SPEC", help="sweep spec (YAML, e.g. configs/sweeps/burden.yaml)"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="sweep folder: runs/, outcomes.csv, sweep.yaml"),
+    workers: int | None = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    gpus: str | None = GPUS,
+    set_: list[str] | None = SET,
+    quiet: bool = QUIET,
 ) -> None:
     """Run every (point, replicate) of a sweep on Dask; finished runs are skipped."""
     with _needs_extras("sweep"):
@@ -196,17 +267,21 @@ def sweep_summary(
 
 @app.command()
 def experiment(
-    name: str | None = typer.Argument(None, help="experiment name (configs/experiments/NAME.yaml) or spec file"),
-    quick: bool = typer.Option(False, help="the small variant (minutes on a laptop; checks the pipeline)"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="folder (default runs/experiments/NAME[-quick])"),
-    workers: int | None = typer.Option(None, min=1, help="local worker processes (default 1)"),
-    scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler"),
-    gpus: str | None = typer.Option(None, help="one worker per listed GPU, e.g. --gpus 0,1"),
+    name: str | None = typer.Argument(None, metavar="NAME", help="experiment name (configs/experiments/NAME.yaml) "
+                                                                  "or spec file"),
+    quick: bool = typer.Option(False, "--quick", help="the small variant (minutes on a laptop; checks the pipeline)"),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
+                                    help="folder (default runs/experiments/NAME[-quick])"),
+    workers: int | None = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    gpus: str | None = GPUS,
     list_: bool = typer.Option(False, "--list", help="list the experiments and their questions"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET,
 ) -> None:
-    """Run one experiment (a sweep with a question and expected directions) and write its
-    table, figures and report under OUT/experiment/."""
+    """Run one experiment and write its tables, figures and report under OUT/experiment/.
+
+    An experiment is a sweep with a question, named arms and the directions the review
+    expects (docs/sweeps.md)."""
     with _needs_extras("experiment"):
         from .studies.experiments import available, experiment_config, find, run_experiment
         from .studies.sweep import SweepError, load_spec
@@ -256,12 +331,13 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 @bench_app.command("diffusion")
 def bench_diffusion_cmd(
-    shape: str = typer.Option("200 200 200", help="lattice shape: 2 or 3 integers (200 200 200 or 200x200x200)"),
-    fields: int = typer.Option(4, min=1, help="number of fields"),
-    dtype: str = typer.Option("float32", help="float32 | float64"),
-    backend: str = typer.Option("auto", help="auto | numpy | cupy"),
-    repeats: int = typer.Option(5, min=1, help="timed steps (median reported)"),
-    warmup: int = typer.Option(2, min=0, help="untimed steps first"),
+    shape: str = typer.Option("200 200 200", metavar="NZ NY NX",
+                              help="lattice shape: 2 or 3 integers (200 200 200 or 200x200x200)"),
+    fields: int = typer.Option(4, min=1, metavar="N", help="number of fields"),
+    dtype: str = typer.Option("float32", metavar="float32|float64", help="field dtype"),
+    backend: str = typer.Option("auto", metavar="auto|numpy|cupy", help="array backend"),
+    repeats: int = typer.Option(5, min=1, metavar="N", help="timed steps (median reported)"),
+    warmup: int = typer.Option(2, min=0, metavar="N", help="untimed steps first"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Voxel-field updates per second of one LOD diffusion step."""
@@ -285,19 +361,16 @@ def bench_diffusion_cmd(
 
 @bench_app.command("model")
 def bench_model_cmd(
-    config: Path = typer.Argument(..., help="YAML config file"),
-    days: float | None = typer.Option(None, help="simulate only this many days"),
-    backend: str | None = typer.Option(None, help="auto | numpy | cupy (overrides the config)"),
-    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set lattice.shape=[400,400]"),
+    config: Path = CONFIG,
+    days: float | None = typer.Option(None, metavar="DAYS", help="simulate only this many days"),
+    backend: str | None = BACKEND,
+    set_: list[str] | None = SET,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Agent-updates per second and wall time per simulated day of a whole model run."""
     from .bench import bench_model
 
-    extra = list(set_ or [])
-    if days is not None:
-        extra.append(f"time.duration_days={days}")
-    cfg = _load(config, extra, backend)  # clear errors for a bad config
+    cfg = _load(config, set_, backend, days=days)
     try:
         res = bench_model(cfg)
     except (ConfigError, BackendError) as exc:
@@ -332,7 +405,14 @@ def _join_shape_args(argv: list[str]) -> list[str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    app(args=_join_shape_args(sys.argv[1:]), prog_name="tme-abm")
+    argv = _join_shape_args(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="tme-abm")
+    except Exception as exc:  # not a user error the commands know: one line, unless --debug
+        if "--debug" in argv:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (tme-abm --debug ... shows the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ OUTCOME_KEYS = (
     "antigen_negative_fraction_end",
 )
 """The outcomes of a run, in the order :func:`compute_outcomes` gives them (docs/model.md)."""
+OUTCOME_UNITS = {
+    "baseline_burden": "tumor cells", "assessment_day": "day", "burden_ratio_at_end": "of baseline",
+    "nadir_burden": "tumor cells", "time_to_nadir_days": "day", "time_to_progression_days": "day",
+    "peak_blood_car_t": "CAR T cells", "peak_blood_car_t_day": "day",
+    "peak_expansion_over_baseline_burden": "CAR T per tumor cell", "max_crs_grade": "grade 0-4",
+    "peak_cytokine": "pg/mL", "icans_score": "risk 0-1", "antigen_negative_fraction_end": "of alive tumor cells",
+}
+"""What each numeric outcome is measured in (for people; run files carry UDUNITS)."""
 
 
 def classify_response(baseline: float, burden: float, tumor_alive: float) -> str:

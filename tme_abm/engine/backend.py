@@ -97,6 +97,12 @@ class Backend:
         return self._modules[key]
 
 
+def cuda_device_count() -> int:
+    """CUDA devices usable through CuPy on this machine (0 without CuPy or a driver)."""
+    cupy, _reason = _cupy_device_usable()
+    return int(cupy.cuda.runtime.getDeviceCount()) if cupy is not None else 0
+
+
 def host_available_memory_bytes() -> int:
     """MemAvailable of this host in bytes (falls back to free physical pages)."""
     try:

@@ -35,14 +35,25 @@ def _mark_events(ax, events: list[dict]) -> None:
                         va="top", ha="right", fontsize=7, alpha=0.8)
 
 
+class ReportError(ValueError):
+    """A report that cannot be drawn as asked (a day the run does not cover, an output
+    path that is a file)."""
+
+
 def _snapshot_indices(times_min: np.ndarray, start_day: float, days) -> list[int]:
-    """Snapshot indices nearest to ``days`` (default: first, middle, last)."""
+    """Snapshot indices nearest to ``days`` (default: first, middle, last); a day outside
+    the snapshots' span is refused, not moved to the nearest end."""
     if len(times_min) == 0:
         return []
     snap_days = start_day + times_min / 1440.0
     if not days:
         idx = [0, len(times_min) // 2, len(times_min) - 1]
     else:
+        step = float(np.min(np.diff(snap_days))) if len(snap_days) > 1 else 0.0
+        outside = [d for d in days if not snap_days[0] - step / 2 <= d <= snap_days[-1] + step / 2]
+        if outside:
+            raise ReportError(f"--day {outside[0]:g}: the run's snapshots span days {snap_days[0]:g} to "
+                              f"{snap_days[-1]:g}")
         idx = [int(np.argmin(np.abs(snap_days - d))) for d in days]
     return list(dict.fromkeys(idx))
 
@@ -166,14 +177,15 @@ def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, pat
             cells = cells[cells["z"] == shape[0] // 2]
         ax.imshow(_cell_image(cells, ny, nx), origin="lower", extent=extent, interpolation="nearest")
         _label_axes(ax, bottom=True, left=k == 0)
-        counts = ", ".join(f"{int((cells['type'] == c).sum())}" for c in TYPE_NAMES)
+        alive = int(((cells["type"] == 1) & (cells["state"] == 0)).sum())
+        counts = ", ".join([str(alive), *(f"{int((cells['type'] == c).sum())}" for c in (2, 3, 4))])
         ax.set_title(f"day {start_day + run.cell_times[i] / 1440:.1f}\n({counts})", fontsize=8)
     handles = [Patch(color=TUMOR_STATE_COLOURS[s], label=f"tumor {n}")
                for s, n in enumerate(("alive", "necrotic", "apoptotic", "killed"))]
     handles += [Patch(color=TYPE_COLOURS[c], label=TYPE_NAMES[c]) for c in (2, 3, 4)]
     fig.legend(handles=handles, loc="center right", fontsize=7)
     fig.suptitle(f"{run.path.name}: cells" + (" (middle z slice)" if len(shape) == 3 else "")
-                 + "; counts tumor, CAR T, monocytes, granulocytes", fontsize=9)
+                 + "; counts alive tumor, CAR T, monocytes, granulocytes", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / (3.6 * len(idx) + 1.6), 1))
     fig.savefig(path, dpi=110)
     return fig
@@ -220,6 +232,8 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
     cfg = run.config
     ts = run.timeseries
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: is a file; --out names the folder the report is written into")
     out.mkdir(parents=True, exist_ok=True)
     files = {"populations": out / "populations.png", "systemic": out / "systemic.png",
              "fields": out / "fields.png", "cells": out / "cells.png", "antigen": out / "antigen.png"}

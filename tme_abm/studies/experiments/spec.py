@@ -87,9 +87,11 @@ class ExperimentConfig(Strict):
 
 
 def _spec_dirs() -> list[Path]:
-    """Where experiments live: ``configs/experiments`` under the working directory, then
-    under the source tree (an editable install or a checkout)."""
-    dirs = [root / EXPERIMENTS_DIR for root in (Path.cwd(), Path(__file__).resolve().parents[3])]
+    """Where experiments live: ``configs/experiments`` under the working directory, then in
+    the installed package (a wheel ships the configs as ``tme_abm/configs``), then under
+    the source tree (an editable install or a checkout)."""
+    package = Path(__file__).resolve().parents[2]
+    dirs = [root / EXPERIMENTS_DIR for root in (Path.cwd(), package, package.parent)]
     return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]
 
 
