@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from test_io import assert_same_run
+from test_io import assert_same_run, fail_at_tick
 
 import tme_abm
 from tme_abm.config import load_config
@@ -105,19 +105,12 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_completes(tmp_path
     run(old_cfg, path, quiet=True)
     old_bytes = path.read_bytes()
     new_cfg = load_config(BASELINE, [*SMALL, "seed=8"])
-    original = TMEModel.step
-
-    def failing(self):
-        if self.steps == 500:
-            raise RuntimeError("fault at tick 500")
-        original(self)
-
-    monkeypatch.setattr(TMEModel, "step", failing)
+    fail_at_tick(monkeypatch, 500)
     with pytest.raises(RuntimeError, match="fault at tick 500"):
         run(new_cfg, path, quiet=True, overwrite=True)
     assert path.read_bytes() == old_bytes  # the old result is intact
     assert tme_abm.open_run(pending_path(path)).status == "failed"
-    monkeypatch.setattr(TMEModel, "step", original)
+    monkeypatch.undo()
     run(new_cfg, path, quiet=True, resume=True)  # continues the new run, then replaces the old one
     assert not pending_path(path).exists() and tme_abm.open_run(path).attrs["seed"] == 8
     reference = tmp_path / "ref.h5"

@@ -169,22 +169,27 @@ def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
         ds.close()
 
 
-def test_failure_records_status_and_error_then_resume_completes_it(tmp_path, monkeypatch, reference):
-    path = tmp_path / "f.h5"
+def fail_at_tick(monkeypatch, tick: int) -> None:
+    """Make every model's step raise at ``tick`` (``monkeypatch.undo()`` ends it)."""
     original = TMEModel.step
 
     def failing(self):
-        if self.steps == 500:
-            raise RuntimeError("simulated fault at tick 500")
+        if self.steps == tick:
+            raise RuntimeError(f"simulated fault at tick {tick}")
         original(self)
 
     monkeypatch.setattr(TMEModel, "step", failing)
+
+
+def test_failure_records_status_and_error_then_resume_completes_it(tmp_path, monkeypatch, reference):
+    path = tmp_path / "f.h5"
+    fail_at_tick(monkeypatch, 500)
     with pytest.raises(RuntimeError, match="simulated fault"):
         run(small(), path, quiet=True)
     r = tme_abm.open_run(path)
     assert r.status == "failed" and "simulated fault at tick 500" in r.attrs["error"]
     assert 360 <= len(r.timeseries) <= 501  # kept up to the last flush at least
-    monkeypatch.setattr(TMEModel, "step", original)
+    monkeypatch.undo()
     run(small(), path, quiet=True, resume=True)
     assert tme_abm.open_run(path).status == "complete" and "error" not in tme_abm.open_run(path).attrs
     assert_same_run(path, reference)
