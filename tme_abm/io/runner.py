@@ -74,6 +74,8 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
                                   f"or --resume it")
         else:
             target = pending if path.exists() else path
+            if target == path:  # an overwrite of a file that is gone: its half-written successor is moot
+                pending.unlink(missing_ok=True)
         model = TMEModel(cfg, backend=backend)
         try:
             run_file, fresh = _open(model, cfg, target, backend, resume)
