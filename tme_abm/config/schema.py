@@ -542,10 +542,9 @@ class Config(Strict):
                     and move.chemotaxis_field == type(move).model_fields["chemotaxis_field"].default:
                 move.chemotaxis_field = None
 
-    def _check_move_rate(self, kind: str, speed_um_per_min: float) -> None:
-        """A walk makes speed x tick / (spacing x mean Moore step) moves per tick, one
+    def _check_move_rate(self, kind: str, speed_um_per_min: float, step_um: float) -> None:
+        """A walk makes speed x tick / ``step_um`` (the mean Moore step) moves per tick, one
         sub-move each: refuse more than :data:`MAX_MOVES_PER_TICK`."""
-        step_um = self.lattice.spacing_um * mean_step_sites(Lattice(self.lattice.shape, self.lattice.spacing_um))
         moves = speed_um_per_min * self.time.tick_min / step_um
         if moves > MAX_MOVES_PER_TICK:
             raise ValueError(f"{kind}.move.speed_um_per_min {speed_um_per_min:g} at time.tick_min "
@@ -560,6 +559,7 @@ class Config(Strict):
     def _check_rules(self) -> None:
         self._drop_defaults_of_disabled_fields()
         fields = self.enabled_fields
+        step_um = self.lattice.spacing_um * mean_step_sites(Lattice(self.lattice.shape, self.lattice.spacing_um))
         for kind in CELL_TYPES:
             pop = self.population(kind)
             allowed = set(BEHAVIOURS[kind]) | {f"{v}_{f}" for f in fields for v in ("secrete", "uptake")}
@@ -578,7 +578,7 @@ class Config(Strict):
                     self._check_signal(f"{kind}.rules.{beh}.{name}.signal", mod.signal, kind)
             move = getattr(pop, "move", None)
             if move is not None:
-                self._check_move_rate(kind, move.speed_um_per_min)
+                self._check_move_rate(kind, move.speed_um_per_min, step_um)
             if move is not None and move.chemotaxis_field is not None and move.chemotaxis_field not in fields:
                 raise ValueError(
                     f"{kind}.move.chemotaxis_field: {move.chemotaxis_field!r} is not an enabled field "
