@@ -1,6 +1,7 @@
-"""The reaction-diffusion solver: an implicit LOD step for many fields on a 2D or 3D
-lattice, with CUDA kernels (``lod.cu``) and their NumPy twins."""
+"""The reaction-diffusion solver: per field, an implicit LOD step (CUDA kernels in
+``lod.cu`` with NumPy twins) or a multigrid steady-state solve, on a 2D or 3D lattice."""
 
-from .solver import NOFLUX, DiffusionSolver, Sources
+from .lod import NOFLUX, Sources
+from .solver import DiffusionSolver, quasi_steady
 
-__all__ = ["NOFLUX", "DiffusionSolver", "Sources"]
+__all__ = ["NOFLUX", "DiffusionSolver", "Sources", "quasi_steady"]

@@ -1,115 +1,56 @@
-"""Implicit locally-one-dimensional (LOD) reaction-diffusion solver for many fields.
+"""One solver for all fields of a model. Each field has a scheme:
 
-Each field ``u`` (F of them, on a regular 2D or 3D lattice with spacing ``dx``) obeys
+- ``steady``: solved for its steady state given the cells, once per :meth:`step`
+  (:mod:`.multigrid`);
+- ``implicit``: unsplit backward Euler, one multigrid solve per field step
+  (:mod:`.multigrid`), exact at steady state and at vessel voxels;
+- ``lod``: the implicit LOD step (:mod:`.lod`), cheapest, with first-order splitting
+  errors at cell uptake and vessel voxels.
 
-    du/dt = D * laplacian(u) - lambda * u - U(x) * u + S(x)
-
-with fixed-value (Dirichlet) voxels at vessels and, on each domain face, either a
-fixed face value or no flux. One step of length ``dt``:
-
-1. cell secretion: ``u <- u + dt*S`` at the cells' sites;
-2. for each axis a, backward Euler in that axis only (LOD splitting, as BioFVM):
-   ``(1 + dt*(lambda + U_i)/ndim) u_i - r (u_{i-1} - 2 u_i + u_{i+1}) = rhs_i`` with
-   ``r = D*dt/dx^2``, solved along every line by the Thomas algorithm. Decay and cell
-   uptake are split equally over the axes and sit on the matrix diagonal, so uptake is
-   implicit *together with* diffusion: a voxel that consumes fast is refilled by its
-   neighbours within the same solve (a split pointwise uptake would cap the effective
-   rate near 1/dt). Coefficients are precomputed per dt for lines without cells; the
-   fields that cells take up use per-voxel coefficients computed during the sweep.
-   Vessel voxels are reset to their value before each axis sweep and at the end.
-
-Every line solve is unconditionally stable and keeps concentrations non-negative
-(the matrices are M-matrices). With no decay, no uptake and no-flux faces, mass is
-conserved up to rounding (each column of the matrix sums to one). The splitting is
-first order in dt; its steady state carries an O(dt) error (docs/architecture.md
-gives measured numbers).
-
-Faces: a fixed face value ``c`` uses the ghost value ``2c - u_0`` so that ``u = c``
-holds on the face itself (half a voxel outside the first voxel centre), which is
-second-order accurate in space.
-
-Algorithm layout (identical on CPU and GPU, so each CUDA kernel has a NumPy twin):
-a sweep always runs along the buffer's *leading* spatial axis, which makes every line
-operation a contiguous plane operation (CPU) or a coalesced load (GPU, one thread per
-line). Between sweeps the buffer is written transposed into a second buffer so that
-the next axis leads: viewing it as ``(F, n, W)`` with ``n`` the extent of the axes in
-front of the next one, ``(F, n, W) -> (F, W, n)``. The axis order alternates between
-steps (0, 1, 2, then 2, 1, 0, ...) so a step needs ``ndim - 1`` transposes, not
-``ndim``; the buffer is therefore in one of ``ndim`` cyclic layouts between steps and
-:attr:`DiffusionSolver.values` presents it in canonical order as a view. Kernels:
-``lod_sweep`` (Thomas along the leading axis of ``(F, n, W)``, all fields in one
-launch), ``lod_sweep_sink`` (one field with per-voxel uptake on the diagonal) and
-``lod_rotate`` (tiled transpose with a per-field scale), launched from :mod:`.cuda`;
-their NumPy twins in :mod:`.thomas` are :func:`thomas_sweep_numpy`,
-:func:`thomas_sweep_sink_numpy` and :func:`rotate_numpy`. The Thomas recurrence is
-scaled (:mod:`.thomas`), so the buffer holds ``r*u`` after a sweep and the ``1/r`` is
-folded into the transposing copy. (Fields with D = 0 are not diffusing and use
-``u <- u / b`` instead.)
-"""
+The caller sees one (F, *shape) set of fields whatever the schemes."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import Backend, make_backend
-from .cuda import SKIP, cuda_rotate, cuda_sweep, cuda_sweep_sink
-from .thomas import (
-    AxisCoefficients,
-    axis_coefficients,
-    rotate_numpy,
-    scaled_thomas_passes,
-    sink_coefficients_numpy,
-    thomas_sweep_cp_numpy,
-    thomas_sweep_numpy,
-)
+from .lod import LODSolver, Sources
+from .multigrid import MultigridSolver, relaxation_rate_per_min
 
-NOFLUX = math.nan
-"""Face value meaning "no-flux" in ``face_values``."""
+TOLERANCE = 1e-4
+"""Default relative residual of a multigrid solve (docs/architecture.md: the field's
+error is then about 2e-4 of its boundary value)."""
 
-# Plane size (elements) a CPU block aims for: large enough that NumPy's per-call
-# overhead is small, small enough that a block stays in the last-level cache.
-_CPU_TARGET_PLANE = 40_000
-# Planes (fields x lines) up to this size sweep fields with and without cell uptake in
-# one pass (per-call overhead dominates there); larger ones sweep them apart.
-_MERGE_MAX_PLANE = 2048
-# Lattices with fewer voxel-fields than this run the CPU engine on one thread.
-_CPU_THREAD_MIN = 1_000_000
+SCHEMES = ("steady", "implicit", "lod")
+
+QUASI_STEADY_RELAXATIONS = 3.0
+"""A field is solved for its steady state when its slowest mode relaxes by at least
+e^-3 (95%) over one field solve: relaxation rate x solve interval >= 3."""
 
 
-@dataclass(frozen=True)
-class Sources:
-    """Per-cell secretion and uptake, applied implicitly at the cells' sites.
-
-    Attributes:
-        sites: (k,) int flat indices into the lattice (C order), one cell per site.
-        secretion: (F, k) secretion rates, field units per minute.
-        uptake: (F, k) uptake rates, 1/minute (first-order consumption).
-    """
-
-    sites: object
-    secretion: object
-    uptake: object
-
-
-# --------------------------------------------------------------------------------------
-# The solver
-# --------------------------------------------------------------------------------------
+def quasi_steady(diffusion_um2_per_min: float, decay_per_min: float, fixed: bool, extent_um: float,
+                 interval_min: float) -> bool:
+    """Whether a field relaxes fast enough to be solved as quasi-steady: its slowest
+    relaxation rate (decay, plus D (pi/L)^2 if vessels or faces fix it) times the
+    interval between field solves (minutes) is at least :data:`QUASI_STEADY_RELAXATIONS`."""
+    if diffusion_um2_per_min <= 0:
+        return False
+    rate = relaxation_rate_per_min(diffusion_um2_per_min, decay_per_min, extent_um, fixed)
+    return rate * interval_min >= QUASI_STEADY_RELAXATIONS
 
 
 class DiffusionSolver:
-    """Implicit LOD reaction-diffusion of F fields on a 2D or 3D lattice.
+    """F reaction-diffusion fields on a 2D or 3D lattice, stepped by LOD or solved for
+    their steady state, per field.
 
     Args:
         shape: lattice shape, 2 or 3 ints (voxels), C order (z, y, x) / (y, x).
         spacing_um: voxel edge length, micrometres.
         diffusion_um2_per_min: (F,) diffusion coefficients, um^2/min (>= 0).
         decay_per_min: (F,) first-order decay rates, 1/min (>= 0).
-        dt_min: field time step, minutes.
+        dt_min: LOD field step, minutes.
         face_values: (F, ndim, 2) fixed value on the low/high face of each axis,
             NaN (:data:`NOFLUX`) for a no-flux face. Default: all no-flux.
         vessel_sites: (k,) flat indices of fixed-value voxels (vessels).
@@ -117,8 +58,8 @@ class DiffusionSolver:
             a field is not fixed by vessels.
         initial: scalar or (F,) initial value, or (F, *shape) initial field.
         backend: a :class:`~tme_abm.backend.Backend`; default NumPy float64.
-
-    The current fields are :attr:`values`, an (F, *shape) array on the backend's device.
+        schemes: (F,) ``steady``, ``implicit`` or ``lod`` per field (default all lod).
+        tolerance: relative residual at which a multigrid solve stops.
     """
 
     def __init__(
@@ -134,9 +75,10 @@ class DiffusionSolver:
         vessel_values=None,
         initial=0.0,
         backend: Backend | None = None,
+        schemes=None,
+        tolerance: float = TOLERANCE,
     ):
         self.backend = backend or make_backend("numpy", "float64")
-        xp = self.backend.xp
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) not in (2, 3) or min(self.shape) < 1:
             raise ValueError(f"shape must be 2 or 3 positive ints, got {shape}")
@@ -144,426 +86,178 @@ class DiffusionSolver:
         self.spacing_um = float(spacing_um)
         if not self.spacing_um > 0:
             raise ValueError(f"spacing_um must be > 0, got {spacing_um}")
-        self.diffusion = np.atleast_1d(np.asarray(diffusion_um2_per_min, dtype=float))
-        self.decay = np.atleast_1d(np.asarray(decay_per_min, dtype=float))
-        self.n_fields = len(self.diffusion)
-        if self.decay.shape != (self.n_fields,):
+        diffusion = np.atleast_1d(np.asarray(diffusion_um2_per_min, dtype=float))
+        decay = np.atleast_1d(np.asarray(decay_per_min, dtype=float))
+        nf = self.n_fields = len(diffusion)
+        if decay.shape != (nf,):
             raise ValueError("decay_per_min must have one entry per field")
-        if (self.diffusion < 0).any() or (self.decay < 0).any():
+        if (diffusion < 0).any() or (decay < 0).any():
             raise ValueError("diffusion and decay must be >= 0")
-        nf, nd = self.n_fields, self.ndim
-        faces = np.full((nf, nd, 2), NOFLUX) if face_values is None else np.array(face_values, float)
-        if faces.shape != (nf, nd, 2):
-            raise ValueError(f"face_values must have shape {(nf, nd, 2)}, got {faces.shape}")
-        self.face_values = faces
-        self.dtype = self.backend.dtype
+        if not float(dt_min) > 0:
+            raise ValueError(f"dt_min must be > 0, got {dt_min}")
+        self._dt = float(dt_min)
         self.n_sites = int(np.prod(self.shape))
-
-        # Two buffers: sweeps write their transposed result into the other one.
-        self._buf = [xp.empty((nf, self.n_sites), dtype=self.dtype) for _ in range(2)]
-        self._cur = 0
+        self.dtype = self.backend.dtype
+        self.schemes = ["lod"] * nf if schemes is None else [str(x) for x in schemes]
+        if len(self.schemes) != nf or any(x not in SCHEMES for x in self.schemes):
+            raise ValueError(f"schemes must give one of {', '.join(SCHEMES)} per field ({nf}), got {schemes}")
+        lod = np.array([f for f in range(nf) if self.schemes[f] == "lod"], dtype=np.int64)
+        st = np.array([f for f in range(nf) if self.schemes[f] != "lod"], dtype=np.int64)
+        self._lod_fields, self._mg_fields = lod, st
+        self._where = {int(f): ("lod", j) for j, f in enumerate(lod)} | {int(f): ("mg", j) for j, f in enumerate(st)}
+        faces = None if face_values is None else np.asarray(face_values, dtype=float)
+        if faces is not None and faces.shape != (nf, self.ndim, 2):
+            raise ValueError(f"face_values must have shape {(nf, self.ndim, 2)}, got {faces.shape}")
+        if vessel_values is not None and np.shape(vessel_values) != (nf,):
+            raise ValueError("vessel_values must have one entry per field (NaN = not fixed)")
+        vv = None if vessel_values is None else np.asarray(vessel_values, dtype=float)
         init = np.asarray(initial, dtype=float)
-        if init.ndim == 0 or init.shape == (nf,):
-            self._buf[0][...] = xp.asarray(np.broadcast_to(init.reshape(-1, 1), (nf, 1)), self.dtype)
-        else:
-            self._buf[0][...] = xp.asarray(init.reshape(nf, self.n_sites), self.dtype)
+        per_field = init.ndim > 0
 
-        # Vessel voxels: one flat-index array per layout the buffer passes through.
-        self._vessel_fields = np.zeros(0, dtype=np.int64)
-        self._vessel_index: list = []
-        self._vessel_vals = None
-        if vessel_sites is not None and len(vessel_sites) > 0:
-            vals = np.asarray(vessel_values, dtype=float)
-            if vals.shape != (nf,):
-                raise ValueError("vessel_values must have one entry per field (NaN = not fixed)")
-            fixed = np.flatnonzero(~np.isnan(vals))
-            if len(fixed):
-                sites = np.asarray(vessel_sites, dtype=np.int64)
-                coords = np.unravel_index(sites, self.shape)
-                for layout in range(nd):
-                    perm = self._layout_axes(layout)
-                    idx = np.ravel_multi_index(tuple(coords[a] for a in perm), tuple(self.shape[a] for a in perm))
-                    self._vessel_index.append(xp.asarray(idx))
-                self._vessel_fields = fixed
-                self._vessel_fields_dev = xp.asarray(fixed)
-                self._vessel_vals = xp.asarray(vals[fixed][:, None], self.dtype)
-        self._lead = 0  # buffer layout: canonical axes in the order _layout_axes(_lead)
-        self._apply_vessels(0, self._buf[0], range(nf))
-        self._sink_scratch: dict[int, object] = {}
-        # (sites array, layout, buffer indices) of the last sample(); callers must not
-        # modify a sites array in place after sampling with it
-        self._last_sample = None
+        def pick(a, idx):
+            return None if a is None else a[idx]
 
-        self._dt = None
-        self._coeffs: list[AxisCoefficients] = []
-        self._dev_coeffs: list = []
-        self._pool: ThreadPoolExecutor | None = None
-        self.set_dt(dt_min)
+        self.lod = LODSolver(
+            self.shape, spacing_um, diffusion[lod], decay[lod], dt_min,
+            face_values=pick(faces, lod), vessel_sites=vessel_sites if len(lod) else None,
+            vessel_values=pick(vv, lod), initial=init[lod] if per_field else init, backend=self.backend,
+        ) if len(lod) else None
+        self.mg = None
+        if len(st):
+            xp = self.backend.xp
+            fixed = np.zeros((len(st), self.n_sites), bool)
+            vals = np.full(len(st), np.nan) if vv is None else vv[st]
+            if vessel_sites is not None and len(vessel_sites):
+                fixed[:, np.asarray(vessel_sites, dtype=np.int64)] = ~np.isnan(vals)[:, None]
+            face_st = np.full((len(st), self.ndim, 2), np.nan) if faces is None else faces[st]
+            self.mg = MultigridSolver(
+                self.shape, spacing_um, diffusion[st], decay[st], face_st,
+                fixed.reshape(len(st), *self.shape), vals, self.backend, tol=tolerance,
+                check_every=3 if self.backend.is_gpu else 1,
+            )
+            steady = np.array([self.schemes[int(f)] == "steady" for f in st])
+            if not self.mg.has_steady_state[steady].all():
+                f = int(st[steady & ~self.mg.has_steady_state][0])
+                raise ValueError(f"field {f}: no steady state (no decay, no fixed voxels, no fixed face)")
+            self._implicit = ~steady
+            start = np.broadcast_to(
+                init[st].reshape(-1, *[1] * self.ndim) if init.ndim == 1 else
+                (init.reshape(nf, *self.shape)[st] if per_field else init), (len(st), *self.shape))
+            start = np.where(fixed.reshape(len(st), *self.shape), np.nan_to_num(vals).reshape(-1, *[1] * self.ndim),
+                             start)
+            self._mg_values = xp.asarray(start, dtype=self.dtype)
+            self._uptake = xp.zeros((len(st), self.n_sites), dtype=xp.float64)
+            self._secretion = xp.zeros((len(st), self.n_sites), dtype=xp.float64)
+            self._st_dev = xp.asarray(st)
+            self._lod_dev = xp.asarray(lod)
 
-    # ---- public API ------------------------------------------------------------------
+    # ---- fields ------------------------------------------------------------------------
 
     @property
     def values(self):
-        """Current fields, (F, *shape) array on the backend's device, in canonical axis
-        order (a view of the internal buffer, which may be in a transposed layout;
-        writable)."""
-        perm = self._layout_axes(self._lead)
-        v = self._buf[self._cur].reshape((self.n_fields, *(self.shape[a] for a in perm)))
-        back = tuple(1 + (a - self._lead) % self.ndim for a in range(self.ndim))
-        return v.transpose((0, *back))
+        """Current fields, (F, *shape) on the backend's device, canonical axis order: a
+        writable view when every field is stepped by LOD, else a new array (write
+        through :meth:`field`)."""
+        if self.mg is None:
+            return self.lod.values
+        if self.lod is None:
+            return self._mg_values
+        xp = self.backend.xp
+        out = xp.empty((self.n_fields, *self.shape), dtype=self.dtype)
+        out[self._lod_dev] = self.lod.values
+        out[self._st_dev] = self._mg_values
+        return out
+
+    def field(self, f: int):
+        """(*shape) writable view of field ``f``."""
+        kind, j = self._where[int(f)]
+        return self.lod.values[j] if kind == "lod" else self._mg_values[j]
 
     def sample(self, sites, field: int | None = None):
         """Field values at canonical flat lattice indices ``sites`` ((k,) ints): (F, k),
         or (k,) of one ``field`` (index)."""
-        xp = self.backend.xp
-        last = self._last_sample
-        if last is not None and last[0] is sites and last[1] == self._lead:
-            idx = last[2]  # the same sites array again (e.g. one population, several fields)
-        else:
-            idx = self._site_index(xp.asarray(sites, dtype=xp.int64), self._lead)
-            self._last_sample = (sites, self._lead, idx)
-        buf = self._buf[self._cur]
-        return buf[:, idx] if field is None else buf[field, idx]
+        if field is None:
+            if self.mg is None:
+                return self.lod.sample(sites)
+            xp = self.backend.xp
+            return xp.stack([self.sample(sites, f) for f in range(self.n_fields)])
+        kind, j = self._where[int(field)]
+        if kind == "lod":
+            return self.lod.sample(sites, j)
+        return self._mg_values[j].reshape(-1)[sites]
 
     @property
     def dt_min(self) -> float:
         return self._dt
 
     def set_dt(self, dt_min: float) -> None:
-        """Precompute the Thomas coefficients for a new field step (minutes)."""
-        dt = float(dt_min)
-        if not dt > 0:
+        """A new LOD field step (minutes)."""
+        if not float(dt_min) > 0:
             raise ValueError(f"dt_min must be > 0, got {dt_min}")
-        if dt == self._dt:
-            return
-        r = self.diffusion * dt / self.spacing_um**2
-        kappa = self.decay * dt / self.ndim
-        self._coeffs = [
-            axis_coefficients(
-                self.shape[a], r, kappa, self.face_values[:, a, 0], self.face_values[:, a, 1], self.dtype
-            )
-            for a in range(self.ndim)
-        ]
-        if self.backend.is_gpu:
-            xp = self.backend.xp
-            self._dev_coeffs = [
-                {k: xp.asarray(getattr(c, k)) for k in ("b", "cp", "rhs_lo", "rhs_hi", "invb", "scale", "diffusing")}
-                for c in self._coeffs
-            ]
-        self._blocks = [self._plan_blocks(a) for a in range(self.ndim)]
-        self._dt = dt
+        self._dt = float(dt_min)
+        if self.lod is not None:
+            self.lod.set_dt(dt_min)
 
     def step(self, sources: Sources | None = None, n_steps: int = 1) -> None:
-        """Advance all fields by ``n_steps * dt_min`` minutes.
+        """Advance the lod and implicit fields by ``n_steps * dt_min`` minutes and solve
+        the steady fields for the cells' ``sources`` (held fixed over the steps)."""
+        if self.lod is not None:
+            sub = sources
+            if sources is not None and self.mg is not None:
+                sub = Sources(sources.sites, sources.secretion[self._lod_dev], sources.uptake[self._lod_dev])
+            self.lod.step(sub, n_steps=n_steps)
+        if self.mg is not None:
+            self._solve_multigrid(sources, n_steps)
 
-        ``sources`` (per-cell secretion/uptake) are held fixed over the steps.
-        """
-        plan = self._source_plan(sources)
+    def _solve_multigrid(self, sources: Sources | None, n_steps: int) -> None:
+        xp = self.backend.xp
+        self._uptake.fill(0)
+        self._secretion.fill(0)
+        if sources is not None:
+            sites = xp.asarray(sources.sites, dtype=xp.int64)
+            if sites.size:
+                self._uptake[:, sites] = sources.uptake[self._st_dev]
+                self._secretion[:, sites] = sources.secretion[self._st_dev]
+        shape = (len(self._mg_fields), *self.shape)
+        uptake, secretion = self._uptake.reshape(shape), self._secretion.reshape(shape)
+        if not self._implicit.any():
+            self.mg.solve(self._mg_values, uptake, secretion)
+            return
+        inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
         for _ in range(n_steps):
-            # Alternate the axis order so the step starts on the axis that already leads.
-            order = list(range(self.ndim)) if self._lead == 0 else list(range(self.ndim - 1, -1, -1))
-            if plan is not None:
-                self._apply_secretion(plan)
-            if self.backend.is_gpu:
-                self._sweeps_gpu(order, plan)
-            else:
-                self._sweeps_cpu(order, plan)
+            self.mg.solve(self._mg_values, uptake, secretion, inv_dt)
 
     def total_mass(self):
         """(F,) sum of each field over the lattice times voxel volume (host float64)."""
-        vol = self.spacing_um**self.ndim
-        return self.backend.to_host(self._buf[self._cur].sum(axis=1, dtype=np.float64)) * vol
+        sums = self.backend.to_host(self.values.reshape(self.n_fields, -1).sum(axis=1, dtype=np.float64))
+        return sums * self.spacing_um**self.ndim
+
+    # ---- checkpoints -----------------------------------------------------------------
 
     def get_state(self) -> tuple[np.ndarray, int]:
-        """(F, n_sites) host copy of the internal buffer and its layout (the lead axis):
-        with :meth:`set_state`, a solver continues bit for bit."""
-        return self.backend.to_host(self._buf[self._cur]).copy(), int(self._lead)
+        """(F, n_sites) host copy of the fields as the solvers hold them (LOD fields in
+        the LOD buffer's layout) and that layout: with :meth:`set_state`, a solver
+        continues bit for bit (steady fields warm-start from these values)."""
+        out = np.empty((self.n_fields, self.n_sites), dtype=self.dtype)
+        lead = 0
+        if self.lod is not None:
+            buf, lead = self.lod.get_state()
+            out[self._lod_fields] = buf
+        if self.mg is not None:
+            out[self._mg_fields] = self.backend.to_host(self._mg_values).reshape(-1, self.n_sites)
+        return out, lead
 
     def set_state(self, buffer: np.ndarray, lead: int) -> None:
         if buffer.shape != (self.n_fields, self.n_sites) or not 0 <= lead < self.ndim:
             raise ValueError(f"solver state of shape {buffer.shape}, lead {lead} does not fit "
                              f"{self.n_fields} fields on {self.shape}")
-        self._cur = 0
-        self._buf[0][...] = self.backend.xp.asarray(buffer, dtype=self.dtype)
-        self._lead = int(lead)
-        self._last_sample = None
+        if self.lod is not None:
+            self.lod.set_state(buffer[self._lod_fields], lead)
+        if self.mg is not None:
+            self._mg_values[...] = self.backend.xp.asarray(
+                buffer[self._mg_fields].reshape(-1, *self.shape), dtype=self.dtype)
 
     def close(self) -> None:
-        """Stop the helper thread of the CPU engine (also done at garbage collection)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    # ---- internals ---------------------------------------------------------------------
-
-    def _layout_axes(self, lead: int) -> tuple[int, ...]:
-        """Canonical axes in buffer order when axis ``lead`` leads (cyclic rotation)."""
-        return tuple((lead + j) % self.ndim for j in range(self.ndim))
-
-    def _site_index(self, sites, lead: int):
-        """Flat buffer indices, in the layout led by ``lead``, of canonical flat ``sites``."""
-        if lead == 0:
-            return sites
-        perm = self._layout_axes(lead)
-        out = None
-        for j, a in enumerate(perm):
-            stride = int(np.prod(self.shape[a + 1:]))
-            new_stride = int(np.prod([self.shape[b] for b in perm[j + 1:]]))
-            term = ((sites // stride) % self.shape[a]) * new_stride
-            out = term if out is None else out + term
-        return out
-
-    def _apply_vessels(self, lead: int, buf, fields) -> None:
-        if not self._vessel_index:
-            return
-        idx = self._vessel_index[lead]
-        if isinstance(fields, range) and len(fields) == self.n_fields:  # all at once
-            buf[self._vessel_fields_dev[:, None], idx[None, :]] = self._vessel_vals
-            return
-        for j, f in enumerate(self._vessel_fields):
-            if f in fields:
-                buf[f, idx] = self._vessel_vals[j]
-
-    def _source_plan(self, s: Sources | None) -> dict | None:
-        """Per-layout site indices, secretion increments and uptake diagonals for ``s``."""
-        if s is None:
-            return None
-        xp = self.backend.xp
-        sites = xp.asarray(s.sites, dtype=xp.int64)
-        if sites.size == 0:
-            return None
-        upt = xp.asarray(s.uptake, dtype=self.dtype)
-        index = [self._site_index(sites, lead) for lead in range(self.ndim)]
-        has_uptake = self.backend.to_host((upt > 0).any(axis=1))
-        sec = xp.asarray(s.secretion, dtype=self.dtype)
-        secreted = np.flatnonzero(self.backend.to_host((sec > 0).any(axis=1)))
-        return {
-            "index": index,
-            "secretion": {int(f): sec[f] * self.dtype.type(self._dt) for f in secreted},
-            "sinks": {int(f): upt[f] * self.dtype.type(self._dt / self.ndim) for f in np.flatnonzero(has_uptake)},
-        }
-
-    def _apply_secretion(self, plan: dict) -> None:
-        idx = plan["index"][self._lead]
-        buf = self._buf[self._cur]
-        for f, amount in plan["secretion"].items():
-            buf[f, idx] += amount
-
-    def _sink_diagonal(self, plan: dict, f: int, lead: int):
-        """(N,) extra diagonal dt*U/ndim of field ``f`` in the layout led by ``lead``."""
-        xp = self.backend.xp
-        e = self._sink_scratch.get(f)
-        if e is None:
-            e = self._sink_scratch[f] = xp.empty(self.n_sites, dtype=self.dtype)
-        e.fill(0)
-        e[plan["index"][lead]] = plan["sinks"][f]
-        return e
-
-    def _sink_coefficients_cpu(self, plan: dict, f: int, axis: int):
-        """(n, W) per-voxel coefficients of sink field ``f`` for sweeps of ``axis``:
-        ``cp`` (diffusing) or ``1/(b + e)`` (D = 0). Computed once per source plan, since
-        sources are fixed over the steps of one :meth:`step` call."""
-        cache = plan.setdefault("cp", {})
-        cp = cache.get((f, axis))
-        if cp is None:
-            c = self._coeffs[axis]
-            n = self.shape[axis]
-            cp = self._sink_diagonal(plan, f, axis).copy().reshape(n, self.n_sites // n)
-            if c.diffusing[f]:
-                sink_coefficients_numpy(cp, c.b[f], c.r[f])
-            else:
-                cp += c.b[f][:, None]
-                np.divide(1.0, cp, out=cp)
-            cache[(f, axis)] = cp
-        return cp
-
-    def _rotation(self, axis: int, nxt: int) -> int:
-        """Extent ``n`` of the (F, n, W) -> (F, W, n) transpose that brings ``nxt`` to the
-        front when ``axis`` leads."""
-        p = (nxt - axis) % self.ndim
-        return int(np.prod([self.shape[(axis + q) % self.ndim] for q in range(p)]))
-
-    def _plan_blocks(self, axis: int) -> list[tuple[int, int, int, int]]:
-        """CPU work blocks (f0, f1, w0, w1) for a sweep of ``axis`` (fields never mix
-        diffusing and non-diffusing within a block)."""
-        n = self.shape[axis]
-        w_total = self.n_sites // n
-        diffusing = self._coeffs[axis].diffusing
-        blocks = []
-        f = 0
-        while f < self.n_fields:
-            g = f
-            while g < self.n_fields and diffusing[g] == diffusing[f]:
-                g += 1
-            if w_total >= _CPU_TARGET_PLANE // 2:
-                n_chunks = max(1, round(w_total / _CPU_TARGET_PLANE))
-                edges = np.linspace(0, w_total, n_chunks + 1).round().astype(int)
-                for ff in range(f, g):
-                    blocks += [(ff, ff + 1, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-            else:
-                per = max(1, _CPU_TARGET_PLANE // w_total)
-                for ff in range(f, g, per):
-                    blocks.append((ff, min(g, ff + per), 0, w_total))
-            f = g
-        return blocks
-
-    def _sweep_block_cpu(self, src, axis: int, f0: int, f1: int, w0: int, w1: int, sinks: dict,
-                         plan: dict | None) -> None:
-        """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, n, W), in place."""
-        c = self._coeffs[axis]
-        if (1 < f1 - f0 and (f1 - f0) * (w1 - w0) <= _MERGE_MAX_PLANE and c.diffusing[f0]
-                and any(f in sinks for f in range(f0, f1))):
-            # Several fields, some with cell uptake: one pass over all of them with
-            # per-voxel coefficients (half the array calls of sweeping them apart).
-            key = (axis, f0, w0)
-            cpb = plan.setdefault("block_cp", {}).get(key)
-            if cpb is None:
-                cpb = np.empty((f1 - f0, src.shape[1], w1 - w0), dtype=self.dtype)
-                cpb[...] = c.cp[f0:f1, :, None]
-                for f in range(f0, f1):
-                    if f in sinks:
-                        cpb[f - f0] = sinks[f][:, w0:w1]
-                plan["block_cp"][key] = cpb = cpb.transpose(1, 0, 2)  # (n, fg, w)
-            block = src[f0:f1, :, w0:w1]
-            n = block.shape[1]
-            block[:, 0, :] += c.rhs_lo[f0:f1, None]
-            block[:, n - 1, :] += c.rhs_hi[f0:f1, None]
-            scaled_thomas_passes([block[:, i, :] for i in range(n)], cpb)
-            return
-        f = f0
-        while f < f1:
-            if f in sinks:
-                v = src[f, :, w0:w1]
-                if c.diffusing[f]:
-                    thomas_sweep_cp_numpy(v, sinks[f][:, w0:w1], c.rhs_lo[f], c.rhs_hi[f])
-                else:
-                    v *= sinks[f][:, w0:w1]
-                f += 1
-                continue
-            g = f + 1
-            while g < f1 and g not in sinks:
-                g += 1
-            block = src[f:g, :, w0:w1]
-            if c.diffusing[f]:
-                thomas_sweep_numpy(block, c.cp[f:g], c.rhs_lo[f:g], c.rhs_hi[f:g])
-            else:
-                block *= c.invb[f:g, None, None]
-            f = g
-
-    def _sweeps_cpu(self, order: list[int], plan: dict | None) -> None:
-        """All axis sweeps on NumPy: the main thread sweeps block after block while a
-        helper thread writes finished blocks, transposed, into the other buffer."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tme-lod") \
-                if self.n_sites * self.n_fields >= _CPU_THREAD_MIN else _InlineExecutor()
-        nf, N = self.n_fields, self.n_sites
-        pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
-        for j, axis in enumerate(order):
-            c = self._coeffs[axis]
-            n = self.shape[axis]
-            w_total = N // n
-            src_flat = self._buf[self._cur]
-            src = src_flat.reshape(nf, n, w_total)
-            nxt = order[j + 1] if j + 1 < len(order) else None
-            if nxt is not None:
-                n_rot = self._rotation(axis, nxt)
-                rot_src = src_flat.reshape(nf, n_rot, N // n_rot)
-                dst = self._buf[1 - self._cur].reshape(nf, N // n_rot, n_rot)
-            new_pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
-            sinks: dict = {}
-            ready = set()
-            for f0, f1, w0, w1 in self._blocks[axis]:
-                for f in range(f0, f1):
-                    if f not in ready:
-                        for fut in pending[f]:
-                            fut.result()
-                        self._apply_vessels(axis, src_flat, (f,))
-                        if plan is not None and f in plan["sinks"]:
-                            sinks[f] = self._sink_coefficients_cpu(plan, f, axis)
-                        ready.add(f)
-                self._sweep_block_cpu(src, axis, f0, f1, w0, w1, sinks, plan)
-                block = src[f0:f1, :, w0:w1]
-                if nxt is None:  # last sweep of the step: undo the 1/r scaling in place
-                    fut = self._pool.submit(_scale_inplace, block, c.scale[f0:f1])
-                elif n_rot == n:  # the block maps to a block of the transposed buffer
-                    fut = self._pool.submit(rotate_numpy, block, dst[f0:f1, w0:w1, :], c.scale[f0:f1])
-                elif w1 == w_total:  # transpose whole fields once their last block is done
-                    fut = self._pool.submit(rotate_numpy, rot_src[f0:f1], dst[f0:f1], c.scale[f0:f1])
-                else:
-                    continue
-                for f in range(f0, f1):
-                    new_pending[f].append(fut)
-            pending = new_pending
-            if nxt is not None:
-                self._cur = 1 - self._cur
-                self._lead = nxt
-        for f in range(nf):
-            for fut in pending[f]:
-                fut.result()
-        self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
-
-    def _sweeps_gpu(self, order: list[int], plan: dict | None) -> None:
-        """All axis sweeps with the CUDA kernels of kernels/lod.cu."""
-        xp = self.backend.xp
-        nf, N = self.n_fields, self.n_sites
-        sink_fields = sorted(plan["sinks"]) if plan is not None else []
-        for j, axis in enumerate(order):
-            n = self.shape[axis]
-            w_total = N // n
-            self._apply_vessels(axis, self._buf[self._cur], range(nf))
-            src = self._buf[self._cur]
-            c = self._dev_coeffs[axis]
-            hc = self._coeffs[axis]
-            kinds = c["diffusing"]
-            if sink_fields:  # one host-to-device copy per axis and source plan, not per step
-                kinds = plan.setdefault("kinds", {}).get(axis)
-                if kinds is None:
-                    k = hc.diffusing.copy()
-                    k[sink_fields] = SKIP
-                    kinds = plan["kinds"][axis] = xp.asarray(k)
-            cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, nf, n, w_total)
-            for f in sink_fields:
-                e = self._sink_diagonal(plan, f, axis)
-                if hc.diffusing[f]:
-                    cuda_sweep_sink(self.backend, src[f], e, c["b"][f], hc.r[f], hc.rhs_lo[f], hc.rhs_hi[f],
-                                    n, w_total)
-                else:
-                    v = src[f].reshape(n, w_total)
-                    v /= e.reshape(n, w_total) + c["b"][f][:, None]
-            nxt = order[j + 1] if j + 1 < len(order) else None
-            if nxt is None:
-                src *= c["scale"][:, None]
-            else:
-                n_rot = self._rotation(axis, nxt)
-                cuda_rotate(self.backend, src, self._buf[1 - self._cur], c["scale"], nf, n_rot, N // n_rot)
-                self._cur = 1 - self._cur
-                self._lead = nxt
-        self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
-
-
-class _InlineExecutor:
-    """Runs submitted work at once: below _CPU_THREAD_MIN elements the helper thread's
-    hand-offs cost more than the overlap gains."""
-
-    class _Done:
-        def result(self):
-            return None
-
-    def submit(self, fn, *args):
-        fn(*args)
-        return self._Done()
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
-
-
-def _scale_inplace(block, scale) -> None:
-    """``block[f] *= scale[f]`` for a (fg, n, w) block."""
-    block *= scale[:, None, None]
-
+        """Stop the helper thread of the LOD engine."""
+        if self.lod is not None:
+            self.lod.close()

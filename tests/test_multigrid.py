@@ -1,0 +1,230 @@
+"""The multigrid schemes (steady, implicit) against closed forms, a sparse direct
+solve, the LOD step in its small-step limit, and conservation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spl
+from scipy.special import i0, i1, k0, k1
+
+from tme_abm.config import ConfigError, load_config
+from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
+
+DX = 20.0
+
+
+def host(solver):
+    return solver.backend.to_host(solver.values)
+
+
+def _cells_everywhere(xp, n_sites, uptake, secretion=0.0):
+    return Sources(xp.arange(n_sites), xp.full((1, n_sites), secretion), xp.full((1, n_sites), uptake))
+
+
+def test_steady_1d_uptake_matches_cosh_and_error_falls_with_tolerance(backend64):
+    """Fixed value c at y=0, no flux at y=L, uptake U by cells on every site:
+    u = c cosh((L-y)/l)/cosh(L/l), l = sqrt(D/U). At U*dt = 120 the LOD step errs by
+    ~12% of c; the steady solve is exact up to the O(dx^2) Laplacian and its tolerance."""
+    xp = backend64.xp
+    D, U, c0, n = 1e5, 10.0, 38.0, 300
+    faces = np.full((1, 2, 2), NOFLUX)
+    faces[0, 0, 0] = c0
+    y = (np.arange(n) + 0.5) * DX
+    ell, L = np.sqrt(D / U), n * DX
+    exact = c0 * np.cosh((L - y) / ell) / np.cosh(L / ell)
+    errs = []
+    for tol in (1e-2, 1e-4, 1e-8):
+        s = DiffusionSolver((n, 1), DX, [D], [0.0], dt_min=12.0, face_values=faces, initial=c0,
+                            backend=backend64, schemes=["steady"], tolerance=tol)
+        s.step(_cells_everywhere(xp, n, U))
+        errs.append(np.abs(host(s)[0, :, 0] - exact).max() / c0)
+    assert errs[2] < 0.01, errs  # the discrete Laplacian's error (l = 5 voxels)
+    assert errs[0] > errs[1] >= errs[2] * 0.999, errs
+
+
+def _disk_exact(r, R, D, U_in, lam_out, u_far):
+    """Steady u of D lap u = U_in u inside r < R and D lap u = lam_out (u - u_far)
+    outside, u bounded: A I0(r/a) inside, u_far + B K0(r/b) outside, value and flux
+    continuous at R."""
+    a, b = np.sqrt(D / U_in), np.sqrt(D / lam_out)
+    # A I0(R/a) = u_far + B K0(R/b);  A I1(R/a)/a = -B K1(R/b)/b
+    m = np.array([[i0(R / a), -k0(R / b)], [i1(R / a) / a, k1(R / b) / b]])
+    A, B = np.linalg.solve(m, [u_far, 0.0])
+    return np.where(r < R, A * i0(r / a), u_far + B * k0(np.maximum(r, 1e-9) / b))
+
+
+def test_steady_disk_lesion_matches_bessel_solution(backend64):
+    """A 2D disk of radius R of cells taking the field up (U), surrounded by cells that
+    supply it (secretion s, uptake lam: far value s/lam): the closed form in modified
+    Bessel functions. The staircase edge of the disk sets an O(dx) floor; the error
+    falls with the tolerance down to it."""
+    xp = backend64.xp
+    n, dx, D, R = 160, 10.0, 1e4, 300.0
+    U_in, lam, u_far = 1.0, 0.5, 10.0
+    c = (np.arange(n) + 0.5 - n / 2) * dx
+    r = np.hypot(*np.meshgrid(c, c, indexing="ij"))
+    inside = (r < R).ravel()
+    sites = np.arange(n * n)
+    upt = np.where(inside, U_in, lam)[None]
+    sec = np.where(inside, 0.0, lam * u_far)[None]
+    exact = _disk_exact(r, R, D, U_in, lam, u_far)
+    errs = []
+    for tol in (1e-2, 1e-6):
+        s = DiffusionSolver((n, n), dx, [D], [0.0], dt_min=12.0, initial=u_far, backend=backend64,
+                            schemes=["steady"], tolerance=tol, face_values=np.full((1, 2, 2), u_far))
+        s.step(Sources(xp.asarray(sites), xp.asarray(sec), xp.asarray(upt)))
+        errs.append(np.abs(host(s)[0] - exact).max() / u_far)
+    assert errs[1] < 0.02, errs
+    assert errs[0] > errs[1], errs
+
+
+def _direct(shape, D, lam, faces, fixed, value, U, S):
+    """The same discretisation assembled as a sparse matrix and solved directly."""
+    nd, N, k = len(shape), int(np.prod(shape)), D / DX**2
+    idx = np.arange(N).reshape(shape)
+    diag, b = lam + U.ravel().copy(), S.ravel().copy()
+    rows, cols = [], []
+    for a in range(nd):
+        lo = [slice(None)] * nd
+        hi = [slice(None)] * nd
+        lo[a], hi[a] = slice(0, -1), slice(1, None)
+        i, j = idx[tuple(lo)].ravel(), idx[tuple(hi)].ravel()
+        rows += [i, j]
+        cols += [j, i]
+        np.add.at(diag, i, k)
+        np.add.at(diag, j, k)
+        for side, pos in ((0, 0), (1, -1)):
+            g = faces[a, side]
+            if not np.isnan(g):
+                face = [slice(None)] * nd
+                face[a] = pos
+                f_idx = idx[tuple(face)].ravel()
+                np.add.at(diag, f_idx, 2 * k)
+                np.add.at(b, f_idx, 2 * k * g)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    A = (sp.coo_matrix((np.full(len(rows), -k), (rows, cols)), shape=(N, N)) + sp.diags(diag)).tolil()
+    for i in np.flatnonzero(fixed.ravel()):
+        A.rows[i], A.data[i] = [i], [1.0]
+        b[i] = value
+    return spl.spsolve(A.tocsr(), b).reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (12, 15, 17)])
+def test_steady_matches_sparse_direct_solve_with_vessels_and_cells(backend64, shape):
+    """Random vessels, Dirichlet faces on one axis, uptake and secretion by random cells,
+    odd lattice sizes: the multigrid solve equals the sparse direct solve to well
+    below the tolerance's scale, and is never negative."""
+    xp = backend64.xp
+    rng = np.random.default_rng(3)
+    N = int(np.prod(shape))
+    fixed = rng.random(N) < 0.02
+    sites = np.flatnonzero(~fixed & (rng.random(N) < 0.4))
+    U, S = np.zeros(N), np.zeros(N)
+    U[sites] = rng.uniform(0, 20, len(sites))
+    S[sites] = rng.uniform(0, 1, len(sites))
+    faces = np.full((len(shape), 2), NOFLUX)
+    faces[0] = (38.0, 5.0)
+    s = DiffusionSolver(shape, DX, [1e5], [0.1], dt_min=12.0, face_values=faces[None],
+                        vessel_sites=np.flatnonzero(fixed), vessel_values=[38.0], initial=1.0, backend=backend64,
+                        schemes=["steady"], tolerance=1e-10)
+    s.step(Sources(xp.asarray(sites), xp.asarray(S[sites][None]), xp.asarray(U[sites][None])))
+    ref = _direct(shape, 1e5, 0.1, faces, fixed.reshape(shape), 38.0, U.reshape(shape), S.reshape(shape))
+    got = host(s)[0]
+    assert np.abs(got - ref).max() < 1e-6 * 38
+    assert got.min() >= 0
+
+
+def test_extreme_uptake_stays_non_negative(backend64):
+    """Uptake of 1e6/min next to a vessel: the field near the consumers is ~0, never below."""
+    xp = backend64.xp
+    shape = (40, 40)
+    sites = np.arange(0, 1600, 3)
+    s = DiffusionSolver(shape, DX, [1e5], [0.1], dt_min=12.0, vessel_sites=[1], vessel_values=[38.0],
+                        face_values=np.full((1, 2, 2), 38.0), initial=38.0, backend=backend64, schemes=["steady"])
+    s.step(Sources(xp.asarray(sites), xp.zeros((1, len(sites))), xp.full((1, len(sites)), 1e6)))
+    v = host(s)[0]
+    assert v.min() >= 0 and v.ravel()[1] == 38.0
+    assert np.median(v.ravel()[sites]) < 1.0
+
+
+def test_lod_holds_vessels_only_to_first_order_and_implicit_exactly(backend64):
+    """Vessel voxels as the only sources (no-flux faces, decay): the LOD step resets them
+    between sweeps, so their supply errs by O(D dt / dx^2); its result approaches the
+    steady solve as dt shrinks (error ~10x smaller per 10x smaller dt), while backward
+    Euler (implicit) has the steady solve as its exact steady state at any dt."""
+    rng = np.random.default_rng(0)
+    shape = (30, 30)
+    vessels = np.flatnonzero(rng.random(900) < 0.01)
+    kw = dict(vessel_sites=vessels, vessel_values=[38.0], initial=20.0, backend=backend64)
+    steady = DiffusionSolver(shape, DX, [1e4], [0.1], 12.0, schemes=["steady"], tolerance=1e-10, **kw)
+    steady.step()
+    errs = []
+    for dt in (0.1, 0.01):
+        lod = DiffusionSolver(shape, DX, [1e4], [0.1], dt, **kw)
+        lod.step(n_steps=round(150 / dt))
+        errs.append(np.abs(host(lod) - host(steady)).max())
+    implicit = DiffusionSolver(shape, DX, [1e4], [0.1], 12.0, schemes=["implicit"], tolerance=1e-10, **kw)
+    implicit.step(n_steps=20)
+    assert errs[0] > 1.0 and 5 < errs[0] / errs[1] < 20, errs
+    assert np.abs(host(implicit) - host(steady)).max() < 1e-6 * 38
+
+
+def test_implicit_conserves_mass_and_matches_lod_in_1d(backend64):
+    """No decay, no-flux faces, no vessels: backward Euler keeps the total up to its
+    tolerance. In 1D there is no splitting, so one implicit step equals one LOD step."""
+    xp = backend64.xp
+    rng = np.random.default_rng(1)
+    init = rng.random((1, 64, 48))
+    s = DiffusionSolver((64, 48), DX, [1e4], [0.0], 12.0, initial=init, backend=backend64, schemes=["implicit"],
+                        tolerance=1e-10)
+    before = s.total_mass()
+    s.step(n_steps=5)
+    assert abs(s.total_mass()[0] - before[0]) < 1e-8 * before[0]
+    line = rng.random((1, 80, 1))
+    a = DiffusionSolver((80, 1), DX, [1e4], [0.0], 6.0, initial=line, backend=backend64, schemes=["implicit"],
+                        tolerance=1e-12)
+    b = DiffusionSolver((80, 1), DX, [1e4], [0.0], 6.0, initial=line, backend=backend64)
+    a.step(Sources(xp.arange(5), xp.ones((1, 5)), xp.zeros((1, 5))))
+    b.step(Sources(xp.arange(5), xp.ones((1, 5)), xp.zeros((1, 5))))
+    np.testing.assert_allclose(host(a), host(b), rtol=1e-9)
+
+
+def test_schemes_are_mixed_in_one_solver_and_checkpoint_exactly(backend64):
+    """Three fields, one per scheme: values, sample and field() agree; get_state and
+    set_state continue bit for bit (the steady field's warm start included)."""
+    xp = backend64.xp
+    rng = np.random.default_rng(2)
+    shape = (24, 30)
+    sites = xp.asarray(rng.choice(720, 200, replace=False))
+    src = Sources(sites, xp.asarray(rng.random((3, 200))), xp.asarray(rng.random((3, 200)) * 5))
+    kw = dict(face_values=np.full((3, 2, 2), 1.0), vessel_sites=[5, 400], vessel_values=[2.0, 2.0, np.nan],
+              backend=backend64, schemes=["steady", "lod", "implicit"], initial=[1.0, 0.5, 0.2])
+    a = DiffusionSolver(shape, DX, [1e5, 1e3, 1e3], [0.1, 0.01, 0.0], 6.0, **kw)
+    a.step(src, 2)
+    state = a.get_state()
+    b = DiffusionSolver(shape, DX, [1e5, 1e3, 1e3], [0.1, 0.01, 0.0], 6.0, **kw)
+    b.set_state(*state)
+    a.step(src, 3)
+    b.step(src, 3)
+    np.testing.assert_array_equal(host(a), host(b))
+    for f in range(3):
+        np.testing.assert_array_equal(backend64.to_host(a.field(f)), host(a)[f])
+        np.testing.assert_array_equal(backend64.to_host(a.sample(sites, f)),
+                                      host(a)[f].ravel()[backend64.to_host(sites)])
+    assert host(a)[0].ravel()[5] == 2.0 and host(a)[2].ravel()[400] != 2.0
+
+
+def test_auto_scheme_follows_relaxation_and_bad_schemes_are_refused():
+    cfg = load_config("configs/baseline.yaml")
+    schemes = cfg.field_schemes
+    assert schemes["oxygen"] == schemes["adenosine"] == schemes["protons"] == "steady"
+    assert schemes["cxcl10"] == schemes["cytokine"] == "lod"  # decay 0.01-0.016/min, nothing fixes them
+    slow = load_config("configs/baseline.yaml", ["lattice.vessels.density=0.0001", "time.fields_every_ticks=1",
+                                                 "fields.protons.boundary.default.kind=noflux"])
+    assert slow.field_schemes["protons"] == "implicit"  # held by vessels 2 mm apart: too slow for steady
+    forced = load_config("configs/baseline.yaml", ["fields.oxygen.scheme=lod"])
+    assert forced.field_schemes["oxygen"] == "lod"
+    with pytest.raises(ConfigError, match="fields.cxcl10.scheme: steady, but the field has no steady state"):
+        load_config("configs/baseline.yaml", ["fields.cxcl10.scheme=steady", "fields.cxcl10.decay_per_min=0"])

@@ -1,0 +1,319 @@
+"""Fields solved as one linear system per step: quasi-steady fields and unsplit
+backward Euler, by multigrid-preconditioned conjugate gradients.
+
+Each solve finds, for each of its fields,
+
+    (sigma + lambda + U(x)) u - D * laplacian(u) = sigma * u_old + S(x)
+
+with ``sigma = 0`` for a quasi-steady field (a field whose slowest mode relaxes much
+faster than the field step, like oxygen, is at the end of a step at the steady state
+of the cells that act on it) and ``sigma = 1/dt`` for one backward-Euler step of a
+slower field (unsplit, so its steady state is exact and vessel voxels hold their
+value exactly at any step; the LOD step holds them only to first order in D dt/h^2),
+with u held at vessel voxels and the face conditions of the LOD solver (a fixed face
+value ``g`` as the ghost value ``2g - u_0``, or no flux), by conjugate gradients
+preconditioned with one geometric multigrid V-cycle, warm-started from the field's
+last solution. Cell-centred, 5-point (2D) or 7-point (3D) Laplacian, the same
+discretisation as the LOD step, so the two agree at steady state up to the LOD's
+splitting error.
+
+The solve stops when the residual on the free voxels satisfies
+``||b - A u||_2 <= tol * ||b||_2`` (b: secretion, vessel and face terms), checked
+every ``check_every`` iterations: the only host synchronisation of the solve, so on a
+GPU the iterations otherwise stay on the device. The matrix is a symmetric M-matrix,
+so the exact solution is non-negative; the iterate is clipped at zero, a change
+below the tolerance. Arrays are (Fs, *shape): all steady fields of a model at once,
+in float64 whatever the model's dtype (the residual tolerance is below float32's
+resolution).
+
+Multigrid (written once over ``xp``, so NumPy and CuPy run the same code): coarse
+levels halve every axis (ceil for odd sizes) down to at most 200 voxels, and
+re-discretise the operator at twice the spacing, with the reaction term averaged over
+the fine voxels a coarse voxel covers (a vessel voxel counts with the coupling of a
+voxel fixed on every side, ``2 * ndim * D / h^2``, so a coarse voxel holding a vessel
+is held there as well). Smoothing: one red-black Gauss-Seidel sweep before (red, then
+black) and after (black, then red) the coarse correction, which keeps the V-cycle
+symmetric, as conjugate gradients needs; restriction is the sum over the block / 2^ndim
+and prolongation piecewise constant (its transpose, up to that factor); the coarsest
+level (at most 200 voxels) is solved exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import Backend
+
+# The coarsest level, at most this many voxels, is solved exactly (a dense inverse per
+# solve): below it, NumPy's per-call overhead, not arithmetic, sets the cost of a level.
+_DENSE_MAX = 64
+
+
+def _sl(nd_total: int, axis: int, s: slice) -> tuple:
+    idx = [slice(None)] * nd_total
+    idx[axis] = s
+    return tuple(idx)
+
+
+class _Level:
+    """One grid of the hierarchy: shape, spacing, neighbour weights and parity."""
+
+    def __init__(self, xp, shape: tuple[int, ...], spacing: float, diffusion: np.ndarray,
+                 face_weights: np.ndarray):
+        nf, nd = len(diffusion), len(shape)
+        self.shape = shape
+        self.k = xp.asarray((diffusion / spacing**2).reshape((nf,) + (1,) * nd), dtype=xp.float64)
+        # weight of each voxel's neighbours in the diagonal: 1 per neighbour inside the
+        # lattice, 2 for a fixed face (ghost 2g - u0), 0 for a no-flux face
+        w = np.zeros((nf, *shape))
+        for a in range(nd):
+            inner = np.full(shape[a], 2.0)
+            inner[0] = inner[-1] = 1.0
+            if shape[a] == 1:
+                inner[0] = 0.0
+            lo = np.zeros(shape[a])
+            hi = np.zeros(shape[a])
+            lo[0] = 1.0
+            hi[-1] = 1.0
+            for f in range(nf):
+                line = inner + face_weights[f, a, 0] * lo + face_weights[f, a, 1] * hi
+                w[f] += line.reshape([-1 if b == a else 1 for b in range(nd)])
+        self.wsum = xp.asarray(w, dtype=xp.float64)
+        grids = np.indices(shape).sum(axis=0)
+        self.red = xp.asarray(grids % 2 == 0)
+        self.black = xp.asarray(grids % 2 == 1)
+        # (dst, src) slice pairs of the neighbour sum, one pair per axis direction
+        self.shifts = [(_sl(nd + 1, a + 1, slice(1, None)), _sl(nd + 1, a + 1, slice(None, -1)))
+                       for a in range(nd) if shape[a] > 1]
+        self.shifts += [(d_, s_)[::-1] for d_, s_ in self.shifts]
+        self.scratch = xp.empty((nf, *shape))
+        # restriction / prolongation to the next level: a zero-padded copy of even size
+        self.coarse_shape = tuple((n + 1) // 2 for n in shape)
+        self.padded = xp.zeros((nf, *(2 * m for m in self.coarse_shape)))  # stays zero outside
+        self.prolonged = xp.empty_like(self.padded)
+        self.inner = (slice(None),) + tuple(slice(0, n) for n in shape)
+        split = [nf]
+        for m in self.coarse_shape:
+            split += [m, 2]
+        self.split = tuple(split)
+        self.pairs = tuple(range(2, 2 + 2 * nd, 2))
+        self.spread = (slice(None),) + tuple(x for _ in range(nd) for x in (slice(None), None))
+        # per solve
+        self.diag = None
+        self.inv_diag = None
+        self.count = None
+
+
+class MultigridSolver:
+    """Steady states or backward-Euler steps of Fs fields with per-voxel uptake and
+    secretion.
+
+    Args:
+        shape: lattice shape, 2 or 3 ints, C order.
+        spacing_um: voxel edge length, micrometres.
+        diffusion_um2_per_min: (Fs,) diffusion coefficients, um^2/min (> 0).
+        decay_per_min: (Fs,) first-order decay, 1/min (>= 0).
+        face_values: (Fs, ndim, 2) fixed face value, NaN for a no-flux face.
+        fixed: (Fs, *shape) bool, voxels held at ``fixed_values`` (vessels), or None.
+        fixed_values: (Fs,) value at the fixed voxels of each field.
+        backend: where the arrays live.
+        tol: relative residual at which a solve stops.
+        check_every: iterations between convergence checks (host synchronisations).
+        max_iter: iterations after which a solve gives up (raises).
+    """
+
+    def __init__(self, shape, spacing_um: float, diffusion_um2_per_min, decay_per_min, face_values,
+                 fixed, fixed_values, backend: Backend, tol: float = 1e-6, check_every: int = 2,
+                 max_iter: int = 200):
+        xp = backend.xp
+        self.backend = backend
+        self.shape = tuple(int(s) for s in shape)
+        self.ndim = len(self.shape)
+        self.diffusion = np.asarray(diffusion_um2_per_min, dtype=float)
+        self.decay = np.asarray(decay_per_min, dtype=float)
+        self.n_fields = nf = len(self.diffusion)
+        if (self.diffusion <= 0).any():
+            raise ValueError("a steady-state field must diffuse (D > 0)")
+        faces = np.asarray(face_values, dtype=float)
+        self.tol = float(tol)
+        self.check_every = int(check_every)
+        self.max_iter = int(max_iter)
+        self.iterations: list[int] = []  # per solve, for benchmarks and tests
+        fixed = np.zeros((nf, *self.shape), bool) if fixed is None else np.asarray(fixed, bool)
+        values = np.nan_to_num(np.asarray(fixed_values, dtype=float)) if fixed_values is not None \
+            else np.zeros(nf)
+        self.has_steady_state = np.array([self.decay[f] > 0 or fixed[f].any() or not np.isnan(faces[f]).all()
+                                          for f in range(nf)])
+
+        self.levels: list[_Level] = []
+        shape_l, h = self.shape, float(spacing_um)
+        face_w = np.where(np.isnan(faces), 0.0, 2.0)
+        while True:
+            self.levels.append(_Level(xp, shape_l, h, self.diffusion, face_w))
+            if int(np.prod(shape_l)) <= _DENSE_MAX:
+                break
+            shape_l = self.levels[-1].coarse_shape
+            h *= 2.0
+        fine = self.levels[0]
+        coarsest = self.levels[-1]
+        n_c = int(np.prod(coarsest.shape))
+        adj = np.zeros((n_c, n_c))
+        idx = np.arange(n_c).reshape(coarsest.shape)
+        for a in range(self.ndim):
+            i = idx[_sl(self.ndim, a, slice(None, -1))].ravel()
+            j = idx[_sl(self.ndim, a, slice(1, None))].ravel()
+            adj[i, j] = adj[j, i] = 1.0
+        self._coarse_adj = xp.asarray(adj)
+        self.free = xp.asarray(~fixed, dtype=xp.float64)
+        self._fixed_mask = xp.asarray(fixed)
+        self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
+        # constant part of the right-hand side: fixed faces (2 k g on the face voxels)
+        # and fixed neighbours (k * value per fixed neighbour), zero on fixed voxels
+        b0 = np.zeros((nf, *self.shape))
+        k = self.diffusion / spacing_um**2
+        for f in range(nf):
+            for a in range(self.ndim):
+                for side, s in ((0, 0), (1, -1)):
+                    g = faces[f, a, side]
+                    if not np.isnan(g):
+                        b0[f][_sl(self.ndim, a, slice(s, s + 1 if s == 0 else None))] += 2 * k[f] * g
+        b0 = xp.asarray(b0) + fine.k * self._neighbour_sum(fine, self._fixed_vals, xp.empty_like(b0))
+        self._b_const = b0 * self.free
+        self._decay = xp.asarray(self.decay.reshape((nf,) + (1,) * self.ndim))
+        self._fixed_coupling = xp.asarray(
+            (2 * self.ndim * k).reshape((nf,) + (1,) * self.ndim)) * (1.0 - self.free)
+
+    # ---- stencil pieces --------------------------------------------------------------
+
+    @staticmethod
+    def _neighbour_sum(lvl: _Level, u, out):
+        """Sum of each voxel's neighbours inside the lattice, (Fs, *shape), into ``out``."""
+        out.fill(0)
+        for dst, src in lvl.shifts:
+            out[dst] += u[src]
+        return out
+
+    def _apply(self, lvl: _Level, u):
+        """A u on a level (no masking)."""
+        return lvl.diag * u - lvl.k * self._neighbour_sum(lvl, u, lvl.scratch)
+
+    @staticmethod
+    def _restrict(u, fine: _Level):
+        """(Fs, *fine) -> (Fs, *coarse) block sums over 2^ndim voxels (zero outside)."""
+        fine.padded[fine.inner] = u
+        return fine.padded.reshape(fine.split).sum(axis=fine.pairs)
+
+    @staticmethod
+    def _prolong(e, fine: _Level):
+        """Piecewise-constant (Fs, *coarse) -> (Fs, *fine), a view of fine.prolonged."""
+        fine.prolonged.reshape(fine.split)[...] = e[fine.spread]
+        return fine.prolonged[fine.inner]
+
+    def _smooth(self, lvl: _Level, u, b, order) -> None:
+        xp = self.backend.xp
+        for mask in order:
+            new = (b + lvl.k * self._neighbour_sum(lvl, u, lvl.scratch)) * lvl.inv_diag
+            xp.copyto(u, new, where=mask)
+
+    def _vcycle(self, r, depth: int = 0):
+        """One symmetric V-cycle for A e = r from e = 0."""
+        lvl = self.levels[depth]
+        if depth == len(self.levels) - 1:
+            return (lvl.inverse @ r.reshape(r.shape[0], -1, 1)).reshape(r.shape)
+        e = (r * lvl.inv_diag) * lvl.red  # first red half-sweep from zero
+        self._smooth(lvl, e, r, (lvl.black,))
+        res = r - self._apply(lvl, e)
+        e += self._prolong(self._vcycle(self._restrict(res, lvl) * (0.5**self.ndim), depth + 1), lvl)
+        self._smooth(lvl, e, r, (lvl.black, lvl.red))
+        return e
+
+    # ---- the solve -------------------------------------------------------------------
+
+    def _setup(self, uptake, inv_dt) -> None:
+        """Diagonals of every level for this solve's uptake and 1/dt."""
+        c = self._decay + uptake
+        if inv_dt is not None:
+            c = c + inv_dt
+        fine = self.levels[0]
+        fine.diag = c + fine.k * fine.wsum
+        fine.inv_diag = 1.0 / fine.diag
+        c_eff = c * self.free + self._fixed_coupling
+        xp = self.backend.xp
+        for prev, lvl in zip(self.levels[:-1], self.levels[1:]):
+            if lvl.count is None:  # fine voxels inside the lattice per coarse voxel
+                lvl.count = self._restrict(xp.ones_like(c_eff), prev)
+            c_eff = self._restrict(c_eff, prev) / lvl.count
+            lvl.diag = c_eff + lvl.k * lvl.wsum
+            lvl.inv_diag = 1.0 / lvl.diag
+        last = self.levels[-1]
+        nf = self.n_fields
+        n_c = self._coarse_adj.shape[0]
+        m = -last.k.reshape(nf, 1, 1) * self._coarse_adj
+        m[:, xp.arange(n_c), xp.arange(n_c)] = last.diag.reshape(nf, n_c)
+        last.inverse = xp.linalg.inv(m)
+
+    def solve(self, u, uptake, secretion, inv_dt=None) -> int:
+        """Overwrite ``u`` ((Fs, *shape), any float dtype, its current values the first
+        guess) with the solution for per-voxel ``uptake`` (1/min) and ``secretion``
+        (field units/min), both (Fs, *shape) float64: the steady state where ``inv_dt``
+        ((Fs, 1, ...) 1/min) is 0 or None, one backward-Euler step of dt from ``u``
+        where it is 1/dt. Returns the iterations taken."""
+        xp = self.backend.xp
+        self._setup(uptake, inv_dt)
+        fine = self.levels[0]
+        free = self.free
+        x = xp.where(self._fixed_mask, 0.0, u.astype(xp.float64))
+        b = self._b_const + secretion * free
+        if inv_dt is not None:
+            b = b + inv_dt * x
+        r = (b - self._apply(fine, x)) * free
+        axes = tuple(range(1, 1 + self.ndim))
+        b_norm = self.backend.to_host(xp.sqrt((b * b).sum(axis=axes)))
+        target = self.tol * b_norm
+        it = 0
+        if not self._converged(r, target, axes):
+            z = self._vcycle(r) * free
+            p = z
+            rz = (r * z).sum(axis=axes, keepdims=True)
+            while True:
+                ap = self._apply(fine, p) * free
+                pap = (p * ap).sum(axis=axes, keepdims=True)
+                alpha = rz / xp.where(pap > 0, pap, 1.0)
+                x += alpha * p
+                r -= alpha * ap
+                it += 1
+                if it % self.check_every == 0 and self._converged(r, target, axes):
+                    break
+                if it >= self.max_iter:
+                    if self._converged(r, target, axes):
+                        break
+                    raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
+                                       f"{self.max_iter} iterations")
+                z = self._vcycle(r) * free
+                rz_new = (r * z).sum(axis=axes, keepdims=True)
+                p = z + (rz_new / xp.where(rz > 0, rz, 1.0)) * p
+                rz = rz_new
+        xp.maximum(x, 0.0, out=x)
+        x += self._fixed_vals
+        u[...] = x
+        self.iterations.append(it)
+        return it
+
+    def _converged(self, r, target: np.ndarray, axes) -> bool:
+        xp = self.backend.xp
+        norms = self.backend.to_host(xp.sqrt((r * r).sum(axis=axes)))
+        return bool((norms <= target).all())
+
+
+def relaxation_rate_per_min(diffusion_um2_per_min: float, decay_per_min: float, extent_um: float,
+                            fixed: bool) -> float:
+    """An estimate of how fast a field forgets its state: its decay, plus, if vessels or
+    faces fix it, the slowest diffusive mode between the fixed voxels, D (pi / L)^2
+    with L their distance (the mean vessel spacing, or the lattice's longest extent), in
+    1/min."""
+    rate = float(decay_per_min)
+    if fixed:
+        rate += float(diffusion_um2_per_min) * (math.pi / float(extent_um)) ** 2
+    return rate
