@@ -146,8 +146,9 @@ def test_resolved_config_round_trips_through_yaml():
     assert again == cfg
 
 
-def test_under_resolved_uptake_is_warned():
-    cfg = validate_config({"time": {"tick_min": 6, "field_substeps": 1}})
-    assert any("fields.oxygen" in w and "field_substeps >= 40" in w for w in accuracy_warnings(cfg))
-    ok = validate_config({"time": {"tick_min": 6, "field_substeps": 10}})
-    assert accuracy_warnings(ok) == []
+def test_lod_uptake_and_vessels_are_warned_and_the_default_schemes_are_not():
+    lod = validate_config({"time": {"tick_min": 6}, "fields": {"oxygen": {"scheme": "lod"}}})
+    warned = [w for w in accuracy_warnings(lod) if w.startswith("fields.oxygen")]
+    assert any("splitting error of cell uptake" in w for w in warned)
+    assert any("vessel voxels only to first order" in w for w in warned)
+    assert accuracy_warnings(validate_config({"time": {"tick_min": 6}})) == []

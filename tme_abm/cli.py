@@ -338,22 +338,26 @@ def bench_diffusion_cmd(
     backend: str = typer.Option("auto", metavar="auto|numpy|cupy", help="array backend"),
     repeats: int = typer.Option(5, min=1, metavar="N", help="timed steps (median reported)"),
     warmup: int = typer.Option(2, min=0, metavar="N", help="untimed steps first"),
+    scheme: str = typer.Option("lod", metavar="lod|steady|implicit", help="field scheme"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Voxel-field updates per second of one LOD diffusion step."""
+    """Voxel-field updates per second of one field step (LOD, steady or implicit)."""
     from .bench import bench_diffusion
 
     if dtype not in ("float32", "float64"):
         _fail(f"--dtype {dtype!r} is not one of float32, float64")
+    if scheme not in ("lod", "steady", "implicit"):
+        _fail(f"--scheme {scheme!r} is not one of lod, steady, implicit")
     try:
-        res = bench_diffusion(_parse_shape(shape), fields, dtype, backend, repeats=repeats, warmup=warmup)
+        res = bench_diffusion(_parse_shape(shape), fields, dtype, backend, repeats=repeats, warmup=warmup,
+                              scheme=scheme)
     except BackendError as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(res))
     else:
         typer.echo(
-            f"diffusion {'x'.join(map(str, res['shape']))} x {fields} fields {dtype} on {res['backend']} "
+            f"diffusion ({scheme}) {'x'.join(map(str, res['shape']))} x {fields} fields {dtype} on {res['backend']} "
             f"({res['device']}): {res['median_step_s'] * 1e3:.1f} ms/step, "
             f"{res['voxel_field_updates_per_s']:.3g} voxel-field updates/s"
         )
@@ -385,6 +389,31 @@ def bench_model_cmd(
         f"{res['agent_updates_per_s']:.3g} agent-updates/s overall, {res['agent_updates_per_agent_s']:.3g} in the "
         f"agent stages (max {res['max_cells']} cells)\n  stages: {stages}"
     )
+
+
+@bench_app.command("fields")
+def bench_fields_cmd(
+    config: Path = CONFIG,
+    ticks: int = typer.Option(240, min=0, metavar="N", help="ticks to run before the comparison"),
+    set_: list[str] | None = SET,
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Accuracy of each field after one field solve against a converged reference."""
+    from .bench import field_accuracy
+
+    cfg = _load(config, [*(set_ or []), "dtype=float64", "backend=numpy"], None)
+    try:
+        res = field_accuracy(cfg, ticks)
+    except (ConfigError, BackendError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"fields of {config} at tick {ticks}, one {res['interval_min']:g}-min solve; largest deviation from "
+               f"the converged reference, % of the field's scale")
+    for name, r in res["fields"].items():
+        errs = ", ".join(f"{k} {v * 100:.3f}%" for k, v in r["error"].items())
+        typer.echo(f"  {name:<10} scale {r['scale']:.3g}: {errs}")
 
 
 def _join_shape_args(argv: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..engine.backend import Backend
 from ..engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from ..engine.diffusion.solver import TOLERANCE
 from ..engine.lattice import FACES, Lattice
 
 
@@ -19,7 +20,9 @@ class FieldSet:
             vessel_value, boundary, secretion_per_min and uptake_per_min per cell type).
         lattice: the lattice (shape, spacing, vessel sites).
         backend: where the fields live.
-        dt_min: field step, minutes.
+        dt_min: LOD field step, minutes.
+        schemes: ``steady``, ``implicit`` or ``lod`` per field (default: all lod).
+        tolerance: relative residual of the multigrid solves.
 
     Attributes:
         names: field names, in solver order.
@@ -27,7 +30,8 @@ class FieldSet:
         solver: the DiffusionSolver; ``solver.values`` is (F, *shape).
     """
 
-    def __init__(self, fields: dict, lattice: Lattice, backend: Backend, dt_min: float):
+    def __init__(self, fields: dict, lattice: Lattice, backend: Backend, dt_min: float,
+                 schemes: dict[str, str] | None = None, tolerance: float = TOLERANCE):
         self.backend = backend
         self.lattice = lattice
         self._specs = fields
@@ -57,6 +61,8 @@ class FieldSet:
             vessel_values=vessel_values,
             initial=np.array([fields[n].initial for n in self.names]),
             backend=backend,
+            schemes=[(schemes or {}).get(n, "lod") for n in self.names],
+            tolerance=tolerance,
         )
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -77,7 +83,7 @@ class FieldSet:
 
     def field(self, name: str):
         """(*shape) view of one field."""
-        return self.solver.values[self.index[name]]
+        return self.solver.field(self.index[name])
 
     def at(self, name: str, sites):
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
@@ -85,7 +91,7 @@ class FieldSet:
 
     def add_at(self, name: str, sites, amount: float) -> None:
         """Add ``amount`` to field ``name`` at flat ``sites`` (a pulse, e.g. radiotherapy)."""
-        v = self.solver.values[self.index[name]]
+        v = self.solver.field(self.index[name])
         xp = self.backend.xp
         coords = xp.unravel_index(xp.asarray(sites, dtype=xp.int64), v.shape)
         v[coords] += amount

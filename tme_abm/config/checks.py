@@ -3,8 +3,6 @@ needs, and settings that run but are less accurate."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .errors import ConfigError
@@ -36,19 +34,31 @@ def check_memory(cfg: Config, available_bytes: int, where: str = "host memory") 
 
 
 def accuracy_warnings(cfg: Config) -> list[str]:
-    """Settings that run but are less accurate. Cell uptake is implicit together
-    with diffusion, but the LOD splitting still errs, in the 1D worst case, by 7.7%
-    of the boundary value at uptake x field step = 6, 12% at 60, and 1.7% at 1.5
-    (tests/test_diffusion.py); a 2D lesion errs by about half of that."""
+    """Settings that run but are less accurate: fields stepped by LOD (fields.<name>.scheme)
+    with cell uptake or vessels. The LOD splitting errs, in the 1D worst case, by 7.7% of
+    the boundary value at uptake x field step = 6, 12% at 60, and 1.7% at 1.5
+    (tests/test_diffusion.py); and it holds vessel voxels only to first order in
+    D dt / dx^2 (tests/test_multigrid.py): one 12-min solve of the baseline's oxygen errs
+    by 66% of its boundary value (tme-abm bench fields configs/baseline.yaml).
+    The steady and implicit schemes have neither error."""
     out = []
+    schemes = cfg.field_schemes
     for name, fc in cfg.enabled_fields.items():
+        if schemes[name] != "lod":
+            continue
         u_max = max(fc.uptake_per_min.values(), default=0.0)
         if u_max * cfg.field_dt_min > 6.0:
-            need = math.ceil(u_max * cfg.time.tick_min * cfg.time.fields_every_ticks / 1.5)
             out.append(
                 f"fields.{name}: uptake {u_max}/min x field step {cfg.field_dt_min:g} min = "
-                f"{u_max * cfg.field_dt_min:g} > 6; the splitting error of cell uptake may reach 8-12% "
-                f"of the boundary value near consuming cells; time.field_substeps >= {need} keeps it "
-                f"near 2% (docs/architecture.md)"
+                f"{u_max * cfg.field_dt_min:g} > 6 with scheme lod; the splitting error of cell uptake may reach "
+                f"8-12% of the boundary value near consuming cells; scheme steady or implicit has no such error "
+                f"(docs/architecture.md)"
+            )
+        r = fc.diffusion_um2_per_min * cfg.field_dt_min / cfg.lattice.spacing_um**2
+        if fc.vessel_value is not None and r > 0.25 and cfg.lattice.vessels.layout != "none":
+            out.append(
+                f"fields.{name}: scheme lod holds vessel voxels only to first order in D dt/dx^2 = {r:.3g} > 0.25 "
+                f"(at 2.5 the field errs by ~5%, at 25 by ~30% of the vessel value); scheme steady or implicit "
+                f"holds them exactly (docs/architecture.md)"
             )
     return out

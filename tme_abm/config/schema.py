@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..biology.defaults import default_edits, default_fields, default_rules
 from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
+from ..engine.diffusion import quasi_steady
 from ..engine.lattice import FACES, Lattice
 from ..engine.moves import mean_step_sites
 
@@ -78,6 +79,9 @@ class TimeConfig(Strict):
     fields_every_ticks: Annotated[int, Field(ge=1, le=1000)] = 1
     """Solve the fields every k ticks, over k ticks at once (the solver is implicit, so
     this is stable; the cells' sources are those of the last tick before the solve)."""
+    field_tolerance: Annotated[float, Field(ge=1e-10, le=1e-2)] = 1e-4
+    """Relative residual at which a multigrid field solve (fields.<name>.scheme steady or
+    implicit) stops; the field errs by about 2e-4 of its boundary value at 1e-4."""
 
     @property
     def n_ticks(self) -> int:
@@ -135,6 +139,15 @@ class FieldConfig(Strict):
     """Secretion per cell type, field units per minute."""
     uptake_per_min: dict[Literal[CELL_TYPES], Annotated[float, Field(ge=0, le=1e6)]] = {}
     """First-order uptake per cell type, 1/minute."""
+    scheme: Literal["auto", "steady", "implicit", "lod"] = "auto"
+    """How the field is solved (docs/architecture.md): ``steady`` (its steady state given
+    the cells, at every field solve), ``implicit`` (unsplit backward Euler, one multigrid
+    solve per field step), ``lod`` (the LOD step: cheapest, first-order errors at cell
+    uptake and vessels), or ``auto``: steady when the field relaxes by 95% within one
+    field solve (decay plus the slowest diffusive mode, D (pi/L)^2 if vessels or faces
+    fix it, L the mean vessel spacing or the lattice's extent, times tick_min x
+    fields_every_ticks >= 3); else implicit when vessels fix it or cells take it up;
+    else lod."""
 
     @model_validator(mode="after")
     def _diffuses_or_not(self):
@@ -466,6 +479,13 @@ class Config(Strict):
                     raise ValueError(
                         f"fields.{name}.boundary.{face}: a {self.lattice.dims}D lattice has faces {', '.join(faces)}"
                     )
+        for name, fc in self.enabled_fields.items():
+            if fc.scheme in ("steady", "implicit") and fc.diffusion_um2_per_min == 0:
+                raise ValueError(f"fields.{name}.scheme: {fc.scheme} needs a diffusing field "
+                                 f"(diffusion_um2_per_min is 0); use lod")
+            if fc.scheme == "steady" and fc.decay_per_min == 0 and not self._field_is_fixed(fc):
+                raise ValueError(f"fields.{name}.scheme: steady, but the field has no steady state (no decay, and "
+                                 f"neither vessels nor a dirichlet face fix it); use lod")
         if self.tumor.archetype in ("solid", "bulky"):
             self._check_spheroid()
         n_sites = int(np.prod(self.lattice.shape))
@@ -664,6 +684,41 @@ class Config(Strict):
     @property
     def enabled_fields(self) -> dict[str, FieldConfig]:
         return {k: v for k, v in self.fields.items() if v.enabled}
+
+    def _has_vessels(self, fc: FieldConfig) -> bool:
+        """Whether vessel voxels hold the field at a value."""
+        v = self.lattice.vessels
+        return fc.vessel_value is not None and v.layout != "none" and not (v.layout == "random" and v.density == 0)
+
+    def _field_is_fixed(self, fc: FieldConfig) -> bool:
+        """Whether vessels or a dirichlet face hold the field at a value."""
+        faces = FACES[-2 * self.lattice.dims:]
+        return self._has_vessels(fc) or any(fc.boundary.face(f).kind == "dirichlet" for f in faces)
+
+    @property
+    def field_schemes(self) -> dict[str, str]:
+        """``steady`` or ``lod`` per enabled field, with ``auto`` decided (FieldConfig.scheme)."""
+        interval = self.time.tick_min * self.time.fields_every_ticks
+        lat = self.lattice
+        extent = max(lat.shape) * lat.spacing_um
+        v = lat.vessels
+        # distance between the voxels that hold a field: the mean vessel spacing, or the lattice
+        vessel_gap = {"random": lat.spacing_um * max(v.density, 1e-12) ** (-1 / lat.dims),
+                      "grid": lat.spacing_um * v.grid_spacing_sites}.get(v.layout, extent)
+        out = {}
+        for name, fc in self.enabled_fields.items():
+            if fc.scheme == "auto":
+                fixed_at = min(extent, vessel_gap) if self._has_vessels(fc) else extent
+                if quasi_steady(fc.diffusion_um2_per_min, fc.decay_per_min, self._field_is_fixed(fc), fixed_at,
+                                interval):
+                    out[name] = "steady"
+                elif fc.diffusion_um2_per_min > 0 and (self._has_vessels(fc) or any(fc.uptake_per_min.values())):
+                    out[name] = "implicit"
+                else:
+                    out[name] = "lod"
+            else:
+                out[name] = fc.scheme
+        return out
 
     @property
     def field_dt_min(self) -> float:

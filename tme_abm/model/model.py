@@ -66,7 +66,8 @@ class TMEModel(mesa.Model):
         self.lattice = Lattice(lc.shape, lc.spacing_um, vessel_sites(
             lc.shape, lc.vessels.layout, self.rng, lc.vessels.density, lc.vessels.grid_spacing_sites))
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
-        self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min)
+        self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min,
+                               cfg.field_schemes, cfg.time.field_tolerance)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self.occupancy[self.vessels_dev] = VESSEL
         self.engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
