@@ -104,19 +104,8 @@ class Sources:
 class LODSolver:
     """Implicit LOD reaction-diffusion of F fields on a 2D or 3D lattice.
 
-    Args:
-        shape: lattice shape, 2 or 3 ints (voxels), C order (z, y, x) / (y, x).
-        spacing_um: voxel edge length, micrometres.
-        diffusion_um2_per_min: (F,) diffusion coefficients, um^2/min (>= 0).
-        decay_per_min: (F,) first-order decay rates, 1/min (>= 0).
-        dt_min: field time step, minutes.
-        face_values: (F, ndim, 2) fixed value on the low/high face of each axis,
-            NaN (:data:`NOFLUX`) for a no-flux face. Default: all no-flux.
-        vessel_sites: (k,) flat indices of fixed-value voxels (vessels).
-        vessel_values: (F,) value each field is held at on vessel voxels, NaN where
-            a field is not fixed by vessels.
-        initial: scalar or (F,) initial value, or (F, *shape) initial field.
-        backend: a :class:`~tme_abm.backend.Backend`; default NumPy float64.
+    Args: as :class:`~.solver.DiffusionSolver` (shape, spacing, D, decay, dt, faces,
+    vessels, initial values, backend), for the fields it steps.
 
     The current fields are :attr:`values`, an (F, *shape) array on the backend's device.
     Arguments are checked by :class:`~.solver.DiffusionSolver`, which owns this solver.
