@@ -223,7 +223,10 @@ class DiffusionSolver:
         if not self._implicit.any():
             self.mg.solve(self._mg_values, uptake, secretion)
             return
-        inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
+        if getattr(self, "_inv_dt_for", None) != self._dt:  # 1/dt per field, rebuilt when dt changes
+            self._inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
+            self._inv_dt_for = self._dt
+        inv_dt = self._inv_dt
         for _ in range(n_steps):
             self.mg.solve(self._mg_values, uptake, secretion, inv_dt)
 
