@@ -140,6 +140,7 @@ class DiffusionSolver:
                 f = int(st[steady & ~self.mg.has_steady_state][0])
                 raise ValueError(f"field {f}: no steady state (no decay, no fixed voxels, no fixed face)")
             self._implicit = ~steady
+            self._inv_dt, self._inv_dt_for = None, None
             start = np.broadcast_to(
                 init[st].reshape(-1, *[1] * self.ndim) if init.ndim == 1 else
                 (init.reshape(nf, *self.shape)[st] if per_field else init), (len(st), *self.shape))
@@ -223,7 +224,7 @@ class DiffusionSolver:
         if not self._implicit.any():
             self.mg.solve(self._mg_values, uptake, secretion)
             return
-        if getattr(self, "_inv_dt_for", None) != self._dt:  # 1/dt per field, rebuilt when dt changes
+        if self._inv_dt_for != self._dt:  # 1/dt per field, rebuilt when dt changes
             self._inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
             self._inv_dt_for = self._dt
         inv_dt = self._inv_dt
