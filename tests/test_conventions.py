@@ -22,7 +22,8 @@ from matplotlib.colors import to_rgb
 import tme_abm
 from tme_abm.config import validate_config
 from tme_abm.io import run
-from tme_abm.viz.report import TYPE_COLOURS, cells_figure, fields_figure
+from tme_abm.viz.lattice import COLOURS
+from tme_abm.viz.report import cells_figure, fields_figure
 
 SPACING = 20.0
 # A lesion placed off-centre in x on a lattice longer in x than in y (and in z): a
@@ -89,7 +90,7 @@ def test_report_figures_draw_x_across_and_y_up_in_micrometres(lesion_run, tmp_pa
     rgb = np.asarray(img.get_array())
     left, right, bottom, top = img.get_extent()
     assert rgb.shape[:2] == tuple(les["shape"][-2:])  # rows are y, columns x
-    rows, cols = np.nonzero(np.all(np.isclose(rgb, to_rgb(TYPE_COLOURS[1])), axis=-1))
+    rows, cols = np.nonzero(np.all(np.isclose(rgb, to_rgb(COLOURS["tumor, antigen high"])), axis=-1))
     px = (right - left) / rgb.shape[1]
     assert left + (cols.mean() + 0.5) * px == pytest.approx(x_c, abs=SPACING)
     assert bottom + (rows.mean() + 0.5) * px == pytest.approx(y_c, abs=SPACING)

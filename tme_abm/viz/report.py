@@ -11,19 +11,14 @@ import html
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from ..io.readers import Run, open_run, summary_text
 from ..io.runfile import RunFileError
-
-TYPE_NAMES = {1: "tumor", 2: "CAR T", 3: "monocyte", 4: "granulocyte"}
-TYPE_COLOURS = {1: "#7f7f7f", 2: "#1f77b4", 3: "#ff7f0e", 4: "#2ca02c"}
-TUMOR_STATE_COLOURS = {0: "#7f7f7f", 1: "#3b1f0b", 2: "#c5b0d5", 3: "#d62728"}  # alive, necrotic, apoptotic, killed
+from .lattice import ANTIGEN_HIGH, ANTIGEN_LOW, COLOURS, draw_cells, extent, label_axes, legend_handles
 
 
-def _mark_events(ax, events: list[dict]) -> None:
+def mark_events(ax, events: list[dict]) -> None:
     """Dashed vertical lines at therapy events, labelled with their kind."""
     seen = set()
     for e in events:
@@ -70,7 +65,7 @@ def populations_figure(run: Run, ts, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("day (relative to infusion)")
     ax.set_ylabel("cells on the lattice")
-    _mark_events(ax, run.events)
+    mark_events(ax, run.events)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(f"{run.path.name}: populations")
     fig.tight_layout()
@@ -86,7 +81,7 @@ def systemic_figure(run: Run, ts, path: Path) -> None:
     top.set_yscale("log")
     top.set_ylabel("cells (patient)")
     top.legend(fontsize=8)
-    _mark_events(top, run.events)
+    mark_events(top, run.events)
     c = ts["systemic_cytokine"].to_numpy()
     bottom.plot(ts["day"], c, color="tab:red", label="systemic cytokine")
     bottom.set_ylabel("cytokine (pg/mL)")
@@ -103,21 +98,6 @@ def systemic_figure(run: Run, ts, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
-    """imshow extent (left, right, bottom, top) of voxels centred at ``x`` and ``y`` (um)."""
-    dx = float(x[1] - x[0]) if len(x) > 1 else 1.0
-    dy = float(y[1] - y[0]) if len(y) > 1 else 1.0
-    return float(x[0]) - dx / 2, float(x[-1]) + dx / 2, float(y[0]) - dy / 2, float(y[-1]) + dy / 2
-
-
-def _label_axes(ax, bottom: bool, left: bool) -> None:
-    ax.tick_params(labelsize=6)
-    if bottom:
-        ax.set_xlabel("x (um)", fontsize=7)
-    if left:
-        ax.set_ylabel("y (um)", fontsize=7)
-
-
 def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
     """Every field at the chosen snapshot days (the middle z slice in 3D): x across, y up,
     in micrometres."""
@@ -129,7 +109,7 @@ def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
         planes = {n: [ds[n].isel(time=i, **sel).transpose("y", "x").values for i in idx] for n in names}
         units = {n: ds[n].attrs.get("units", "") for n in names}
         snap_days = [start_day + float(ds["time"].values[i]) / 1440 for i in idx]
-        extent = _extent(ds["x"].values, ds["y"].values)
+        extent_um = extent(ds["x"].values, ds["y"].values)
     fig = Figure(figsize=(2.8 * len(idx) + 1.2, 2.4 * len(names)))
     axes = fig.subplots(len(names), len(idx), squeeze=False)
     for r, name in enumerate(names):
@@ -137,9 +117,9 @@ def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
         hi = max(float(np.nanmax(p)) for p in planes[name])
         for c, plane in enumerate(planes[name]):
             ax = axes[r, c]
-            im = ax.imshow(plane, origin="lower", extent=extent, vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
+            im = ax.imshow(plane, origin="lower", extent=extent_um, vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
                            cmap="viridis")
-            _label_axes(ax, bottom=r == len(names) - 1, left=c == 0)
+            label_axes(ax, bottom=r == len(names) - 1, left=c == 0)
             ax.set_title(f"{name}, day {snap_days[c]:.1f}", fontsize=8)
         fig.colorbar(im, ax=list(axes[r]), shrink=0.8).set_label(units[name], fontsize=7)
     fig.suptitle(f"{run.path.name}: fields" + (" (middle z slice)" if three_d else ""))
@@ -147,43 +127,26 @@ def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
     return fig
 
 
-def _cell_image(cells, ny: int, nx: int) -> np.ndarray:
-    """(ny, nx, 3) RGB raster of one snapshot's cells, indexed [y, x] (white: empty)."""
-    img = np.ones((ny, nx, 3))
-    for code, colour in TYPE_COLOURS.items():
-        sel = cells[cells["type"] == code]
-        img[sel["y"].to_numpy(), sel["x"].to_numpy()] = to_rgb(colour)
-    tumor = cells[cells["type"] == 1]
-    for state, colour in TUMOR_STATE_COLOURS.items():
-        sel = tumor[tumor["state"] == state]
-        img[sel["y"].to_numpy(), sel["x"].to_numpy()] = to_rgb(colour)
-    return img
-
-
 def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, path: Path) -> Figure:
-    """The lattice with cells coloured by type (tumor by state) at the chosen snapshot days
-    (the middle z slice in 3D): x across, y up, in micrometres.
+    """The lattice with cells coloured by type and state (alive tumor by antigen class) at
+    the chosen snapshot days (the middle z slice in 3D): x across, y up, in micrometres.
 
     Args:
         shape: the lattice shape, C order; spacing_um: its site spacing."""
     idx = _snapshot_indices(run.cell_times, start_day, days)
-    ny, nx = shape[-2], shape[-1]
-    extent = _extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um)
     fig = Figure(figsize=(3.6 * len(idx) + 1.6, 3.9))
     axes = np.atleast_1d(fig.subplots(1, len(idx), squeeze=False)[0])
     for k, (ax, i) in enumerate(zip(axes, idx)):
         cells = run.cells(i)
+        draw_cells(ax, cells, shape, spacing_um)
+        if k:
+            ax.set_ylabel("")
         if "z" in cells:
             cells = cells[cells["z"] == shape[0] // 2]
-        ax.imshow(_cell_image(cells, ny, nx), origin="lower", extent=extent, interpolation="nearest")
-        _label_axes(ax, bottom=True, left=k == 0)
         alive = int(((cells["type"] == 1) & (cells["state"] == 0)).sum())
         counts = ", ".join([str(alive), *(f"{int((cells['type'] == c).sum())}" for c in (2, 3, 4))])
         ax.set_title(f"day {start_day + run.cell_times[i] / 1440:.1f}\n({counts})", fontsize=8)
-    handles = [Patch(color=TUMOR_STATE_COLOURS[s], label=f"tumor {n}")
-               for s, n in enumerate(("alive", "necrotic", "apoptotic", "killed"))]
-    handles += [Patch(color=TYPE_COLOURS[c], label=TYPE_NAMES[c]) for c in (2, 3, 4)]
-    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.legend(handles=legend_handles(), loc="center right", fontsize=7)
     fig.suptitle(f"{run.path.name}: cells" + (" (middle z slice)" if len(shape) == 3 else "")
                  + "; counts alive tumor, CAR T, monocytes, granulocytes", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / (3.6 * len(idx) + 1.6), 1))
@@ -194,17 +157,17 @@ def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, pat
 def antigen_figure(run: Run, ts, start_day: float, path: Path) -> None:
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
-    classes = [("tumor_antigen_negative", "negative (< 0.05)"), ("tumor_antigen_low", "low (< 0.3)"),
-               ("tumor_antigen_high", "high")]
+    classes = [("tumor_antigen_negative", f"negative (< {ANTIGEN_LOW})"),
+               ("tumor_antigen_low", f"low (< {ANTIGEN_HIGH})"), ("tumor_antigen_high", "high")]
     alive = ts["tumor_alive"].to_numpy()
     fractions = [np.divide(ts[c].to_numpy(), alive, out=np.zeros_like(alive), where=alive > 0) for c, _ in classes]
     left.stackplot(ts["day"], *fractions, labels=[lab for _, lab in classes],
-                   colors=["#d62728", "#ff9896", "#7f7f7f"])
+                   colors=[COLOURS[f"tumor, antigen {c}"] for c in ("negative", "low", "high")])
     left.set_ylim(0, 1)
     left.set_xlabel("day (relative to infusion)")
     left.set_ylabel("fraction of alive tumor cells")
     left.legend(fontsize=8, loc="lower left")
-    _mark_events(left, run.events)
+    mark_events(left, run.events)
     times = run.cell_times
     bins = np.linspace(0, 1, 21)
     for i in _snapshot_indices(times, start_day, None):

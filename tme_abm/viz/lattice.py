@@ -1,0 +1,110 @@
+"""Drawing the lattice: cells coloured by type and state (alive tumor by antigen class)
+and a field as a heatmap, x across and y up in micrometres. Shared by the report
+(``tme-abm report``) and the web view (``tme-abm view``) so both draw one picture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import to_rgb
+from matplotlib.patches import Patch
+
+ANTIGEN_LOW = 0.05
+ANTIGEN_HIGH = 0.3
+"""Antigen class bounds of alive tumor cells (the ``tumor_antigen_*`` columns)."""
+
+CELL_CLASSES: list[tuple[str, str, int, int | None]] = [
+    # (label, colour, type code, state code or None for any state)
+    ("tumor, antigen high", "#7f7f7f", 1, 0),
+    ("tumor, antigen low", "#ff9896", 1, 0),
+    ("tumor, antigen negative", "#9467bd", 1, 0),
+    ("tumor necrotic", "#3b1f0b", 1, 1),
+    ("tumor apoptotic", "#c5b0d5", 1, 2),
+    ("tumor killed", "#d62728", 1, 3),
+    ("CAR T effector", "#1f77b4", 2, 0),
+    ("CAR T engaged", "#17becf", 2, 1),
+    ("CAR T exhausted", "#aec7e8", 2, 2),
+    ("monocyte", "#ff7f0e", 3, 0),
+    ("monocyte activated", "#8c564b", 3, 1),
+    ("granulocyte", "#2ca02c", 4, None),
+]
+"""What the lattice picture shows, in drawing order, with its colour."""
+
+COLOURS = {label: colour for label, colour, _, _ in CELL_CLASSES}
+
+
+def _members(cells: pd.DataFrame, label: str, code: int, state: int | None) -> np.ndarray:
+    """Boolean mask of the rows of ``cells`` in one class of :data:`CELL_CLASSES`."""
+    m = cells["type"].to_numpy() == code
+    if state is not None:
+        m &= cells["state"].to_numpy() == state
+    if label.startswith("tumor, antigen"):
+        ag = cells["antigen"].to_numpy()
+        m &= {"high": ag >= ANTIGEN_HIGH, "low": (ag >= ANTIGEN_LOW) & (ag < ANTIGEN_HIGH),
+              "negative": ag < ANTIGEN_LOW}[label.rsplit(" ", 1)[1]]
+    return m
+
+
+def cell_image(cells: pd.DataFrame, ny: int, nx: int) -> np.ndarray:
+    """(ny, nx, 3) RGB raster of one plane of cells, indexed [y, x] (white: empty).
+
+    Args:
+        cells: a cell table (:meth:`tme_abm.Run.cells` columns ``y``, ``x``, ``type``,
+            ``state``, ``antigen``) of one plane."""
+    img = np.ones((ny, nx, 3))
+    y, x = cells["y"].to_numpy(), cells["x"].to_numpy()
+    for label, colour, code, state in CELL_CLASSES:
+        m = _members(cells, label, code, state)
+        img[y[m], x[m]] = to_rgb(colour)
+    return img
+
+
+def class_counts(cells: pd.DataFrame) -> dict[str, int]:
+    """Cells per class of :data:`CELL_CLASSES`."""
+    return {label: int(_members(cells, label, code, state).sum()) for label, _, code, state in CELL_CLASSES}
+
+
+def legend_handles() -> list[Patch]:
+    return [Patch(color=colour, label=label) for label, colour, _, _ in CELL_CLASSES]
+
+
+def extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) of voxels centred at ``x`` and ``y`` (um)."""
+    dx = float(x[1] - x[0]) if len(x) > 1 else 1.0
+    dy = float(y[1] - y[0]) if len(y) > 1 else 1.0
+    return float(x[0]) - dx / 2, float(x[-1]) + dx / 2, float(y[0]) - dy / 2, float(y[-1]) + dy / 2
+
+
+def label_axes(ax, bottom: bool = True, left: bool = True) -> None:
+    ax.tick_params(labelsize=6)
+    if bottom:
+        ax.set_xlabel("x (um)", fontsize=7)
+    if left:
+        ax.set_ylabel("y (um)", fontsize=7)
+
+
+def draw_cells(ax, cells: pd.DataFrame, shape, spacing_um: float, z: int | None = None) -> None:
+    """Draw the cells of one plane on ``ax``: the plane ``z`` of a 3D lattice (default its
+    middle), the whole lattice in 2D.
+
+    Args:
+        shape: the lattice shape, C order ([nz,] ny, nx); spacing_um: its site spacing."""
+    if len(shape) == 3:
+        z = shape[0] // 2 if z is None else z
+        cells = cells[cells["z"] == z]
+    ny, nx = shape[-2], shape[-1]
+    ax.imshow(cell_image(cells, ny, nx), origin="lower", interpolation="nearest",
+              extent=extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um))
+    label_axes(ax)
+
+
+def draw_field(ax, plane: np.ndarray, spacing_um: float, vmin: float | None = None, vmax: float | None = None):
+    """Draw one field plane ``(ny, nx)`` as a heatmap on ``ax``; returns the image."""
+    ny, nx = plane.shape
+    lo = float(np.nanmin(plane)) if vmin is None else vmin
+    hi = float(np.nanmax(plane)) if vmax is None else vmax
+    im = ax.imshow(plane, origin="lower", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
+                   extent=extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um))
+    label_axes(ax)
+    return im
