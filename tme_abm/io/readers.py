@@ -111,8 +111,9 @@ class Run:
             n = min(fg[k].shape[0] for k in fg if k not in ("x", "y", "z"))
             return fg["time"][:n]
 
-    def field(self, name: str, index: int = -1) -> np.ndarray:
-        """One field snapshot, ``(*lattice_shape)``; ``index`` into :attr:`field_times`."""
+    def field(self, name: str, index: int = -1, z: int | None = None) -> np.ndarray:
+        """One field snapshot, ``(*lattice_shape)``; ``index`` into :attr:`field_times`.
+        ``z`` (3D runs) reads only that plane, ``(ny, nx)``."""
         names = self.field_names
         if name not in names:
             raise KeyError(f"{self.path}: no field {name!r}; fields: {', '.join(names)}")
@@ -120,7 +121,12 @@ class Run:
         if not -n <= index < n:
             raise IndexError(f"{self.path}: field snapshot {index} of {n}")
         with reading(self.path) as f:
-            return f["fields"][name][index % n]
+            data = f["fields"][name]
+            if z is None:
+                return data[index % n]
+            if data.ndim != 4 or not 0 <= z < data.shape[1]:
+                raise IndexError(f"{self.path}: field {name!r} has no z plane {z}")
+            return data[index % n, z]
 
     # ---- cells -------------------------------------------------------------------------
 

@@ -139,9 +139,11 @@ def experiment_config(spec: SweepSpec, path) -> ExperimentConfig:
     return exp
 
 
-def arm_names(spec: SweepSpec, exp: ExperimentConfig) -> list[str]:
+def arm_names(spec: SweepSpec, exp: ExperimentConfig | None = None) -> list[str]:
+    """The experiment's arm names, or (no names given, or a plain sweep) each point's
+    swept values, ``key=value, ...`` by the last part of each key."""
     points = design_points(spec)
-    if exp.arms:
+    if exp is not None and exp.arms:
         return list(exp.arms)
     return [", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in p.items()) for p in points]
 
