@@ -102,7 +102,8 @@ def test_shipped_configs_are_valid(name):
 def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path):
     """With dask, SALib and matplotlib unimportable (a core install), a run works and the
     commands that need an extra say which one in one line."""
-    blocker = ("import sys; sys.modules.update(dict.fromkeys(['dask', 'distributed', 'SALib', 'matplotlib'])); "
+    blocker = ("import sys; sys.modules.update(dict.fromkeys(['dask', 'distributed', 'SALib', 'matplotlib', "
+               "'solara'])); "
                "from tme_abm.cli import main; sys.argv[0] = 'tme-abm'; main()")
     env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
 
@@ -115,14 +116,15 @@ def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path
     assert r.returncode == 0, r.stderr
     r = lean("summarize", out)
     assert r.returncode == 0 and "status complete" in r.stdout, r.stderr
-    for args, extra in ((("report", out), "report"), (("sweep", ROOT / "configs/sweeps/burden.yaml", "--out",
-                                                        tmp_path / "s"), "sweeps"),
-                        (("experiment", "--list"), "sweeps")):
+    for args, extra, missing in ((("report", out), "report", "matplotlib"),
+                                 (("sweep", ROOT / "configs/sweeps/burden.yaml", "--out", tmp_path / "s"), "sweeps",
+                                  "dask"),
+                                 (("experiment", "--list"), "sweeps", "dask"), (("view", out), "view", "solara")):
         r = lean(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines() == [
-            f"error: tme-abm {args[0]} needs the '{extra}' extra "
-            f"({'matplotlib' if extra == 'report' else 'dask'} is not installed): pip install 'tme-abm[{extra}]'"]
+            f"error: tme-abm {args[0]} needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'tme-abm[{extra}]'"]
 
 
 def error_lines(r: subprocess.CompletedProcess) -> list[str]:

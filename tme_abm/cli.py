@@ -22,7 +22,8 @@ bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Benchmarks (speed figures for reports).")
 app.add_typer(bench_app, name="bench")
 
-EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps"}
+EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps", "solara": "view",
+          "uvicorn": "view", "altair": "view", "networkx": "view"}
 """Top-level modules of the optional extras, and the extra that installs each."""
 
 
@@ -193,6 +194,29 @@ def report(
         _fail(str(exc))
     for p in written:
         typer.echo(str(p))
+
+
+@app.command()
+def view(
+    path: Path | None = typer.Argument(None, metavar="PATH", help="a run file, or a folder of runs, a sweep or an "
+                                                                 "experiment; nothing outside it can be opened"),
+    live: Path | None = typer.Option(None, "--live", metavar="CONFIG", help="show a live model of this config instead"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (anything but localhost prints a "
+                                                          "warning: the page reads files and runs models)"),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="port (0: a free one)"),
+) -> None:
+    """Serve a web view of a run, a folder of runs or a live model, and print its address."""
+    with _needs_extras("view"):
+        from .viz.web.server import free_port, serve
+
+    if (path is None) == (live is None):
+        _fail("give a PATH to view or --live CONFIG, not both")
+    target = path if path is not None else live
+    if not target.exists():
+        _fail(f"{target}: no such {'file or folder' if path is not None else 'config'}")
+    if live is not None:
+        _load(live, None)  # a config error is one line now, not a broken page later
+    serve(path, live, host, port or free_port(host))
 
 
 @app.command()
