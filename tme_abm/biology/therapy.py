@@ -27,7 +27,7 @@ import numpy as np
 from ..engine import rng as crng
 from .populations.tumor import ALIVE, APOPTOTIC
 
-_STREAM = 20_000  # random-number stream base of therapy events
+_STREAMS = crng.streams(5, "therapy", ("lymphodepletion", "resection_order", "resection_tie", "radiotherapy", "mrd"))
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def _lymphodepletion(model, e, item) -> dict:
     removed = 0
     for pop in (model.monocytes, model.granulocytes):
         if len(pop):
-            u = crng.uniform(model.backend.xp, model.seed, model.steps, _STREAM + pop.code, pop.data["id"])
+            u = crng.uniform(model.backend.xp, model.seed, model.steps, _STREAMS("lymphodepletion", pop.code),
+                             pop.data["id"])
             removed += pop.remove(u < e.myeloid_kill_fraction, how="died")
     sysm = model.systemic
     sysm.boost = e.expansion_boost
@@ -99,12 +100,12 @@ def _resection(model, e, item) -> dict:
     if k == 0:
         return {"tumor_removed": 0}
     if e.order == "random":
-        key = crng.uniform(xp, model.seed, model.steps, _STREAM + 10, t.data["id"])
+        key = crng.uniform(xp, model.seed, model.steps, _STREAMS("resection_order"), t.data["id"])
         remove_idx = xp.argsort(key)[:k]
     else:  # outermost first: distance from the centroid of the tumor cells
         coords = xp.stack(xp.unravel_index(t.data["site"], model.lattice.shape), axis=1).astype(xp.float64)
         d2 = ((coords - coords.mean(axis=0)) ** 2).sum(axis=1)
-        tie = crng.uniform(xp, model.seed, model.steps, _STREAM + 11, t.data["id"]) * 1e-6
+        tie = crng.uniform(xp, model.seed, model.steps, _STREAMS("resection_tie"), t.data["id"]) * 1e-6
         remove_idx = xp.argsort(-(d2 + tie))[:k]
     mask = xp.zeros(n, dtype=bool)
     mask[remove_idx] = True
@@ -132,7 +133,7 @@ def _radiotherapy(model, e, item) -> dict:
     po2 = model.fields.at("oxygen", t.data["site"][alive]).astype(xp.float64)
     surv = lq_survival(e.dose_gy * oxygen_dose_factor(po2, e.oer_max, e.oer_k_mmHg, xp),
                        e.alpha_per_gy, e.beta_per_gy2, xp)
-    u = crng.uniform(xp, model.seed, model.steps, _STREAM + 20 + item.index, t.data["id"][alive])
+    u = crng.uniform(xp, model.seed, model.steps, _STREAMS("radiotherapy", item.index), t.data["id"][alive])
     dead = alive[u >= surv]
     t.data["state"][dead] = APOPTOTIC
     t.data["death_min"][dead] = model.time_min
@@ -148,7 +149,7 @@ def _mrd(model, e, item) -> dict:
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
     keep_n = min(e.residual_cells, int(alive.shape[0]))
-    key = crng.uniform(xp, model.seed, model.steps, _STREAM + 30, t.data["id"][alive])
+    key = crng.uniform(xp, model.seed, model.steps, _STREAMS("mrd"), t.data["id"][alive])
     keep = alive[xp.argsort(key)[:keep_n]]
     mask = xp.ones(len(t), dtype=bool)
     mask[keep] = False

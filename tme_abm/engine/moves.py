@@ -86,7 +86,7 @@ def gradient_direction(model, field: str, sites):
     return xp.where(norm > 1e-12, g / xp.maximum(norm, 1e-300), 0.0)
 
 
-def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, stream: int) -> int:
+def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> int:
     """Biased random walk of cells ``movers`` ((k,) indices) over one tick.
 
     A cell makes on average ``speed * dt / (dx * mean step)`` Moore moves per tick, in
@@ -108,7 +108,7 @@ def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, s
     moved = 0
     for sub in range(n_sub):
         ids = pop.data["id"][movers]
-        tries = movers[crng.uniform(xp, model.seed, model.steps, stream + 16 * sub, ids) < p_try]
+        tries = movers[crng.uniform(xp, model.seed, model.steps, pop.streams(purpose, sub), ids) < p_try]
         if int(tries.shape[0]) == 0:
             continue
         sites = pop.data["site"][tries]
@@ -119,8 +119,8 @@ def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, s
             # float32 exp is vectorised in NumPy (float64 is ~10x slower); ample for weights
             weights = xp.exp((bias * (ghat @ unit.T)).astype(xp.float32))
         ids = pop.data["id"][tries]
-        target = choose(model, cand, ids, stream + 16 * sub + 1, weights)
-        win = resolve_conflicts(model, target, ids, stream + 16 * sub + 2)
+        target = choose(model, cand, ids, pop.streams(purpose, sub, 1), weights)
+        win = resolve_conflicts(model, target, ids, pop.streams(purpose, sub, 2))
         pop.move_to(tries[win], target[win])
         moved += int(win.sum())
     return moved

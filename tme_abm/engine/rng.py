@@ -1,11 +1,15 @@
 """Counter-based random numbers: a hash of (seed, tick, stream, cell id, slot).
 
-Every random draw in a tick is a pure function of the run's seed, the tick, a named
-stream (what the number is for), the cell's id and, where a cell needs several
-numbers, a slot. Results therefore do not depend on the order cells sit in memory,
-on how work is split, or on the backend: NumPy and CuPy compute the same uint64
-arithmetic (the splitmix64 finaliser, wrapping multiplication) and draw the same
-numbers.
+Every random draw in a tick is a pure function of the run's seed, the tick, a stream
+(who draws it and what for), the cell's id and, where a cell needs several numbers, a
+slot. Results therefore do not depend on the order cells sit in memory, on how work is
+split, or on the backend: NumPy and CuPy compute the same uint64 arithmetic (the
+splitmix64 finaliser, wrapping multiplication) and draw the same numbers.
+
+Stream numbers come from one registry (:func:`streams`): each owner (the scheduler, the
+therapy timeline, each population) registers its purposes under a code of its own, and
+a stream is the mixed-radix number (owner, purpose, sub-step, part), so no two
+(owner, purpose, sub-step, part) share a stream, whatever the tick length.
 """
 
 from __future__ import annotations
@@ -81,3 +85,68 @@ def permutation(seed: int, tick: int, stream: int, n: int):
     """A random permutation of range(n) (host list), e.g. a stage's population order."""
     u = uniform(np, seed, tick, stream, np.arange(n))
     return [int(i) for i in np.argsort(u, kind="stable")]
+
+
+OWNERS = 256
+"""Owner codes are 0 .. OWNERS - 1; so are the purposes of one owner."""
+SUB_STEPS = 1 << 20
+"""Sub-steps of one purpose in a tick (moves per tick, stages, therapy items)."""
+PARTS = 16
+"""Draws of one sub-step (a try, a choice, a conflict, ...)."""
+
+
+class Streams:
+    """The random-number streams of one owner: ``streams(purpose, sub, part)`` is the
+    stream number of that draw. Made by :func:`streams`, which keeps owners apart.
+
+    Attributes:
+        code: the owner's code; name: its name; purposes: its purposes in order.
+    """
+
+    def __init__(self, code: int, name: str, purposes: tuple[str, ...]):
+        self.code = code
+        self.name = name
+        self.purposes = purposes
+        self._index = {p: i for i, p in enumerate(purposes)}
+
+    def __repr__(self) -> str:
+        return f"Streams({self.code}, {self.name!r}, {self.purposes})"
+
+    def __call__(self, purpose: str, sub: int = 0, part: int = 0) -> int:
+        if purpose not in self._index:
+            raise KeyError(f"{self.name}: no random-number purpose {purpose!r}; registered: {', '.join(self.purposes)}")
+        if not 0 <= sub < SUB_STEPS:
+            raise ValueError(f"{self.name}.{purpose}: sub-step {sub} outside 0..{SUB_STEPS - 1}")
+        if not 0 <= part < PARTS:
+            raise ValueError(f"{self.name}.{purpose}: part {part} outside 0..{PARTS - 1}")
+        return ((self.code * OWNERS + self._index[purpose]) * SUB_STEPS + sub) * PARTS + part
+
+
+_REGISTRY: dict[int, Streams] = {}
+
+
+def streams(code: int, name: str, purposes: tuple[str, ...]) -> Streams:
+    """Register an owner of random-number streams (at import of the module that draws).
+
+    A code or a name that another owner holds is refused, as are repeated purposes and
+    codes or purpose counts outside ``0 .. OWNERS - 1``; registering the same owner again
+    returns it."""
+    purposes = tuple(purposes)
+    if not 0 <= code < OWNERS or not 0 < len(purposes) <= OWNERS or len(set(purposes)) != len(purposes):
+        raise ValueError(f"stream owner {name!r}: code {code} must be in 0..{OWNERS - 1} with 1..{OWNERS} distinct "
+                         f"purposes, got {purposes}")
+    for other in _REGISTRY.values():
+        if (other.code == code) != (other.name == name):
+            raise ValueError(f"stream owner {name!r} (code {code}) clashes with {other.name!r} (code {other.code})")
+    old = _REGISTRY.get(code)
+    if old is not None:
+        if old.purposes != purposes:
+            raise ValueError(f"stream owner {name!r} registered twice with different purposes")
+        return old
+    _REGISTRY[code] = Streams(code, name, purposes)
+    return _REGISTRY[code]
+
+
+def registered() -> list[Streams]:
+    """Every registered owner, by code."""
+    return [_REGISTRY[c] for c in sorted(_REGISTRY)]

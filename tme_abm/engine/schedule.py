@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from . import rng as crng
 
-_STREAM = 10_000  # random-number stream base of the scheduler
+_STREAMS = crng.streams(0, "schedule", ("order",))  # sub-step: the stage
 
 
 @dataclass
@@ -51,7 +51,7 @@ class StagedScheduler:
             t0 = time.perf_counter()
             order = range(len(st.actions))
             if st.shuffle and len(st.actions) > 1:
-                order = crng.permutation(m.seed, m.steps, _STREAM + k, len(st.actions))
+                order = crng.permutation(m.seed, m.steps, _STREAMS("order", k), len(st.actions))
             for i in order:
                 st.actions[i][1]()
             self.seconds[st.name] += time.perf_counter() - t0

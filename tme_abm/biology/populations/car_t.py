@@ -32,9 +32,6 @@ from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
 from .population import Population, rate_to_prob
 
-_ARRIVE, _MOVE, _PICK, _ENGAGE, _ENGAGE_WIN, _KILL, _PRIME, _DIV_SITE, _DIV_WIN, _DEATH, _EGRESS = (
-    0, 1, 40, 41, 42, 43, 44, 45, 46, 47, 48)
-
 
 def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
     """CAR T rules with each product's gene edits applied (one row per product).
@@ -59,6 +56,8 @@ class CarTCells(Population):
 
     kind = "car_t"
     code = 2
+    streams = crng.streams(code, kind, ("arrive", "move", "pick", "engage", "kill", "prime", "divide", "egress",
+                                        "death"))
     behaviours = ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress")
     state_signals_named = ("exhaustion", "antigen")  # antigen: the engaged target's
     supplied_signals = frozenset({"antigen"})  # the engaged target's antigen density
@@ -126,18 +125,18 @@ class CarTCells(Population):
         n_v = int(m.vessels_dev.shape[0])
         blood_rate = sysm.lattice_arrival_rate() / n_v if n_v else 0.0
         rate = self.params.arrival_per_vessel_per_min + blood_rate
-        sites = self.arrivals_at_vessels(rate, "arrive", _ARRIVE)
+        sites = self.arrivals_at_vessels(rate, "arrive", "arrive")
         k = int(sites.shape[0])
         if k == 0:
             return
         host_sites = m.backend.to_host(sites)
-        u = crng.uniform(np, m.seed, m.steps, self.code * 64 + _ARRIVE + 3, host_sites)
+        u = crng.uniform(np, m.seed, m.steps, self.streams("arrive", part=3), host_sites)
         pools = np.maximum(np.array(sysm.blood), 0.0)
         product = np.zeros(k, dtype=np.int64)
         keep = np.ones(k, dtype=bool)
         if blood_rate > 0 and pools.sum() > 0:
             from_blood = u < blood_rate / rate
-            v = crng.uniform(np, m.seed, m.steps, self.code * 64 + _ARRIVE + 4, host_sites)
+            v = crng.uniform(np, m.seed, m.steps, self.streams("arrive", part=4), host_sites)
             cum = np.cumsum(pools) / pools.sum()
             product[from_blood] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"), len(pools) - 1)
             counts = np.zeros(len(pools), dtype=np.int64)
@@ -153,7 +152,7 @@ class CarTCells(Population):
     def move(self) -> None:
         mv = self.params.move
         movers = self.xp.flatnonzero(~self.engaged)
-        walk(self, movers, mv.speed_um_per_min, mv.chemotaxis_field, mv.chemotaxis_bias, self.code * 64 + _MOVE)
+        walk(self, movers, mv.speed_um_per_min, mv.chemotaxis_field, mv.chemotaxis_bias, "move")
 
     def finish_engagements(self) -> None:
         """Engagements ending this tick: kill, exhaust, prime for division."""
@@ -167,14 +166,14 @@ class CarTCells(Population):
         pos = tumor.index_of(d["target"][ending])  # the target, if it still exists
         alive = (pos >= 0) & (tumor.data["state"][xp.maximum(pos, 0)] == 0)
         p_kill = p.kill_probability * self.factor("kill", ending)
-        kill = alive & (self.uniform(_KILL, ids) < p_kill)
+        kill = alive & (self.uniform("kill", ids) < p_kill)
         victims = pos[kill]
         tumor.kill(victims)
         d["kills"][ending[kill]] += 1
         inc = p.exhaustion_per_engagement * self.factor("exhaust", ending)
         d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
         p_div = p.divide_probability * self.factor("divide", ending)
-        prime = (self.uniform(_PRIME, ids) < p_div) & (d["divisions_left"][ending] > 0)
+        prime = (self.uniform("prime", ids) < p_div) & (d["divisions_left"][ending] > 0)
         d["primed"][ending[prime]] = 1
         d["engaged_until"][ending] = np.nan
         d["target"][ending] = -1
@@ -197,15 +196,15 @@ class CarTCells(Population):
         ok[ok] = (tumor.data["state"][tix[ok]] == 0) & ~taken[tix[ok]]
         tix = xp.where(ok, tix, -1)
         ids = d["id"][cand]
-        pick = choose(m, tix, ids, self.code * 64 + _PICK)  # a tumor index, or -1
+        pick = choose(m, tix, ids, self.streams("pick"))  # a tumor index, or -1
         has = pick >= 0
         cand, pick, ids = cand[has], pick[has], ids[has]
         if cand.size == 0:
             return
         rate = p.engage_per_min * self.factor("engage", cand, {"antigen": tumor.data["antigen"][pick]})
-        go = self.uniform(_ENGAGE, ids) < rate_to_prob(rate, m.dt_min, xp)
+        go = self.uniform("engage", ids) < rate_to_prob(rate, m.dt_min, xp)
         cand, pick, ids = cand[go], pick[go], ids[go]
-        win = resolve_conflicts(m, pick, ids, self.code * 64 + _ENGAGE_WIN)
+        win = resolve_conflicts(m, pick, ids, self.streams("engage", part=1))
         cand, pick = cand[win], pick[win]
         d["engaged_until"][cand] = m.time_min + p.engagement_min
         d["target"][cand] = tumor.data["id"][pick]
@@ -218,8 +217,8 @@ class CarTCells(Population):
         if par.size == 0:
             return
         pid = d["id"][par]
-        target = choose(m, free_neighbours(m, d["site"][par]), pid, self.code * 64 + _DIV_SITE)
-        win = resolve_conflicts(m, target, pid, self.code * 64 + _DIV_WIN)
+        target = choose(m, free_neighbours(m, d["site"][par]), pid, self.streams("divide", part=1))
+        win = resolve_conflicts(m, target, pid, self.streams("divide", part=2))
         par, target = par[win], target[win]
         if par.size == 0:
             return
@@ -235,7 +234,7 @@ class CarTCells(Population):
             return
         nb = m.lattice.neighbours(self.data["site"], xp)
         at_vessel = ((nb >= 0) & (m.occupancy[xp.maximum(nb, 0)] == m.VESSEL)).any(axis=1) & ~self.engaged
-        leaving = self.draw(xp.flatnonzero(at_vessel), p.egress_per_min, "egress", _EGRESS)
+        leaving = self.draw(xp.flatnonzero(at_vessel), p.egress_per_min, "egress", "egress")
         if leaving.size == 0:
             return
         leave = xp.zeros(len(self), dtype=bool)
@@ -250,5 +249,5 @@ class CarTCells(Population):
         if len(self) == 0:
             return
         dead = xp.zeros(len(self), dtype=bool)
-        dead[self.draw(xp.arange(len(self)), p.death_per_min, "death", _DEATH)] = True
+        dead[self.draw(xp.arange(len(self)), p.death_per_min, "death", "death")] = True
         self.remove(dead, how="died")

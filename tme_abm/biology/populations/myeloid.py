@@ -12,10 +12,12 @@ IL-6-like cytokine (the ``cytokine`` field).
 
 from __future__ import annotations
 
+from ...engine import rng as crng
 from ...engine.moves import walk
 from .population import Population
 
-_RECRUIT, _MOVE, _ACTIVATE, _DEATH = 0, 1, 40, 41
+PURPOSES = ("recruit", "move", "activate", "death")
+"""Random-number purposes of a myeloid population."""
 
 
 class MyeloidCells(Population):
@@ -25,19 +27,19 @@ class MyeloidCells(Population):
     columns = {"birth_min": ("float64", 0.0)}
 
     def recruit(self) -> None:
-        sites = self.arrivals_at_vessels(self.params.recruit_per_vessel_per_min, "recruit", _RECRUIT)
+        sites = self.arrivals_at_vessels(self.params.recruit_per_vessel_per_min, "recruit", "recruit")
         self.add(sites, how="arrived", birth_min=self.xp.full(sites.shape, self.model.time_min))
 
     def move(self) -> None:
         mv = self.params.move
         walk(self, self.xp.arange(len(self)), mv.speed_um_per_min, mv.chemotaxis_field, mv.chemotaxis_bias,
-             self.code * 64 + _MOVE)
+             "move")
 
     def die(self) -> None:
         if len(self) == 0:
             return
         dead = self.xp.zeros(len(self), dtype=bool)
-        dead[self.draw(self.xp.arange(len(self)), self.params.death_per_min, "death", _DEATH)] = True
+        dead[self.draw(self.xp.arange(len(self)), self.params.death_per_min, "death", "death")] = True
         self.remove(dead, how="died")
 
 
@@ -46,6 +48,7 @@ class Monocytes(MyeloidCells):
 
     kind = "monocyte"
     code = 3
+    streams = crng.streams(code, kind, PURPOSES)
     behaviours = ("recruit", "move", "activate", "death")
     columns = {"birth_min": ("float64", 0.0), "activated": ("int8", 0)}
 
@@ -54,7 +57,7 @@ class Monocytes(MyeloidCells):
         rest = xp.flatnonzero(self.data["activated"] == 0)
         if rest.size == 0:
             return
-        self.data["activated"][self.draw(rest, self.params.activate_per_min, "activate", _ACTIVATE)] = 1
+        self.data["activated"][self.draw(rest, self.params.activate_per_min, "activate", "activate")] = 1
 
     def secretion_gate(self, field: str):
         if field == "cytokine":
@@ -74,6 +77,7 @@ class Monocytes(MyeloidCells):
 class Granulocytes(MyeloidCells):
     kind = "granulocyte"
     code = 4
+    streams = crng.streams(code, kind, PURPOSES)
     behaviours = ("recruit", "move", "death")
 
     def counts(self) -> dict[str, int]:

@@ -45,14 +45,17 @@ class Population(mesa.Agent):
     """All cells of one type.
 
     Subclasses set ``kind`` (config section), ``code`` (occupancy value, > 0),
-    ``behaviours`` (what their rules may modulate), ``state_signals_named`` (cell-state
-    signals their rules may read) and ``columns`` (name -> (dtype, fill value)) for their
-    own state; ``site`` (int64 flat lattice index) and ``id`` (int64, unique within the
-    population for the whole run, the key of every random draw) are always present.
+    ``streams`` (their random-number purposes, registered under ``code`` with
+    :func:`tme_abm.engine.rng.streams`), ``behaviours`` (what their rules may
+    modulate), ``state_signals_named`` (cell-state signals their rules may read) and
+    ``columns`` (name -> (dtype, fill value)) for their own state; ``site`` (int64 flat
+    lattice index) and ``id`` (int64, unique within the population for the whole run,
+    the key of every random draw) are always present.
     """
 
     kind: ClassVar[str]
     code: ClassVar[int]
+    streams: ClassVar[crng.Streams]
     behaviours: ClassVar[tuple[str, ...]]
     """Behaviours the population's rules may modulate (besides secrete_<field> and
     uptake_<field>)."""
@@ -126,7 +129,7 @@ class Population(mesa.Agent):
         self.events[how] += n
         return n
 
-    def arrivals_at_vessels(self, rate_per_vessel_per_min: float, behaviour: str, purpose: int):
+    def arrivals_at_vessels(self, rate_per_vessel_per_min: float, behaviour: str, purpose: str):
         """(k,) sites for cells arriving from blood this tick: each vessel site releases one
         cell with probability ``1 - exp(-rate * factor * dt)`` (factor: this population's
         rules for ``behaviour`` with the signals at the vessel) into a random free
@@ -136,15 +139,14 @@ class Population(mesa.Agent):
         vessels = m.vessels_dev
         if rate_per_vessel_per_min <= 0 or int(vessels.shape[0]) == 0:
             return xp.zeros(0, dtype=xp.int64)
-        stream = self.code * 64 + purpose
         cache: dict = {}
         signals = {n: m.sense_signal(n, vessels, cache) for n in self.rules.behaviour_signals(behaviour)}
         factor = self.rules.factor(behaviour, signals)
         prob = -xp.expm1(-rate_per_vessel_per_min * factor * m.dt_min)
-        go = crng.uniform(xp, m.seed, m.steps, stream, vessels) < prob
+        go = crng.uniform(xp, m.seed, m.steps, self.streams(purpose), vessels) < prob
         src = vessels[go]
-        target = choose(m, free_neighbours(m, src), src, stream + 1)
-        win = resolve_conflicts(m, target, src, stream + 2)
+        target = choose(m, free_neighbours(m, src), src, self.streams(purpose, part=1))
+        win = resolve_conflicts(m, target, src, self.streams(purpose, part=2))
         return target[win]
 
     def move_to(self, idx, sites) -> None:
@@ -199,13 +201,14 @@ class Population(mesa.Agent):
 
     # ---- random numbers and rules ----------------------------------------------------
 
-    def uniform(self, purpose: int, ids=None, n_slots: int | None = None):
-        """Counter-based uniforms for this tick, keyed by cell id (or given ids)."""
+    def uniform(self, purpose: str, ids=None, n_slots: int | None = None, part: int = 0):
+        """Counter-based uniforms for this tick, keyed by cell id (or given ids), from this
+        population's stream ``purpose`` (and ``part``, :attr:`streams`)."""
         m = self.model
-        return crng.uniform(self.xp, m.seed, m.steps, self.code * 64 + purpose,
+        return crng.uniform(self.xp, m.seed, m.steps, self.streams(purpose, part=part),
                             self.data["id"] if ids is None else ids, n_slots)
 
-    def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: int):
+    def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: str):
         """The cells among ``idx`` ((k,) indices) for which an event of rate
         ``base_rate * factor(behaviour)`` happens this tick: exactly
         ``u < 1 - exp(-rate * dt)`` with u keyed by cell id, but the rules are evaluated

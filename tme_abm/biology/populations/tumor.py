@@ -26,8 +26,6 @@ from .population import Population
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
 STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic", KILLED: "killed"}
 
-# random-number purposes (streams) of this population
-_DIVIDE, _DIV_SITE, _DIV_WIN, _ANTIGEN_NOISE, _ANTIGEN_LOSS, _DEATH = range(6)
 
 
 class TumorCells(Population):
@@ -40,6 +38,7 @@ class TumorCells(Population):
 
     kind = "tumor"
     code = 1
+    streams = crng.streams(code, kind, ("divide", "antigen_noise", "antigen_loss", "death"))
     behaviours = ("divide", "necrosis", "apoptosis")
     state_signals_named = ("antigen",)
     columns = {
@@ -93,20 +92,20 @@ class TumorCells(Population):
         alive = xp.flatnonzero(self.alive)
         if alive.size == 0:
             return
-        parents = self.draw(alive, p.divide_per_min, "divide", _DIVIDE)
+        parents = self.draw(alive, p.divide_per_min, "divide", "divide")
         if parents.size == 0:
             return
         pid = self.data["id"][parents]
         target = choose(self.model, free_neighbours(self.model, self.data["site"][parents]), pid,
-                        self.code * 64 + _DIV_SITE)
-        win = resolve_conflicts(self.model, target, pid, self.code * 64 + _DIV_WIN)
+                        self.streams("divide", part=1))
+        win = resolve_conflicts(self.model, target, pid, self.streams("divide", part=2))
         parents, target, pid = parents[win], target[win], pid[win]
         if parents.size == 0:
             return
         m = self.model
-        noise = crng.normal(xp, m.seed, m.steps, self.code * 64 + _ANTIGEN_NOISE, pid)
+        noise = crng.normal(xp, m.seed, m.steps, self.streams("antigen_noise"), pid)
         antigen = xp.clip(self.data["antigen"][parents] + p.antigen.inheritance_sd * noise, 0.0, 1.0)
-        lost = self.uniform(_ANTIGEN_LOSS, pid) < p.antigen.loss_per_division
+        lost = self.uniform("antigen_loss", pid) < p.antigen.loss_per_division
         antigen = xp.where(lost | (self.data["antigen"][parents] == 0), 0.0, antigen)
         self.add(target, antigen=antigen, lineage=self.data["lineage"][parents])
 
@@ -116,7 +115,7 @@ class TumorCells(Population):
         alive = xp.flatnonzero(self.alive)
         if alive.size == 0:
             return
-        u = self.uniform(_DEATH, self.data["id"][alive])
+        u = self.uniform("death", self.data["id"][alive])
         # competing risks, necrosis first: u < p_nec, else u < p_nec + p_apo (1 - p_nec);
         # both are below the largest possible (r_nec + r_apo) dt, so the rules and the
         # exponentials are evaluated for those candidates only

@@ -1,0 +1,119 @@
+"""Random-number streams: one registry names every stream by (owner, purpose, sub-step,
+part), so no two draws of a tick share a stream whatever the tick length; the numbers
+are uniform and independent across cells and streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+import tme_abm.model  # noqa: F401 - registers every owner of streams
+from tme_abm.engine import rng as crng
+from tme_abm.model import TMEModel
+
+OWNERS = crng.registered()
+
+
+def _decode(stream: int) -> tuple[int, int, int, int]:
+    rest, part = divmod(stream, crng.PARTS)
+    rest, sub = divmod(rest, crng.SUB_STEPS)
+    code, purpose = divmod(rest, crng.OWNERS)
+    return code, purpose, sub, part
+
+
+def test_the_owners_are_the_scheduler_the_populations_and_the_therapy():
+    assert [(s.code, s.name) for s in OWNERS] == [(0, "schedule"), (1, "tumor"), (2, "car_t"), (3, "monocyte"),
+                                                   (4, "granulocyte"), (5, "therapy")]
+
+
+@given(st.data())
+def test_a_stream_number_names_its_owner_purpose_sub_step_and_part(data):
+    owner = data.draw(st.sampled_from(OWNERS))
+    purpose = data.draw(st.sampled_from(owner.purposes))
+    sub = data.draw(st.integers(0, crng.SUB_STEPS - 1))
+    part = data.draw(st.integers(0, crng.PARTS - 1))
+    assert _decode(owner(purpose, sub, part)) == (owner.code, owner.purposes.index(purpose), sub, part)
+
+
+def test_no_two_draws_share_a_stream_for_up_to_200_sub_steps():
+    keys = [(s.code, p, sub, part) for s in OWNERS for p in s.purposes for sub in range(201)
+            for part in range(crng.PARTS)]
+    numbers = {s(p, sub, part) for s in OWNERS for p in s.purposes for sub in range(201) for part in range(crng.PARTS)}
+    assert len(numbers) == len(keys)
+
+
+def test_the_registry_refuses_clashes_and_out_of_range_draws():
+    with pytest.raises(ValueError, match="clashes with 'car_t'"):
+        crng.streams(2, "macrophage", ("move",))
+    with pytest.raises(ValueError, match="clashes with 'tumor'"):
+        crng.streams(9, "tumor", ("divide",))
+    with pytest.raises(ValueError, match="different purposes"):
+        crng.streams(1, "tumor", ("divide",))
+    with pytest.raises(ValueError, match="distinct"):
+        crng.streams(200, "twice", ("a", "a"))
+    car_t = OWNERS[2]
+    assert crng.streams(2, "car_t", car_t.purposes) is car_t
+    with pytest.raises(KeyError, match="no random-number purpose 'dance'"):
+        car_t("dance")
+    with pytest.raises(ValueError, match="sub-step"):
+        car_t("move", crng.SUB_STEPS)
+    with pytest.raises(ValueError, match="part 16"):
+        car_t("move", 0, crng.PARTS)
+
+
+def test_cells_with_the_same_id_in_two_populations_draw_different_numbers():
+    """The old stream numbers (population code x 64 + purpose + 16 x sub-move) gave CAR T
+    sub-move 4 the monocytes' sub-move 0: CAR T cell k and monocyte k walked alike."""
+    car_t, monocyte = OWNERS[2], OWNERS[3]
+    ids = np.arange(1000)
+    for sub in range(20):
+        a = crng.uniform(np, 7, 3, car_t("move", sub), ids)
+        b = crng.uniform(np, 7, 3, monocyte("move", 0), ids)
+        assert not np.allclose(a, b)
+
+
+def test_uniforms_are_uniform_and_independent_across_cells_and_streams():
+    n = 200_000
+    ids = np.arange(n)
+    draws = {(s.name, p): crng.uniform(np, 11, 5, s(p), ids) for s in OWNERS[1:5] for p in s.purposes[:2]}
+    for key, u in draws.items():
+        counts, _ = np.histogram(u, bins=100, range=(0, 1))
+        assert stats.chisquare(counts).pvalue > 1e-4, key
+        assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 5 / np.sqrt(n), key  # neighbouring ids
+    keys = list(draws)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert abs(np.corrcoef(draws[a], draws[b])[0, 1]) < 5 / np.sqrt(n), (a, b)
+
+
+def test_a_model_tick_never_draws_one_stream_twice(monkeypatch):
+    """Every draw of a run with CAR T, myeloid cells and therapy, at a tick long enough
+    for many sub-moves: no (tick, stream) is drawn twice."""
+    drawn: dict[tuple[int, int], int] = {}
+    real = crng.uniform
+
+    def spy(xp, seed, tick, stream, ids, n_slots=None):
+        drawn[(tick, stream)] = drawn.get((tick, stream), 0) + 1
+        return real(xp, seed, tick, stream, ids, n_slots)
+
+    monkeypatch.setattr(crng, "uniform", spy)
+    m = TMEModel({"seed": 4, "backend": "numpy", "lattice": {"dims": 2, "shape": [40, 40],
+                                                             "vessels": {"layout": "random", "density": 0.01}},
+                  "time": {"tick_min": 30, "duration_days": 1},
+                  "tumor": {"archetype": "solid", "radius_sites": 8},
+                  "car_t": {"initial_cells": 60, "arrival_per_vessel_per_min": 1e-3},
+                  "monocyte": {"initial_cells": 30, "recruit_per_vessel_per_min": 1e-3},
+                  "granulocyte": {"initial_cells": 30, "recruit_per_vessel_per_min": 1e-3},
+                  "therapy": [{"kind": "lymphodepletion", "day": -0.5}, {"kind": "radiotherapy", "day": -0.4},
+                              {"kind": "infusion", "day": 0, "dose_cells": 1e8}]})
+    for _ in range(m.n_ticks):
+        m.step()
+    twice = {k: v for k, v in drawn.items() if v > 1}
+    assert not twice, [(tick, _decode(s)) for tick, s in list(twice)[:5]]
+    owners = {_decode(s)[0] for _, s in drawn}
+    assert owners == {0, 1, 2, 3, 4, 5}
+    car_t_moves = {_decode(s)[2] for _, s in drawn if _decode(s)[:2] == (2, OWNERS[2].purposes.index("move"))}
+    assert max(car_t_moves) >= 4  # the sub-moves that used to collide were drawn
