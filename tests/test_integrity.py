@@ -20,7 +20,7 @@ from test_io import assert_same_run, fail_at_tick
 import tme_abm
 from tme_abm.config import load_config
 from tme_abm.io import RunFileError, run
-from tme_abm.io.runner import pending_path
+from tme_abm.io.runner import RunTerminated, pending_path
 from tme_abm.model import TMEModel
 
 ROOT = Path(__file__).parent.parent
@@ -115,6 +115,36 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_completes(tmp_path
     assert not pending_path(path).exists() and tme_abm.open_run(path).attrs["seed"] == 8
     reference = tmp_path / "ref.h5"
     run(new_cfg, reference, quiet=True)
+    assert_same_run(path, reference)
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, RunTerminated)])
+def test_a_stop_signal_swallowed_where_it_lands_still_stops_the_run(tmp_path, monkeypatch, sig, raised):
+    """A Ctrl-C that lands in a weakref callback or __del__ is printed and ignored by
+    Python; the run raises it again after the tick, records status failed, and resumes
+    to the uninterrupted result."""
+    cfg = load_config(QUICK, ["time.duration_days=0.1", "backend=numpy"])
+    reference = tmp_path / "reference.h5"
+    run(cfg, reference, quiet=True)
+    path = tmp_path / "stopped.h5"
+    original = TMEModel.step
+
+    def swallowed_signal(self):
+        original(self)
+        if self.steps == 5:
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)  # the handler runs here, in this frame
+            except raised:  # as a weakref callback would: the exception goes nowhere
+                pass
+
+    monkeypatch.setattr(TMEModel, "step", swallowed_signal)
+    with pytest.raises(raised):
+        run(cfg, path, quiet=True)
+    assert tme_abm.open_run(path).status == "failed"
+    assert tme_abm.open_run(path).timeseries["tick"].max() == 5  # stopped after that tick, not at the end
+    monkeypatch.setattr(TMEModel, "step", original)
+    run(cfg, path, quiet=True, resume=True)
     assert_same_run(path, reference)
 
 

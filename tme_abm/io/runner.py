@@ -64,7 +64,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
         lock.acquire()
     except OSError as exc:
         raise RunFileError(f"{path}: cannot write the run file there: {exc.strerror or exc}") from None
-    with _sigterm_raises(), lock:
+    with _signals_raise() as stop, lock:
         pending = pending_path(path)
         if resume:
             target = pending if pending.exists() else path
@@ -85,7 +85,7 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
         inode = os.stat(target).st_ino
         t0 = time.perf_counter()
         try:
-            _advance(model, run_file, cfg, quiet, fresh)
+            _advance(model, run_file, cfg, quiet, fresh, stop)
             wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
             run_file.f.attrs["wall_seconds"] = wall
             run_file.write_outcomes(model.outcomes())
@@ -134,9 +134,10 @@ def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool) -> 
     return run_file, state is None
 
 
-def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh: bool) -> None:
+def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh: bool, stop: _Stop) -> None:
     """Step ``model`` from its current tick to the end; after the initial state (when the
-    run starts from it) and after every tick, each output writer that is due writes."""
+    run starts from it) and after every tick, each output writer that is due writes, and
+    a stop signal whose exception was swallowed is raised."""
     writers = output_writers(cfg, run_file, dict(zip(model.fields.names, model.fields.units)))
     n_ticks = cfg.time.n_ticks
     start = model.steps
@@ -157,6 +158,7 @@ def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh
                 bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
                                 car_t=int(row["car_t_effector"] + row["car_t_exhausted"]), refresh=False)
             bar.update(1)
+            stop.check()
     run_file.flush_rows()
 
 
@@ -182,22 +184,42 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
+class _Stop:
+    """The signal that asked a run to stop. Its handler raises at once; where that lands
+    in a weakref callback or a ``__del__``, Python prints the exception and carries on,
+    so the run raises it again after the tick (:meth:`check`)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def exception(self) -> BaseException:
+        return RunTerminated("received SIGTERM") if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise self.exception()
+
+
 @contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM into :class:`RunTerminated` while a run is on (main thread only), so a
-    job killed by its scheduler records status "failed" and can be resumed."""
+def _signals_raise():
+    """Turn SIGTERM into :class:`RunTerminated` and SIGINT into KeyboardInterrupt while a
+    run is on (main thread only), so a job killed by its scheduler or by Ctrl-C records
+    status "failed" and can be resumed; yields the :class:`_Stop` the run checks."""
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def handler(signum, frame):
-        raise RunTerminated("received SIGTERM")
+        stop.signum = signum
+        raise stop.exception()
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _git_commit() -> str:
