@@ -316,6 +316,17 @@ class Page:
             time.sleep(0.3)
         raise AssertionError(f"{css} did not appear in {timeout} s")
 
+    def text_when(self, css: str, ok, timeout: float = 60) -> str:
+        """The text of ``css`` once ``ok(text)`` holds (pages fill in after they appear)."""
+        deadline = time.time() + timeout
+        while True:
+            text = self.find(css).text
+            if ok(text):
+                return text
+            if time.time() > deadline:
+                raise AssertionError(f"{css} reads {text!r} after {timeout} s")
+            time.sleep(0.3)
+
     def text_changes(self, css: str, before: str, timeout: float = 60) -> str:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -385,7 +396,7 @@ def test_run_page_slider_moves_the_picture_and_the_time_marker(site, browser):
         after = page.picture(".tme-lattice")
         assert _changed(before, after) > 0.01
         assert _marker_column(page.picture(".tme-timeseries")) > marker + 50
-        assert page.find(".tme-outcomes").text.count("response_at_end") == 1
+        page.text_when(".tme-outcomes", lambda t: t.count("response_at_end") == 1)
         assert page.console_errors() == []
     finally:
         s.close()
@@ -393,16 +404,26 @@ def test_run_page_slider_moves_the_picture_and_the_time_marker(site, browser):
 
 @pytest.mark.slow
 def test_experiment_page_shows_arms_and_refuses_paths_outside(site, browser):
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
     s = Served(str(site["experiment"]))
     try:
         page = Page(browser, s.url)
-        arms = page.find(".tme-arms").text.splitlines()
+        arms = page.text_when(".tme-arms", lambda t: "many monocytes" in t).splitlines()
         assert [line.split(" 2 0 ")[0] for line in arms[1:]] == ["few monocytes", "many monocytes"]  # runs, failed
-        assert page.find(".tme-runs").text.count(".h5") == 4
-        page.type_into("or a path under this folder", "../tiny.h5")
-        assert "outside the folder" in page.find(".tme-error").text
-        page.type_into("or a path under this folder", FolderRuns(site["experiment"]).runs["path"][0])
+        page.text_when(".tme-runs", lambda t: t.count(".h5") == 4)
+        page.type_into("path under this folder", "../tiny.h5")
+        page.text_when(".tme-error", lambda t: "outside the folder" in t)
+        # a click on a run (its cell's menu, "open this run") opens it
+        cell = page.find(".tme-runs td[title$='.h5']")
+        clicked = Path(cell.get_attribute("title")).name
+        cell.find_element(By.CSS_SELECTOR, ".solara-data-table-menu").click()
+        page.find(".menuable__content__active .v-list-item").click()
         assert page.find(".tme-lattice img").size["width"] > 100
+        page.text_when(".tme-run-title", lambda t: t == f"{clicked}: status complete")
+        typed = FolderRuns(site["experiment"]).runs["path"][1]
+        page.type_into("path under this folder", typed)
+        assert page.text_changes(".tme-run-title", f"{clicked}: status complete").startswith(Path(typed).name)
         assert page.console_errors() == []
     finally:
         s.close()
@@ -415,7 +436,7 @@ def test_live_page_steps_the_model(site, browser):
     s = Served("--live", str(site["config"]))
     try:
         page = Page(browser, s.url)
-        assert page.find(".tme-tick").text.startswith("tick 0,")
+        page.text_when(".tme-tick", lambda t: t.startswith("tick 0,"))
         before = page.picture(".tme-lattice")
         def button(label: str):
             return next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip().lower() == label)
@@ -425,7 +446,7 @@ def test_live_page_steps_the_model(site, browser):
         assert _changed(before, page.picture(".tme-lattice")) > 0.001
         # Reset builds a new model from the controls (Mesa's SolaraViz calls LiveModel(**controls))
         button("reset").click()
-        assert page.text_changes(".tme-tick", page.find(".tme-tick").text).startswith("tick 0,")
+        page.text_when(".tme-tick", lambda t: t.startswith("tick 0,"))
         assert page.console_errors() == []
     finally:
         s.close()

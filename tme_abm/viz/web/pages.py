@@ -4,7 +4,7 @@ or an experiment (:func:`FolderView`), and the pieces they share with the live m
 
 Each picture sits in a ``Div`` with a ``tme-*`` class (``tme-lattice``,
 ``tme-timeseries``, ``tme-time``, ``tme-outcomes``, ``tme-arms``, ``tme-runs``,
-``tme-error``) so a browser test can find it.
+``tme-run-title``, ``tme-error``) so a browser test can find it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from .data import FolderRuns, RunFrames, ViewError, fmt_number, is_run_file, res
 from .figures import frame_figure, timecourse_figure, timeseries_figure
 
 
-def Heading(text: str, level: int = 3):
+def Heading(text: str, level: int = 3, classes: list[str] | None = None):
     """A heading (plain HTML: Solara's Markdown would load KaTeX, which the offline
     assets do not ship)."""
-    return solara.HTML(tag=f"h{level}", unsafe_innerHTML=html.escape(text))
+    return solara.HTML(tag=f"h{level}", unsafe_innerHTML=html.escape(text), classes=classes or [])
 
 
 def Table(df: pd.DataFrame, classes: list[str]):
@@ -95,7 +95,7 @@ def RunView(path: Path):
     with solara.Column():
         Heading(f"{frames.run.path.name}: status {frames.status}"
                 + (" (being written or killed: shown read-only up to its last flush)"
-                   if frames.status == "running" else ""))
+                   if frames.status == "running" else ""), classes=["tme-run-title"])
         if frames.status == "running":
             solara.Button("reload", on_click=lambda: set_version(version + 1))
         if len(times) == 0:
@@ -158,7 +158,7 @@ def FolderView(root: Path):
         if len(runs):
             fig = timecourse_figure(data.timecourses(), data.names)
             solara.Div(children=[solara.FigureMatplotlib(fig, format="png")], classes=["tme-timecourses"])
-        Heading("runs", 4)
+        Heading("runs (a cell's menu opens its run)", 4)
         columns = [c for c in RUN_COLUMNS if c in runs]
         with solara.Row():
             solara.Select("arm", values=["all arms", *data.names], value=arm, on_value=set_arm)
@@ -168,12 +168,13 @@ def FolderView(root: Path):
         shown = runs if arm == "all arms" else runs[runs["arm"] == arm]
         shown = shown[shown["path"].astype(str).str.contains(text, regex=False)]
         shown = shown.sort_values(sort if sort in columns else "path", ascending=not descending)
-        solara.Div(children=[solara.DataFrame(shown[columns], items_per_page=20, scrollable=True)],
-                   classes=["tme-runs"])
+        shown = shown.reset_index(drop=True)
+        open_run = solara.CellAction(name="open this run", icon="mdi-open-in-app",
+                                     on_click=lambda _column, row: set_opened(str(shown["path"].iloc[int(row)])))
+        solara.Div(children=[solara.DataFrame(shown[columns], items_per_page=20, scrollable=True,
+                                              cell_actions=[open_run])], classes=["tme-runs"])
         Heading("open a run", 4)
-        with solara.Row():
-            solara.Select("run", values=list(shown["path"].astype(str)), value=None, on_value=set_opened)
-            solara.InputText("or a path under this folder", value=opened, on_value=set_opened)
+        solara.InputText("path under this folder", value=opened, on_value=set_opened)
         if opened:
             try:
                 target = resolve_under(data.root, opened)
