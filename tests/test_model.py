@@ -5,9 +5,10 @@ from __future__ import annotations
 import mesa
 import numpy as np
 
+from tme_abm.bench import bench_model
 from tme_abm.biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from tme_abm.config import validate_config
-from tme_abm.engine.backend import make_backend
+from tme_abm.engine.backend import Backend, make_backend
 from tme_abm.model import REPORTED, TMEModel
 
 BE = make_backend("numpy", "float64")
@@ -133,3 +134,18 @@ def test_fields_every_k_ticks_solves_over_k_ticks_at_once():
     one_solve = 10.0 / (1 + 0.05 * 12 / 2) ** 2
     np.testing.assert_allclose(values, [one_solve, one_solve, one_solve / (1 + 0.3) ** 2, one_solve / 1.3**2],
                                rtol=1e-12)
+
+
+def test_stage_timers_wait_for_the_device_only_when_benchmarking(monkeypatch):
+    """A run never waits for the device between stages; ``bench model`` makes every stage
+    wait, so its stage seconds include the GPU's work and not only the launches."""
+    waits = []
+    monkeypatch.setattr(Backend, "synchronize", lambda self: waits.append(1))
+    m = TMEModel(busy(), backend=BE)
+    assert m.scheduler.synchronize is None
+    m.step()
+    assert waits == []
+    cfg = busy(time={"duration_days": 0.02})  # 5 ticks
+    result = bench_model(cfg)
+    stages = len(m.scheduler.stages)
+    assert len(waits) == 2 + stages * result["ticks"]  # before, after, and at the end of every stage

@@ -82,6 +82,7 @@ def bench_model(config) -> dict:
     once per tick); reported with the wall time per simulated day and per stage.
     """
     model = TMEModel(config)
+    model.scheduler.synchronize = model.backend.synchronize  # stage seconds include device work
     model.backend.synchronize()
     updates = 0
     cells_max = 0

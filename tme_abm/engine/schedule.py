@@ -36,6 +36,10 @@ class StagedScheduler:
         self.stages = stages
         self.seconds = {st.name: 0.0 for st in stages}
         """Wall seconds spent in each stage so far (for ``tme-abm bench model``)."""
+        self.synchronize: Callable[[], None] | None = None
+        """Called at the end of each stage when set (``bench model`` sets the backend's
+        ``synchronize``), so a GPU stage's seconds include its device work, not only the
+        launches; a run leaves it None and never waits for the device here."""
 
     def describe(self) -> list[str]:
         """Human-readable stage list, e.g. ``'movement [shuffled]: car_t.move, ...'``."""
@@ -54,4 +58,6 @@ class StagedScheduler:
                 order = crng.permutation(m.seed, m.steps, _STREAMS("order", k), len(st.actions))
             for i in order:
                 st.actions[i][1]()
+            if self.synchronize is not None:
+                self.synchronize()
             self.seconds[st.name] += time.perf_counter() - t0
