@@ -186,8 +186,9 @@ def _flat(d, prefix: str = "") -> dict:
 
 class _Stop:
     """The signal that asked a run to stop. Its handler raises at once; where that lands
-    in a weakref callback or a ``__del__``, Python prints the exception and carries on,
-    so the run raises it again after the tick (:meth:`check`)."""
+    in a weakref callback or a ``__del__``, Python passes the exception to
+    ``sys.unraisablehook`` and carries on, so the run raises it again after the tick
+    (:meth:`check`) and the hook stays quiet about it."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -214,10 +215,19 @@ def _signals_raise():
         stop.signum = signum
         raise stop.exception()
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        # the stop is raised again after the tick: no "Exception ignored" traceback for it
+        if stop.signum is None or not isinstance(info.exc_value, KeyboardInterrupt | RunTerminated):
+            previous_hook(info)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    sys.unraisablehook = unraisable
     try:
         yield stop
     finally:
+        sys.unraisablehook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
 
