@@ -259,17 +259,18 @@ def summary_text(info: dict) -> str:
         lines.append("no outcomes (the run has not completed)")
     width = max((len(k) for k in out), default=0)
     for k, v in out.items():
-        lines.append(f"  {k:<{width}}  {_fmt(v)} {OUTCOME_UNITS.get(k, '')}".rstrip())
+        lines.append(f"  {k:<{width}}  {fmt_value(v)} {OUTCOME_UNITS.get(k, '')}".rstrip())
     cal = info.get("calibration")
     if cal and cal["kills_per_car_t_per_day"]:
         lines.append("calibration (docs/model.md): kills per CAR T per day on days 1.. "
-                     + " ".join(_fmt(k) for k in cal["kills_per_car_t_per_day"])
-                     + f"; blood CAR T peak day {_fmt(cal['peak_blood_car_t_day'])}; "
-                       f"CRS onset day {_fmt(cal['crs_onset_day'])}")
+                     + " ".join(fmt_value(k) for k in cal["kills_per_car_t_per_day"])
+                     + f"; blood CAR T peak day {fmt_value(cal['peak_blood_car_t_day'])}; "
+                       f"CRS onset day {fmt_value(cal['crs_onset_day'])}")
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
+    """A value as printed in summaries and tables: floats to 4 significant digits."""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)

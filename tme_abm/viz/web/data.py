@@ -8,7 +8,6 @@ file's readers open it without the writer's lock and keep no handle open).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +159,3 @@ class FolderRuns:
             return pd.read_csv(saved)
         return timecourse(self.root, self.runs, list(SERIES))
 
-
-def fmt_number(v) -> str:
-    """A table cell: numbers to 4 significant digits, NaN as an empty cell."""
-    if isinstance(v, float | np.floating):
-        return "" if math.isnan(v) else f"{v:.4g}"
-    return str(v)

@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import solara
 
+from ...io.readers import fmt_value
 from ...io.runfile import RunFileError
 from ...studies.errors import SweepError
-from .data import FolderRuns, RunFrames, ViewError, fmt_number, is_run_file, resolve_under
+from .data import FolderRuns, RunFrames, ViewError, is_run_file, resolve_under
 from .figures import frame_figure, timecourse_figure, timeseries_figure
 
 
@@ -29,7 +30,7 @@ def Heading(text: str, level: int = 3, classes: list[str] | None = None):
 
 def Table(df: pd.DataFrame, classes: list[str]):
     """A small table (numbers to 4 significant digits), escaped."""
-    text = df.astype(object).map(fmt_number).to_html(index=False, escape=True, border=0)
+    text = df.astype(object).map(fmt_value).to_html(index=False, escape=True, border=0)
     return solara.HTML(tag="div", unsafe_innerHTML=text, classes=classes, style={"overflow-x": "auto"})
 
 
