@@ -129,6 +129,22 @@ def test_sink_sweep_matches_dense_solve():
     np.testing.assert_allclose(v[:, 0] * c.scale[0], np.linalg.solve(A, rhs), rtol=1e-12)
 
 
+UPTAKE_COLUMN = (1e5, 10.0, 38.0)
+"""D (um^2/min), uptake U (1/min) and the fixed value c of :func:`uptake_column`."""
+
+
+def uptake_column(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A column of ``n`` voxels held at c at y=0, no flux at y=L, cells taking up at U on
+    every site: its face values (1, 2, 2) and steady state c cosh((L-y)/l)/cosh(L/l),
+    l = sqrt(D/U) = 100 um, on the voxel centres."""
+    D, U, c0 = UPTAKE_COLUMN
+    faces = np.full((1, 2, 2), NOFLUX)
+    faces[0, 0, 0] = c0
+    y = (np.arange(n) + 0.5) * DX
+    ell, L = np.sqrt(D / U), n * DX
+    return faces, c0 * np.cosh((L - y) / ell) / np.cosh(L / ell)
+
+
 def test_uptake_steady_state_converges_at_long_field_steps(backend64):
     """Fixed value c at y=0, no flux at y=L, uptake U = 10/min by cells on every site:
     the steady state is c cosh((L-y)/l)/cosh(L/l) with l = sqrt(D/U) = 100 um.
@@ -137,12 +153,9 @@ def test_uptake_steady_state_converges_at_long_field_steps(backend64):
     from diffusion has the effective rate U/(1+U*dt): at U*dt = 6 a decay length 2.6x
     too long and errors above 30% of c."""
     xp = backend64.xp
-    D, U, c0, n = 1e5, 10.0, 38.0, 60
-    faces = np.full((1, 2, 2), NOFLUX)
-    faces[0, 0, 0] = c0
-    y = (np.arange(n) + 0.5) * DX
-    ell, L = np.sqrt(D / U), n * DX
-    exact = c0 * np.cosh((L - y) / ell) / np.cosh(L / ell)
+    n = 60
+    D, U, c0 = UPTAKE_COLUMN
+    faces, exact = uptake_column(n)
     errs = []
     for dt in (0.6, 0.15):
         s = DiffusionSolver((n, 1), DX, [D], [0.0], dt_min=dt, face_values=faces, initial=c0,

@@ -8,15 +8,10 @@ import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 from scipy.special import i0, i1, k0, k1
+from test_diffusion import DX, UPTAKE_COLUMN, host, uptake_column
 
 from tme_abm.config import ConfigError, load_config
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
-
-DX = 20.0
-
-
-def host(solver):
-    return solver.backend.to_host(solver.values)
 
 
 def _cells_everywhere(xp, n_sites, uptake, secretion=0.0):
@@ -28,12 +23,9 @@ def test_steady_1d_uptake_matches_cosh_and_error_falls_with_tolerance(backend64)
     u = c cosh((L-y)/l)/cosh(L/l), l = sqrt(D/U). At U*dt = 120 the LOD step errs by
     ~12% of c; the steady solve is exact up to the O(dx^2) Laplacian and its tolerance."""
     xp = backend64.xp
-    D, U, c0, n = 1e5, 10.0, 38.0, 300
-    faces = np.full((1, 2, 2), NOFLUX)
-    faces[0, 0, 0] = c0
-    y = (np.arange(n) + 0.5) * DX
-    ell, L = np.sqrt(D / U), n * DX
-    exact = c0 * np.cosh((L - y) / ell) / np.cosh(L / ell)
+    n = 300
+    D, U, c0 = UPTAKE_COLUMN
+    faces, exact = uptake_column(n)
     errs = []
     for tol in (1e-2, 1e-4, 1e-8):
         s = DiffusionSolver((n, 1), DX, [D], [0.0], dt_min=12.0, face_values=faces, initial=c0,
