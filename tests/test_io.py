@@ -20,7 +20,7 @@ import tme_abm
 from tme_abm.config import load_config
 from tme_abm.io import RunFileError, run
 from tme_abm.io.runfile import CELL_COLUMNS, RunFile
-from tme_abm.model import TMEModel, cell_table, row
+from tme_abm.model import TMEModel, cell_table
 
 ROOT = Path(__file__).parent.parent
 BASELINE = ROOT / "configs" / "baseline.yaml"
@@ -72,12 +72,12 @@ def test_round_trip_of_every_array_written_by_the_model(reference):
     file holds with what the model produced."""
     cfg = small()
     m = TMEModel(cfg)
-    rows, fields, cells = [row(m)], [(m.time_min, m.fields.values.copy())], [(m.time_min, cell_table(m))]
+    rows, fields, cells = [m.current_row()], [(m.time_min, m.fields.values[:, 0].copy())], [(m.time_min, cell_table(m))]
     for tick in range(1, cfg.time.n_ticks + 1):
         m.step()
-        rows.append(row(m))
+        rows.append(m.current_row())
         if tick % 40 == 0 or tick == cfg.time.n_ticks:
-            fields.append((m.time_min, m.fields.values.copy()))
+            fields.append((m.time_min, m.fields.values[:, 0].copy()))
         if tick % 80 == 0 or tick == cfg.time.n_ticks:
             cells.append((m.time_min, cell_table(m)))
     r = tme_abm.open_run(reference)

@@ -75,13 +75,31 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
     }
 
 
-def bench_model(config) -> dict:
-    """Run a config (a Config, path or mapping) to its end and time it.
+def bench_model(config, replicates: int = 1) -> dict:
+    """Run a config (a Config, path or mapping) to its end and time it; with
+    ``replicates`` R > 1, also a batch of R replicates of it (seeds seed .. seed + R - 1)
+    in one model, right after the single run, and compare the wall time per replicate.
 
     Agent-updates are cells x ticks summed over the run (every living cell is updated
-    once per tick); reported with the wall time per simulated day and per stage.
+    once per tick); reported with the wall time per simulated day and per stage (of the
+    single run). With R > 1: ``batch`` holds the batch's wall time, wall time per
+    replicate and agent-updates per second, and ``speedup`` is the single run's wall
+    time over the batch's wall time per replicate.
     """
-    model = TMEModel(config)
+    single = TMEModel(config)
+    cfg = single.config
+    out = _time_model(single)
+    if replicates > 1:
+        batch = _time_model(TMEModel(cfg, seeds=[cfg.seed + r for r in range(replicates)]))
+        per = batch["wall_s"] / replicates
+        out["batch"] = {"replicates": replicates, "wall_s": batch["wall_s"], "wall_s_per_replicate": per,
+                        "agent_updates_per_s": batch["agent_updates_per_s"], "stage_seconds": batch["stage_seconds"]}
+        out["speedup"] = out["wall_s"] / per
+    return out
+
+
+def _time_model(model: TMEModel) -> dict:
+    """Step ``model`` to its end; wall time, agent-updates and stage seconds."""
     model.scheduler.synchronize = model.backend.synchronize  # stage seconds include device work
     model.backend.synchronize()
     updates = 0
@@ -102,7 +120,7 @@ def bench_model(config) -> dict:
     agents_s = sum(v for k, v in stage.items() if k != "fields")
     return {
         "benchmark": "model",
-        "config": getattr(config, "name", str(config)),
+        "config": model.config.name,
         "backend": model.backend.name,
         "device": model.backend.device,
         "lattice": list(model.lattice.shape),
@@ -115,7 +133,7 @@ def bench_model(config) -> dict:
         "agent_updates_per_s": updates / wall,
         "agent_updates_per_agent_s": updates / agents_s if agents_s > 0 else float("nan"),
         "stage_seconds": stage,
-        "final": model.current_row(),
+        "final": model.current_rows()[0],
     }
 
 
@@ -150,9 +168,9 @@ def field_accuracy(config, ticks: int, reference_steps: int = 400) -> dict:
 
             def solve(scheme, n, tol, i=i, one=one, name=name):
                 fs = FieldSet(one, model.lattice, make_backend("numpy", "float64"), interval / n, {name: scheme}, tol)
-                fs.solver.set_state(start[i].reshape(1, -1), 0)
+                fs.solver.set_state([start[i].reshape(1, -1)], 0)
                 fs.step(Sources(src.sites, src.secretion[i:i + 1], src.uptake[i:i + 1]), n)
-                v = fs.backend.to_host(fs.values[0])
+                v = fs.backend.to_host(fs.values[0, 0])
                 fs.solver.close()
                 return v
 

@@ -104,29 +104,42 @@ GPUS = typer.Option(None, metavar="IDS", help="one worker per listed GPU, e.g. -
 @app.command()
 def run(
     config: Path = CONFIG,
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH", help="run file (default runs/<name>.h5)"),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH", help="run file (default runs/<name>.h5); "
+                                    "with --replicates, the folder of the replicates' files (default runs/<name>/)"),
     backend: str | None = BACKEND,
     seed: int | None = typer.Option(None, metavar="N", help="random seed (overrides the config)"),
     set_: list[str] | None = SET,
+    replicates: int = typer.Option(1, "--replicates", "-r", min=1, metavar="R",
+                                   help="run R replicates (seeds seed, seed + 1, ...) in one batch, stepped "
+                                        "together, each to <out>/<name>_r<r>.h5"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run file once this run completes"),
-    resume: Path | None = typer.Option(None, metavar="PATH", help="continue this interrupted run file (same config "
-                                                                  "and options as the first run)"),
+    resume: Path | None = typer.Option(None, metavar="PATH", help="continue this interrupted run file (with "
+                                                                  "--replicates, this folder of them) with the same "
+                                                                  "config and options as the first run"),
     quiet: bool = QUIET,
 ) -> None:
-    """Run one config and write an HDF5 run file."""
+    """Run one config (or a batch of replicates of it) and write HDF5 run files."""
     from .io import RunFileError, default_output_path
-    from .io import run as run_config
     from .io.lock import LockedError
-    from .io.runner import RunTerminated, pending_path
+    from .io.runner import RunTerminated, pending_path, replicate_configs, run_batch
 
     cfg = _load(config, set_, backend, seed)
     for w in accuracy_warnings(cfg):
         typer.echo(f"warning: {w}", err=True)
     if resume is not None and (out is not None or overwrite):
         _fail("--resume PATH continues PATH in place; it cannot be combined with --out or --overwrite")
-    target = resume or out or default_output_path(cfg)
+    if replicates == 1:
+        target = resume or out or default_output_path(cfg)
+        cfgs, paths = [cfg], [target]
+    else:
+        target = resume or out or Path("runs") / cfg.name
+        if target.exists() and not target.is_dir():
+            _fail(f"{target}: is a file; with --replicates, --out names a folder for the replicates' run files")
+        cfgs = replicate_configs(cfg, replicates)
+        paths = [target / f"{c.name}.h5" for c in cfgs]
+        target.mkdir(parents=True, exist_ok=True)
     try:
-        path = run_config(cfg, target, overwrite=overwrite, quiet=quiet, resume=resume is not None)
+        run_batch(cfgs, paths, overwrite=overwrite, quiet=quiet, resume=resume is not None)
     except (ConfigError, BackendError, RunFileError, LockedError) as exc:
         _fail(str(exc))
     except FileExistsError as exc:
@@ -134,13 +147,16 @@ def run(
     except (KeyboardInterrupt, RunTerminated) as exc:
         # exit status 128 + the signal, as a shell reports it
         what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, RunTerminated) else ("interrupted (Ctrl-C)", 130)
-        if not (target.exists() or pending_path(target).exists()):
+        if not any(p.exists() or pending_path(p).exists() for p in paths):
             _fail(f"{what} before {target} was written", code)
         command = shlex.join(["tme-abm", "run", str(config), *(a for s in set_ or [] for a in ("--set", s)),
                               *(["--seed", str(seed)] if seed is not None else []),
-                              *(["--backend", backend] if backend is not None else []), "--resume", str(target)])
-        _fail(f"{what}: the run file records status failed; continue it with: {command}", code)
-    typer.echo(str(path))
+                              *(["--backend", backend] if backend is not None else []),
+                              *(["--replicates", str(replicates)] if replicates > 1 else []), "--resume", str(target)])
+        files = "the run file records status failed; continue it" if replicates == 1 else \
+            "the replicates' run files record status failed; continue them"
+        _fail(f"{what}: {files} with: {command}", code)
+    typer.echo(str(target))
 
 
 @app.command()
@@ -393,6 +409,9 @@ def bench_model_cmd(
     days: float | None = typer.Option(None, metavar="DAYS", help="simulate only this many days"),
     backend: str | None = BACKEND,
     set_: list[str] | None = SET,
+    replicates: int = typer.Option(1, "--replicates", "-r", min=1, metavar="R",
+                                   help="also time a batch of R replicates and print the wall time per replicate "
+                                        "against the single run's"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Agent-updates per second and wall time per simulated day of a whole model run."""
@@ -400,7 +419,7 @@ def bench_model_cmd(
 
     cfg = _load(config, set_, backend, days=days)
     try:
-        res = bench_model(cfg)
+        res = bench_model(cfg, replicates)
     except (ConfigError, BackendError) as exc:
         _fail(str(exc))
     if as_json:
@@ -413,6 +432,11 @@ def bench_model_cmd(
         f"{res['agent_updates_per_s']:.3g} agent-updates/s overall, {res['agent_updates_per_agent_s']:.3g} in the "
         f"agent stages (max {res['max_cells']} cells)\n  stages: {stages}"
     )
+    if replicates > 1:
+        b = res["batch"]
+        typer.echo(f"  batch of {replicates} replicates: {b['wall_s']:.1f} s, {b['wall_s_per_replicate']:.2f} s per "
+                   f"replicate against {res['wall_s']:.2f} s for the single run: speedup {res['speedup']:.2f}x, "
+                   f"{b['agent_updates_per_s']:.3g} agent-updates/s")
 
 
 @bench_app.command("fields")

@@ -18,7 +18,7 @@ class FieldSet:
         fields: name -> field spec, in solver order (the config's enabled
             ``FieldConfig``: units, diffusion_um2_per_min, decay_per_min, initial,
             vessel_value, boundary, secretion_per_min and uptake_per_min per cell type).
-        lattice: the lattice (shape, spacing, vessel sites).
+        lattice: the lattice (shape, spacing, vessel sites, replicates).
         backend: where the fields live.
         dt_min: LOD field step, minutes.
         schemes: ``steady``, ``implicit`` or ``lod`` per field (default: all lod).
@@ -27,7 +27,7 @@ class FieldSet:
     Attributes:
         names: field names, in solver order.
         units: units per field.
-        solver: the DiffusionSolver; ``solver.values`` is (F, *shape).
+        solver: the DiffusionSolver; ``solver.values`` is (F, R, *shape) for R replicates.
     """
 
     def __init__(self, fields: dict, lattice: Lattice, backend: Backend, dt_min: float,
@@ -63,6 +63,7 @@ class FieldSet:
             backend=backend,
             schemes=[(schemes or {}).get(n, "lod") for n in self.names],
             tolerance=tolerance,
+            replicates=lattice.replicates,
         )
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -78,11 +79,11 @@ class FieldSet:
 
     @property
     def values(self):
-        """(F, *shape) current field values on the device."""
+        """(F, R, *shape) current field values on the device, R replicates."""
         return self.solver.values
 
     def field(self, name: str):
-        """(*shape) view of one field."""
+        """(R, *shape) view of one field."""
         return self.solver.field(self.index[name])
 
     def at(self, name: str, sites):
@@ -118,16 +119,16 @@ class FieldSet:
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)
 
-    def summaries(self) -> dict[str, float]:
-        """Host scalars ``<field>_mean``, ``_min`` and ``_max`` over the lattice."""
+    def summaries(self) -> dict[str, np.ndarray]:
+        """``<field>_mean``, ``_min`` and ``_max`` over the lattice, each (R,) per replicate (host)."""
         xp = self.backend.xp
-        v = self.solver.values.reshape(len(self.names), -1)
-        means = self.backend.to_host(v.mean(axis=1, dtype=xp.float64))
-        mins = self.backend.to_host(v.min(axis=1))
-        maxs = self.backend.to_host(v.max(axis=1))
+        v = self.solver.values.reshape(len(self.names), self.lattice.replicates, -1)
+        means = self.backend.to_host(v.mean(axis=2, dtype=xp.float64))
+        mins = self.backend.to_host(v.min(axis=2))
+        maxs = self.backend.to_host(v.max(axis=2))
         out = {}
         for i, n in enumerate(self.names):
-            out[f"{n}_mean"] = float(means[i])
-            out[f"{n}_min"] = float(mins[i])
-            out[f"{n}_max"] = float(maxs[i])
+            out[f"{n}_mean"] = means[i]
+            out[f"{n}_min"] = mins[i]
+            out[f"{n}_max"] = maxs[i]
         return out

@@ -49,69 +49,94 @@ def schedule(cfg) -> list[Scheduled]:
     return sorted(out, key=lambda s: (s.minute, s.index))
 
 
-def apply(model, item: Scheduled) -> dict:
-    """Apply one firing to ``model``; returns the log entry (host scalars)."""
+def apply(model, item: Scheduled) -> list[dict]:
+    """Apply one firing to every replicate of ``model``; returns each replicate's log
+    entry (host scalars)."""
     e = item.event
-    entry = {"day": item.day, "time_min": item.minute, "kind": e.kind, "event": item.index}
     fn = {"infusion": _infusion, "lymphodepletion": _lymphodepletion, "resection": _resection,
           "radiotherapy": _radiotherapy, "mrd": _mrd}[e.kind]
-    entry.update(fn(model, e, item))
-    return entry
+    return [{"day": item.day, "time_min": item.minute, "kind": e.kind, "event": item.index, **done}
+            for done in fn(model, e, item)]
 
 
-def _infusion(model, e, item) -> dict:
-    sysm = model.systemic
-    if sysm.baseline_burden is None:
-        sysm.baseline_burden = model.burden()
-    sysm.inflammation = sysm.inflammation_index(model.burden(), model.myeloid_per_tumor())
-    p = sysm.infuse(e.dose_cells, e.product.edits, e.product.initial_exhaustion, e.product.divisions)
+def _by_replicate(model, pop, idx):
+    """Per replicate r, the positions among ``idx`` ((k,) indices into ``pop``) of its
+    cells, in order (host); one replicate: all of them."""
+    xp = model.backend.xp
+    if model.replicates == 1:
+        return [xp.arange(int(idx.shape[0]))]
+    rep = model.backend.to_host(model.lattice.replicate_of(pop.data["site"][idx], xp))
+    return [xp.asarray(np.flatnonzero(rep == r)) for r in range(model.replicates)]
+
+
+def _infusion(model, e, item) -> list[dict]:
+    out = []
+    burden, myeloid = model.burden(), model.myeloid_per_tumor()
+    for r, rep in enumerate(model.replicas):
+        sysm = rep.systemic
+        if sysm.baseline_burden is None:
+            sysm.baseline_burden = float(burden[r])
+        sysm.inflammation = sysm.inflammation_index(float(burden[r]), float(myeloid[r]))
+        p = sysm.infuse(e.dose_cells, e.product.edits, e.product.initial_exhaustion, e.product.divisions)
+        out.append({"dose_cells": e.dose_cells, "product": p, "fitness": sysm.products[p].fitness,
+                    "inflammation_index": sysm.inflammation})
     model.update_products()
-    return {"dose_cells": e.dose_cells, "product": p, "fitness": sysm.products[p].fitness,
-            "inflammation_index": sysm.inflammation}
+    return out
 
 
-def _lymphodepletion(model, e, item) -> dict:
-    removed = 0
+def _lymphodepletion(model, e, item) -> list[dict]:
+    removed = np.zeros(model.replicates, dtype=np.int64)
     for pop in (model.monocytes, model.granulocytes):
         if len(pop):
-            u = crng.uniform(model.backend.xp, model.seed, model.steps, _STREAMS("lymphodepletion", pop.code),
+            u = crng.uniform(model.backend.xp, model.seeds, model.steps, _STREAMS("lymphodepletion", pop.code),
                              pop.data["id"])
-            removed += pop.remove(u < e.myeloid_kill_fraction, how="died")
-    sysm = model.systemic
-    sysm.boost = e.expansion_boost
-    sysm.boost_since_min = item.minute
-    sysm.boost_tau_min = e.boost_days * 1440.0
-    return {"myeloid_removed": removed}
+            gone = u < e.myeloid_kill_fraction
+            removed += model.count(pop, gone)
+            pop.remove(gone, how="died")
+    for rep in model.replicas:
+        sysm = rep.systemic
+        sysm.boost = e.expansion_boost
+        sysm.boost_since_min = item.minute
+        sysm.boost_tau_min = e.boost_days * 1440.0
+    return [{"myeloid_removed": int(k)} for k in removed]
 
 
-def _resection(model, e, item) -> dict:
+def _resection(model, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     n = len(t)
+    lat = model.lattice
+    mask = xp.zeros(n, dtype=bool)
     if e.region is not None:  # every tumor cell inside the ball
-        coords = xp.stack(xp.unravel_index(t.data["site"], model.lattice.shape), axis=1).astype(xp.float64)
+        coords = xp.stack(xp.unravel_index(t.data["site"] % lat.n_grid, lat.shape), axis=1).astype(xp.float64)
         d2 = ((coords - xp.asarray(e.region.center_sites, dtype=xp.float64)) ** 2).sum(axis=1)
         mask = d2 <= e.region.radius_sites**2
-        k = int(mask.sum())
-        t.remove(mask, how="cleared")
-        model.systemic.cytokine += e.wound_cytokine
-        return {"tumor_removed": k}
-    k = int(round(e.fraction * n))
-    if k == 0:
-        return {"tumor_removed": 0}
-    if e.order == "random":
-        key = crng.uniform(xp, model.seed, model.steps, _STREAMS("resection_order"), t.data["id"])
-        remove_idx = xp.argsort(key)[:k]
-    else:  # outermost first: distance from the centroid of the tumor cells
-        coords = xp.stack(xp.unravel_index(t.data["site"], model.lattice.shape), axis=1).astype(xp.float64)
-        d2 = ((coords - coords.mean(axis=0)) ** 2).sum(axis=1)
-        tie = crng.uniform(xp, model.seed, model.steps, _STREAMS("resection_tie"), t.data["id"]) * 1e-6
-        remove_idx = xp.argsort(-(d2 + tie))[:k]
-    mask = xp.zeros(n, dtype=bool)
-    mask[remove_idx] = True
+        removed = model.count(t, mask)
+    else:
+        removed = np.zeros(model.replicates, dtype=np.int64)
+        for r, sel in enumerate(_by_replicate(model, t, xp.arange(n))):
+            k = int(round(e.fraction * int(sel.shape[0])))
+            if k == 0:
+                continue
+            ids = t.data["id"][sel]
+            if e.order == "random":
+                key = crng.uniform(xp, model.seeds, model.steps, _STREAMS("resection_order"), ids)
+                remove_idx = xp.argsort(key)[:k]
+            else:  # outermost first: distance from the centroid of the replicate's tumor cells
+                coords = xp.stack(xp.unravel_index(t.data["site"][sel] % lat.n_grid, lat.shape),
+                                  axis=1).astype(xp.float64)
+                d2 = ((coords - coords.mean(axis=0)) ** 2).sum(axis=1)
+                tie = crng.uniform(xp, model.seeds, model.steps, _STREAMS("resection_tie"), ids) * 1e-6
+                remove_idx = xp.argsort(-(d2 + tie))[:k]
+            mask[sel[remove_idx]] = True
+            removed[r] = k
     t.remove(mask, how="cleared")
-    model.systemic.cytokine += e.wound_cytokine
-    return {"tumor_removed": k}
+    out = []
+    for rep, k in zip(model.replicas, removed):
+        if e.region is not None or k:
+            rep.systemic.cytokine += e.wound_cytokine
+        out.append({"tumor_removed": int(k)})
+    return out
 
 
 def oxygen_dose_factor(po2, oer_max: float, k_mmHg: float, xp=np):
@@ -124,35 +149,45 @@ def lq_survival(dose_eff, alpha: float, beta: float, xp=np):
     return xp.exp(-alpha * dose_eff - beta * dose_eff**2)
 
 
-def _radiotherapy(model, e, item) -> dict:
+def _radiotherapy(model, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
-    if alive.size == 0:
-        return {"tumor_killed": 0, "dose_gy": e.dose_gy}
-    po2 = model.fields.at("oxygen", t.data["site"][alive]).astype(xp.float64)
-    surv = lq_survival(e.dose_gy * oxygen_dose_factor(po2, e.oer_max, e.oer_k_mmHg, xp),
-                       e.alpha_per_gy, e.beta_per_gy2, xp)
-    u = crng.uniform(xp, model.seed, model.steps, _STREAMS("radiotherapy", item.index), t.data["id"][alive])
-    dead = alive[u >= surv]
-    t.data["state"][dead] = APOPTOTIC
-    t.data["death_min"][dead] = model.time_min
-    t.events["died"] += int(dead.shape[0])
-    if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
-        survivors = alive[u < surv]
-        model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
-    return {"tumor_killed": int(dead.shape[0]), "dose_gy": e.dose_gy}
+    dead = alive[:0]
+    if alive.size:
+        po2 = model.fields.at("oxygen", t.data["site"][alive]).astype(xp.float64)
+        surv = lq_survival(e.dose_gy * oxygen_dose_factor(po2, e.oer_max, e.oer_k_mmHg, xp),
+                           e.alpha_per_gy, e.beta_per_gy2, xp)
+        u = crng.uniform(xp, model.seeds, model.steps, _STREAMS("radiotherapy", item.index), t.data["id"][alive])
+        dead = alive[u >= surv]
+        t.data["state"][dead] = APOPTOTIC
+        t.data["death_min"][dead] = model.time_min
+        t.events["died"] += int(dead.shape[0])
+        if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
+            survivors = alive[u < surv]
+            model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
+    killed = model.count(t, _mask(xp, len(t), dead))
+    return [{"tumor_killed": int(k), "dose_gy": e.dose_gy} for k in killed]
 
 
-def _mrd(model, e, item) -> dict:
+def _mask(xp, n: int, idx):
+    mask = xp.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask
+
+
+def _mrd(model, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
-    keep_n = min(e.residual_cells, int(alive.shape[0]))
-    key = crng.uniform(xp, model.seed, model.steps, _STREAMS("mrd"), t.data["id"][alive])
-    keep = alive[xp.argsort(key)[:keep_n]]
     mask = xp.ones(len(t), dtype=bool)
-    mask[keep] = False
-    removed = int(mask.sum())
+    kept = []
+    for sel in _by_replicate(model, t, alive):
+        mine = alive[sel]
+        keep_n = min(e.residual_cells, int(mine.shape[0]))
+        key = crng.uniform(xp, model.seeds, model.steps, _STREAMS("mrd"), t.data["id"][mine])
+        mask[mine[xp.argsort(key)[:keep_n]]] = False
+        kept.append(keep_n)
+    removed = model.count(t, mask)
     t.remove(mask, how="cleared")
-    return {"tumor_removed": removed, "residual_cells": keep_n}
+    return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]

@@ -9,8 +9,9 @@ from .errors import ConfigError
 from .schema import Config
 
 
-def memory_estimate_bytes(cfg: Config) -> int:
-    """Bytes a run needs for its lattice-sized arrays (fields, solver buffers, grids).
+def memory_estimate_bytes(cfg: Config, replicates: int = 1) -> int:
+    """Bytes a run (or a batch of ``replicates``) needs for its lattice-sized arrays
+    (fields, solver buffers, grids).
 
     Fields: two solver buffers per field; sources and summaries add about one more
     field-sized array; occupancy and masks add ~16 bytes per site. Cells are bounded
@@ -19,15 +20,16 @@ def memory_estimate_bytes(cfg: Config) -> int:
     n_sites = int(np.prod(cfg.lattice.shape))
     item = np.dtype(cfg.dtype).itemsize
     n_fields = len(cfg.enabled_fields)
-    return n_sites * (n_fields * item * 3 + 16 + 64)
+    return replicates * n_sites * (n_fields * item * 3 + 16 + 64)
 
 
-def check_memory(cfg: Config, available_bytes: int, where: str = "host memory") -> None:
-    """Refuse a lattice that cannot fit, with the estimate in the message."""
-    need = memory_estimate_bytes(cfg)
+def check_memory(cfg: Config, available_bytes: int, where: str = "host memory", replicates: int = 1) -> None:
+    """Refuse a lattice (times ``replicates``) that cannot fit, with the estimate in the message."""
+    need = memory_estimate_bytes(cfg, replicates)
     if need > 0.8 * available_bytes:
+        times = f"{replicates} replicates of " if replicates > 1 else ""
         raise ConfigError(
-            f"lattice.shape {cfg.lattice.shape} with {len(cfg.enabled_fields)} fields in {cfg.dtype} "
+            f"{times}lattice.shape {cfg.lattice.shape} with {len(cfg.enabled_fields)} fields in {cfg.dtype} "
             f"needs about {need / 2**30:.2f} GiB, but only {available_bytes / 2**30:.2f} GiB of "
             f"{where} is available (at most 80% is used); use a smaller lattice, fewer fields or float32"
         )

@@ -19,21 +19,29 @@ _TABLE_MAX_BYTES = 64 * 2**20  # neighbour tables up to this size are precompute
 
 
 class Lattice:
-    """A regular 2D or 3D lattice of sites, one cell at most per site.
+    """A regular 2D or 3D lattice of sites, one cell at most per site, in ``replicates``
+    independent copies (a batch; 1 for a single run).
+
+    A site's flat index is ``replicate * n_grid + i`` with ``i`` its C-order index within
+    its copy: the replicate is a leading axis that no neighbourhood crosses, so every
+    neighbour, move and contact stays within its replicate.
 
     Attributes:
-        shape: sites per axis, C order ((y, x) or (z, y, x)).
+        shape: sites per axis of one copy, C order ((y, x) or (z, y, x)).
         spacing_um: site spacing, micrometres.
-        n_sites: number of sites.
+        replicates: number of copies.
+        n_grid: sites of one copy; n_sites: sites of all copies.
         offsets: (m, ndim) int Moore-neighbourhood offsets (m = 8 in 2D, 26 in 3D).
-        vessel_sites: (k,) int64 flat indices of vessel sites (host array).
+        vessel_sites: (k,) int64 flat indices of vessel sites, all copies (host array).
     """
 
-    def __init__(self, shape, spacing_um: float, vessel_sites=None):
+    def __init__(self, shape, spacing_um: float, vessel_sites=None, replicates: int = 1):
         self.shape = tuple(int(s) for s in shape)
         self.ndim = len(self.shape)
         self.spacing_um = float(spacing_um)
-        self.n_sites = int(np.prod(self.shape))
+        self.replicates = int(replicates)
+        self.n_grid = int(np.prod(self.shape))
+        self.n_sites = self.replicates * self.n_grid
         self.offsets = np.array(
             [o for o in itertools.product((-1, 0, 1), repeat=self.ndim) if any(o)], dtype=np.int64
         )
@@ -42,8 +50,12 @@ class Lattice:
         self._dev: dict = {}  # per array module: (shape, strides, offsets, flat offsets)
 
     def coords(self, sites) -> np.ndarray:
-        """(k, ndim) integer coordinates of flat ``sites`` (host arrays)."""
-        return np.stack(np.unravel_index(np.asarray(sites), self.shape), axis=1)
+        """(k, ndim) integer coordinates of flat ``sites`` within their copy (host arrays)."""
+        return np.stack(np.unravel_index(np.asarray(sites) % self.n_grid, self.shape), axis=1)
+
+    def replicate_of(self, sites, xp=np):
+        """(k,) int64 replicate of each flat site."""
+        return xp.asarray(sites, dtype=xp.int64) // self.n_grid
 
     def _consts(self, xp):
         c = self._dev.get(xp.__name__)
@@ -55,7 +67,8 @@ class Lattice:
         return c
 
     def neighbours(self, sites, xp=np):
-        """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the lattice.
+        """(k, m) flat indices of the Moore neighbours of ``sites``; -1 outside the site's
+        copy of the lattice.
 
         Lattices whose neighbour table fits in ``_TABLE_MAX_BYTES`` look it up (one
         gather); larger ones compute it from coordinates."""
@@ -81,7 +94,7 @@ class Lattice:
         return xp.where(inside, sites[:, None] + flat_offsets[None, :], -1)
 
     def sphere_sites(self, center, radius: float) -> np.ndarray:
-        """Flat indices of sites within ``radius`` (sites) of ``center`` (host)."""
+        """Flat indices within one copy of sites within ``radius`` (sites) of ``center`` (host)."""
         coords = np.indices(self.shape).reshape(self.ndim, -1)
         d2 = sum((coords[a] - center[a]) ** 2 for a in range(self.ndim))
         return np.flatnonzero(d2 <= radius**2)

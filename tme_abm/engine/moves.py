@@ -38,7 +38,7 @@ def choose(model, candidates, keys, stream: int, weights=None):
     w = ok.astype(xp.float64) if weights is None else xp.where(ok, weights.T, 0.0)
     cum = xp.cumsum(w, axis=0)
     total = cum[-1]
-    u = crng.uniform(xp, model.seed, model.steps, stream, keys) * total
+    u = crng.uniform(xp, model.seeds, model.steps, stream, keys) * total
     pick = xp.minimum((cum <= u[None, :]).sum(axis=0), m - 1)  # inverse-CDF draw
     chosen = candidates[xp.arange(k), pick]
     return xp.where(total > 0, chosen, -1)
@@ -51,7 +51,7 @@ def resolve_conflicts(model, targets, keys, stream: int):
     k = int(targets.shape[0])
     if k == 0:
         return xp.zeros(0, dtype=bool)
-    priority = crng.uniform(xp, model.seed, model.steps, stream, keys)
+    priority = crng.uniform(xp, model.seeds, model.steps, stream, keys)
     # sort by target, then priority: target + priority in [target, target + 1) is exact
     # enough in float64 for any lattice below 2^32 sites
     order = xp.argsort(targets.astype(xp.float64) + priority)
@@ -108,7 +108,7 @@ def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, p
     moved = 0
     for sub in range(n_sub):
         ids = pop.data["id"][movers]
-        tries = movers[crng.uniform(xp, model.seed, model.steps, pop.streams(purpose, sub), ids) < p_try]
+        tries = movers[crng.uniform(xp, model.seeds, model.steps, pop.streams(purpose, sub), ids) < p_try]
         if int(tries.shape[0]) == 0:
             continue
         sites = pop.data["site"][tries]

@@ -6,6 +6,11 @@ slot. Results therefore do not depend on the order cells sit in memory, on how w
 split, or on the backend: NumPy and CuPy compute the same uint64 arithmetic (the
 splitmix64 finaliser, wrapping multiplication) and draw the same numbers.
 
+A batch of replicates (docs/architecture.md, "The replicate axis") draws with one seed
+per replicate: a key is ``replicate << ID_BITS | id`` (:func:`key_of`), and a draw uses
+the seed of the key's replicate and the id below ``ID_BITS``. Replicate r of a batch
+therefore draws exactly what a single run with its seed draws.
+
 Stream numbers come from one registry (:func:`streams`): each owner (the scheduler, the
 therapy timeline, each population) registers its purposes under a code of its own, and
 a stream is the mixed-radix number (owner, purpose, sub-step, part), so no two
@@ -43,6 +48,16 @@ def _mix(x, xp):
     return x
 
 
+ID_BITS = 40
+"""Bits of a key that hold the id within its replicate (cell ids, site indices)."""
+_ID_MASK = (1 << ID_BITS) - 1
+
+
+def key_of(replicate, ids, xp=np):
+    """Keys ``replicate << ID_BITS | ids`` ((k,) int64) of ids (< 2^40) in replicates."""
+    return (xp.asarray(replicate, dtype=xp.int64) << ID_BITS) | xp.asarray(ids, dtype=xp.int64)
+
+
 @functools.lru_cache(maxsize=4096)
 def stream_key(seed: int, tick: int, stream: int) -> int:
     """64-bit key of one (seed, tick, stream) triple."""
@@ -50,18 +65,31 @@ def stream_key(seed: int, tick: int, stream: int) -> int:
     return _mix_int(k ^ _mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64))
 
 
-def uniform(xp, seed: int, tick: int, stream: int, ids, n_slots: int | None = None):
+@functools.lru_cache(maxsize=4096)
+def _stream_keys(seeds: tuple[int, ...], tick: int, stream: int) -> np.ndarray:
+    return np.array([stream_key(s, tick, stream) for s in seeds], dtype=np.uint64)
+
+
+def uniform(xp, seed, tick: int, stream: int, ids, n_slots: int | None = None):
     """Uniform floats in [0, 1): (k,) for ``ids`` (k,), or (k, n_slots) with one number
     per (id, slot).
 
     Args:
         xp: numpy or cupy.
-        seed, tick, stream: the key (ints).
-        ids: (k,) non-negative integer ids (cell ids, site indices, ...).
+        seed: the run's seed (an int), or one seed per replicate (a tuple of ints).
+        tick, stream: the rest of the key (ints).
+        ids: (k,) non-negative integer ids (cell ids, site indices, ...); with several
+            seeds, keys (:func:`key_of`) that name the replicate of each id.
         n_slots: several independent numbers per id.
     """
-    key = xp.uint64(stream_key(seed, tick, stream))
     x = xp.asarray(ids).astype(xp.uint64)  # a fresh array: the steps below work in place
+    if isinstance(seed, tuple) and len(seed) > 1:
+        keys = _stream_keys(seed, int(tick), int(stream))
+        replicate = (x >> xp.uint64(ID_BITS)).astype(xp.int64)
+        x &= xp.uint64(_ID_MASK)
+        key = xp.asarray(keys)[replicate]
+    else:
+        key = xp.uint64(stream_key(seed[0] if isinstance(seed, tuple) else seed, tick, stream))
     x *= xp.uint64(_GOLDEN)
     x += key
     if n_slots is not None:
@@ -74,16 +102,17 @@ def uniform(xp, seed: int, tick: int, stream: int, ids, n_slots: int | None = No
     return out
 
 
-def normal(xp, seed: int, tick: int, stream: int, ids):
+def normal(xp, seed, tick: int, stream: int, ids):
     """Standard normal floats (k,) by Box-Muller from two counter-based uniforms."""
     u = uniform(xp, seed, tick, stream, ids, n_slots=2)
     r = xp.sqrt(-2.0 * xp.log1p(-u[:, 0]))
     return r * xp.cos(2.0 * np.pi * u[:, 1])
 
 
-def permutation(seed: int, tick: int, stream: int, n: int):
-    """A random permutation of range(n) (host list), e.g. a stage's population order."""
-    u = uniform(np, seed, tick, stream, np.arange(n))
+def permutation(tick: int, stream: int, n: int):
+    """A pseudo-random permutation of range(n) (host list) for a tick, the same in every
+    run: a stage's population order, which all replicates of a batch share."""
+    u = uniform(np, 0, tick, stream, np.arange(n))
     return [int(i) for i in np.argsort(u, kind="stable")]
 
 

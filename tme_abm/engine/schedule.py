@@ -2,9 +2,10 @@
 
 A tick is a fixed list of stages; each stage activates (population, action) pairs.
 Where the order of populations matters within a stage (they compete for free sites),
-the stage is marked ``shuffle`` and its populations are activated in a random order
-drawn from the counter-based RNG (seed, tick, stage), so a run stays reproducible and
-no population is systematically first.
+the stage is marked ``shuffle`` and its populations are activated in a pseudo-random
+order drawn from the counter-based RNG keyed by (tick, stage), so no population is
+systematically first. The order does not depend on the seed: the replicates of a batch
+step in lockstep, so they share it (docs/architecture.md, "The replicate axis").
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class StagedScheduler:
             t0 = time.perf_counter()
             order = range(len(st.actions))
             if st.shuffle and len(st.actions) > 1:
-                order = crng.permutation(m.seed, m.steps, _STREAMS("order", k), len(st.actions))
+                order = crng.permutation(m.steps, _STREAMS("order", k), len(st.actions))
             for i in order:
                 st.actions[i][1]()
             if self.synchronize is not None:

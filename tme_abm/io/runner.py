@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -55,62 +55,157 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
     A failure records status "failed" and the error in the file before re-raising; a run
     whose file was removed or replaced while it ran fails.
     """
-    backend = make_backend(cfg.backend, cfg.dtype)
-    path = Path(out) if out else default_output_path(cfg)
-    if path.is_dir():
-        raise RunFileError(f"{path}: is a directory; --out names the run file (e.g. {path / (cfg.name + '.h5')})")
-    lock = WriterLock(path, "another run is writing it")
+    return run_batch([cfg], [Path(out) if out else default_output_path(cfg)], overwrite=overwrite, quiet=quiet,
+                     resume=resume)[0]
+
+
+def replicate_configs(cfg: Config, replicates: int) -> list[Config]:
+    """The configs of ``replicates`` replicates of ``cfg``: seeds ``cfg.seed + r`` and names
+    ``<name>_r<r>`` (r from 0, zero-padded to the width of the largest)."""
+    width = len(str(replicates - 1))
+    return [cfg.model_copy(update={"seed": cfg.seed + r, "name": f"{cfg.name}_r{r:0{width}d}"})
+            for r in range(replicates)]
+
+
+def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False, quiet: bool = False,
+              resume: bool = False) -> list[Path]:
+    """Run replicates of one config in one model, in lockstep (docs/architecture.md, "The
+    replicate axis"), each to its own run file, as :func:`run` runs one: ``cfgs`` may
+    differ only in ``seed``, ``name`` and ``output.path``; ``paths[r]`` is replicate r's
+    file. Each file equals the one :func:`run` writes for its config, bit for bit (apart
+    from wall-clock attributes), and resumes like one: with ``resume``, the replicates
+    whose latest checkpoints are at the same tick continue together."""
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(cfgs) or not cfgs:
+        raise ValueError(f"a batch needs one path per config, got {len(cfgs)} configs and {len(paths)} paths")
+    if len(set(paths)) != len(paths):
+        raise RunFileError(f"a batch writes each replicate to its own file; repeated: "
+                           f"{sorted(str(p) for p in paths if paths.count(p) > 1)[0]}")
+    _check_batch(cfgs)
+    if resume:
+        groups: dict = {}
+        for i, path in enumerate(paths):
+            groups.setdefault(_checkpoint_tick(path), []).append(i)
+        if len(groups) > 1:  # a batch killed while writing its checkpoints: resume each tick's replicates
+            for idx in groups.values():
+                _run_batch([cfgs[i] for i in idx], [paths[i] for i in idx], overwrite, quiet, resume)
+            return paths
+    _run_batch(cfgs, paths, overwrite, quiet, resume)
+    return paths
+
+
+def _check_batch(cfgs: list[Config]) -> None:
+    """Refuse replicates whose configs differ in more than seed, name and output path."""
+    def runs_part(c: Config) -> dict:
+        d = _flat(c.model_dump(mode="json"))
+        return {k: v for k, v in d.items() if k not in ("seed", "name", "output.path")}
+
+    first = runs_part(cfgs[0])
+    for c in cfgs[1:]:
+        other = runs_part(c)
+        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if diff:
+            raise ValueError(f"replicates of one batch differ in {', '.join(diff[:8])}; a batch runs one config "
+                             f"with several seeds")
+
+
+def _checkpoint_tick(path: Path) -> int | None:
+    """The tick of ``path``'s latest checkpoint (or of its interrupted ``--overwrite``),
+    None if it has none or cannot be read (it starts again)."""
+    target = pending_path(path) if pending_path(path).exists() else path
     try:
-        lock.acquire()
-    except OSError as exc:
-        raise RunFileError(f"{path}: cannot write the run file there: {exc.strerror or exc}") from None
-    with _signals_raise() as stop, lock:
-        pending = pending_path(path)
-        if resume:
-            target = pending if pending.exists() else path
-            _check_same_config(target, cfg)
-        elif path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, "
-                                  f"or --resume it")
-        else:
-            target = pending if path.exists() else path
-            if target == path:  # an overwrite of a file that is gone: its half-written successor is moot
-                pending.unlink(missing_ok=True)
-        model = TMEModel(cfg, backend=backend)
+        with reading(target) as f:
+            ck = f["checkpoint"]
+            return int(ck.attrs["tick"]) if str(ck.attrs.get("latest", "")) else None
+    except (RunFileError, KeyError):
+        return None
+
+
+def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bool, resume: bool) -> None:
+    cfg = cfgs[0]
+    backend = make_backend(cfg.backend, cfg.dtype)
+    for path in paths:
+        if path.is_dir():
+            raise RunFileError(f"{path}: is a directory; --out names the run file (e.g. {path / (cfg.name + '.h5')})")
+    with ExitStack() as stack:
+        stop = stack.enter_context(_signals_raise())
+        for path in paths:
+            lock = WriterLock(path, "another run is writing it")
+            try:
+                lock.acquire()
+            except OSError as exc:
+                raise RunFileError(f"{path}: cannot write the run file there: {exc.strerror or exc}") from None
+            stack.enter_context(lock)
+        targets = [_target(c, path, overwrite, resume) for c, path in zip(cfgs, paths)]
+        model = TMEModel(cfg, backend=backend, seeds=[c.seed for c in cfgs])
+        stack.callback(model.fields.solver.close)
+        run_files: list[RunFile] = []
+        states = []
         try:
-            run_file, fresh = _open(model, cfg, target, backend, resume)
+            for r, (c, target) in enumerate(zip(cfgs, targets)):
+                run_file, state = _open(model, c, target, backend, resume, r)
+                run_files.append(run_file)
+                states.append(state)
+            if all(st is not None for st in states):
+                set_state(model, states)
+            elif any(st is not None for st in states):
+                raise RunFileError(f"{targets[[st is None for st in states].index(True)]}: has no checkpoint "
+                                   f"while the other replicates of its batch have one")
+            if resume:  # cut each file back to its checkpoint (to nothing if it has none)
+                for run_file, state in zip(run_files, states):
+                    run_file.rewind(None if state is None else model.time_min,
+                                    [] if state is None else state[1]["event_log"])
         except BaseException:
-            model.fields.solver.close()
+            for run_file in run_files:
+                run_file.f.close()
             raise
-        inode = os.stat(target).st_ino
+        inodes = [os.stat(t).st_ino for t in targets]
         t0 = time.perf_counter()
         try:
-            _advance(model, run_file, cfg, quiet, fresh, stop)
-            wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
-            run_file.f.attrs["wall_seconds"] = wall
-            run_file.write_outcomes(model.outcomes())
+            _advance(model, run_files, cfgs, quiet, fresh=states[0] is None, stop=stop)
+            for r, run_file in enumerate(run_files):
+                wall = float(run_file.f.attrs.get("wall_seconds", 0.0)) + time.perf_counter() - t0
+                run_file.f.attrs["wall_seconds"] = wall
+                run_file.write_outcomes(model.replicas[r].outcomes())
         except BaseException as exc:
-            run_file.finish("failed", f"{type(exc).__name__}: {exc}")
+            for run_file in run_files:
+                run_file.finish("failed", f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            model.fields.solver.close()
-        run_file.finish("complete")
-        try:
-            still_ours = os.stat(target).st_ino == inode
-        except FileNotFoundError:
-            still_ours = False
-        if not still_ours:
-            raise RunFileError(f"{target}: the run file was removed or replaced while the run was writing it; "
-                               f"this run's results are lost")
-        if target != path:
-            os.replace(target, path)
-    return path
+        for run_file in run_files:
+            run_file.finish("complete")
+        for target, path, inode in zip(targets, paths, inodes):
+            try:
+                still_ours = os.stat(target).st_ino == inode
+            except FileNotFoundError:
+                still_ours = False
+            if not still_ours:
+                raise RunFileError(f"{target}: the run file was removed or replaced while the run was writing it; "
+                                   f"this run's results are lost")
+            if target != path:
+                os.replace(target, path)
 
 
-def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool) -> tuple[RunFile, bool]:
-    """The run file to write and whether the run starts from its initial state: a new
-    file, or ``target`` reopened, restored into ``model`` from its latest checkpoint and
-    cut back to it (to nothing if it has no checkpoint yet)."""
+def _target(cfg: Config, path: Path, overwrite: bool, resume: bool) -> Path:
+    """The file a run of ``path`` writes: the path itself, or, while an existing file is
+    overwritten, its :func:`pending_path`."""
+    pending = pending_path(path)
+    if resume:
+        target = pending if pending.exists() else path
+        _check_same_config(target, cfg)
+        return target
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, "
+                              f"or --resume it")
+    target = pending if path.exists() else path
+    if target == path:  # an overwrite of a file that is gone: its half-written successor is moot
+        pending.unlink(missing_ok=True)
+    return target
+
+
+def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool, replicate: int):
+    """Replicate ``replicate``'s run file and its latest checkpoint: a new file (no
+    checkpoint), or ``target`` reopened with its latest checkpoint's state (None if it
+    has none yet: the run starts again)."""
     if not resume:
         try:
             run_file = RunFile.create(
@@ -121,24 +216,23 @@ def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool) -> 
                 field_names=model.fields.names, field_units=model.fields.units, dtype=cfg.dtype)
         except OSError as exc:
             raise RunFileError(f"{target}: cannot write the run file: {exc.strerror or exc}") from None
-        return run_file, True
+        return run_file, None
     run_file = RunFile.reopen(target)
     try:
-        state = run_file.read_checkpoint()
-        if state is not None:
-            set_state(model, *state)
-        run_file.rewind(model.time_min if state is not None else None, model.event_log)
+        return run_file, run_file.read_checkpoint()
     except BaseException:
         run_file.f.close()
         raise
-    return run_file, state is None
 
 
-def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh: bool, stop: _Stop) -> None:
+def _advance(model: TMEModel, run_files: list[RunFile], cfgs: list[Config], quiet: bool, fresh: bool,
+             stop: _Stop) -> None:
     """Step ``model`` from its current tick to the end; after the initial state (when the
-    run starts from it) and after every tick, each output writer that is due writes, and
-    a stop signal whose exception was swallowed is raised."""
-    writers = output_writers(cfg, run_file, dict(zip(model.fields.names, model.fields.units)))
+    run starts from it) and after every tick, each output writer of each replicate that
+    is due writes, and a stop signal whose exception was swallowed is raised."""
+    units = dict(zip(model.fields.names, model.fields.units))
+    writers = [w for r, (c, f) in enumerate(zip(cfgs, run_files)) for w in output_writers(c, f, units, r)]
+    cfg = cfgs[0]
     n_ticks = cfg.time.n_ticks
     start = model.steps
     if fresh:
@@ -146,7 +240,8 @@ def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh
             if w.due(model, last=False):
                 w.write(model)
     show = not quiet and sys.stderr.isatty()
-    with tqdm(total=n_ticks, initial=start, disable=not show, unit="tick", desc=cfg.name) as bar:
+    desc = cfg.name if len(cfgs) == 1 else f"{cfgs[0].name} .. ({len(cfgs)} replicates)"
+    with tqdm(total=n_ticks, initial=start, disable=not show, unit="tick", desc=desc) as bar:
         for tick in range(start + 1, n_ticks + 1):
             model.step()
             last = tick == n_ticks
@@ -154,12 +249,13 @@ def _advance(model: TMEModel, run_file: RunFile, cfg: Config, quiet: bool, fresh
                 if w.due(model, last):
                     w.write(model)
             if show:
-                row = model.current_row()
+                row = model.current_rows()[0]
                 bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
                                 car_t=int(row["car_t_effector"] + row["car_t_exhausted"]), refresh=False)
             bar.update(1)
             stop.check()
-    run_file.flush_rows()
+    for f in run_files:
+        f.flush_rows()
 
 
 def _check_same_config(path: Path, cfg: Config) -> None:

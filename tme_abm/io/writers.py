@@ -4,7 +4,8 @@ state into the run file when it is due (docs/output.md).
 
 The runner asks every writer after the initial state (tick 0) and after every tick, in
 the order of :func:`output_writers`; the checkpoint comes last, so a checkpoint covers
-everything written before it.
+everything written before it. A writer writes one replicate of the model (a single
+run's only one, or one of a batch) into that replicate's run file.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class Every:
 
 
 class ScheduledWriter:
-    """A writer of one kind of output that is due on a schedule; subclasses write it."""
+    """A writer of one kind of output of replicate ``replicate`` that is due on a
+    schedule; subclasses write it."""
 
-    def __init__(self, run_file: RunFile, schedule: Every):
-        self.run_file, self.schedule = run_file, schedule
+    def __init__(self, run_file: RunFile, schedule: Every, replicate: int = 0):
+        self.run_file, self.schedule, self.replicate = run_file, schedule, replicate
 
     def due(self, model, last: bool) -> bool:
         return self.schedule.due(model.steps, last)
@@ -46,14 +48,14 @@ class ScheduledWriter:
 
 
 class TimeSeriesWriter(ScheduledWriter):
-    """One time-series row (``model.current_row()``) per due tick."""
+    """One time-series row (``model.current_rows()``) per due tick."""
 
-    def __init__(self, run_file: RunFile, schedule: Every, field_units: dict[str, str]):
-        super().__init__(run_file, schedule)
+    def __init__(self, run_file: RunFile, schedule: Every, field_units: dict[str, str], replicate: int = 0):
+        super().__init__(run_file, schedule, replicate)
         self.field_units = field_units
 
     def write(self, model) -> None:
-        self.run_file.append_row(model.current_row(), self.field_units)
+        self.run_file.append_row(model.current_rows()[self.replicate], self.field_units)
 
 
 class FieldSnapshotWriter(ScheduledWriter):
@@ -61,45 +63,47 @@ class FieldSnapshotWriter(ScheduledWriter):
 
     def write(self, model) -> None:
         f = model.fields
-        self.run_file.snapshot_fields(model.time_min, f.names, model.backend.to_host(f.values))
+        self.run_file.snapshot_fields(model.time_min, f.names, model.backend.to_host(f.values[:, self.replicate]))
 
 
 class CellSnapshotWriter(ScheduledWriter):
     """Every cell's site, type and state."""
 
     def write(self, model) -> None:
-        self.run_file.snapshot_cells(model.time_min, cell_table(model))
+        self.run_file.snapshot_cells(model.time_min, cell_table(model, self.replicate))
 
 
 class Checkpointer(ScheduledWriter):
     """The model's complete state, for ``--resume``."""
 
     def write(self, model) -> None:
-        self.run_file.write_checkpoint(*get_state(model))
+        self.run_file.write_checkpoint(*get_state(model, self.replicate))
 
 
 class EventWriter:
     """The therapy events fired since the last write (due whenever the log has grown)."""
 
-    def __init__(self, run_file: RunFile):
-        self.run_file = run_file
+    def __init__(self, run_file: RunFile, replicate: int = 0):
+        self.run_file, self.replicate = run_file, replicate
         self.written = run_file.n_events
 
     def due(self, model, last: bool) -> bool:
-        return len(model.event_log) != self.written
+        return len(model.replicas[self.replicate].event_log) != self.written
 
     def write(self, model) -> None:
-        self.run_file.write_events(model.event_log)
-        self.written = len(model.event_log)
+        log = model.replicas[self.replicate].event_log
+        self.run_file.write_events(log)
+        self.written = len(log)
 
 
-def output_writers(cfg, run_file: RunFile, field_units: dict[str, str]) -> list:
-    """The writers of a run configured by ``cfg.output``, in the order they write."""
+def output_writers(cfg, run_file: RunFile, field_units: dict[str, str], replicate: int = 0) -> list:
+    """The writers of replicate ``replicate``'s run file, configured by ``cfg.output``, in
+    the order they write."""
     o, tick = cfg.output, cfg.time.tick_min
     return [
-        TimeSeriesWriter(run_file, Every(o.record_every_ticks), field_units),
-        EventWriter(run_file),
-        FieldSnapshotWriter(run_file, Every.minutes(o.snapshot_every_min, tick)),
-        CellSnapshotWriter(run_file, Every.minutes(o.cell_snapshot_every_min, tick)),
-        Checkpointer(run_file, Every.minutes(o.checkpoint_every_min, tick, at_end=False)),
+        TimeSeriesWriter(run_file, Every(o.record_every_ticks), field_units, replicate),
+        EventWriter(run_file, replicate),
+        FieldSnapshotWriter(run_file, Every.minutes(o.snapshot_every_min, tick), replicate),
+        CellSnapshotWriter(run_file, Every.minutes(o.cell_snapshot_every_min, tick), replicate),
+        Checkpointer(run_file, Every.minutes(o.checkpoint_every_min, tick, at_end=False), replicate),
     ]

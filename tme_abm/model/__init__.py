@@ -2,7 +2,7 @@
 from a config and steps them; what it reports and its checkpoint state sit beside it."""
 
 from .model import VESSEL, TMEModel
-from .readouts import REPORTED, cell_table, column_attrs, row
+from .readouts import REPORTED, cell_table, column_attrs, rows
 from .state import get_state, set_state
 
-__all__ = ["REPORTED", "VESSEL", "TMEModel", "cell_table", "column_attrs", "get_state", "row", "set_state"]
+__all__ = ["REPORTED", "VESSEL", "TMEModel", "cell_table", "column_attrs", "get_state", "rows", "set_state"]

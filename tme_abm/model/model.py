@@ -14,10 +14,11 @@ from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
 from ..config import ConfigError, check_memory, resolve_config
+from ..engine import rng as crng
 from ..engine.backend import Backend, make_backend
 from ..engine.lattice import Lattice, vessel_sites
 from ..engine.schedule import Stage, StagedScheduler
-from .readouts import REPORTED, row
+from .readouts import REPORTED, rows
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
 
@@ -29,43 +30,91 @@ def _check_room(key: str, wanted: int, free: int) -> None:
                           f"the cells placed before)")
 
 
+class Replica:
+    """One replicate of a model: its seed and its patient (systemic compartment, history,
+    therapy event log). A single run is a model with one replica.
+
+    Attributes:
+        index: the replicate's position in the batch; seed: its seed;
+        systemic: its :class:`~tme_abm.biology.patient.Systemic`;
+        history: its patient-level :class:`~tme_abm.biology.outcomes.History`;
+        event_log: its fired therapy events (host dicts).
+    """
+
+    def __init__(self, model: TMEModel, index: int, seed: int, systemic: Systemic):
+        self.model, self.index, self.seed = model, index, seed
+        self.systemic = systemic
+        self.history = History()
+        self.event_log: list[dict] = []
+
+    def current_row(self) -> dict[str, float]:
+        """This replicate's time-series row now (:meth:`TMEModel.current_rows`)."""
+        return self.model.current_rows()[self.index]
+
+    def outcomes(self) -> dict:
+        """Outcomes from this replicate's patient-level history (:mod:`tme_abm.biology.outcomes`)."""
+        return compute_outcomes(self.history, self.systemic, self.model.config.patient)
+
+
 class TMEModel(mesa.Model):
-    """The tumor-microenvironment model, one tick per :meth:`step`.
+    """The tumor-microenvironment model, one tick per :meth:`step`, for one run or for a
+    batch of R replicates of one config stepped in lockstep (``seeds``).
 
     Each population (tumor, CAR T, monocytes, granulocytes) is one ``mesa.Agent``
     holding its cells as arrays, so ``model.agents`` and ``model.agents_by_type`` list
     populations and ``model.datacollector`` (a ``mesa.DataCollector``) records the
     :data:`~tme_abm.model.readouts.REPORTED` scalars as Mesa's examples do: once when the
     model is built and at the end of every step, so its row k is the state after k ticks
-    and the last row is the final state. A tick is the staged schedule in
-    ``model.scheduler`` (``model.scheduler.describe()`` lists it).
+    and the last row is the final state (in a batch, each value is a tuple with one entry
+    per replicate). A tick is the staged schedule in ``model.scheduler``
+    (``model.scheduler.describe()`` lists it).
+
+    Replicates share arrays: the lattice, the fields and every population hold all
+    replicates, with the replicate as a leading axis that no neighbourhood, diffusion or
+    move crosses (docs/architecture.md, "The replicate axis"); each has its own seed and
+    patient (``model.replicas``). Replicate r of a batch equals the single run with its
+    seed, bit for bit.
 
     Args:
         config: a Config, a YAML path or a raw mapping (default: all defaults).
         backend: a Backend; default built from ``config.backend`` and ``config.dtype``.
         seed: overrides ``config.seed``.
+        seeds: one seed per replicate: a batch (default: one run with the config's seed).
         **overrides: dotted config keys, e.g. ``TMEModel("configs/baseline.yaml",
             **{"car_t.initial_cells": 200})`` (this is how ``mesa.batch_run`` varies them).
     """
 
     VESSEL = VESSEL
 
-    def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None, **overrides):
+    def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None,
+                 seeds=None, **overrides):
         cfg = resolve_config(config, seed, overrides)
-        super().__init__(rng=cfg.seed)
+        self.seeds = (cfg.seed,) if seeds is None else tuple(int(x) for x in seeds)
+        """One seed per replicate."""
+        if not self.seeds:
+            raise ValueError("seeds: a batch needs at least one replicate")
+        super().__init__(rng=self.seeds[0])
         self.config = cfg
-        self.seed = cfg.seed
+        self.replicates = n_rep = len(self.seeds)
         self.backend = backend or make_backend(cfg.backend, cfg.dtype)
         check_memory(cfg, self.backend.free_memory_bytes(),
-                     "GPU memory" if self.backend.is_gpu else "host memory")
+                     "GPU memory" if self.backend.is_gpu else "host memory", replicates=n_rep)
         xp = self.backend.xp
         self.dt_min = cfg.time.tick_min
         self.n_ticks = cfg.time.n_ticks
         self.time_min = 0.0
         lc = cfg.lattice
-        self.lattice = Lattice(lc.shape, lc.spacing_um, vessel_sites(
-            lc.shape, lc.vessels.layout, self.rng, lc.vessels.density, lc.vessels.grid_spacing_sites))
+        # setup draws (vessels, initial cells) come from one generator per replicate,
+        # seeded as a single run of that replicate seeds its own
+        setup = [np.random.default_rng(s) for s in self.seeds]
+        n_grid = int(np.prod(lc.shape))
+        vessels = [r * n_grid + vessel_sites(lc.shape, lc.vessels.layout, g, lc.vessels.density,
+                                             lc.vessels.grid_spacing_sites) for r, g in enumerate(setup)]
+        self.lattice = Lattice(lc.shape, lc.spacing_um, np.concatenate(vessels), replicates=n_rep)
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
+        self.vessel_keys = crng.key_of(self.vessels_dev // n_grid, self.vessels_dev % n_grid, xp)
+        """(k,) random-number keys of the vessel sites (replicate and site within it)."""
+        self.vessels_per_replicate = np.bincount(self.lattice.vessel_sites // n_grid, minlength=n_rep)
         self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min,
                                cfg.field_schemes, cfg.time.field_tolerance)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
@@ -75,22 +124,23 @@ class TMEModel(mesa.Model):
         self._owner_cache = None
 
         prod = cfg.car_t.product
-        self.systemic = Systemic(cfg.patient, blood=[0.0], products=[
-            Product(edits=list(prod.edits), fitness=1.0, initial_exhaustion=prod.initial_exhaustion,
-                    divisions=prod.divisions)])
+        self.replicas = [
+            Replica(self, r, s, Systemic(cfg.patient, blood=[0.0], products=[
+                Product(edits=list(prod.edits), fitness=1.0, initial_exhaustion=prod.initial_exhaustion,
+                        divisions=prod.divisions)]))
+            for r, s in enumerate(self.seeds)]
+        products = self.replicas[0].systemic.products
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
-        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg.car_t.rules, cfg.edits, self.systemic.products, xp))
+        self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg.car_t.rules, cfg.edits, products, xp))
         self.monocytes = Monocytes(self, cfg.monocyte, RuleSet([cfg.monocyte.rules], xp))
         self.granulocytes = Granulocytes(self, cfg.granulocyte, RuleSet([cfg.granulocyte.rules], xp))
         self.populations = [self.tumor, self.car_t, self.monocytes, self.granulocytes]
-        self._place_initial_cells()
+        self._place_initial_cells(setup)
 
         t, c, mo, g = self.tumor, self.car_t, self.monocytes, self.granulocytes
         self.timeline = therapy.schedule(cfg)
         self.next_event = 0
         """Index into ``timeline`` of the next firing."""
-        self.event_log: list[dict] = []
-        self.history = History()
         self.scheduler = StagedScheduler(self, [
             Stage("therapy", [("therapy.events", self.apply_events)]),
             Stage("fields", [("fields.solve", self.solve_fields)]),
@@ -108,43 +158,88 @@ class TMEModel(mesa.Model):
             Stage("systemic", [("systemic.advance", self.advance_systemic)]),
             Stage("secretion", [("fields.sources", self.collect_sources)]),
         ])
-        self.systemic.burden = self.burden()
+        for rep, b in zip(self.replicas, self.burden()):
+            rep.systemic.burden = b
         self._remember()
         self.collect_sources()
         for p in self.populations:
             p.reset_events()
-        self._row: tuple[int, dict] | None = None  # (tick, row) of current_row()
+        self._rows: tuple[int, list[dict]] | None = None  # (tick, rows) of current_rows()
         self.datacollector = mesa.DataCollector(
-            model_reporters={k: (lambda m, k=k: m.current_row().get(k, float("nan"))) for k in REPORTED}
+            model_reporters={k: (lambda m, k=k: m.reported(k)) for k in REPORTED}
         )
         self.datacollector.collect(self)
 
+    # ---- one run ---------------------------------------------------------------------
+
+    def _only(self) -> Replica:
+        if self.replicates != 1:
+            raise AttributeError(f"a batch of {self.replicates} replicates has one patient per replicate: "
+                                 f"use model.replicas[r]")
+        return self.replicas[0]
+
+    @property
+    def seed(self) -> int:
+        """The seed of a single run (a batch: ``model.seeds``)."""
+        return self._only().seed
+
+    @property
+    def systemic(self) -> Systemic:
+        """The patient of a single run (a batch: ``model.replicas[r].systemic``)."""
+        return self._only().systemic
+
+    @property
+    def history(self) -> History:
+        """The patient-level history of a single run."""
+        return self._only().history
+
+    @property
+    def event_log(self) -> list[dict]:
+        """The therapy events fired in a single run."""
+        return self._only().event_log
+
+    def current_row(self) -> dict[str, float]:
+        """The time-series row of a single run now (a batch: :meth:`current_rows`)."""
+        return self._only().current_row()
+
+    def outcomes(self) -> dict:
+        """The outcomes of a single run (a batch: ``model.replicas[r].outcomes()``)."""
+        return self._only().outcomes()
+
     # ---- setup -----------------------------------------------------------------------
 
-    def _free_sites_host(self) -> np.ndarray:
-        return np.flatnonzero(self.backend.to_host(self.occupancy) == 0)
-
-    def _place_initial_cells(self) -> None:
+    def _place_initial_cells(self, setup: list[np.random.Generator]) -> None:
+        """Place each replicate's initial cells with its own setup generator."""
         cfg = self.config
         t = cfg.tumor
-        sites = np.zeros(0, dtype=np.int64)
-        occ = self.backend.to_host(self.occupancy)
-        if t.archetype in ("solid", "bulky"):
-            sites = self.lattice.sphere_sites(cfg.tumor_center_sites, t.radius_sites)
-            sites = sites[occ[sites] == 0]
-        if t.archetype in ("dispersed", "bulky"):
-            free = np.setdiff1d(np.flatnonzero(occ == 0), sites)
-            _check_room("tumor.initial_cells", t.initial_cells, len(free))
-            extra = self.rng.choice(free, size=t.initial_cells, replace=False)
-            sites = np.sort(np.concatenate([sites, extra]))
-        self.tumor.seed_cells(sites, self.rng)
+        lat = self.lattice
+        occ = self.backend.to_host(self.occupancy).reshape(self.replicates, lat.n_grid)
+        tumor_sites, antigen, lineage = [], [], []
+        for r, rng in enumerate(setup):
+            sites = np.zeros(0, dtype=np.int64)
+            if t.archetype in ("solid", "bulky"):
+                sites = lat.sphere_sites(cfg.tumor_center_sites, t.radius_sites)
+                sites = sites[occ[r, sites] == 0]
+            if t.archetype in ("dispersed", "bulky"):
+                free = np.setdiff1d(np.flatnonzero(occ[r] == 0), sites)
+                _check_room("tumor.initial_cells", t.initial_cells, len(free))
+                extra = rng.choice(free, size=t.initial_cells, replace=False)
+                sites = np.sort(np.concatenate([sites, extra]))
+            tumor_sites.append(r * lat.n_grid + sites)
+            antigen.append(self.tumor.initial_antigen(len(sites), rng))
+            lineage.append(self.tumor.next_id[r] + np.arange(len(sites)))
+        self.tumor.seed_cells(np.concatenate(tumor_sites), np.concatenate(antigen), np.concatenate(lineage))
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
                        (self.granulocytes, cfg.granulocyte.initial_cells)):
             if n:
-                free = self._free_sites_host()
-                _check_room(f"{pop.kind}.initial_cells", n, len(free))
-                sites = np.sort(self.rng.choice(free, size=n, replace=False))
-                extra = pop.new_cell_state(len(sites)) if pop is self.car_t else {}
+                occ = self.backend.to_host(self.occupancy).reshape(self.replicates, lat.n_grid)
+                sites = []
+                for r, rng in enumerate(setup):
+                    free = np.flatnonzero(occ[r] == 0)
+                    _check_room(f"{pop.kind}.initial_cells", n, len(free))
+                    sites.append(r * lat.n_grid + np.sort(rng.choice(free, size=n, replace=False)))
+                sites = np.concatenate(sites)
+                extra = pop.new_cell_state(sites) if pop is self.car_t else {}
                 pop.add(sites, how="arrived", **extra)
 
     # ---- the patient ------------------------------------------------------------------
@@ -154,49 +249,69 @@ class TMEModel(mesa.Model):
         """Current day relative to the (first) infusion."""
         return self.config.start_day + self.time_min / 1440.0
 
-    def burden(self) -> float:
-        """Total tumor burden of the patient: alive lattice tumor cells x burden_scale."""
-        return float(int((self.tumor.data["state"] == 0).sum())) * self.config.patient.burden_scale
+    def count(self, pop, mask=None) -> np.ndarray:
+        """(R,) host int64: cells of ``pop`` per replicate, or those where ``mask`` ((n,)
+        bool) is true."""
+        if self.replicates == 1:
+            return np.array([len(pop) if mask is None else int(mask.sum())], dtype=np.int64)
+        rep = self.lattice.replicate_of(pop.data["site"], self.backend.xp)
+        if mask is not None:
+            rep = rep[mask]
+        return self.backend.to_host(self.backend.xp.bincount(rep, minlength=self.replicates)).astype(np.int64)
 
-    def myeloid_per_tumor(self) -> float:
-        alive = int((self.tumor.data["state"] == 0).sum())
-        return (len(self.monocytes) + len(self.granulocytes)) / max(alive, 1)
+    def alive_tumor(self) -> np.ndarray:
+        """(R,) alive lattice tumor cells per replicate (host int64)."""
+        return self.count(self.tumor, self.tumor.data["state"] == 0)
+
+    def burden(self) -> np.ndarray:
+        """(R,) total tumor burden of each replicate's patient: alive lattice tumor cells
+        x burden_scale."""
+        return self.alive_tumor().astype(np.float64) * self.config.patient.burden_scale
+
+    def myeloid_per_tumor(self) -> np.ndarray:
+        """(R,) lattice myeloid cells per alive tumor cell."""
+        myeloid = self.count(self.monocytes) + self.count(self.granulocytes)
+        return myeloid / np.maximum(self.alive_tumor(), 1)
 
     def update_products(self) -> None:
-        """Recompile the CAR T rules after a product was added (its edits)."""
-        self.car_t.rules = car_t_rules(self.config.car_t.rules, self.config.edits, self.systemic.products,
-                                      self.backend.xp)
+        """Recompile the CAR T rules after a product was added (its edits; every replicate
+        infuses the same products)."""
+        self.car_t.rules = car_t_rules(self.config.car_t.rules, self.config.edits,
+                                      self.replicas[0].systemic.products, self.backend.xp)
 
     def apply_events(self) -> None:
-        """Fire the therapy events whose time falls in this tick."""
+        """Fire the therapy events whose time falls in this tick (each replicate logs its own)."""
         t0 = self.time_min - self.dt_min
         while self.next_event < len(self.timeline) and self.timeline[self.next_event].minute < self.time_min:
             item = self.timeline[self.next_event]
             if item.minute >= t0 - 1e-9:
-                self.event_log.append(therapy.apply(self, item))
+                for rep, entry in zip(self.replicas, therapy.apply(self, item)):
+                    rep.event_log.append(entry)
             self.next_event += 1
 
     def advance_systemic(self) -> None:
-        s = self.systemic
         scale = self.config.patient.burden_scale
-        s.burden = self.burden()
-        engaged = float(int(self.car_t.engaged.sum())) * scale
-        activated = float(int(self.monocytes.data["activated"].sum())) * scale
-        s.advance(self.time_min - self.dt_min, self.dt_min, engaged, activated)
+        burden = self.burden()
+        engaged = self.count(self.car_t, self.car_t.engaged)
+        activated = self.count(self.monocytes, self.monocytes.data["activated"] == 1)
+        for r, rep in enumerate(self.replicas):
+            s = rep.systemic
+            s.burden = float(burden[r])
+            s.advance(self.time_min - self.dt_min, self.dt_min, float(engaged[r]) * scale,
+                      float(activated[r]) * scale)
         self._remember()
 
     def _remember(self) -> None:
-        """Append the patient-level state of this tick to ``history``."""
-        s = self.systemic
-        alive = int((self.tumor.data["state"] == 0).sum())
-        neg = int(((self.tumor.data["state"] == 0) & (self.tumor.data["antigen"] < 0.05)).sum())
-        self.history.append(day=self.day, burden=s.burden, tumor_alive=alive, blood_car_t=s.blood_total,
-                            cytokine=s.cytokine, crs_grade=s.crs_grade(),
-                            antigen_negative_fraction=neg / alive if alive else 0.0)
-
-    def outcomes(self) -> dict:
-        """Per-run outcomes from the patient-level history (see :mod:`tme_abm.biology.outcomes`)."""
-        return compute_outcomes(self.history, self.systemic, self.config.patient)
+        """Append each replicate's patient-level state of this tick to its ``history``."""
+        t = self.tumor
+        alive = self.alive_tumor()
+        neg = self.count(t, (t.data["state"] == 0) & (t.data["antigen"] < 0.05))
+        for r, rep in enumerate(self.replicas):
+            s = rep.systemic
+            a = int(alive[r])
+            rep.history.append(day=self.day, burden=s.burden, tumor_alive=a, blood_car_t=s.blood_total,
+                               cytokine=s.cytokine, crs_grade=s.crs_grade(),
+                               antigen_negative_fraction=int(neg[r]) / a if a else 0.0)
 
     # ---- helpers used by the populations ---------------------------------------------
 
@@ -261,9 +376,15 @@ class TMEModel(mesa.Model):
             self.running = False
         self.datacollector.collect(self)
 
-    def current_row(self) -> dict[str, float]:
-        """The current state as host scalars (one time-series row, :func:`~.readouts.row`),
-        computed once per tick."""
-        if self._row is None or self._row[0] != self.steps:
-            self._row = (self.steps, row(self))
-        return self._row[1]
+    def current_rows(self) -> list[dict[str, float]]:
+        """The current state as host scalars, one time-series row per replicate
+        (:func:`~.readouts.rows`), computed once per tick."""
+        if self._rows is None or self._rows[0] != self.steps:
+            self._rows = (self.steps, rows(self))
+        return self._rows[1]
+
+    def reported(self, key: str):
+        """A DataCollector value: the row's ``key`` (NaN if absent); in a batch, a tuple
+        with one value per replicate."""
+        values = tuple(r.get(key, float("nan")) for r in self.current_rows())
+        return values[0] if self.replicates == 1 else values

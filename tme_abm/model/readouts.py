@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.lattice import axis_names
+from ..engine.rng import ID_BITS
 
 REPORTED = (
     "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
@@ -16,55 +17,63 @@ REPORTED = (
 """Model reporters of the DataCollector (host scalars; one column each)."""
 
 
-def row(model) -> dict[str, float]:
-    """The state of ``model`` now as host scalars: tick and time, every population's
-    counts, mean/min/max of every field, mean pH and hypoxic fraction, the patient
-    (day, burden, blood CAR T, systemic cytokine, CRS grade) and the lattice's CAR T per
-    alive tumor cell (docs/output.md lists the columns)."""
-    out = {"tick": float(model.steps), "time_min": model.time_min}
+def rows(model) -> list[dict[str, float]]:
+    """The state of ``model`` now as host scalars, one row per replicate: tick and time,
+    every population's counts, mean/min/max of every field, mean pH and hypoxic
+    fraction, the patient (day, burden, blood CAR T, systemic cytokine, CRS grade) and
+    the lattice's CAR T per alive tumor cell (docs/output.md lists the columns)."""
+    per_replicate = {}
     for p in model.populations:
-        out.update({k: float(v) for k, v in p.counts().items()})
-    out.update(model.fields.summaries())
-    out.update(_derived_field_summaries(model))
-    s = model.systemic
-    out.update({"day": model.day, "burden": s.burden, "blood_car_t": s.blood_total,
-                "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
-    alive = out["tumor_alive"]
-    cart = out["car_t_effector"] + out["car_t_exhausted"]
-    out["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0
+        per_replicate.update(p.counts())
+    per_replicate.update(model.fields.summaries())
+    per_replicate.update(_derived_field_summaries(model))
+    out = []
+    for r, rep in enumerate(model.replicas):
+        row = {"tick": float(model.steps), "time_min": model.time_min}
+        row.update({k: float(v[r]) for k, v in per_replicate.items()})
+        s = rep.systemic
+        row.update({"day": model.day, "burden": s.burden, "blood_car_t": s.blood_total,
+                    "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
+        alive = row["tumor_alive"]
+        cart = row["car_t_effector"] + row["car_t_exhausted"]
+        row["car_t_tumor_ratio"] = cart / alive if alive > 0 else float("inf") if cart > 0 else 0.0
+        out.append(row)
     return out
 
 
-def _derived_field_summaries(model) -> dict[str, float]:
-    """Mean pH from the proton field (pH = 6 - log10(H+ in uM)) and the fraction of
-    voxels below ``output.hypoxic_threshold_mmHg`` of oxygen."""
+def _derived_field_summaries(model) -> dict[str, np.ndarray]:
+    """(R,) mean pH from the proton field (pH = 6 - log10(H+ in uM)) and fraction of
+    voxels below ``output.hypoxic_threshold_mmHg`` of oxygen, per replicate."""
     f = model.fields
     xp = model.backend.xp
-    v = f.values.reshape(len(f.names), -1)
+    v = f.values.reshape(len(f.names), model.replicates, -1)
     out = {}
     if "protons" in f.index:
         h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
-        out["ph_mean"] = float(model.backend.to_host((6.0 - xp.log10(h)).mean()))
-    out["hypoxic_fraction"] = float(model.backend.to_host(
-        (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean()))
+        out["ph_mean"] = model.backend.to_host((6.0 - xp.log10(h)).mean(axis=1))
+    out["hypoxic_fraction"] = model.backend.to_host(
+        (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean(axis=1))
     return out
 
 
-def cell_table(model) -> dict[str, np.ndarray]:
-    """Every cell now, as host columns of equal length: the lattice indices of its site
-    along each axis, named in C order (``y``, ``x``; ``z``, ``y``, ``x`` in 3D; int32),
-    ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte, 4 granulocyte), ``id``
-    (int64, unique within a type), and the columns of :meth:`Population.snapshot`
-    (state, lineage, antigen, exhaustion)."""
+def cell_table(model, replicate: int = 0) -> dict[str, np.ndarray]:
+    """Every cell of ``replicate`` now, as host columns of equal length: the lattice
+    indices of its site along each axis, named in C order (``y``, ``x``; ``z``, ``y``,
+    ``x`` in 3D; int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,
+    4 granulocyte), ``id`` (int64, unique within a type), and the columns of
+    :meth:`Population.snapshot` (state, lineage, antigen, exhaustion)."""
     to_host = model.backend.to_host
+    n_grid = model.lattice.n_grid
     parts = []
     for p in model.populations:
-        cols = {k: to_host(v) for k, v in p.snapshot().items()}
         site = to_host(p.data["site"])
+        mine = site // n_grid == replicate
+        cols = {k: to_host(v)[mine] for k, v in p.snapshot().items()}
+        site = site[mine] - replicate * n_grid
         for axis, c in zip(axis_names(model.lattice.ndim), np.unravel_index(site, model.lattice.shape)):
             cols[axis] = c.astype(np.int32)
         cols["type"] = np.full(site.shape, p.code, dtype=np.int8)
-        cols["id"] = to_host(p.data["id"])
+        cols["id"] = to_host(p.data["id"])[mine] & ((1 << ID_BITS) - 1)
         parts.append(cols)
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 

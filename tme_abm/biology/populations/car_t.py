@@ -54,6 +54,8 @@ class CarTCells(Population):
     ``product`` int8 index of the product (its edits); ``birth_min`` float64.
     """
 
+    key_columns = ("target",)
+
     kind = "car_t"
     code = 2
     streams = crng.streams(code, kind, ("arrive", "move", "pick", "engage", "kill", "prime", "divide", "egress",
@@ -72,15 +74,20 @@ class CarTCells(Population):
         "birth_min": ("float64", 0.0),
     }
 
-    def new_cell_state(self, k: int, product=0) -> dict:
-        """Columns of ``k`` new cells of ``product`` (an int, or (k,) ints): the
-        product's initial exhaustion and divisions (see systemic.Product)."""
-        prods = self.model.systemic.products
-        product = np.broadcast_to(np.asarray(self.model.backend.to_host(product), dtype=np.int64), (k,))
-        exhaustion = np.array([p.initial_exhaustion for p in prods], dtype=float)  # per product
-        divisions = np.array([p.divisions for p in prods], dtype=np.int16)
-        return {"exhaustion": exhaustion[product], "divisions_left": divisions[product],
-                "product": product.astype(np.int8), "birth_min": np.full(k, self.model.time_min)}
+    def new_cell_state(self, sites, product=0) -> dict:
+        """Columns of new cells at ``sites`` ((k,) host) of ``product`` (an int, or (k,)
+        ints): the initial exhaustion and divisions of that product in each cell's
+        replicate (they depend on the patient at infusion, see systemic.Product)."""
+        m = self.model
+        sites = np.asarray(sites)
+        k = len(sites)
+        rep = sites // m.lattice.n_grid
+        product = np.broadcast_to(np.asarray(m.backend.to_host(product), dtype=np.int64), (k,))
+        # (R, P) per replicate and product
+        exhaustion = np.array([[p.initial_exhaustion for p in r.systemic.products] for r in m.replicas], dtype=float)
+        divisions = np.array([[p.divisions for p in r.systemic.products] for r in m.replicas], dtype=np.int16)
+        return {"exhaustion": exhaustion[rep, product], "divisions_left": divisions[rep, product],
+                "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min)}
 
     @property
     def engaged(self):
@@ -109,45 +116,63 @@ class CarTCells(Population):
         out.update(state=state, exhaustion=self.data["exhaustion"].astype(xp.float32))
         return out
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, np.ndarray]:
         ex = self.exhausted
-        return {"car_t_effector": int((~ex).sum()), "car_t_exhausted": int(ex.sum()),
-                "car_t_engaged": int(self.engaged.sum()), "car_t_kills": int(self.data["kills"].sum())}
+        count = self.model.count
+        out = {"car_t_effector": count(self, ~ex), "car_t_exhausted": count(self, ex),
+               "car_t_engaged": count(self, self.engaged)}
+        kills = self.data["kills"]
+        if self.model.replicates == 1:
+            out["car_t_kills"] = np.array([int(kills.sum())])
+        else:
+            rep = self.model.lattice.replicate_of(self.data["site"], self.xp)
+            out["car_t_kills"] = self.model.backend.to_host(
+                self.xp.bincount(rep, weights=kills, minlength=self.model.replicates)).astype(np.int64)
+        return out
 
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        """Arrivals at vessel sites: from the blood pool (at the systemic trafficking rate,
-        each taken out of the pool) plus the config's constant ``arrival_per_vessel_per_min``
-        (product 0, not drawn from blood)."""
+        """Arrivals at vessel sites: from each replicate's blood pool (at the systemic
+        trafficking rate, each taken out of the pool) plus the config's constant
+        ``arrival_per_vessel_per_min`` (product 0, not drawn from blood)."""
         m = self.model
-        sysm = m.systemic
-        n_v = int(m.vessels_dev.shape[0])
-        blood_rate = sysm.lattice_arrival_rate() / n_v if n_v else 0.0
+        systemic = [rep.systemic for rep in m.replicas]
+        blood_rate = np.array([s.lattice_arrival_rate() / n if n else 0.0
+                               for s, n in zip(systemic, m.vessels_per_replicate)])
         rate = self.params.arrival_per_vessel_per_min + blood_rate
         sites = self.arrivals_at_vessels(rate, "arrive", "arrive")
         k = int(sites.shape[0])
         if k == 0:
             return
         host_sites = m.backend.to_host(sites)
-        u = crng.uniform(np, m.seed, m.steps, self.streams("arrive", part=3), host_sites)
-        pools = np.maximum(np.array(sysm.blood), 0.0)
+        n_grid = m.lattice.n_grid
+        rep = host_sites // n_grid
+        keys = crng.key_of(rep, host_sites % n_grid)
         product = np.zeros(k, dtype=np.int64)
         keep = np.ones(k, dtype=bool)
-        if blood_rate > 0 and pools.sum() > 0:
-            from_blood = u < blood_rate / rate
-            v = crng.uniform(np, m.seed, m.steps, self.streams("arrive", part=4), host_sites)
+        for r in np.unique(rep):
+            s = systemic[r]
+            pools = np.maximum(np.array(s.blood), 0.0)
+            if not (blood_rate[r] > 0 and pools.sum() > 0):
+                continue
+            mine_r = np.flatnonzero(rep == r)
+            u = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=3), keys[mine_r])
+            from_blood = u < blood_rate[r] / rate[r]
+            v = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=4), keys[mine_r])
             cum = np.cumsum(pools) / pools.sum()
-            product[from_blood] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"), len(pools) - 1)
+            prod_r = np.zeros(len(mine_r), dtype=np.int64)
+            prod_r[from_blood] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"), len(pools) - 1)
+            product[mine_r] = prod_r
             counts = np.zeros(len(pools), dtype=np.int64)
             for p in range(len(pools)):
-                mine = np.flatnonzero(from_blood & (product == p))
+                mine = mine_r[np.flatnonzero(from_blood & (prod_r == p))]
                 allowed = int(np.floor(pools[p] + 1e-9))  # the pool cannot release more cells than it holds
                 keep[mine[allowed:]] = False
                 counts[p] = min(len(mine), allowed)
-            sysm.take(counts.tolist())
+            s.take(counts.tolist())
         sites, product = sites[m.backend.xp.asarray(keep)], product[keep]
-        self.add(sites, how="arrived", **self.new_cell_state(int(sites.shape[0]), product))
+        self.add(sites, how="arrived", **self.new_cell_state(host_sites[keep], product))
 
     def move(self) -> None:
         mv = self.params.move
@@ -239,9 +264,13 @@ class CarTCells(Population):
             return
         leave = xp.zeros(len(self), dtype=bool)
         leave[leaving] = True
-        counts = np.bincount(m.backend.to_host(self.data["product"][leave]).astype(np.int64),
-                             minlength=len(m.systemic.products))
-        m.systemic.give_back(counts.tolist())
+        n_prod = len(m.replicas[0].systemic.products)
+        rep = m.lattice.replicate_of(self.data["site"][leave], xp)
+        product = self.data["product"][leave].astype(xp.int64)
+        counts = m.backend.to_host(xp.bincount(rep * n_prod + product, minlength=m.replicates * n_prod))
+        for r, c in zip(m.replicas, counts.reshape(m.replicates, n_prod)):
+            if c.any():
+                r.systemic.give_back(c.tolist())
         self.remove(leave, how="left")
 
     def die(self) -> None:

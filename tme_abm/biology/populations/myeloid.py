@@ -70,8 +70,9 @@ class Monocytes(MyeloidCells):
         out["state"] = self.data["activated"]
         return out
 
-    def counts(self) -> dict[str, int]:
-        return {"monocytes": len(self), "monocytes_activated": int(self.data["activated"].sum())}
+    def counts(self) -> dict:
+        return {"monocytes": self.model.count(self),
+                "monocytes_activated": self.model.count(self, self.data["activated"] == 1)}
 
 
 class Granulocytes(MyeloidCells):
@@ -80,5 +81,5 @@ class Granulocytes(MyeloidCells):
     streams = crng.streams(code, kind, PURPOSES)
     behaviours = ("recruit", "move", "death")
 
-    def counts(self) -> dict[str, int]:
-        return {"granulocytes": len(self)}
+    def counts(self) -> dict:
+        return {"granulocytes": self.model.count(self)}

@@ -49,8 +49,10 @@ class Population(mesa.Agent):
     :func:`tme_abm.engine.rng.streams`), ``behaviours`` (what their rules may
     modulate), ``state_signals_named`` (cell-state signals their rules may read) and
     ``columns`` (name -> (dtype, fill value)) for their own state; ``site`` (int64 flat
-    lattice index) and ``id`` (int64, unique within the population for the whole run,
-    the key of every random draw) are always present.
+    lattice index) and ``id`` (int64, the key of every random draw: the cell's id,
+    unique within the population and replicate for the whole run, in the low
+    :data:`~tme_abm.engine.rng.ID_BITS` bits and the replicate above them, see
+    :func:`~tme_abm.engine.rng.key_of`) are always present.
     """
 
     kind: ClassVar[str]
@@ -61,6 +63,8 @@ class Population(mesa.Agent):
     uptake_<field>)."""
     state_signals_named: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[dict[str, tuple[str, float]]] = {}
+    key_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns holding other cells' ids (keys with their replicate), -1 for none."""
     supplied_signals: ClassVar[frozenset[str]] = frozenset()
     """Signals only the caller can give (``extra`` of :meth:`factor`), never sensed."""
 
@@ -69,7 +73,8 @@ class Population(mesa.Agent):
         self.xp = model.backend.xp
         self.params = params
         self.rules = rules
-        self.next_id = 0
+        self.next_id = np.zeros(model.lattice.replicates, dtype=np.int64)
+        """(R,) the next cell id of each replicate (host)."""
         self.data = {"site": self.xp.zeros(0, self.xp.int64), "id": self.xp.zeros(0, self.xp.int64)}
         for name, (dtype, _fill) in self.columns.items():
             self.data[name] = self.xp.zeros(0, dtype=dtype)
@@ -77,6 +82,7 @@ class Population(mesa.Agent):
         self._env: dict = {}
         self._env_version = -1
         self.events = {"born": 0, "arrived": 0, "died": 0, "cleared": 0, "left": 0}
+        """Cells of each fate this tick, all replicates together (zeroed every tick)."""
 
     def __len__(self) -> int:
         return int(self.data["site"].shape[0])
@@ -98,8 +104,20 @@ class Population(mesa.Agent):
             return
         # New cells get their ids in site order, not in the order they were computed:
         # ids key every later random draw, so they must not depend on memory order.
+        # Sites sort by replicate first; ids count on within each replicate.
         order = xp.argsort(sites)
-        new = {"site": sites[order], "id": xp.arange(self.next_id, self.next_id + k, dtype=xp.int64)}
+        sites = sites[order]
+        lattice = self.model.lattice
+        if lattice.replicates == 1:
+            counts = np.array([k])
+            ids = xp.arange(self.next_id[0], self.next_id[0] + k, dtype=xp.int64)
+        else:
+            rep = lattice.replicate_of(sites, xp)
+            counts = np.bincount(self.model.backend.to_host(rep), minlength=lattice.replicates)
+            first = np.cumsum(counts) - counts  # index of each replicate's first new cell
+            local = xp.arange(k, dtype=xp.int64) - xp.asarray(first - self.next_id)[rep]
+            ids = crng.key_of(rep, local, xp)
+        new = {"site": sites, "id": ids}
         for name, (dtype, fill) in self.columns.items():
             v = values.pop(name, None)
             if v is None:
@@ -109,7 +127,7 @@ class Population(mesa.Agent):
                 new[name] = v[order] if v.ndim else xp.full(k, v, dtype=dtype)
         if values:
             raise KeyError(f"{self.kind}: unknown columns {sorted(values)}")
-        self.next_id += k
+        self.next_id += counts
         self._version += 1
         for name, col in new.items():
             self.data[name] = xp.concatenate([self.data[name], col])
@@ -129,24 +147,31 @@ class Population(mesa.Agent):
         self.events[how] += n
         return n
 
-    def arrivals_at_vessels(self, rate_per_vessel_per_min: float, behaviour: str, purpose: str):
+    def arrivals_at_vessels(self, rate_per_vessel_per_min, behaviour: str, purpose: str):
         """(k,) sites for cells arriving from blood this tick: each vessel site releases one
         cell with probability ``1 - exp(-rate * factor * dt)`` (factor: this population's
         rules for ``behaviour`` with the signals at the vessel) into a random free
-        neighbour. The caller adds the cells."""
+        neighbour. The caller adds the cells.
+
+        Args:
+            rate_per_vessel_per_min: a scalar, or (R,) per replicate (host).
+        """
         m = self.model
         xp = self.xp
         vessels = m.vessels_dev
-        if rate_per_vessel_per_min <= 0 or int(vessels.shape[0]) == 0:
+        rate = np.asarray(rate_per_vessel_per_min, dtype=float)
+        if not (rate > 0).any() or int(vessels.shape[0]) == 0:
             return xp.zeros(0, dtype=xp.int64)
+        if rate.ndim:  # per replicate: each vessel gets its replicate's rate
+            rate = xp.asarray(rate)[m.lattice.replicate_of(vessels, xp)]
         cache: dict = {}
         signals = {n: m.sense_signal(n, vessels, cache) for n in self.rules.behaviour_signals(behaviour)}
         factor = self.rules.factor(behaviour, signals)
-        prob = -xp.expm1(-rate_per_vessel_per_min * factor * m.dt_min)
-        go = crng.uniform(xp, m.seed, m.steps, self.streams(purpose), vessels) < prob
-        src = vessels[go]
-        target = choose(m, free_neighbours(m, src), src, self.streams(purpose, part=1))
-        win = resolve_conflicts(m, target, src, self.streams(purpose, part=2))
+        prob = -xp.expm1(-rate * factor * m.dt_min)
+        go = crng.uniform(xp, m.seeds, m.steps, self.streams(purpose), m.vessel_keys) < prob
+        src, keys = vessels[go], m.vessel_keys[go]
+        target = choose(m, free_neighbours(m, src), keys, self.streams(purpose, part=1))
+        win = resolve_conflicts(m, target, keys, self.streams(purpose, part=2))
         return target[win]
 
     def move_to(self, idx, sites) -> None:
@@ -181,20 +206,36 @@ class Population(mesa.Agent):
 
     # ---- checkpoints -----------------------------------------------------------------
 
-    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(columns as host arrays (copies), JSON-able scalars) of this population."""
+    def get_state(self, replicate: int) -> tuple[dict[str, np.ndarray], dict]:
+        """(columns as host arrays (copies), JSON-able scalars) of this population's cells
+        in ``replicate``, with sites and ids as a single run of that replicate has them."""
         to_host = self.model.backend.to_host
-        return ({k: np.array(to_host(v), copy=True) for k, v in self.data.items()},
-                {"next_id": self.next_id, "events": dict(self.events)})
+        lattice = self.model.lattice
+        cols = {k: np.array(to_host(v), copy=True) for k, v in self.data.items()}
+        mine = cols["site"] // lattice.n_grid == replicate
+        cols = {k: v[mine] for k, v in cols.items()}
+        cols["site"] -= replicate * lattice.n_grid
+        for k in ("id", *self.key_columns):
+            cols[k] = np.where(cols[k] >= 0, cols[k] & ((1 << crng.ID_BITS) - 1), cols[k])
+        return cols, {"next_id": int(self.next_id[replicate])}
 
-    def set_state(self, columns: dict[str, np.ndarray], meta: dict) -> None:
-        """Replace every cell by ``columns`` (as from :meth:`get_state`). The caller
-        rebuilds the occupancy grid."""
-        if set(columns) != set(self.data):
-            raise ValueError(f"{self.kind}: checkpoint columns {sorted(columns)} != {sorted(self.data)}")
-        self.data = {k: self.xp.asarray(columns[k], dtype=self.data[k].dtype) for k in self.data}
-        self.next_id = int(meta["next_id"])
-        self.events = {k: int(v) for k, v in meta["events"].items()}
+    def set_state(self, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
+        """Replace every cell by the cells of ``states``, one per replicate (as from
+        :meth:`get_state`). The caller rebuilds the occupancy grid."""
+        n_grid = self.model.lattice.n_grid
+        for columns, _meta in states:
+            if set(columns) != set(self.data):
+                raise ValueError(f"{self.kind}: checkpoint columns {sorted(columns)} != {sorted(self.data)}")
+        cols = {}
+        for k in self.data:
+            parts = [np.asarray(c[k]) for c, _ in states]
+            if k == "site":
+                parts = [p + r * n_grid for r, p in enumerate(parts)]
+            elif k == "id" or k in self.key_columns:
+                parts = [np.where(p >= 0, crng.key_of(r, p), p) for r, p in enumerate(parts)]
+            cols[k] = self.xp.asarray(np.concatenate(parts), dtype=self.data[k].dtype)
+        self.data = cols
+        self.next_id = np.array([int(meta["next_id"]) for _, meta in states], dtype=np.int64)
         self._version += 1
         self._env = {}
         self._env_version = -1
@@ -205,7 +246,7 @@ class Population(mesa.Agent):
         """Counter-based uniforms for this tick, keyed by cell id (or given ids), from this
         population's stream ``purpose`` (and ``part``, :attr:`streams`)."""
         m = self.model
-        return crng.uniform(self.xp, m.seed, m.steps, self.streams(purpose, part=part),
+        return crng.uniform(self.xp, m.seeds, m.steps, self.streams(purpose, part=part),
                             self.data["id"] if ids is None else ids, n_slots)
 
     def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: str):
@@ -272,8 +313,9 @@ class Population(mesa.Agent):
 
     # ---- what the population reports and emits ---------------------------------------
 
-    def counts(self) -> dict[str, int]:
-        return {f"{self.kind}_cells": len(self)}
+    def counts(self) -> dict[str, np.ndarray]:
+        """Reported counts, each (R,) per replicate (host int64)."""
+        return {f"{self.kind}_cells": self.model.count(self)}
 
     def snapshot(self) -> dict:
         """Per-cell columns of a cell snapshot, (n,) device arrays: ``state`` (int8 code,

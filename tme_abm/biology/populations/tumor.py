@@ -48,14 +48,16 @@ class TumorCells(Population):
         "antigen": ("float64", 0.0),
     }
 
-    def seed_cells(self, sites, rng: np.random.Generator) -> None:
-        """Place the initial cells: antigen from the config distribution, one lineage each."""
+    def initial_antigen(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(k,) antigen densities of initial cells, from the config distribution."""
         a = self.params.antigen
-        k = len(sites)
         antigen = np.clip(rng.normal(a.mean, a.sd, k), 0.0, 1.0)
         antigen[rng.random(k) < a.negative_fraction] = 0.0
-        self.add(sites, how="arrived", antigen=antigen,
-                 lineage=np.arange(self.next_id, self.next_id + k))
+        return antigen
+
+    def seed_cells(self, sites, antigen, lineage) -> None:
+        """Place the initial cells ((k,) sites, antigen densities and lineages, host)."""
+        self.add(sites, how="arrived", antigen=antigen, lineage=lineage)
         self.events["arrived"] = 0  # the initial tumor is not an arrival
 
     @property
@@ -74,14 +76,15 @@ class TumorCells(Population):
                    antigen=self.data["antigen"].astype(self.xp.float32))
         return out
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, np.ndarray]:
         st = self.data["state"]
-        out = {f"tumor_{name}": int((st == code).sum()) for code, name in STATE_NAMES.items()}
+        count = self.model.count
+        out = {f"tumor_{name}": count(self, st == code) for code, name in STATE_NAMES.items()}
         alive = st == ALIVE
         ag = self.data["antigen"]
-        out["tumor_antigen_negative"] = int((alive & (ag < 0.05)).sum())
-        out["tumor_antigen_low"] = int((alive & (ag >= 0.05) & (ag < 0.3)).sum())
-        out["tumor_antigen_high"] = int((alive & (ag >= 0.3)).sum())
+        out["tumor_antigen_negative"] = count(self, alive & (ag < 0.05))
+        out["tumor_antigen_low"] = count(self, alive & (ag >= 0.05) & (ag < 0.3))
+        out["tumor_antigen_high"] = count(self, alive & (ag >= 0.3))
         return out
 
     # ---- stages --------------------------------------------------------------------
@@ -103,7 +106,7 @@ class TumorCells(Population):
         if parents.size == 0:
             return
         m = self.model
-        noise = crng.normal(xp, m.seed, m.steps, self.streams("antigen_noise"), pid)
+        noise = crng.normal(xp, m.seeds, m.steps, self.streams("antigen_noise"), pid)
         antigen = xp.clip(self.data["antigen"][parents] + p.antigen.inheritance_sd * noise, 0.0, 1.0)
         lost = self.uniform("antigen_loss", pid) < p.antigen.loss_per_division
         antigen = xp.where(lost | (self.data["antigen"][parents] == 0), 0.0, antigen)

@@ -24,6 +24,11 @@ conserved up to rounding (each column of the matrix sums to one). The splitting 
 first order in dt; its steady state carries an O(dt) error (docs/architecture.md
 gives measured numbers).
 
+Replicates: with R > 1 the solver steps R independent copies of every field (a batch,
+docs/architecture.md): each field's buffer row holds the copies one after another,
+``(F, R, N)``, every line lies within one copy, and the per-field coefficients apply to
+each copy alike, so copy r evolves exactly as a solver with R = 1 would step it.
+
 Faces: a fixed face value ``c`` uses the ghost value ``2c - u_0`` so that ``u = c``
 holds on the face itself (half a voxel outside the first voxel centre), which is
 second-order accurate in space.
@@ -105,9 +110,9 @@ class LODSolver:
     """Implicit LOD reaction-diffusion of F fields on a 2D or 3D lattice.
 
     Args: as :class:`~.solver.DiffusionSolver` (shape, spacing, D, decay, dt, faces,
-    vessels, initial values, backend), for the fields it steps.
+    vessels, initial values, backend, replicates), for the fields it steps.
 
-    The current fields are :attr:`values`, an (F, *shape) array on the backend's device.
+    The current fields are :attr:`values`, an (F, R, *shape) array on the backend's device.
     Arguments are checked by :class:`~.solver.DiffusionSolver`, which owns this solver.
     """
 
@@ -124,8 +129,10 @@ class LODSolver:
         vessel_values=None,
         initial=0.0,
         backend: Backend | None = None,
+        replicates: int = 1,
     ):
         self.backend = backend or make_backend("numpy", "float64")
+        self.replicates = n_rep = int(replicates)
         xp = self.backend.xp
         self.shape = tuple(int(s) for s in shape)
         self.ndim = len(self.shape)
@@ -137,16 +144,17 @@ class LODSolver:
         faces = np.full((nf, nd, 2), NOFLUX) if face_values is None else np.array(face_values, float)
         self.face_values = faces
         self.dtype = self.backend.dtype
-        self.n_sites = int(np.prod(self.shape))
+        self.n_sites = int(np.prod(self.shape))  # of one replicate
 
         # Two buffers: sweeps write their transposed result into the other one.
-        self._buf = [xp.empty((nf, self.n_sites), dtype=self.dtype) for _ in range(2)]
+        self._buf = [xp.empty((nf, n_rep * self.n_sites), dtype=self.dtype) for _ in range(2)]
         self._cur = 0
         init = np.asarray(initial, dtype=float)
         if init.ndim == 0 or init.shape == (nf,):
             self._buf[0][...] = xp.asarray(np.broadcast_to(init.reshape(-1, 1), (nf, 1)), self.dtype)
-        else:
-            self._buf[0][...] = xp.asarray(init.reshape(nf, self.n_sites), self.dtype)
+        else:  # (F, *shape), the same in every replicate, or (F, R, *shape)
+            self._buf[0].reshape(nf, n_rep, self.n_sites)[...] = xp.asarray(
+                init.reshape(nf, -1, self.n_sites), self.dtype)
 
         # Vessel voxels: one flat-index array per layout the buffer passes through.
         self._vessel_fields = np.zeros(0, dtype=np.int64)
@@ -159,11 +167,8 @@ class LODSolver:
             fixed = np.flatnonzero(~np.isnan(vals))
             if len(fixed):
                 sites = np.asarray(vessel_sites, dtype=np.int64)
-                coords = np.unravel_index(sites, self.shape)
                 for layout in range(nd):
-                    perm = self._layout_axes(layout)
-                    idx = np.ravel_multi_index(tuple(coords[a] for a in perm), tuple(self.shape[a] for a in perm))
-                    self._vessel_index.append(xp.asarray(idx))
+                    self._vessel_index.append(xp.asarray(self._site_index(sites, layout)))
                 self._vessel_fields = fixed
                 self._vessel_fields_dev = xp.asarray(fixed)
                 self._vessel_vals = xp.asarray(vals[fixed][:, None], self.dtype)
@@ -184,17 +189,17 @@ class LODSolver:
 
     @property
     def values(self):
-        """Current fields, (F, *shape) array on the backend's device, in canonical axis
+        """Current fields, (F, R, *shape) array on the backend's device, in canonical axis
         order (a view of the internal buffer, which may be in a transposed layout;
         writable)."""
         perm = self._layout_axes(self._lead)
-        v = self._buf[self._cur].reshape((self.n_fields, *(self.shape[a] for a in perm)))
-        back = tuple(1 + (a - self._lead) % self.ndim for a in range(self.ndim))
-        return v.transpose((0, *back))
+        v = self._buf[self._cur].reshape((self.n_fields, self.replicates, *(self.shape[a] for a in perm)))
+        back = tuple(2 + (a - self._lead) % self.ndim for a in range(self.ndim))
+        return v.transpose((0, 1, *back))
 
     def sample(self, sites, field: int | None = None):
-        """Field values at canonical flat lattice indices ``sites`` ((k,) ints): (F, k),
-        or (k,) of one ``field`` (index)."""
+        """Field values at canonical flat lattice indices ``sites`` ((k,) ints, replicate
+        ``r``'s sites offset by ``r * n_sites``): (F, k), or (k,) of one ``field`` (index)."""
         xp = self.backend.xp
         last = self._last_sample
         if last is not None and last[0] is sites and last[1] == self._lead:
@@ -225,9 +230,11 @@ class LODSolver:
             for a in range(self.ndim)
         ]
         if self.backend.is_gpu:
+            # the kernels see F * R slabs (each replicate of each field): per-slab copies
             xp = self.backend.xp
             self._dev_coeffs = [
-                {k: xp.asarray(getattr(c, k)) for k in ("b", "cp", "rhs_lo", "rhs_hi", "invb", "scale", "diffusing")}
+                {k: xp.asarray(np.repeat(getattr(c, k), self.replicates, axis=0))
+                 for k in ("b", "cp", "rhs_lo", "rhs_hi", "invb", "scale", "diffusing")}
                 for c in self._coeffs
             ]
         self._blocks = [self._plan_blocks(a) for a in range(self.ndim)]
@@ -255,12 +262,12 @@ class LODSolver:
         return self.backend.to_host(self._buf[self._cur].sum(axis=1, dtype=np.float64)) * vol
 
     def get_state(self) -> tuple[np.ndarray, int]:
-        """(F, n_sites) host copy of the internal buffer and its layout (the lead axis):
-        with :meth:`set_state`, a solver continues bit for bit."""
+        """(F, R * n_sites) host copy of the internal buffer and its layout (the lead
+        axis): with :meth:`set_state`, a solver continues bit for bit."""
         return self.backend.to_host(self._buf[self._cur]).copy(), int(self._lead)
 
     def set_state(self, buffer: np.ndarray, lead: int) -> None:
-        if buffer.shape != (self.n_fields, self.n_sites) or not 0 <= lead < self.ndim:
+        if buffer.shape != (self.n_fields, self.replicates * self.n_sites) or not 0 <= lead < self.ndim:
             raise ValueError(f"solver state of shape {buffer.shape}, lead {lead} does not fit "
                              f"{self.n_fields} fields on {self.shape}")
         self._cur = 0
@@ -287,11 +294,12 @@ class LODSolver:
         return tuple((lead + j) % self.ndim for j in range(self.ndim))
 
     def _site_index(self, sites, lead: int):
-        """Flat buffer indices, in the layout led by ``lead``, of canonical flat ``sites``."""
+        """Flat buffer indices, in the layout led by ``lead``, of canonical flat ``sites``
+        (each replicate's block of ``n_sites`` keeps its place)."""
         if lead == 0:
             return sites
         perm = self._layout_axes(lead)
-        out = None
+        out = None if self.replicates == 1 else sites - sites % self.n_sites
         for j, a in enumerate(perm):
             stride = int(np.prod(self.shape[a + 1:]))
             new_stride = int(np.prod([self.shape[b] for b in perm[j + 1:]]))
@@ -336,17 +344,17 @@ class LODSolver:
             buf[f, idx] += amount
 
     def _sink_diagonal(self, plan: dict, f: int, lead: int):
-        """(N,) extra diagonal dt*U/ndim of field ``f`` in the layout led by ``lead``."""
+        """(R * N,) extra diagonal dt*U/ndim of field ``f`` in the layout led by ``lead``."""
         xp = self.backend.xp
         e = self._sink_scratch.get(f)
         if e is None:
-            e = self._sink_scratch[f] = xp.empty(self.n_sites, dtype=self.dtype)
+            e = self._sink_scratch[f] = xp.empty(self.replicates * self.n_sites, dtype=self.dtype)
         e.fill(0)
         e[plan["index"][lead]] = plan["sinks"][f]
         return e
 
     def _sink_coefficients_cpu(self, plan: dict, f: int, axis: int):
-        """(n, W) per-voxel coefficients of sink field ``f`` for sweeps of ``axis``:
+        """(R, n, W) per-voxel coefficients of sink field ``f`` for sweeps of ``axis``:
         ``cp`` (diffusing) or ``1/(b + e)`` (D = 0). Computed once per source plan, since
         sources are fixed over the steps of one :meth:`step` call."""
         cache = plan.setdefault("cp", {})
@@ -354,7 +362,7 @@ class LODSolver:
         if cp is None:
             c = self._coeffs[axis]
             n = self.shape[axis]
-            cp = self._sink_diagonal(plan, f, axis).copy().reshape(n, self.n_sites // n)
+            cp = self._sink_diagonal(plan, f, axis).copy().reshape(self.replicates, n, self.n_sites // n)
             if c.diffusing[f]:
                 sink_coefficients_numpy(cp, c.b[f], c.r[f])
             else:
@@ -374,6 +382,7 @@ class LODSolver:
         diffusing and non-diffusing within a block)."""
         n = self.shape[axis]
         w_total = self.n_sites // n
+        plane = self.replicates * w_total  # a field's plane: every replicate's lines
         diffusing = self._coeffs[axis].diffusing
         blocks = []
         f = 0
@@ -381,13 +390,13 @@ class LODSolver:
             g = f
             while g < self.n_fields and diffusing[g] == diffusing[f]:
                 g += 1
-            if w_total >= _CPU_TARGET_PLANE // 2:
-                n_chunks = max(1, round(w_total / _CPU_TARGET_PLANE))
+            if plane >= _CPU_TARGET_PLANE // 2:
+                n_chunks = min(w_total, max(1, round(plane / _CPU_TARGET_PLANE)))
                 edges = np.linspace(0, w_total, n_chunks + 1).round().astype(int)
                 for ff in range(f, g):
                     blocks += [(ff, ff + 1, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
             else:
-                per = max(1, _CPU_TARGET_PLANE // w_total)
+                per = max(1, _CPU_TARGET_PLANE // plane)
                 for ff in range(f, g, per):
                     blocks.append((ff, min(g, ff + per), 0, w_total))
             f = g
@@ -395,45 +404,46 @@ class LODSolver:
 
     def _sweep_block_cpu(self, src, axis: int, f0: int, f1: int, w0: int, w1: int, sinks: dict,
                          plan: dict | None) -> None:
-        """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, n, W), in place."""
+        """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, R, n, W), in place."""
         c = self._coeffs[axis]
-        if (1 < f1 - f0 and (f1 - f0) * (w1 - w0) <= _MERGE_MAX_PLANE and c.diffusing[f0]
+        n_rep = self.replicates
+        if (1 < f1 - f0 and (f1 - f0) * n_rep * (w1 - w0) <= _MERGE_MAX_PLANE and c.diffusing[f0]
                 and any(f in sinks for f in range(f0, f1))):
             # Several fields, some with cell uptake: one pass over all of them with
             # per-voxel coefficients (half the array calls of sweeping them apart).
             key = (axis, f0, w0)
             cpb = plan.setdefault("block_cp", {}).get(key)
             if cpb is None:
-                cpb = np.empty((f1 - f0, src.shape[1], w1 - w0), dtype=self.dtype)
-                cpb[...] = c.cp[f0:f1, :, None]
+                cpb = np.empty((f1 - f0, n_rep, src.shape[2], w1 - w0), dtype=self.dtype)
+                cpb[...] = c.cp[f0:f1, None, :, None]
                 for f in range(f0, f1):
                     if f in sinks:
-                        cpb[f - f0] = sinks[f][:, w0:w1]
-                plan["block_cp"][key] = cpb = cpb.transpose(1, 0, 2)  # (n, fg, w)
-            block = src[f0:f1, :, w0:w1]
-            n = block.shape[1]
-            block[:, 0, :] += c.rhs_lo[f0:f1, None]
-            block[:, n - 1, :] += c.rhs_hi[f0:f1, None]
-            scaled_thomas_passes([block[:, i, :] for i in range(n)], cpb)
+                        cpb[f - f0] = sinks[f][..., w0:w1]
+                plan["block_cp"][key] = cpb = cpb.transpose(2, 0, 1, 3)  # (n, fg, R, w)
+            block = src[f0:f1, :, :, w0:w1]
+            n = block.shape[2]
+            block[:, :, 0, :] += c.rhs_lo[f0:f1, None, None]
+            block[:, :, n - 1, :] += c.rhs_hi[f0:f1, None, None]
+            scaled_thomas_passes([block[:, :, i, :] for i in range(n)], cpb)
             return
         f = f0
         while f < f1:
             if f in sinks:
-                v = src[f, :, w0:w1]
+                v = src[f, :, :, w0:w1]
                 if c.diffusing[f]:
-                    thomas_sweep_cp_numpy(v, sinks[f][:, w0:w1], c.rhs_lo[f], c.rhs_hi[f])
+                    thomas_sweep_cp_numpy(v, sinks[f][..., w0:w1], c.rhs_lo[f], c.rhs_hi[f])
                 else:
-                    v *= sinks[f][:, w0:w1]
+                    v *= sinks[f][..., w0:w1]
                 f += 1
                 continue
             g = f + 1
             while g < f1 and g not in sinks:
                 g += 1
-            block = src[f:g, :, w0:w1]
+            block = src[f:g, :, :, w0:w1]
             if c.diffusing[f]:
                 thomas_sweep_numpy(block, c.cp[f:g], c.rhs_lo[f:g], c.rhs_hi[f:g])
             else:
-                block *= c.invb[f:g, None, None]
+                block *= c.invb[f:g, None, None, None]
             f = g
 
     def _sweeps_cpu(self, order: list[int], plan: dict | None) -> None:
@@ -442,19 +452,19 @@ class LODSolver:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tme-lod") \
                 if self.n_sites * self.n_fields >= _CPU_THREAD_MIN else _InlineExecutor()
-        nf, N = self.n_fields, self.n_sites
+        nf, N, n_rep = self.n_fields, self.n_sites, self.replicates
         pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
         for j, axis in enumerate(order):
             c = self._coeffs[axis]
             n = self.shape[axis]
             w_total = N // n
             src_flat = self._buf[self._cur]
-            src = src_flat.reshape(nf, n, w_total)
+            src = src_flat.reshape(nf, n_rep, n, w_total)
             nxt = order[j + 1] if j + 1 < len(order) else None
             if nxt is not None:
                 n_rot = self._rotation(axis, nxt)
-                rot_src = src_flat.reshape(nf, n_rot, N // n_rot)
-                dst = self._buf[1 - self._cur].reshape(nf, N // n_rot, n_rot)
+                rot_src = src_flat.reshape(nf, n_rep, n_rot, N // n_rot)
+                dst = self._buf[1 - self._cur].reshape(nf, n_rep, N // n_rot, n_rot)
             new_pending: dict[int, list[Future]] = {f: [] for f in range(nf)}
             sinks: dict = {}
             ready = set()
@@ -468,11 +478,11 @@ class LODSolver:
                             sinks[f] = self._sink_coefficients_cpu(plan, f, axis)
                         ready.add(f)
                 self._sweep_block_cpu(src, axis, f0, f1, w0, w1, sinks, plan)
-                block = src[f0:f1, :, w0:w1]
+                block = src[f0:f1, :, :, w0:w1]
                 if nxt is None:  # last sweep of the step: undo the 1/r scaling in place
                     fut = self._pool.submit(_scale_inplace, block, c.scale[f0:f1])
                 elif n_rot == n:  # the block maps to a block of the transposed buffer
-                    fut = self._pool.submit(rotate_numpy, block, dst[f0:f1, w0:w1, :], c.scale[f0:f1])
+                    fut = self._pool.submit(rotate_numpy, block, dst[f0:f1, :, w0:w1, :], c.scale[f0:f1])
                 elif w1 == w_total:  # transpose whole fields once their last block is done
                     fut = self._pool.submit(rotate_numpy, rot_src[f0:f1], dst[f0:f1], c.scale[f0:f1])
                 else:
@@ -491,13 +501,15 @@ class LODSolver:
     def _sweeps_gpu(self, order: list[int], plan: dict | None) -> None:
         """All axis sweeps with the CUDA kernels of lod.cu."""
         xp = self.backend.xp
-        nf, N = self.n_fields, self.n_sites
+        nf, N, n_rep = self.n_fields, self.n_sites, self.replicates
+        slabs = nf * n_rep  # (field, replicate) pairs, each an (n, W) array to sweep
         sink_fields = sorted(plan["sinks"]) if plan is not None else []
         for j, axis in enumerate(order):
             n = self.shape[axis]
             w_total = N // n
             self._apply_vessels(axis, self._buf[self._cur], range(nf))
             src = self._buf[self._cur]
+            per_slab = src.reshape(nf, n_rep, N)
             c = self._dev_coeffs[axis]
             hc = self._coeffs[axis]
             kinds = c["diffusing"]
@@ -506,22 +518,24 @@ class LODSolver:
                 if kinds is None:
                     k = hc.diffusing.copy()
                     k[sink_fields] = SKIP
-                    kinds = plan["kinds"][axis] = xp.asarray(k)
-            cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, nf, n, w_total)
+                    kinds = plan["kinds"][axis] = xp.asarray(np.repeat(k, n_rep))
+            cuda_sweep(self.backend, src, c["cp"], c["rhs_lo"], c["rhs_hi"], c["invb"], kinds, slabs, n, w_total)
             for f in sink_fields:
-                e = self._sink_diagonal(plan, f, axis)
-                if hc.diffusing[f]:
-                    cuda_sweep_sink(self.backend, src[f], e, c["b"][f], hc.r[f], hc.rhs_lo[f], hc.rhs_hi[f],
-                                    n, w_total)
-                else:
-                    v = src[f].reshape(n, w_total)
-                    v /= e.reshape(n, w_total) + c["b"][f][:, None]
+                e = self._sink_diagonal(plan, f, axis).reshape(n_rep, N)
+                b = c["b"][f * n_rep]  # the field's diagonal (the same in each replicate)
+                for r in range(n_rep):
+                    if hc.diffusing[f]:
+                        cuda_sweep_sink(self.backend, per_slab[f, r], e[r], b, hc.r[f], hc.rhs_lo[f], hc.rhs_hi[f],
+                                        n, w_total)
+                    else:
+                        v = per_slab[f, r].reshape(n, w_total)
+                        v /= e[r].reshape(n, w_total) + b[:, None]
             nxt = order[j + 1] if j + 1 < len(order) else None
             if nxt is None:
-                src *= c["scale"][:, None]
+                src.reshape(slabs, N)[...] *= c["scale"][:, None]
             else:
                 n_rot = self._rotation(axis, nxt)
-                cuda_rotate(self.backend, src, self._buf[1 - self._cur], c["scale"], nf, n_rot, N // n_rot)
+                cuda_rotate(self.backend, src, self._buf[1 - self._cur], c["scale"], slabs, n_rot, N // n_rot)
                 self._cur = 1 - self._cur
                 self._lead = nxt
         self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
@@ -544,6 +558,6 @@ class _InlineExecutor:
 
 
 def _scale_inplace(block, scale) -> None:
-    """``block[f] *= scale[f]`` for a (fg, n, w) block."""
-    block *= scale[:, None, None]
+    """``block[f] *= scale[f]`` for a (fg, R, n, w) block."""
+    block *= scale[:, None, None, None]
 

@@ -122,13 +122,17 @@ class MultigridSolver:
         tol: relative residual at which a solve stops.
         check_every: iterations between convergence checks (host synchronisations).
         max_iter: iterations after which a solve gives up (raises).
+        replicates: R, when the Fs fields are R replicates of Fs / R fields (field-major,
+            slab f * R + r): a replicate stops iterating once all its fields meet the
+            tolerance, exactly where a solve of that replicate alone would stop.
     """
 
     def __init__(self, shape, spacing_um: float, diffusion_um2_per_min, decay_per_min, face_values,
                  fixed, fixed_values, backend: Backend, tol: float = 1e-6, check_every: int = 2,
-                 max_iter: int = 200):
+                 max_iter: int = 200, replicates: int = 1):
         xp = backend.xp
         self.backend = backend
+        self.replicates = int(replicates)
         self.shape = tuple(int(s) for s in shape)
         self.ndim = len(self.shape)
         self.diffusion = np.asarray(diffusion_um2_per_min, dtype=float)
@@ -273,7 +277,9 @@ class MultigridSolver:
         b_norm = self.backend.to_host(xp.sqrt((b * b).sum(axis=axes)))
         target = self.tol * b_norm
         it = 0
-        if not self._converged(r, target, axes):
+        done = self._converged(r, target, axes)
+        if not done.all():
+            frozen = self._frozen(done)
             z = self._vcycle(r) * free
             p = z
             rz = (r * z).sum(axis=axes, keepdims=True)
@@ -281,16 +287,20 @@ class MultigridSolver:
                 ap = self._apply(fine, p) * free
                 pap = (p * ap).sum(axis=axes, keepdims=True)
                 alpha = rz / xp.where(pap > 0, pap, 1.0)
-                x += alpha * p
+                if frozen is None:
+                    x += alpha * p
+                else:  # converged replicates keep the iterate they stopped at
+                    x = xp.where(frozen, x, x + alpha * p)
                 r -= alpha * ap
                 it += 1
-                if it % self.check_every == 0 and self._converged(r, target, axes):
-                    break
-                if it >= self.max_iter:
-                    if self._converged(r, target, axes):
+                if it % self.check_every == 0 or it >= self.max_iter:
+                    done |= self._converged(r, target, axes)
+                    if done.all():
                         break
-                    raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
-                                       f"{self.max_iter} iterations")
+                    if it >= self.max_iter:
+                        raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
+                                           f"{self.max_iter} iterations")
+                    frozen = self._frozen(done)
                 z = self._vcycle(r) * free
                 rz_new = (r * z).sum(axis=axes, keepdims=True)
                 p = z + (rz_new / xp.where(rz > 0, rz, 1.0)) * p
@@ -301,10 +311,18 @@ class MultigridSolver:
         self.iterations.append(it)
         return it
 
-    def _converged(self, r, target: np.ndarray, axes) -> bool:
+    def _frozen(self, done: np.ndarray):
+        """(Fs, 1, ...) device bool of the slabs of ``done`` replicates, or None if none is."""
+        if not done.any():
+            return None
+        mask = np.tile(done, self.n_fields // self.replicates).reshape((-1,) + (1,) * self.ndim)
+        return self.backend.xp.asarray(mask)
+
+    def _converged(self, r, target: np.ndarray, axes) -> np.ndarray:
+        """(R,) host bool: replicates whose every field meets its residual target."""
         xp = self.backend.xp
         norms = self.backend.to_host(xp.sqrt((r * r).sum(axis=axes)))
-        return bool((norms <= target).all())
+        return (norms <= target).reshape(-1, self.replicates).all(axis=0)
 
 
 def relaxation_rate_per_min(diffusion_um2_per_min: float, decay_per_min: float, extent_um: float,

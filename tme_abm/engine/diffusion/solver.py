@@ -7,7 +7,8 @@
 - ``lod``: the implicit LOD step (:mod:`.lod`), cheapest, with first-order splitting
   errors at cell uptake and vessel voxels.
 
-The caller sees one (F, *shape) set of fields whatever the schemes."""
+The caller sees one (F, R, *shape) set of fields whatever the schemes, R replicates of
+the lattice (1 for a single run) that never exchange anything."""
 
 from __future__ import annotations
 
@@ -53,13 +54,16 @@ class DiffusionSolver:
         dt_min: LOD field step, minutes.
         face_values: (F, ndim, 2) fixed value on the low/high face of each axis,
             NaN (:data:`NOFLUX`) for a no-flux face. Default: all no-flux.
-        vessel_sites: (k,) flat indices of fixed-value voxels (vessels).
+        vessel_sites: (k,) flat indices of fixed-value voxels (vessels); replicate r's
+            voxels are offset by ``r * prod(shape)``.
         vessel_values: (F,) value each field is held at on vessel voxels, NaN where
             a field is not fixed by vessels.
         initial: scalar or (F,) initial value, or (F, *shape) initial field.
         backend: a :class:`~tme_abm.backend.Backend`; default NumPy float64.
         schemes: (F,) ``steady``, ``implicit`` or ``lod`` per field (default all lod).
         tolerance: relative residual at which a multigrid solve stops.
+        replicates: independent copies of every field (a batch); each evolves as a
+            solver with one copy would.
     """
 
     def __init__(
@@ -77,8 +81,10 @@ class DiffusionSolver:
         backend: Backend | None = None,
         schemes=None,
         tolerance: float = TOLERANCE,
+        replicates: int = 1,
     ):
         self.backend = backend or make_backend("numpy", "float64")
+        self.replicates = n_rep = int(replicates)
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) not in (2, 3) or min(self.shape) < 1:
             raise ValueError(f"shape must be 2 or 3 positive ints, got {shape}")
@@ -121,62 +127,72 @@ class DiffusionSolver:
             self.shape, spacing_um, diffusion[lod], decay[lod], dt_min,
             face_values=pick(faces, lod), vessel_sites=vessel_sites if len(lod) else None,
             vessel_values=pick(vv, lod), initial=init[lod] if per_field else init, backend=self.backend,
+            replicates=n_rep,
         ) if len(lod) else None
         self.mg = None
         if len(st):
+            # the multigrid solver sees each (field, replicate) as a field of its own: slab
+            # f * R + r, so a field's replicates lie one after another as in the LOD buffer
             xp = self.backend.xp
-            fixed = np.zeros((len(st), self.n_sites), bool)
+            ns = len(st) * n_rep
+            fixed = np.zeros((len(st), n_rep * self.n_sites), bool)
             vals = np.full(len(st), np.nan) if vv is None else vv[st]
             if vessel_sites is not None and len(vessel_sites):
                 fixed[:, np.asarray(vessel_sites, dtype=np.int64)] = ~np.isnan(vals)[:, None]
             face_st = np.full((len(st), self.ndim, 2), np.nan) if faces is None else faces[st]
             self.mg = MultigridSolver(
-                self.shape, spacing_um, diffusion[st], decay[st], face_st,
-                fixed.reshape(len(st), *self.shape), vals, self.backend, tol=tolerance,
-                check_every=3 if self.backend.is_gpu else 1,
+                self.shape, spacing_um, np.repeat(diffusion[st], n_rep), np.repeat(decay[st], n_rep),
+                np.repeat(face_st, n_rep, axis=0), fixed.reshape(ns, *self.shape), np.repeat(vals, n_rep),
+                self.backend, tol=tolerance, check_every=3 if self.backend.is_gpu else 1, replicates=n_rep,
             )
             steady = np.array([self.schemes[int(f)] == "steady" for f in st])
-            if not self.mg.has_steady_state[steady].all():
-                f = int(st[steady & ~self.mg.has_steady_state][0])
+            has_steady = self.mg.has_steady_state.reshape(len(st), n_rep).all(axis=1)
+            if not has_steady[steady].all():
+                f = int(st[steady & ~has_steady][0])
                 raise ValueError(f"field {f}: no steady state (no decay, no fixed voxels, no fixed face)")
-            self._implicit = ~steady
+            self._implicit = np.repeat(~steady, n_rep)
             self._inv_dt, self._inv_dt_for = None, None
             start = np.broadcast_to(
-                init[st].reshape(-1, *[1] * self.ndim) if init.ndim == 1 else
-                (init.reshape(nf, *self.shape)[st] if per_field else init), (len(st), *self.shape))
-            start = np.where(fixed.reshape(len(st), *self.shape), np.nan_to_num(vals).reshape(-1, *[1] * self.ndim),
-                             start)
-            self._mg_values = xp.asarray(start, dtype=self.dtype)
-            self._uptake = xp.zeros((len(st), self.n_sites), dtype=xp.float64)
-            self._secretion = xp.zeros((len(st), self.n_sites), dtype=xp.float64)
+                init[st].reshape(-1, 1, *[1] * self.ndim) if init.ndim == 1 else
+                (init.reshape(nf, -1, *self.shape)[st] if per_field else init), (len(st), n_rep, *self.shape))
+            start = np.where(fixed.reshape(len(st), n_rep, *self.shape),
+                             np.nan_to_num(vals).reshape(-1, 1, *[1] * self.ndim), start)
+            self._mg_values = xp.asarray(start.reshape(ns, *self.shape), dtype=self.dtype)
+            self._uptake = xp.zeros((len(st), n_rep * self.n_sites), dtype=xp.float64)
+            self._secretion = xp.zeros((len(st), n_rep * self.n_sites), dtype=xp.float64)
             self._st_dev = xp.asarray(st)
             self._lod_dev = xp.asarray(lod)
 
     # ---- fields ------------------------------------------------------------------------
 
     @property
+    def _mg_fields_view(self):
+        """(Fs, R, *shape) view of the multigrid fields."""
+        return self._mg_values.reshape(len(self._mg_fields), self.replicates, *self.shape)
+
+    @property
     def values(self):
-        """Current fields, (F, *shape) on the backend's device, canonical axis order: a
+        """Current fields, (F, R, *shape) on the backend's device, canonical axis order: a
         writable view when every field is stepped by LOD, else a new array (write
         through :meth:`field`)."""
         if self.mg is None:
             return self.lod.values
         if self.lod is None:
-            return self._mg_values
+            return self._mg_fields_view
         xp = self.backend.xp
-        out = xp.empty((self.n_fields, *self.shape), dtype=self.dtype)
+        out = xp.empty((self.n_fields, self.replicates, *self.shape), dtype=self.dtype)
         out[self._lod_dev] = self.lod.values
-        out[self._st_dev] = self._mg_values
+        out[self._st_dev] = self._mg_fields_view
         return out
 
     def field(self, f: int):
-        """(*shape) writable view of field ``f``."""
+        """(R, *shape) writable view of field ``f``."""
         kind, j = self._where[int(f)]
-        return self.lod.values[j] if kind == "lod" else self._mg_values[j]
+        return self.lod.values[j] if kind == "lod" else self._mg_fields_view[j]
 
     def sample(self, sites, field: int | None = None):
-        """Field values at canonical flat lattice indices ``sites`` ((k,) ints): (F, k),
-        or (k,) of one ``field`` (index)."""
+        """Field values at canonical flat lattice indices ``sites`` ((k,) ints, replicate
+        r's offset by ``r * prod(shape)``): (F, k), or (k,) of one ``field`` (index)."""
         if field is None:
             if self.mg is None:
                 return self.lod.sample(sites)
@@ -185,7 +201,7 @@ class DiffusionSolver:
         kind, j = self._where[int(field)]
         if kind == "lod":
             return self.lod.sample(sites, j)
-        return self._mg_values[j].reshape(-1)[sites]
+        return self._mg_fields_view[j].reshape(-1)[sites]
 
     @property
     def dt_min(self) -> float:
@@ -219,7 +235,7 @@ class DiffusionSolver:
             if sites.size:
                 self._uptake[:, sites] = sources.uptake[self._st_dev]
                 self._secretion[:, sites] = sources.secretion[self._st_dev]
-        shape = (len(self._mg_fields), *self.shape)
+        shape = (len(self._mg_fields) * self.replicates, *self.shape)
         uptake, secretion = self._uptake.reshape(shape), self._secretion.reshape(shape)
         if not self._implicit.any():
             self.mg.solve(self._mg_values, uptake, secretion)
@@ -238,28 +254,33 @@ class DiffusionSolver:
 
     # ---- checkpoints -----------------------------------------------------------------
 
-    def get_state(self) -> tuple[np.ndarray, int]:
-        """(F, n_sites) host copy of the fields as the solvers hold them (LOD fields in
-        the LOD buffer's layout) and that layout: with :meth:`set_state`, a solver
-        continues bit for bit (steady fields warm-start from these values)."""
+    def get_state(self, replicate: int = 0) -> tuple[np.ndarray, int]:
+        """(F, n_sites) host copy of ``replicate``'s fields as the solvers hold them (LOD
+        fields in the LOD buffer's layout) and that layout: with :meth:`set_state`, a
+        solver continues bit for bit (steady fields warm-start from these values)."""
         out = np.empty((self.n_fields, self.n_sites), dtype=self.dtype)
         lead = 0
         if self.lod is not None:
             buf, lead = self.lod.get_state()
-            out[self._lod_fields] = buf
+            out[self._lod_fields] = buf.reshape(len(self._lod_fields), self.replicates, -1)[:, replicate]
         if self.mg is not None:
-            out[self._mg_fields] = self.backend.to_host(self._mg_values).reshape(-1, self.n_sites)
+            mg = self.backend.to_host(self._mg_fields_view[:, replicate])
+            out[self._mg_fields] = mg.reshape(-1, self.n_sites)
         return out, lead
 
-    def set_state(self, buffer: np.ndarray, lead: int) -> None:
-        if buffer.shape != (self.n_fields, self.n_sites) or not 0 <= lead < self.ndim:
-            raise ValueError(f"solver state of shape {buffer.shape}, lead {lead} does not fit "
-                             f"{self.n_fields} fields on {self.shape}")
+    def set_state(self, buffers: list[np.ndarray], lead: int) -> None:
+        """Restore every replicate's fields: ``buffers[r]`` from :meth:`get_state` (all
+        in the same layout ``lead``)."""
+        if len(buffers) != self.replicates or not 0 <= lead < self.ndim \
+                or any(b.shape != (self.n_fields, self.n_sites) for b in buffers):
+            raise ValueError(f"solver state of {len(buffers)} replicates, lead {lead} does not fit "
+                             f"{self.replicates} replicates of {self.n_fields} fields on {self.shape}")
+        stacked = np.stack(buffers, axis=1)  # (F, R, n_sites)
         if self.lod is not None:
-            self.lod.set_state(buffer[self._lod_fields], lead)
+            self.lod.set_state(stacked[self._lod_fields].reshape(len(self._lod_fields), -1), lead)
         if self.mg is not None:
             self._mg_values[...] = self.backend.xp.asarray(
-                buffer[self._mg_fields].reshape(-1, *self.shape), dtype=self.dtype)
+                stacked[self._mg_fields].reshape(-1, *self.shape), dtype=self.dtype)
 
     def close(self) -> None:
         """Stop the helper thread of the LOD engine."""

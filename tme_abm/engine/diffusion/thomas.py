@@ -99,47 +99,54 @@ def scaled_thomas_passes(planes, cps) -> None:
         planes[i] += tmp
 
 
+def _lead(a, ndim: int):
+    """``a`` ((fg,) or (fg, n)) with singleton axes appended up to ``ndim`` axes."""
+    return a.reshape(a.shape + (1,) * (ndim - a.ndim))
+
+
 def thomas_sweep_numpy(v, cp, rhs_lo, rhs_hi) -> None:
-    """Scaled Thomas solve along axis 1 of ``v``, in place; twin of ``lod_sweep``.
+    """Scaled Thomas solve along axis -2 of ``v``, in place; twin of ``lod_sweep``.
 
     Args:
-        v: (fg, n, w) array view of diffusing fields; on return it holds ``r * u_new``.
+        v: (fg, ..., n, w) array view of diffusing fields (``...``: replicates); on
+            return it holds ``r * u_new``.
         cp: (fg, n) coefficients ``r / denom_i``.
         rhs_lo, rhs_hi: (fg,) face terms added to the first and last plane.
     """
-    n = v.shape[1]
-    planes = [v[:, i, :] for i in range(n)]
-    cps = np.ascontiguousarray(cp.T)[:, :, None]  # (n, fg, 1)
-    planes[0] += rhs_lo[:, None]
-    planes[-1] += rhs_hi[:, None]
+    n = v.shape[-2]
+    planes = [v[..., i, :] for i in range(n)]
+    cps = _lead(np.ascontiguousarray(cp.T), v.ndim)  # (n, fg, 1, ...)
+    planes[0] += _lead(rhs_lo, v.ndim - 1)
+    planes[-1] += _lead(rhs_hi, v.ndim - 1)
     scaled_thomas_passes(planes, cps)
 
 
 def sink_coefficients_numpy(e, b, r) -> None:
-    """Per-voxel Thomas coefficients ``cp_i = r / (b_i + e_i - r cp_{i-1})``, in place.
+    """Per-voxel Thomas coefficients ``cp_i = r / (b_i + e_i - r cp_{i-1})`` along axis -2,
+    in place.
 
     Args:
-        e: (n, w) extra diagonal (cell uptake ``dt*U/ndim``); overwritten with ``cp``.
+        e: (..., n, w) extra diagonal (cell uptake ``dt*U/ndim``); overwritten with ``cp``.
         b: (n,) diagonal without uptake (faces and decay included).
         r: D*dt/dx^2 (> 0).
     """
-    n = e.shape[0]
+    n = e.shape[-2]
     e += b[:, None]  # e now holds the full diagonal
-    tmp = np.empty_like(e[0])
-    np.divide(r, e[0], out=e[0])
+    tmp = np.empty_like(e[..., 0, :])
+    np.divide(r, e[..., 0, :], out=e[..., 0, :])
     for i in range(1, n):
-        np.multiply(e[i - 1], -r, out=tmp)
-        tmp += e[i]
-        np.divide(r, tmp, out=e[i])
+        np.multiply(e[..., i - 1, :], -r, out=tmp)
+        tmp += e[..., i, :]
+        np.divide(r, tmp, out=e[..., i, :])
 
 
 def thomas_sweep_cp_numpy(v, cp, rhs_lo, rhs_hi) -> None:
-    """Scaled Thomas solve of one field along axis 0 of ``v`` (n, w) with per-voxel
-    coefficients ``cp`` (n, w) from :func:`sink_coefficients_numpy`, in place."""
-    n = v.shape[0]
-    v[0] += rhs_lo
-    v[n - 1] += rhs_hi
-    scaled_thomas_passes([v[i] for i in range(n)], cp)
+    """Scaled Thomas solve of one field along axis -2 of ``v`` (..., n, w) with per-voxel
+    coefficients ``cp`` (..., n, w) from :func:`sink_coefficients_numpy`, in place."""
+    n = v.shape[-2]
+    v[..., 0, :] += rhs_lo
+    v[..., n - 1, :] += rhs_hi
+    scaled_thomas_passes([v[..., i, :] for i in range(n)], [cp[..., i, :] for i in range(n)])
 
 
 def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
@@ -158,12 +165,11 @@ def thomas_sweep_sink_numpy(v, e, b, r, rhs_lo, rhs_hi) -> None:
 
 
 def rotate_numpy(src, dst, scale) -> None:
-    """``dst[f, w, i] = src[f, i, w] * scale[f]``; twin of ``lod_rotate``.
+    """``dst[f, ..., w, i] = src[f, ..., i, w] * scale[f]``; twin of ``lod_rotate``.
 
     Args:
-        src: (fg, n, w) array view.
-        dst: (fg, w, n) array view, written.
+        src: (fg, ..., n, w) array view.
+        dst: (fg, ..., w, n) array view, written.
         scale: (fg,) per-field factor.
     """
-    np.multiply(src.transpose(0, 2, 1), scale[:, None, None], out=dst)
-
+    np.multiply(src.swapaxes(-1, -2), _lead(scale, src.ndim), out=dst)

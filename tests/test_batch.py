@@ -1,0 +1,134 @@
+"""The replicate axis: R replicates of one config stepped in lockstep in one model equal
+the single runs with their seeds, bit for bit, in every file they write; a killed batch
+resumes to the same files; nothing leaks between replicates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_io import BASELINE, SMALL, assert_same_run, fail_at_tick
+
+import tme_abm
+from tme_abm.config import load_config
+from tme_abm.engine import rng as crng
+from tme_abm.engine.backend import make_backend
+from tme_abm.io import run
+from tme_abm.io.runner import replicate_configs, run_batch
+from tme_abm.model import TMEModel
+
+# the small baseline (lymphodepletion, infusion; 4 days, 960 ticks) on a bulky lesion
+# (solid core plus dispersed cells) with CAR T cells from the start, a resection of the
+# outermost cells, two radiotherapy fractions with their CXCL10 pulse and an MRD cut, so
+# every therapy event acts per replicate
+EVENTS = ["tumor.archetype=bulky", "tumor.initial_cells=30", "car_t.initial_cells=20", "time.duration_days=4",
+          "therapy=[{kind: lymphodepletion, day: -3}, {kind: resection, day: -2.5, fraction: 0.2, order: outside},"
+          " {kind: radiotherapy, day: -2, dose_gy: 2.0, fractions: 2, interval_days: 0.5},"
+          " {kind: infusion, day: 0, dose_cells: 1.0e8}, {kind: mrd, day: 0.5, residual_cells: 60}]"]
+
+
+def batch_config(*extra):
+    return load_config(BASELINE, [*SMALL, *EVENTS, *extra])
+
+
+@pytest.fixture(scope="module")
+def singles(tmp_path_factory):
+    """Three replicates run one at a time, each with its own seed: (configs, paths)."""
+    out = tmp_path_factory.mktemp("singles")
+    cfgs = replicate_configs(batch_config(), 3)
+    paths = [out / f"{c.name}.h5" for c in cfgs]
+    for c, p in zip(cfgs, paths):
+        run(c, p, quiet=True)
+    return cfgs, paths
+
+
+def test_replicate_configs_differ_in_seed_and_name_only():
+    cfgs = replicate_configs(batch_config("seed=40"), 12)
+    assert [c.seed for c in cfgs] == list(range(40, 52))
+    assert [c.name for c in cfgs][:2] == ["baseline_r00", "baseline_r01"] and cfgs[-1].name == "baseline_r11"
+    assert cfgs[3].model_copy(update={"seed": 40, "name": "baseline"}) == batch_config("seed=40")
+
+
+def test_each_replicate_of_a_batch_equals_its_single_run_bit_for_bit(tmp_path, singles):
+    cfgs, paths = singles
+    out = run_batch(cfgs, [tmp_path / p.name for p in paths], quiet=True)
+    events = set()
+    for single, batched, cfg in zip(paths, out, cfgs):
+        assert_same_run(batched, single)  # time series, events, fields, cells, outcomes
+        r = tme_abm.open_run(batched)
+        assert r.status == "complete" and r.config == cfg and r.attrs["seed"] == cfg.seed
+        events |= {e["kind"] for e in r.events}
+    assert events == {"lymphodepletion", "infusion", "resection", "radiotherapy", "mrd"}
+    # the replicates did differ: the test compares different runs, not one run thrice
+    a, b = (tme_abm.open_run(p).timeseries for p in out[:2])
+    assert not np.array_equal(a["car_t_effector"], b["car_t_effector"])
+    assert a["car_t_effector"].max() > 0 and a["monocytes"].max() > 0
+
+
+def test_a_killed_batch_resumes_to_the_files_of_the_single_runs(tmp_path, monkeypatch, singles):
+    cfgs, paths = singles
+    out = [tmp_path / p.name for p in paths]
+    fail_at_tick(monkeypatch, 500)  # after the checkpoint at tick 480 (every 360 min = 60 ticks)
+    with pytest.raises(RuntimeError, match="simulated fault"):
+        run_batch(cfgs, out, quiet=True)
+    assert {tme_abm.open_run(p).status for p in out} == {"failed"}
+    monkeypatch.undo()
+    run_batch(cfgs, out, quiet=True, resume=True)
+    for single, batched in zip(paths, out):
+        assert_same_run(batched, single)
+
+
+def test_replicates_checkpointed_at_different_ticks_resume_in_groups(tmp_path, monkeypatch, singles):
+    """A batch killed between two replicates' checkpoints: each file resumes from its own."""
+    cfgs, paths = singles
+    out = [tmp_path / p.name for p in paths]
+    fail_at_tick(monkeypatch, 500)
+    with pytest.raises(RuntimeError):
+        run_batch(cfgs, out, quiet=True)
+    monkeypatch.undo()
+    fail_at_tick(monkeypatch, 130)
+    with pytest.raises(RuntimeError):
+        run_batch(cfgs[1:], out[1:], quiet=True, overwrite=True)  # replicates 1, 2: checkpoint at 120
+    monkeypatch.undo()
+    run_batch(cfgs, out, quiet=True, resume=True)
+    for single, batched in zip(paths, out):
+        assert_same_run(batched, single)
+
+
+def test_a_single_run_resumes_a_replicate_of_a_batch(tmp_path, monkeypatch, singles):
+    cfgs, paths = singles
+    out = [tmp_path / p.name for p in paths]
+    fail_at_tick(monkeypatch, 300)
+    with pytest.raises(RuntimeError):
+        run_batch(cfgs, out, quiet=True)
+    monkeypatch.undo()
+    run(cfgs[2], out[2], quiet=True, resume=True)
+    assert_same_run(out[2], paths[2])
+
+
+def test_a_batch_refuses_configs_that_differ_in_more_than_seed_and_name(tmp_path):
+    cfgs = [batch_config(), batch_config("seed=5", "car_t.initial_cells=3")]
+    with pytest.raises(ValueError, match="differ in car_t.initial_cells"):
+        run_batch(cfgs, [tmp_path / "a.h5", tmp_path / "b.h5"], quiet=True)
+    with pytest.raises(Exception, match="its own file"):
+        run_batch(replicate_configs(batch_config(), 2), [tmp_path / "a.h5"] * 2, quiet=True)
+
+
+def test_nothing_crosses_between_replicates():
+    """Emptying one replicate of a batch changes nothing in the other: no cell, move,
+    contact or diffusion crosses, and every cell's key names its own replicate."""
+    be = make_backend("numpy", "float64")
+    cfg = batch_config("car_t.initial_cells=40")
+    m = TMEModel(cfg, backend=be, seeds=[3, 4])
+    n = m.lattice.n_grid
+    for p in m.populations:
+        assert (p.data["id"] >> crng.ID_BITS == p.data["site"] // n).all(), p.kind
+        p.remove(p.data["site"] >= n, how="cleared")  # empty replicate 1
+    m.fields.solver.lod.values[:, 1] = 0.0  # and clear its LOD fields
+    single = TMEModel(cfg, backend=be, seed=3)
+    for _ in range(40):
+        m.step()
+        single.step()
+    rows = m.current_rows()
+    assert rows[0] == single.current_row()
+    assert rows[0]["tumor_alive"] > 0 and rows[1]["tumor_alive"] == 0 and rows[1]["car_t_effector"] == 0
+    np.testing.assert_array_equal(be.to_host(m.fields.values[:, 0]), be.to_host(single.fields.values[:, 0]))
