@@ -16,12 +16,21 @@ import pandas as pd
 import pytest
 import yaml
 from dask.distributed import Client
+from test_io import assert_same_run
 
 import tme_abm
 from tme_abm.engine.backend import _cupy_device_usable
 from tme_abm.studies.statistics import wilson
 from tme_abm.studies.summary import summarize_sweep
-from tme_abm.studies.sweep import SweepError, gpu_cluster, jobqueue_cluster, load_spec, run_sweep, tasks
+from tme_abm.studies.sweep import (
+    SweepError,
+    batches,
+    gpu_cluster,
+    jobqueue_cluster,
+    load_spec,
+    run_sweep,
+    tasks,
+)
 from tme_abm.studies.table import TableAppender, read_table, table_columns
 from tme_abm.viz.study_figures import sweep_figures
 
@@ -62,6 +71,17 @@ def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_wor
         assert r.outcomes["peak_cytokine"] == pytest.approx(row["peak_cytokine"], rel=1e-12)
     one = run_sweep(spec, tmp_path / "one", workers=1, progress=False)
     pd.testing.assert_frame_equal(without_timing(one), without_timing(table))
+
+
+def test_replicates_run_in_batches_write_what_they_write_alone(two_workers, tmp_path):
+    """The fixture ran each point's 2 replicates as one batch (the default); run one at a
+    time, every file and row is the same."""
+    spec, out, table = two_workers
+    assert batches(tasks(load_spec(spec)[0]), 2) == [[t, u] for t, u in zip(*[iter(tasks(load_spec(spec)[0]))] * 2)]
+    alone = run_sweep(spec, tmp_path / "alone", workers=1, progress=False, batch=1)
+    pd.testing.assert_frame_equal(without_timing(alone), without_timing(table))
+    for _, row in table.iterrows():
+        assert_same_run(tmp_path / "alone" / row["path"], out / row["path"])
 
 
 def test_failed_task_is_recorded_others_finish_and_rerun_runs_nothing_new(tmp_path):

@@ -99,6 +99,8 @@ QUIET = typer.Option(False, "--quiet", "-q", help="no progress bar")
 WORKERS = typer.Option(None, min=1, metavar="N", help="local worker processes (default 1)")
 SCHEDULER = typer.Option(None, metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
 GPUS = typer.Option(None, metavar="IDS", help="one worker per listed GPU, e.g. --gpus 0,1 (the cuda12 extra)")
+BATCH = typer.Option(None, "--batch", min=1, metavar="N", help="replicates of a point run together in one model "
+                     "(default: all of them on GPU workers, at most 8 on CPU)")
 
 
 @app.command()
@@ -267,6 +269,7 @@ def sweep(
     workers: int | None = WORKERS,
     scheduler: str | None = SCHEDULER,
     gpus: str | None = GPUS,
+    batch: int | None = BATCH,
     set_: list[str] | None = SET,
     quiet: bool = QUIET,
 ) -> None:
@@ -276,7 +279,7 @@ def sweep(
 
     try:
         table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=_gpu_ids(gpus), extra_set=set_,
-                          progress=not quiet and sys.stderr.isatty())
+                          progress=not quiet and sys.stderr.isatty(), batch=batch)
     except SweepError as exc:
         _fail(str(exc))
     failed = int((table["status"] != "complete").sum())
@@ -315,6 +318,7 @@ def experiment(
     workers: int | None = WORKERS,
     scheduler: str | None = SCHEDULER,
     gpus: str | None = GPUS,
+    batch: int | None = BATCH,
     list_: bool = typer.Option(False, "--list", help="list the experiments and their questions"),
     quiet: bool = QUIET,
 ) -> None:
@@ -338,7 +342,7 @@ def experiment(
         return
     try:
         written = run_experiment(name, out, quick=quick, workers=workers, scheduler=scheduler,
-                                 gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty())
+                                 gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty(), batch=batch)
     except SweepError as exc:
         _fail(str(exc))
     experiment_figures(written["out"])

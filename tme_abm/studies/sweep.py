@@ -3,9 +3,10 @@ and one outcomes table.
 
 Every task is independent: ``run one config -> run file + outcome row``. Its seed is
 derived from the sweep seed and its (point, replicate) alone, so results do not depend
-on how many workers ran them or in which order. A finished task is recognised by its run
-file's status, so running the same sweep again skips it and retries failed or
-interrupted ones (an interrupted run resumes from its checkpoint). The outcomes table is
+on how many workers ran them, in which order, or which replicates shared a batch (the
+replicates of a point run in batches, several in one model, each exactly as alone). A
+finished task is recognised by its run file's status, so running the same sweep again
+skips it and retries failed or interrupted ones (an interrupted run resumes from its checkpoint). The outcomes table is
 rewritten atomically, sorted by (point, replicate), after every finished task.
 docs/sweeps.md describes specs, clusters and the summary.
 """
@@ -30,8 +31,9 @@ from tqdm import tqdm
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, load_yaml, read_yaml
 from ..engine.backend import cuda_device_count
-from ..io import RunFileError, open_run, run
+from ..io import RunFileError, open_run
 from ..io.lock import LockedError, WriterLock
+from ..io.runner import run_batch
 from .errors import SweepError
 from .table import TableAppender, read_table
 
@@ -207,39 +209,73 @@ def task_overrides(spec: SweepSpec, params: dict) -> list[str]:
             for k, v in items.items()]
 
 
-def run_task(base: str, overrides: list[str], task: Task, out_dir: str) -> dict:
-    """Run one task on a worker (or skip it): returns its outcome row. Never raises: an
-    error is recorded in the row (status failed) and, where the run started, its file."""
-    path = Path(out_dir) / "runs" / f"{task.name}.h5"
-    row = {"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,
-           "path": str(path.relative_to(out_dir)), "ran": False}
+def batches(todo: list[Task], size: int) -> list[list[Task]]:
+    """The tasks in batches of at most ``size`` replicates of one point each (a batch
+    runs in one model, :func:`tme_abm.io.runner.run_batch`)."""
+    out = []
+    for _, group in itertools.groupby(sorted(todo, key=lambda t: (t.point, t.replicate)), key=lambda t: t.point):
+        group = list(group)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return out
+
+
+def run_tasks(base: str, overrides: list[str], batch: list[Task], out_dir: str) -> list[dict]:
+    """Run a batch of replicates of one point on a worker (or skip those complete):
+    returns their outcome rows. Never raises: an error is recorded in the rows (status
+    failed) and, where a run started, its file. Interrupted runs resume from their
+    checkpoints, the others start afresh, each group in one model."""
     t0 = time.perf_counter()
-    try:
-        cfg = load_config(base, [*overrides, f"seed={task.seed}", f"name={task.name}"])
-        status = None
+    rows, cfgs, paths, status = [], [], [], []
+    for task in batch:
+        path = Path(out_dir) / "runs" / f"{task.name}.h5"
+        rows.append({"point": task.point, "replicate": task.replicate, "seed": task.seed, **task.params,
+                     "path": str(path.relative_to(out_dir)), "ran": False})
+        paths.append(path)
+        try:
+            cfgs.append(load_config(base, [*overrides, f"seed={task.seed}", f"name={task.name}"]))
+        except Exception as exc:  # recorded, so the other tasks go on
+            cfgs.append(None)
+            _failed(rows[-1], exc)
+        st = None
         if path.exists():
             try:
-                status = open_run(path).status
+                st = open_run(path).status
             except RunFileError:
-                status = "unreadable"
-        if status != "complete":
-            row["ran"] = True
-            resumed = False
-            if status in ("running", "failed"):
-                try:
-                    run(cfg, path, quiet=True, resume=True)
-                    resumed = True
-                except RunFileError:
-                    pass  # no usable checkpoint: start again
-            if not resumed:
-                run(cfg, path, quiet=True, overwrite=True)
-        r = open_run(path)
-        row.update(status=r.status, error="", **r.outcomes)
-    except Exception as exc:  # recorded, so the other tasks go on
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip())
-        row["traceback"] = traceback.format_exc(limit=3)
-    row["task_seconds"] = time.perf_counter() - t0
-    return row
+                st = "unreadable"
+        status.append(st)
+    todo = [i for i in range(len(batch)) if cfgs[i] is not None and status[i] != "complete"]
+    resumable = [i for i in todo if status[i] in ("running", "failed")]
+    fresh = [i for i in todo if i not in resumable]
+    if resumable:
+        try:
+            run_batch([cfgs[i] for i in resumable], [paths[i] for i in resumable], quiet=True, resume=True)
+        except RunFileError:
+            fresh += resumable  # no usable checkpoint: start again
+        except Exception as exc:  # recorded, so the other batches go on
+            for i in resumable:
+                _failed(rows[i], exc)
+    if fresh:
+        try:
+            run_batch([cfgs[i] for i in fresh], [paths[i] for i in fresh], quiet=True, overwrite=True)
+        except Exception as exc:  # recorded, so the other batches go on
+            for i in fresh:
+                _failed(rows[i], exc)
+    seconds = (time.perf_counter() - t0) / len(batch)
+    for i, row in enumerate(rows):
+        row["ran"] = i in todo
+        if "status" not in row:
+            try:
+                r = open_run(paths[i])
+                row.update(status=r.status, error="", **r.outcomes)
+            except Exception as exc:
+                _failed(row, exc)
+        row["task_seconds"] = seconds
+    return rows
+
+
+def _failed(row: dict, exc: BaseException) -> None:
+    row.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip())
+    row["traceback"] = "".join(traceback.format_exception(exc, limit=3))
 
 
 def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: list[int] | None):
@@ -295,29 +331,52 @@ def gpu_cluster(gpus: list[int]):
                          f"({type(exc).__name__}: {exc})") from None
 
 
+CPU_BATCH = 8
+"""Default replicates per batch on CPU workers (docs/sweeps.md, "Batches": the measured
+gain per replicate levels off there, and smaller batches keep workers busy)."""
+
+
+def default_batch(spec: SweepSpec, base: Path, gpus: list[int] | None) -> int:
+    """Replicates per batch when ``--batch`` is not given: on GPU workers (``--gpus``, or a
+    base config with ``backend: cupy``) all replicates of a point; else at most
+    :data:`CPU_BATCH`."""
+    try:
+        backend = load_config(base, task_overrides(spec, {})).backend
+    except ConfigError:
+        backend = "numpy"
+    return spec.replicates if gpus or backend == "cupy" else min(spec.replicates, CPU_BATCH)
+
+
 def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
-              gpus: list[int] | None = None, extra_set: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+              gpus: list[int] | None = None, extra_set: list[str] | None = None, progress: bool = True,
+              batch: int | None = None) -> pd.DataFrame:
     """Run every task of a sweep not yet complete in ``out_dir``; returns the outcomes table."""
     spec, base = load_spec(spec_path, extra_set)
-    return run_spec(spec, base, out_dir, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress)
+    return run_spec(spec, base, out_dir, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress,
+                    batch=batch)
 
 
 def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
-             gpus: list[int] | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run a loaded spec (see :func:`run_sweep`). One sweep at a time runs in a folder: a
+             gpus: list[int] | None = None, progress: bool = True, batch: int | None = None) -> pd.DataFrame:
+    """Run a loaded spec (see :func:`run_sweep`), the replicates of each point in batches
+    of ``batch`` (default :func:`default_batch`). One sweep at a time runs in a folder: a
     second is refused (SweepError naming the process that holds the folder)."""
+    if batch is not None and batch < 1:
+        raise SweepError(f"--batch {batch}: must be at least 1")
     out = Path(out_dir)
     try:
         lock = WriterLock(out, "another sweep is running in this folder", lock_name=".sweep.lock").acquire()
     except LockedError as exc:
         raise SweepError(str(exc)) from None
     try:
-        return _run_locked(spec, base, out, workers, scheduler, gpus, progress)
+        size = batch or default_batch(spec, base, gpus)
+        return _run_locked(spec, base, out, workers, scheduler, gpus, progress, size)
     finally:
         lock.release()
 
 
-def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus, progress) -> pd.DataFrame:
+def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus, progress,
+                size: int) -> pd.DataFrame:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)
     todo = tasks(spec)
@@ -325,15 +384,16 @@ def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus
     client, cluster = _client(spec, workers, scheduler, gpus)
     table = TableAppender(out, swept_keys(spec))
     try:
-        futures = [client.submit(run_task, str(base), task_overrides(spec, t.params), t, str(out),
-                                 key=f"{spec.name}-{t.name}", pure=False) for t in todo]
-        bar = tqdm(total=len(futures), unit="run", desc=spec.name, disable=not progress)
+        futures = [client.submit(run_tasks, str(base), task_overrides(spec, b[0].params), b, str(out),
+                                 key=f"{spec.name}-{b[0].name}-{len(b)}", pure=False) for b in batches(todo, size)]
+        bar = tqdm(total=len(todo), unit="replicate", desc=spec.name, disable=not progress)
         for fut in as_completed(futures):
-            row = fut.result()
-            table.append(row)
-            failed += row["status"] != "complete"
+            rows = fut.result()
+            for row in rows:
+                table.append(row)
+                failed += row["status"] != "complete"
             bar.set_postfix(failed=failed, refresh=False)
-            bar.update(1)
+            bar.update(len(rows))
         bar.close()
     finally:
         table.close()

@@ -27,12 +27,14 @@ __all__ = ["analyse", "available", "experiment_config", "find", "load", "run_exp
 
 
 def run_experiment(name, out=None, *, quick: bool = False, workers: int | None = None,
-                   scheduler: str | None = None, gpus: list[int] | None = None, progress: bool = True) -> dict:
+                   scheduler: str | None = None, gpus: list[int] | None = None, progress: bool = True,
+                   batch: int | None = None) -> dict:
     """Run (or finish) an experiment's sweep and write its analysis (no figures); returns
     what was written by name plus ``out`` and ``failed`` (runs that did not complete)."""
     spec, base, exp, _ = load(name, quick)
     out = Path(out) if out is not None else Path("runs") / "experiments" / spec.name
-    table = run_spec(spec, base, out, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress)
+    table = run_spec(spec, base, out, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress,
+                     batch=batch)
     written = analyse(out)
     written["out"] = out
     written["failed"] = int((table["status"] != "complete").sum())
