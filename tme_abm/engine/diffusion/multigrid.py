@@ -40,6 +40,7 @@ level (at most 200 voxels) is solved exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -98,7 +99,9 @@ class _Level:
         for m in self.coarse_shape:
             split += [m, 2]
         self.split = tuple(split)
-        self.pairs = tuple(range(2, 2 + 2 * nd, 2))
+        # the 2^ndim voxels of each coarse block: one strided view of ``padded`` each
+        self.block_views = [(slice(None),) + tuple(slice(o, None, 2) for o in offs)
+                            for offs in itertools.product((0, 1), repeat=nd)]
         self.spread = (slice(None),) + tuple(x for _ in range(nd) for x in (slice(None), None))
         # per solve
         self.diag = None
@@ -200,14 +203,24 @@ class MultigridSolver:
         return out
 
     def _apply(self, lvl: _Level, u):
-        """A u on a level (no masking)."""
-        return lvl.diag * u - lvl.k * self._neighbour_sum(lvl, u, lvl.scratch)
+        """A u on a level (no masking), a new array. Operations work in place where they
+        can: batches of replicates make these arrays large, and each temporary costs a
+        fresh allocation."""
+        ns = self._neighbour_sum(lvl, u, lvl.scratch)
+        ns *= lvl.k
+        au = lvl.diag * u
+        au -= ns
+        return au
 
     @staticmethod
     def _restrict(u, fine: _Level):
         """(Fs, *fine) -> (Fs, *coarse) block sums over 2^ndim voxels (zero outside)."""
         fine.padded[fine.inner] = u
-        return fine.padded.reshape(fine.split).sum(axis=fine.pairs)
+        views = fine.block_views
+        out = fine.padded[views[0]] + fine.padded[views[1]]
+        for v in views[2:]:
+            out += fine.padded[v]
+        return out
 
     @staticmethod
     def _prolong(e, fine: _Level):
@@ -216,9 +229,13 @@ class MultigridSolver:
         return fine.prolonged[fine.inner]
 
     def _smooth(self, lvl: _Level, u, b, order) -> None:
+        """Gauss-Seidel half-sweeps ``u = (b + k * neighbours) / diag`` on each mask, in place."""
         xp = self.backend.xp
         for mask in order:
-            new = (b + lvl.k * self._neighbour_sum(lvl, u, lvl.scratch)) * lvl.inv_diag
+            new = self._neighbour_sum(lvl, u, lvl.scratch)
+            new *= lvl.k
+            new += b
+            new *= lvl.inv_diag
             xp.copyto(u, new, where=mask)
 
     def _vcycle(self, r, depth: int = 0):
@@ -226,10 +243,15 @@ class MultigridSolver:
         lvl = self.levels[depth]
         if depth == len(self.levels) - 1:
             return (lvl.inverse @ r.reshape(r.shape[0], -1, 1)).reshape(r.shape)
-        e = (r * lvl.inv_diag) * lvl.red  # first red half-sweep from zero
+        e = r * lvl.inv_diag  # first red half-sweep from zero
+        e *= lvl.red
         self._smooth(lvl, e, r, (lvl.black,))
-        res = r - self._apply(lvl, e)
-        e += self._prolong(self._vcycle(self._restrict(res, lvl) * (0.5**self.ndim), depth + 1), lvl)
+        res = self._apply(lvl, e)
+        xp = self.backend.xp
+        xp.subtract(r, res, out=res)
+        coarse = self._restrict(res, lvl)
+        coarse *= 0.5**self.ndim
+        e += self._prolong(self._vcycle(coarse, depth + 1), lvl)
         self._smooth(lvl, e, r, (lvl.black, lvl.red))
         return e
 
@@ -284,7 +306,8 @@ class MultigridSolver:
             p = z
             rz = (r * z).sum(axis=axes, keepdims=True)
             while True:
-                ap = self._apply(fine, p) * free
+                ap = self._apply(fine, p)
+                ap *= free
                 pap = (p * ap).sum(axis=axes, keepdims=True)
                 alpha = rz / xp.where(pap > 0, pap, 1.0)
                 if frozen is None:
@@ -301,9 +324,11 @@ class MultigridSolver:
                         raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
                                            f"{self.max_iter} iterations")
                     frozen = self._frozen(done)
-                z = self._vcycle(r) * free
+                z = self._vcycle(r)
+                z *= free
                 rz_new = (r * z).sum(axis=axes, keepdims=True)
-                p = z + (rz_new / xp.where(rz > 0, rz, 1.0)) * p
+                p *= rz_new / xp.where(rz > 0, rz, 1.0)
+                p += z
                 rz = rz_new
         xp.maximum(x, 0.0, out=x)
         x += self._fixed_vals
