@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tme_abm.engine.backend as backend_module
+from tme_abm.config import load_config, run_work
 from tme_abm.engine.backend import make_backend
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
 from tme_abm.engine.diffusion.cuda import SOURCE
@@ -90,3 +92,19 @@ def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
         out.append(be.to_host(s.values[:, 0]))
         s.close()
     np.testing.assert_allclose(out[1], out[0], rtol=rtol, atol=rtol)
+
+
+def test_backend_auto_weighs_the_work_per_tick(monkeypatch):
+    """auto asks for a GPU only from AUTO_GPU_MIN_WORK site-fields per tick: the baseline
+    stays on the CPU, the 3D lesion and a large batch of the baseline ask for a device."""
+    asked = []
+    monkeypatch.setattr(backend_module, "_cupy_device_usable", lambda: (asked.append(1), (None, "no device"))[1])
+    monkeypatch.delenv(backend_module.BACKEND_ENV, raising=False)
+    baseline = load_config(ROOT / "configs" / "baseline.yaml")
+    lesion_3d = load_config(ROOT / "configs" / "solid_3d.yaml")
+    assert run_work(baseline) == 100 * 100 * (len(baseline.enabled_fields) + 1)
+    assert run_work(baseline) < backend_module.AUTO_GPU_MIN_WORK <= run_work(lesion_3d)
+    assert make_backend("auto", "float32", run_work(baseline)).name == "numpy" and not asked
+    for work in (run_work(lesion_3d), run_work(baseline, 32), None):
+        assert make_backend("auto", "float32", work).name == "numpy"  # no device here
+    assert len(asked) == 3

@@ -135,7 +135,8 @@ def pairs_model(seed=0, antigen=1.0, fields=None, car_t=None, kill_rules=None):
     m = TMEModel(scenario(fields=fields, car_t=ct, seed=seed), backend=BE)
     ys, xs = grid_sites(m.lattice.shape, 4)
     m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape), antigen=np.full(len(ys), antigen))
-    m.car_t.add(np.ravel_multi_index((ys, xs + 1), m.lattice.shape), **m.car_t.new_cell_state(len(ys)))
+    sites = np.ravel_multi_index((ys, xs + 1), m.lattice.shape)
+    m.car_t.add(sites, **m.car_t.new_cell_state(sites))
     return m, len(ys)
 
 
@@ -218,7 +219,8 @@ def test_chemotaxis_drifts_up_a_fixed_gradient_at_the_expected_speed():
         ys, xs = grid_sites(m.lattice.shape, 5, offset=(5, 15))
         keep = xs < 50
         ys, xs = ys[keep], xs[keep]
-        m.car_t.add(np.ravel_multi_index((ys, xs), m.lattice.shape), **m.car_t.new_cell_state(len(ys)))
+        sites = np.ravel_multi_index((ys, xs), m.lattice.shape)
+        m.car_t.add(sites, **m.car_t.new_cell_state(sites))
         start = m.lattice.coords(m.backend.to_host(m.car_t.site))
         for _ in range(ticks):
             m.step()

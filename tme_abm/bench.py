@@ -92,7 +92,8 @@ def bench_model(config, replicates: int = 1) -> dict:
     if replicates > 1:
         batch = _time_model(TMEModel(cfg, seeds=[cfg.seed + r for r in range(replicates)]))
         per = batch["wall_s"] / replicates
-        out["batch"] = {"replicates": replicates, "wall_s": batch["wall_s"], "wall_s_per_replicate": per,
+        out["batch"] = {"replicates": replicates, "backend": batch["backend"], "wall_s": batch["wall_s"],
+                        "wall_s_per_replicate": per,
                         "agent_updates_per_s": batch["agent_updates_per_s"], "stage_seconds": batch["stage_seconds"]}
         out["speedup"] = out["wall_s"] / per
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.backend import work_per_tick
 from .errors import ConfigError
 from .schema import Config
 
@@ -21,6 +22,12 @@ def memory_estimate_bytes(cfg: Config, replicates: int = 1) -> int:
     item = np.dtype(cfg.dtype).itemsize
     n_fields = len(cfg.enabled_fields)
     return replicates * n_sites * (n_fields * item * 3 + 16 + 64)
+
+
+def run_work(cfg: Config, replicates: int = 1) -> float:
+    """The work per tick of ``replicates`` replicates of ``cfg`` that ``backend: auto``
+    weighs (:func:`tme_abm.engine.backend.work_per_tick`)."""
+    return work_per_tick(int(np.prod(cfg.lattice.shape)), len(cfg.enabled_fields), replicates)
 
 
 def check_memory(cfg: Config, available_bytes: int, where: str = "host memory", replicates: int = 1) -> None:

@@ -127,28 +127,52 @@ def resolve_backend_name(requested: str | None) -> str:
 
 _auto_notice_logged = False
 
+AUTO_GPU_MIN_WORK = 2.0e6
+"""Work per tick (lattice sites x (fields + 1) x replicates) from which ``auto`` runs on
+a usable GPU. Interpolated (log-log) between two H200 measurements against one CPU core
+of the same machine: the baseline (1e4 sites, 7 fields: 8e4) ran 8x slower on the GPU,
+the 3D lesion (160^3 sites: 3.3e7) 6.6x faster; the ratio crosses 1 near 1.9e6
+(docs/architecture.md, "Choosing the backend")."""
 
-def make_backend(requested: str | None = "auto", dtype: str = "float32") -> Backend:
+
+def work_per_tick(n_sites: int, n_fields: int, replicates: int = 1) -> float:
+    """The work of a tick that sets the backend: sites x (fields + 1: the cells, at most
+    one per site) x replicates."""
+    return float(n_sites) * (n_fields + 1) * replicates
+
+
+def make_backend(requested: str | None = "auto", dtype: str = "float32", work: float | None = None) -> Backend:
     """Choose the backend once.
 
     Args:
         requested: "auto", "numpy" or "cupy"; ``TME_ABM_BACKEND`` overrides it.
         dtype: "float32" or "float64" for field arrays.
+        work: the run's :func:`work_per_tick`, for "auto" (None: any work).
 
-    "auto" uses CuPy when a CUDA device is usable and otherwise NumPy, logging one
-    notice per process. An explicit "cupy" without a device raises BackendError.
+    "auto" uses CuPy when a CUDA device is usable and the work per tick is at least
+    :data:`AUTO_GPU_MIN_WORK`, and otherwise NumPy, logging its choice once per process.
+    An explicit "cupy" without a device raises BackendError.
     """
     global _auto_notice_logged
     if dtype not in DTYPE_CHOICES:
         raise BackendError(f"dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
     name = resolve_backend_name(requested)
     np_dtype = np.dtype(dtype)
+    if name == "auto" and work is not None and work < AUTO_GPU_MIN_WORK:
+        if not _auto_notice_logged:
+            log.warning("backend auto: %.3g site-fields per tick is below %.3g, where a GPU starts to pay; using "
+                        "NumPy on the CPU (--backend cupy to use a GPU anyway)", work, AUTO_GPU_MIN_WORK)
+            _auto_notice_logged = True
+        return Backend("numpy", np, np_dtype, "cpu")
     if name in ("auto", "cupy"):
         cupy, reason = _cupy_device_usable()
         if cupy is not None:
             dev = cupy.cuda.Device()
             props = cupy.cuda.runtime.getDeviceProperties(dev.id)
             label = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            if name == "auto" and not _auto_notice_logged:
+                log.warning("backend auto: using CuPy on cuda:%s %s", dev.id, label)
+                _auto_notice_logged = True
             return Backend("cupy", cupy, np_dtype, f"cuda:{dev.id} {label}")
         if name == "cupy":
             raise BackendError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import Config, load_yaml
+from ..config import Config, load_yaml, run_work
 from ..engine.backend import make_backend
 from ..model import TMEModel, set_state
 from .lock import WriterLock
@@ -123,7 +123,7 @@ def _checkpoint_tick(path: Path) -> int | None:
 
 def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bool, resume: bool) -> None:
     cfg = cfgs[0]
-    backend = make_backend(cfg.backend, cfg.dtype)
+    backend = make_backend(cfg.backend, cfg.dtype, run_work(cfg, len(cfgs)))
     for path in paths:
         if path.is_dir():
             raise RunFileError(f"{path}: is a directory; --out names the run file (e.g. {path / (cfg.name + '.h5')})")

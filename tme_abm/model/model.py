@@ -13,7 +13,7 @@ from ..biology.patient import Product, Systemic
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
-from ..config import ConfigError, check_memory, resolve_config
+from ..config import ConfigError, check_memory, resolve_config, run_work
 from ..engine import rng as crng
 from ..engine.backend import Backend, make_backend
 from ..engine.lattice import Lattice, vessel_sites
@@ -96,7 +96,7 @@ class TMEModel(mesa.Model):
         super().__init__(rng=self.seeds[0])
         self.config = cfg
         self.replicates = n_rep = len(self.seeds)
-        self.backend = backend or make_backend(cfg.backend, cfg.dtype)
+        self.backend = backend or make_backend(cfg.backend, cfg.dtype, run_work(cfg, n_rep))
         check_memory(cfg, self.backend.free_memory_bytes(),
                      "GPU memory" if self.backend.is_gpu else "host memory", replicates=n_rep)
         xp = self.backend.xp
