@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_io import BASELINE, SMALL, assert_same_run, fail_at_tick
+from test_io import BASELINE, SMALL, assert_same_run, cli, fail_at_tick
 
 import tme_abm
 from tme_abm.config import load_config
@@ -132,3 +132,16 @@ def test_nothing_crosses_between_replicates():
     assert rows[0] == single.current_row()
     assert rows[0]["tumor_alive"] > 0 and rows[1]["tumor_alive"] == 0 and rows[1]["car_t_effector"] == 0
     np.testing.assert_array_equal(be.to_host(m.fields.values[:, 0]), be.to_host(single.fields.values[:, 0]))
+
+
+def test_run_replicates_writes_one_run_file_per_replicate_that_open_runs_lists(tmp_path):
+    sets = [a for s in [*SMALL, "time.duration_days=0.2", "therapy=[{kind: infusion, day: 0, dose_cells: 1.0e8}]",
+                        "seed=9"] for a in ("--set", s)]
+    res = cli("run", BASELINE, "--replicates", "3", "--out", tmp_path / "reps", "-q", *sets)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "reps")
+    runs = tme_abm.open_runs(tmp_path / "reps")
+    assert len(runs) == 3 and sorted(runs["seed"]) == [9, 10, 11]
+    assert sorted(p.name for p in (tmp_path / "reps").glob("*.h5")) == [f"baseline_r{r}.h5" for r in range(3)]
+    again = cli("run", BASELINE, "--replicates", "3", "--out", tmp_path / "reps", "-q", *sets)
+    assert again.returncode == 1 and "output file exists" in again.stderr

@@ -89,8 +89,20 @@ def test_bench_model_reports_throughput_and_stages():
     assert res["ticks"] == 5 and res["agent_updates"] > 0 and res["agent_updates_per_s"] > 0
     assert set(res["stage_seconds"]) == {"therapy", "fields", "sensing", "engagement", "movement",
                                          "division_recruitment", "death_clearance", "systemic", "secretion"}
+    assert res["host_copies_per_tick"] > 0
     r = cli("bench", "model", QUICK, "--set", "car_t.rules.kil.x=1")
     assert r.returncode != 0 and "car_t.rules.kil" in r.stderr
+
+
+def test_bench_model_with_replicates_compares_the_batch_per_replicate_with_the_single_run():
+    r = cli("bench", "model", QUICK, "--days", "0.02", "--replicates", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    b = res["batch"]
+    assert b["replicates"] == 3 and b["wall_s_per_replicate"] == pytest.approx(b["wall_s"] / 3)
+    assert res["speedup"] == pytest.approx(res["wall_s"] / b["wall_s_per_replicate"])
+    r = cli("bench", "model", QUICK, "--days", "0.02", "--replicates", "2")
+    assert r.returncode == 0 and "batch of 2 replicates" in r.stdout and "per replicate" in r.stdout
 
 
 @pytest.mark.parametrize("name", ["quickstart", "baseline", "heme_marrow", "solid_3d"])

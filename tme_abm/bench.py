@@ -82,7 +82,9 @@ def bench_model(config, replicates: int = 1) -> dict:
 
     Agent-updates are cells x ticks summed over the run (every living cell is updated
     once per tick); reported with the wall time per simulated day and per stage (of the
-    single run). With R > 1: ``batch`` holds the batch's wall time, wall time per
+    single run), and the explicit device-to-host copies per tick (``Backend.to_host``;
+    scalar reads with ``int()``/``float()`` and boolean-mask indexing, which also wait
+    for a GPU, are not counted). With R > 1: ``batch`` holds the batch's wall time, wall time per
     replicate and agent-updates per second, and ``speedup`` is the single run's wall
     time over the batch's wall time per replicate.
     """
@@ -94,7 +96,8 @@ def bench_model(config, replicates: int = 1) -> dict:
         per = batch["wall_s"] / replicates
         out["batch"] = {"replicates": replicates, "backend": batch["backend"], "wall_s": batch["wall_s"],
                         "wall_s_per_replicate": per,
-                        "agent_updates_per_s": batch["agent_updates_per_s"], "stage_seconds": batch["stage_seconds"]}
+                        "agent_updates_per_s": batch["agent_updates_per_s"], "stage_seconds": batch["stage_seconds"],
+                        "host_copies_per_tick": batch["host_copies_per_tick"]}
         out["speedup"] = out["wall_s"] / per
     return out
 
@@ -103,6 +106,7 @@ def _time_model(model: TMEModel) -> dict:
     """Step ``model`` to its end; wall time, agent-updates and stage seconds."""
     model.scheduler.synchronize = model.backend.synchronize  # stage seconds include device work
     model.backend.synchronize()
+    copies0, ticks0 = model.backend.host_copies, model.steps
     updates = 0
     cells_max = 0
     t0 = time.perf_counter()
@@ -134,6 +138,7 @@ def _time_model(model: TMEModel) -> dict:
         "agent_updates_per_s": updates / wall,
         "agent_updates_per_agent_s": updates / agents_s if agents_s > 0 else float("nan"),
         "stage_seconds": stage,
+        "host_copies_per_tick": (model.backend.host_copies - copies0) / max(model.steps - ticks0, 1),
         "final": model.current_rows()[0],
     }
 

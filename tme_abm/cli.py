@@ -434,7 +434,8 @@ def bench_model_cmd(
         f"model {config} on {res['backend']} ({res['device']}), lattice {'x'.join(map(str, res['lattice']))}: "
         f"{res['simulated_days']:.2f} days in {res['wall_s']:.1f} s ({res['wall_s_per_simulated_day']:.2f} s/day), "
         f"{res['agent_updates_per_s']:.3g} agent-updates/s overall, {res['agent_updates_per_agent_s']:.3g} in the "
-        f"agent stages (max {res['max_cells']} cells)\n  stages: {stages}"
+        f"agent stages (max {res['max_cells']} cells), {res['host_copies_per_tick']:.1f} host copies per tick"
+        f"\n  stages: {stages}"
     )
     if replicates > 1:
         b = res["batch"]

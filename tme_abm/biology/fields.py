@@ -119,13 +119,12 @@ class FieldSet:
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)
 
-    def summaries(self) -> dict[str, np.ndarray]:
-        """``<field>_mean``, ``_min`` and ``_max`` over the lattice, each (R,) per replicate (host)."""
+    def summaries(self) -> dict:
+        """``<field>_mean``, ``_min`` and ``_max`` over the lattice, each an (R,) device
+        array, per replicate."""
         xp = self.backend.xp
         v = self.solver.values.reshape(len(self.names), self.lattice.replicates, -1)
-        means = self.backend.to_host(v.mean(axis=2, dtype=xp.float64))
-        mins = self.backend.to_host(v.min(axis=2))
-        maxs = self.backend.to_host(v.max(axis=2))
+        means, mins, maxs = v.mean(axis=2, dtype=xp.float64), v.min(axis=2), v.max(axis=2)
         out = {}
         for i, n in enumerate(self.names):
             out[f"{n}_mean"] = means[i]

@@ -91,7 +91,7 @@ def _lymphodepletion(model, e, item) -> list[dict]:
             u = crng.uniform(model.backend.xp, model.seeds, model.steps, _STREAMS("lymphodepletion", pop.code),
                              pop.data["id"])
             gone = u < e.myeloid_kill_fraction
-            removed += model.count(pop, gone)
+            removed += model.host_counts(model.count(pop, gone))[0]
             pop.remove(gone, how="died")
     for rep in model.replicas:
         sysm = rep.systemic
@@ -111,7 +111,7 @@ def _resection(model, e, item) -> list[dict]:
         coords = xp.stack(xp.unravel_index(t.data["site"] % lat.n_grid, lat.shape), axis=1).astype(xp.float64)
         d2 = ((coords - xp.asarray(e.region.center_sites, dtype=xp.float64)) ** 2).sum(axis=1)
         mask = d2 <= e.region.radius_sites**2
-        removed = model.count(t, mask)
+        removed = model.host_counts(model.count(t, mask))[0]
     else:
         removed = np.zeros(model.replicates, dtype=np.int64)
         for r, sel in enumerate(_by_replicate(model, t, xp.arange(n))):
@@ -166,7 +166,7 @@ def _radiotherapy(model, e, item) -> list[dict]:
         if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
             survivors = alive[u < surv]
             model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
-    killed = model.count(t, _mask(xp, len(t), dead))
+    killed = model.host_counts(model.count(t, _mask(xp, len(t), dead)))[0]
     return [{"tumor_killed": int(k), "dose_gy": e.dose_gy} for k in killed]
 
 
@@ -188,6 +188,6 @@ def _mrd(model, e, item) -> list[dict]:
         key = crng.uniform(xp, model.seeds, model.steps, _STREAMS("mrd"), t.data["id"][mine])
         mask[mine[xp.argsort(key)[:keep_n]]] = False
         kept.append(keep_n)
-    removed = model.count(t, mask)
+    removed = model.host_counts(model.count(t, mask))[0]
     t.remove(mask, how="cleared")
     return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]

@@ -58,6 +58,8 @@ class Backend:
     xp: Any
     dtype: np.dtype
     device: str
+    host_copies: int = 0
+    """Calls of :meth:`to_host` so far (``tme-abm bench model`` reports them per tick)."""
     _modules: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -70,6 +72,7 @@ class Backend:
 
     def to_host(self, a) -> np.ndarray:
         """Return ``a`` as a NumPy array (a copy from the device for CuPy)."""
+        self.host_copies += 1
         if self.is_gpu:
             return self.xp.asnumpy(a)
         return np.asarray(a)

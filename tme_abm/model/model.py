@@ -249,29 +249,41 @@ class TMEModel(mesa.Model):
         """Current day relative to the (first) infusion."""
         return self.config.start_day + self.time_min / 1440.0
 
-    def count(self, pop, mask=None) -> np.ndarray:
-        """(R,) host int64: cells of ``pop`` per replicate, or those where ``mask`` ((n,)
-        bool) is true."""
+    def count(self, pop, mask=None, weights=None):
+        """(R,) int64 device array: cells of ``pop`` per replicate, those where ``mask``
+        ((n,) bool) is true, or the sum of ``weights`` ((n,) ints) over the cells. Read
+        on the host together with others (one copy), as the callers here do."""
+        xp = self.backend.xp
+        w = mask if weights is None else weights
         if self.replicates == 1:
-            return np.array([len(pop) if mask is None else int(mask.sum())], dtype=np.int64)
-        rep = self.lattice.replicate_of(pop.data["site"], self.backend.xp)
-        if mask is not None:
-            rep = rep[mask]
-        return self.backend.to_host(self.backend.xp.bincount(rep, minlength=self.replicates)).astype(np.int64)
+            return xp.full(1, len(pop), dtype=xp.int64) if w is None else w.sum(keepdims=True).astype(xp.int64)
+        rep = self.lattice.replicate_of(pop.data["site"], xp)
+        return xp.bincount(rep, weights=w, minlength=self.replicates).astype(xp.int64)
 
-    def alive_tumor(self) -> np.ndarray:
-        """(R,) alive lattice tumor cells per replicate (host int64)."""
-        return self.count(self.tumor, self.tumor.data["state"] == 0)
+    def host_counts(self, *counts) -> np.ndarray:
+        """(len(counts), R) host int64 of device count arrays, in one copy."""
+        return self.backend.to_host(self.backend.xp.stack(counts))
+
+    def _patient_counts(self) -> np.ndarray:
+        """(4, R) host int64 per replicate: alive tumor cells, engaged CAR T, activated
+        monocytes and antigen-negative alive tumor cells (one copy)."""
+        t = self.tumor
+        alive = t.data["state"] == 0
+        return self.host_counts(self.count(t, alive), self.count(self.car_t, self.car_t.engaged),
+                          self.count(self.monocytes, self.monocytes.data["activated"] == 1),
+                          self.count(t, alive & (t.data["antigen"] < 0.05)))
 
     def burden(self) -> np.ndarray:
         """(R,) total tumor burden of each replicate's patient: alive lattice tumor cells
         x burden_scale."""
-        return self.alive_tumor().astype(np.float64) * self.config.patient.burden_scale
+        alive = self.host_counts(self.count(self.tumor, self.tumor.data["state"] == 0))[0]
+        return alive.astype(np.float64) * self.config.patient.burden_scale
 
     def myeloid_per_tumor(self) -> np.ndarray:
         """(R,) lattice myeloid cells per alive tumor cell."""
-        myeloid = self.count(self.monocytes) + self.count(self.granulocytes)
-        return myeloid / np.maximum(self.alive_tumor(), 1)
+        mono, gran, alive = self.host_counts(self.count(self.monocytes), self.count(self.granulocytes),
+                                       self.count(self.tumor, self.tumor.data["state"] == 0))
+        return (mono + gran) / np.maximum(alive, 1)
 
     def update_products(self) -> None:
         """Recompile the CAR T rules after a product was added (its edits; every replicate
@@ -291,21 +303,20 @@ class TMEModel(mesa.Model):
 
     def advance_systemic(self) -> None:
         scale = self.config.patient.burden_scale
-        burden = self.burden()
-        engaged = self.count(self.car_t, self.car_t.engaged)
-        activated = self.count(self.monocytes, self.monocytes.data["activated"] == 1)
+        counts = self._patient_counts()
+        alive, engaged, activated = counts[:3]
         for r, rep in enumerate(self.replicas):
             s = rep.systemic
-            s.burden = float(burden[r])
+            s.burden = float(alive[r]) * scale
             s.advance(self.time_min - self.dt_min, self.dt_min, float(engaged[r]) * scale,
                       float(activated[r]) * scale)
-        self._remember()
+        self._remember(counts)
 
-    def _remember(self) -> None:
-        """Append each replicate's patient-level state of this tick to its ``history``."""
-        t = self.tumor
-        alive = self.alive_tumor()
-        neg = self.count(t, (t.data["state"] == 0) & (t.data["antigen"] < 0.05))
+    def _remember(self, counts: np.ndarray | None = None) -> None:
+        """Append each replicate's patient-level state of this tick to its ``history``
+        (``counts``: :meth:`_patient_counts` of this tick, if read already)."""
+        counts = self._patient_counts() if counts is None else counts
+        alive, neg = counts[0], counts[3]
         for r, rep in enumerate(self.replicas):
             s = rep.systemic
             a = int(alive[r])

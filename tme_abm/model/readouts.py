@@ -22,15 +22,17 @@ def rows(model) -> list[dict[str, float]]:
     every population's counts, mean/min/max of every field, mean pH and hypoxic
     fraction, the patient (day, burden, blood CAR T, systemic cytokine, CRS grade) and
     the lattice's CAR T per alive tumor cell (docs/output.md lists the columns)."""
-    per_replicate = {}
+    on_device = {}  # name -> (R,) device array: one copy to the host for all of them
     for p in model.populations:
-        per_replicate.update(p.counts())
-    per_replicate.update(model.fields.summaries())
-    per_replicate.update(_derived_field_summaries(model))
+        on_device.update(p.counts())
+    on_device.update(model.fields.summaries())
+    on_device.update(_derived_field_summaries(model))
+    xp = model.backend.xp
+    values = model.backend.to_host(xp.stack([v.astype(xp.float64) for v in on_device.values()]))
     out = []
     for r, rep in enumerate(model.replicas):
         row = {"tick": float(model.steps), "time_min": model.time_min}
-        row.update({k: float(v[r]) for k, v in per_replicate.items()})
+        row.update({k: float(v[r]) for k, v in zip(on_device, values)})
         s = rep.systemic
         row.update({"day": model.day, "burden": s.burden, "blood_car_t": s.blood_total,
                     "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
@@ -41,18 +43,17 @@ def rows(model) -> list[dict[str, float]]:
     return out
 
 
-def _derived_field_summaries(model) -> dict[str, np.ndarray]:
-    """(R,) mean pH from the proton field (pH = 6 - log10(H+ in uM)) and fraction of
-    voxels below ``output.hypoxic_threshold_mmHg`` of oxygen, per replicate."""
+def _derived_field_summaries(model) -> dict:
+    """(R,) device arrays: mean pH from the proton field (pH = 6 - log10(H+ in uM)) and
+    fraction of voxels below ``output.hypoxic_threshold_mmHg`` of oxygen, per replicate."""
     f = model.fields
     xp = model.backend.xp
     v = f.values.reshape(len(f.names), model.replicates, -1)
     out = {}
     if "protons" in f.index:
         h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
-        out["ph_mean"] = model.backend.to_host((6.0 - xp.log10(h)).mean(axis=1))
-    out["hypoxic_fraction"] = model.backend.to_host(
-        (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean(axis=1))
+        out["ph_mean"] = (6.0 - xp.log10(h)).mean(axis=1)
+    out["hypoxic_fraction"] = (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean(axis=1)
     return out
 
 

@@ -116,19 +116,11 @@ class CarTCells(Population):
         out.update(state=state, exhaustion=self.data["exhaustion"].astype(xp.float32))
         return out
 
-    def counts(self) -> dict[str, np.ndarray]:
+    def counts(self) -> dict:
         ex = self.exhausted
         count = self.model.count
-        out = {"car_t_effector": count(self, ~ex), "car_t_exhausted": count(self, ex),
-               "car_t_engaged": count(self, self.engaged)}
-        kills = self.data["kills"]
-        if self.model.replicates == 1:
-            out["car_t_kills"] = np.array([int(kills.sum())])
-        else:
-            rep = self.model.lattice.replicate_of(self.data["site"], self.xp)
-            out["car_t_kills"] = self.model.backend.to_host(
-                self.xp.bincount(rep, weights=kills, minlength=self.model.replicates)).astype(np.int64)
-        return out
+        return {"car_t_effector": count(self, ~ex), "car_t_exhausted": count(self, ex),
+                "car_t_engaged": count(self, self.engaged), "car_t_kills": count(self, weights=self.data["kills"])}
 
     # ---- stages --------------------------------------------------------------------
 

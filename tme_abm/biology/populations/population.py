@@ -313,8 +313,8 @@ class Population(mesa.Agent):
 
     # ---- what the population reports and emits ---------------------------------------
 
-    def counts(self) -> dict[str, np.ndarray]:
-        """Reported counts, each (R,) per replicate (host int64)."""
+    def counts(self) -> dict:
+        """Reported counts, each an (R,) int64 device array, per replicate."""
         return {f"{self.kind}_cells": self.model.count(self)}
 
     def snapshot(self) -> dict:

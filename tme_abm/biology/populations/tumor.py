@@ -76,7 +76,7 @@ class TumorCells(Population):
                    antigen=self.data["antigen"].astype(self.xp.float32))
         return out
 
-    def counts(self) -> dict[str, np.ndarray]:
+    def counts(self) -> dict:
         st = self.data["state"]
         count = self.model.count
         out = {f"tumor_{name}": count(self, st == code) for code, name in STATE_NAMES.items()}
