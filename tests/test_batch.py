@@ -64,31 +64,25 @@ def test_each_replicate_of_a_batch_equals_its_single_run_bit_for_bit(tmp_path, s
     assert a["car_t_effector"].max() > 0 and a["monocytes"].max() > 0
 
 
-def test_a_killed_batch_resumes_to_the_files_of_the_single_runs(tmp_path, monkeypatch, singles):
-    cfgs, paths = singles
-    out = [tmp_path / p.name for p in paths]
-    fail_at_tick(monkeypatch, 500)  # after the checkpoint at tick 480 (every 360 min = 60 ticks)
+def killed_at(monkeypatch, tick: int, cfgs, out, **kw) -> None:
+    """Run a batch that fails at ``tick`` (its files record status failed)."""
+    fail_at_tick(monkeypatch, tick)
     with pytest.raises(RuntimeError, match="simulated fault"):
-        run_batch(cfgs, out, quiet=True)
-    assert {tme_abm.open_run(p).status for p in out} == {"failed"}
+        run_batch(cfgs, out, quiet=True, **kw)
     monkeypatch.undo()
-    run_batch(cfgs, out, quiet=True, resume=True)
-    for single, batched in zip(paths, out):
-        assert_same_run(batched, single)
 
 
-def test_replicates_checkpointed_at_different_ticks_resume_in_groups(tmp_path, monkeypatch, singles):
-    """A batch killed between two replicates' checkpoints: each file resumes from its own."""
+@pytest.mark.parametrize("again", [None, 130], ids=["one checkpoint tick", "two checkpoint ticks"])
+def test_a_killed_batch_resumes_to_the_files_of_the_single_runs(tmp_path, monkeypatch, singles, again):
+    """Killed after its checkpoint at tick 480 (every 360 min = 60 ticks); with ``again``,
+    replicates 1 and 2 then ran afresh and were killed at that tick (checkpoint 120): the
+    files, checkpointed at different ticks, resume in groups."""
     cfgs, paths = singles
     out = [tmp_path / p.name for p in paths]
-    fail_at_tick(monkeypatch, 500)
-    with pytest.raises(RuntimeError):
-        run_batch(cfgs, out, quiet=True)
-    monkeypatch.undo()
-    fail_at_tick(monkeypatch, 130)
-    with pytest.raises(RuntimeError):
-        run_batch(cfgs[1:], out[1:], quiet=True, overwrite=True)  # replicates 1, 2: checkpoint at 120
-    monkeypatch.undo()
+    killed_at(monkeypatch, 500, cfgs, out)
+    assert {tme_abm.open_run(p).status for p in out} == {"failed"}
+    if again:
+        killed_at(monkeypatch, again, cfgs[1:], out[1:], overwrite=True)
     run_batch(cfgs, out, quiet=True, resume=True)
     for single, batched in zip(paths, out):
         assert_same_run(batched, single)
@@ -97,10 +91,7 @@ def test_replicates_checkpointed_at_different_ticks_resume_in_groups(tmp_path, m
 def test_a_single_run_resumes_a_replicate_of_a_batch(tmp_path, monkeypatch, singles):
     cfgs, paths = singles
     out = [tmp_path / p.name for p in paths]
-    fail_at_tick(monkeypatch, 300)
-    with pytest.raises(RuntimeError):
-        run_batch(cfgs, out, quiet=True)
-    monkeypatch.undo()
+    killed_at(monkeypatch, 300, cfgs, out)
     run(cfgs[2], out[2], quiet=True, resume=True)
     assert_same_run(out[2], paths[2])
 
