@@ -136,3 +136,27 @@ def test_run_replicates_writes_one_run_file_per_replicate_that_open_runs_lists(t
     assert sorted(p.name for p in (tmp_path / "reps").glob("*.h5")) == [f"baseline_r{r}.h5" for r in range(3)]
     again = cli("run", BASELINE, "--replicates", "3", "--out", tmp_path / "reps", "-q", *sets)
     assert again.returncode == 1 and "output file exists" in again.stderr
+    single = cli("run", BASELINE, "--resume", tmp_path / "reps", "-q", *sets)
+    assert single.returncode == 2 and "give --replicates R" in single.stderr
+
+
+@pytest.mark.parametrize("config, sets, ticks", [
+    ("solid_3d.yaml", ["lattice.shape=[14, 16, 18]", "tumor.radius_sites=5", "car_t.initial_cells=30"], 120),
+    ("heme_marrow.yaml", ["lattice.shape=[40, 40]", "tumor.initial_cells=150",
+                          "therapy=[{kind: infusion, day: 0, dose_cells: 1.0e8}]"], 300),
+], ids=["3d lesion", "dispersed marrow disease"])
+def test_a_batch_is_exact_in_3d_and_for_dispersed_disease(config, sets, ticks):
+    """3D lattices take the LOD's other transposes; dispersed disease places cells with
+    each replicate's setup generator."""
+    be = make_backend("numpy", "float32")
+    cfg = load_config(BASELINE.parent / config, ["backend=numpy", "time.duration_days=4", *sets])
+    batch = TMEModel(cfg, backend=be, seeds=[5, 6, 7])
+    singles = [TMEModel(cfg, backend=be, seed=s) for s in (5, 6, 7)]
+    for _ in range(ticks):
+        for m in (batch, *singles):
+            m.step()
+    rows = batch.current_rows()
+    for r, single in enumerate(singles):
+        assert single.current_row() == rows[r]
+        np.testing.assert_array_equal(be.to_host(batch.fields.values[:, r]), be.to_host(single.fields.values[:, 0]))
+    assert rows[0] != rows[1] and max(r["car_t_effector"] + r["car_t_exhausted"] for r in rows) > 0

@@ -132,6 +132,9 @@ def run(
         _fail("--resume PATH continues PATH in place; it cannot be combined with --out or --overwrite")
     if replicates == 1:
         target = resume or out or default_output_path(cfg)
+        if resume is not None and resume.is_dir():
+            _fail(f"--resume {resume}: is a folder; to continue a batch of replicates, give --replicates R as "
+                  f"when it was started")
         cfgs, paths = [cfg], [target]
     else:
         target = resume or out or Path("runs") / cfg.name
