@@ -16,7 +16,7 @@ import numpy as np
 
 def hill(s, half_max, power, xp):
     """``s^n / (K^n + s^n)`` for s >= 0, elementwise (0 at s = 0)."""
-    n = float(power) if np.ndim(power) == 0 else None
+    n = float(power) if isinstance(power, int | float) else None  # a host scalar, or (k,) per product
     if n is not None and n.is_integer() and 1 <= n <= 16:
         # (s/K)^n by repeated squaring: much cheaper than exp/log; s/K is capped so
         # that x^16 stays finite (H is then 1 to double precision anyway)

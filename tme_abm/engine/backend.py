@@ -1,9 +1,9 @@
 """Array backend chosen once per run: NumPy on the CPU or CuPy on a CUDA device.
 
 This is the only module that imports CuPy, and :meth:`Backend.to_host` is the one function
-that copies device arrays to the host (scalar reductions read with ``int()`` or
-``float()`` still wait for the device). Everything else takes ``xp`` from a
-:class:`Backend`, so the same model code runs on both.
+that reads device values on the host (tests/test_host_reads.py holds a tick to that;
+operations whose result size depends on the data still wait for a GPU). Everything
+else takes ``xp`` from a :class:`Backend`, so the same model code runs on both.
 """
 
 from __future__ import annotations

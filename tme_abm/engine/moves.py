@@ -86,26 +86,24 @@ def gradient_direction(model, field: str, sites):
     return xp.where(norm > 1e-12, g / xp.maximum(norm, 1e-300), 0.0)
 
 
-def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> int:
+def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> None:
     """Biased random walk of cells ``movers`` ((k,) indices) over one tick.
 
     A cell makes on average ``speed * dt / (dx * mean step)`` Moore moves per tick, in
     sub-moves where every mover tries once (each with the same probability). A try
     picks a free neighbour with weight ``exp(bias * cos(angle to the gradient of
-    field))``; cells wanting the same site are resolved by random priority. Returns the
-    number of moves made.
+    field))``; cells wanting the same site are resolved by random priority.
     """
     model = pop.model
     xp = model.backend.xp
     lat = model.lattice
     if speed_um_per_min <= 0 or int(movers.shape[0]) == 0:
-        return 0
+        return
     rate = speed_um_per_min * model.dt_min / (lat.spacing_um * mean_step_sites(lat))
     n_sub = int(np.ceil(rate))
     p_try = rate / n_sub
     unit = lat.offsets / np.linalg.norm(lat.offsets, axis=1, keepdims=True)
     unit = xp.asarray(unit)
-    moved = 0
     for sub in range(n_sub):
         ids = pop.data["id"][movers]
         tries = movers[crng.uniform(xp, model.seeds, model.steps, pop.streams(purpose, sub), ids) < p_try]
@@ -122,5 +120,3 @@ def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, p
         target = choose(model, cand, ids, pop.streams(purpose, sub, 1), weights)
         win = resolve_conflicts(model, target, ids, pop.streams(purpose, sub, 2))
         pop.move_to(tries[win], target[win])
-        moved += int(win.sum())
-    return moved

@@ -29,11 +29,11 @@ def occurs(u, rate_per_min, dt_min: float, xp=np):
     events are rare, and expm1 is the costly part on large populations.
 
     Args:
-        u: (n,) uniforms; rate_per_min: scalar or (n,) rates.
+        u: (n,) uniforms; rate_per_min: a host scalar, or (n,) (or 0-d) device rates.
     """
-    x = xp.asarray(rate_per_min) * dt_min
-    if x.ndim == 0:
-        return u < float(-np.expm1(-float(x)))
+    if isinstance(rate_per_min, int | float):  # one exponential, on the host
+        return u < float(-np.expm1(-rate_per_min * dt_min))
+    x = xp.broadcast_to(xp.asarray(rate_per_min) * dt_min, u.shape)
     out = u < x * (1.0 + 1e-12)
     idx = xp.flatnonzero(out)
     if idx.size:
@@ -136,7 +136,7 @@ class Population(mesa.Agent):
 
     def remove(self, mask, how: str = "died") -> int:
         """Remove the cells where ``mask`` ((n,) bool) is true; free their sites."""
-        n = int(mask.sum())
+        n = int(self.model.backend.to_host(mask.sum()))  # the compacted length: a host value
         if n == 0:
             return 0
         self.model.occupancy[self.data["site"][mask]] = 0

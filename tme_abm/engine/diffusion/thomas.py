@@ -93,7 +93,7 @@ def scaled_thomas_passes(planes, cps) -> None:
     for i in range(1, n):
         planes[i] += planes[i - 1]
         planes[i] *= cps[i]
-    tmp = np.empty_like(planes[0])
+    tmp = np.empty(planes[0].shape, planes[0].dtype)
     for i in range(n - 2, -1, -1):
         np.multiply(planes[i + 1], cps[i], out=tmp)
         planes[i] += tmp
@@ -132,7 +132,7 @@ def sink_coefficients_numpy(e, b, r) -> None:
     """
     n = e.shape[-2]
     e += b[:, None]  # e now holds the full diagonal
-    tmp = np.empty_like(e[..., 0, :])
+    tmp = np.empty(e[..., 0, :].shape, e.dtype)
     np.divide(r, e[..., 0, :], out=e[..., 0, :])
     for i in range(1, n):
         np.multiply(e[..., i - 1, :], -r, out=tmp)
