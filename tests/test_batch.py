@@ -13,7 +13,7 @@ from tme_abm.config import load_config
 from tme_abm.engine import rng as crng
 from tme_abm.engine.backend import make_backend
 from tme_abm.io import run
-from tme_abm.io.runner import replicate_configs, run_batch
+from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 
 # the small baseline (lymphodepletion, infusion; 4 days, 960 ticks) on a bulky lesion
@@ -34,18 +34,18 @@ def batch_config(*extra):
 def singles(tmp_path_factory):
     """Three replicates run one at a time, each with its own seed: (configs, paths)."""
     out = tmp_path_factory.mktemp("singles")
-    cfgs = replicate_configs(batch_config(), 3)
-    paths = [out / f"{c.name}.h5" for c in cfgs]
+    cfgs, paths = replicates_of(batch_config(), 3, out)
     for c, p in zip(cfgs, paths):
         run(c, p, quiet=True)
     return cfgs, paths
 
 
-def test_replicate_configs_differ_in_seed_and_name_only():
-    cfgs = replicate_configs(batch_config("seed=40"), 12)
+def test_replicates_differ_in_seed_only_and_have_their_own_files(tmp_path):
+    cfgs, paths = replicates_of(batch_config("seed=40"), 12, tmp_path)
     assert [c.seed for c in cfgs] == list(range(40, 52))
-    assert [c.name for c in cfgs][:2] == ["baseline_r00", "baseline_r01"] and cfgs[-1].name == "baseline_r11"
-    assert cfgs[3].model_copy(update={"seed": 40, "name": "baseline"}) == batch_config("seed=40")
+    assert [p.name for p in paths][:2] == ["baseline_r00.h5", "baseline_r01.h5"] and paths[-1].name == "baseline_r11.h5"
+    assert all(p.parent == tmp_path for p in paths)
+    assert cfgs[3] == batch_config("seed=43")
 
 
 def test_each_replicate_of_a_batch_equals_its_single_run_bit_for_bit(tmp_path, singles):
@@ -101,7 +101,7 @@ def test_a_batch_refuses_configs_that_differ_in_more_than_seed_and_name(tmp_path
     with pytest.raises(ValueError, match="differ in car_t.initial_cells"):
         run_batch(cfgs, [tmp_path / "a.h5", tmp_path / "b.h5"], quiet=True)
     with pytest.raises(Exception, match="its own file"):
-        run_batch(replicate_configs(batch_config(), 2), [tmp_path / "a.h5"] * 2, quiet=True)
+        run_batch(replicates_of(batch_config(), 2, tmp_path)[0], [tmp_path / "a.h5"] * 2, quiet=True)
 
 
 def test_nothing_crosses_between_replicates():
@@ -132,7 +132,7 @@ def test_run_replicates_writes_one_run_file_per_replicate_that_open_runs_lists(t
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == str(tmp_path / "reps")
     runs = tme_abm.open_runs(tmp_path / "reps")
-    assert len(runs) == 3 and sorted(runs["seed"]) == [9, 10, 11]
+    assert len(runs) == 3 and sorted(runs["seed"]) == [9, 10, 11] and set(runs["name"]) == {"baseline"}
     assert sorted(p.name for p in (tmp_path / "reps").glob("*.h5")) == [f"baseline_r{r}.h5" for r in range(3)]
     again = cli("run", BASELINE, "--replicates", "3", "--out", tmp_path / "reps", "-q", *sets)
     assert again.returncode == 1 and "output file exists" in again.stderr

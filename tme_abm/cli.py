@@ -123,7 +123,7 @@ def run(
     """Run one config (or a batch of replicates of it) and write HDF5 run files."""
     from .io import RunFileError, default_output_path
     from .io.lock import LockedError
-    from .io.runner import RunTerminated, pending_path, replicate_configs, run_batch
+    from .io.runner import RunTerminated, pending_path, replicates_of, run_batch
 
     cfg = _load(config, set_, backend, seed)
     for w in accuracy_warnings(cfg):
@@ -140,8 +140,7 @@ def run(
         target = resume or out or Path("runs") / cfg.name
         if target.exists() and not target.is_dir():
             _fail(f"{target}: is a file; with --replicates, --out names a folder for the replicates' run files")
-        cfgs = replicate_configs(cfg, replicates)
-        paths = [target / f"{c.name}.h5" for c in cfgs]
+        cfgs, paths = replicates_of(cfg, replicates, target)
         target.mkdir(parents=True, exist_ok=True)
     try:
         run_batch(cfgs, paths, overwrite=overwrite, quiet=quiet, resume=resume is not None)

@@ -59,12 +59,13 @@ def run(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False, 
                      resume=resume)[0]
 
 
-def replicate_configs(cfg: Config, replicates: int) -> list[Config]:
-    """The configs of ``replicates`` replicates of ``cfg``: seeds ``cfg.seed + r`` and names
-    ``<name>_r<r>`` (r from 0, zero-padded to the width of the largest)."""
+def replicates_of(cfg: Config, replicates: int, folder: Path) -> tuple[list[Config], list[Path]]:
+    """The configs and run files of ``replicates`` replicates of ``cfg``: seeds
+    ``cfg.seed + r``, all else equal (so each is the single run of ``cfg`` with that
+    seed), in ``folder/<name>_r<r>.h5`` (r from 0, zero-padded to the largest's width)."""
     width = len(str(replicates - 1))
-    return [cfg.model_copy(update={"seed": cfg.seed + r, "name": f"{cfg.name}_r{r:0{width}d}"})
-            for r in range(replicates)]
+    return ([cfg.model_copy(update={"seed": cfg.seed + r}) for r in range(replicates)],
+            [Path(folder) / f"{cfg.name}_r{r:0{width}d}.h5" for r in range(replicates)])
 
 
 def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False, quiet: bool = False,
