@@ -97,14 +97,9 @@ def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False,
 
 def _check_batch(cfgs: list[Config]) -> None:
     """Refuse replicates whose configs differ in more than seed, name and output path."""
-    def runs_part(c: Config) -> dict:
-        d = _flat(c.model_dump(mode="json"))
-        return {k: v for k, v in d.items() if k not in ("seed", "name", "output.path")}
-
-    first = runs_part(cfgs[0])
+    first = cfgs[0].model_dump(mode="json")
     for c in cfgs[1:]:
-        other = runs_part(c)
-        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        diff = _differing_keys(first, c.model_dump(mode="json"), ("seed", "name", "output.path"))
         if diff:
             raise ValueError(f"replicates of one batch differ in {', '.join(diff[:8])}; a batch runs one config "
                              f"with several seeds")
@@ -143,8 +138,8 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
         run_files: list[RunFile] = []
         states = []
         try:
-            for r, (c, target) in enumerate(zip(cfgs, targets)):
-                run_file, state = _open(model, c, target, backend, resume, r)
+            for c, target in zip(cfgs, targets):
+                run_file, state = _open(model, c, target, backend, resume)
                 run_files.append(run_file)
                 states.append(state)
             if all(st is not None for st in states):
@@ -203,8 +198,8 @@ def _target(cfg: Config, path: Path, overwrite: bool, resume: bool) -> Path:
     return target
 
 
-def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool, replicate: int):
-    """Replicate ``replicate``'s run file and its latest checkpoint: a new file (no
+def _open(model: TMEModel, cfg: Config, target: Path, backend, resume: bool):
+    """The run file of ``cfg`` (one replicate) and its latest checkpoint: a new file (no
     checkpoint), or ``target`` reopened with its latest checkpoint's state (None if it
     has none yet: the run starts again)."""
     if not resume:
@@ -263,12 +258,17 @@ def _check_same_config(path: Path, cfg: Config) -> None:
     """Refuse to resume ``path`` with a config other than the one it was started with."""
     with reading(path) as f:
         stored = load_yaml(f["config"][()].decode())
-    a, b = _flat(stored), _flat(cfg.model_dump(mode="json"))
-    diff = sorted(k for k in a.keys() | b.keys() if k != "output.path" and a.get(k) != b.get(k))
+    diff = _differing_keys(stored, cfg.model_dump(mode="json"), ("output.path",))
     if diff:
         shown = ", ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
         raise RunFileError(f"{path}: was started with a different config (differs in {shown}); "
                            f"resume with the same config and --set options")
+
+
+def _differing_keys(a: dict, b: dict, ignore: tuple[str, ...]) -> list[str]:
+    """The dotted keys, sorted, whose values differ between two config mappings."""
+    a, b = _flat(a), _flat(b)
+    return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
 
 
 def _flat(d, prefix: str = "") -> dict:
