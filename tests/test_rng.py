@@ -117,3 +117,15 @@ def test_a_model_tick_never_draws_one_stream_twice(monkeypatch):
     assert owners == {0, 1, 2, 3, 4, 5}
     car_t_moves = {_decode(s)[2] for _, s in drawn if _decode(s)[:2] == (2, OWNERS[2].purposes.index("move"))}
     assert max(car_t_moves) >= 4  # the sub-moves that used to collide were drawn
+
+
+def test_a_batch_keys_each_replicate_as_its_single_run():
+    """The vectorized keys of a batch are the single runs' keys, and a key's replicate
+    picks its seed: replicate r of a batch draws what the run with seed r draws."""
+    seeds = (0, 1, 7, 2**63 - 1, 123456789)
+    for tick, stream in ((0, 0), (17, OWNERS[2]("move", 3, 2)), (10**6, 2**40 + 5)):
+        assert list(crng.stream_keys(seeds, tick, stream)) == [crng.stream_key(s, tick, stream) for s in seeds]
+    ids = np.arange(50)
+    batch = crng.uniform(np, seeds, 9, 3, crng.key_of(np.repeat(np.arange(5), 50), np.tile(ids, 5)))
+    for r, s in enumerate(seeds):
+        np.testing.assert_array_equal(batch[50 * r:50 * (r + 1)], crng.uniform(np, s, 9, 3, ids))

@@ -65,9 +65,17 @@ def stream_key(seed: int, tick: int, stream: int) -> int:
     return _mix_int(k ^ _mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64))
 
 
-@functools.lru_cache(maxsize=4096)
-def _stream_keys(seeds: tuple[int, ...], tick: int, stream: int) -> np.ndarray:
-    return np.array([stream_key(s, tick, stream) for s in seeds], dtype=np.uint64)
+@functools.lru_cache(maxsize=64)
+def _tick_keys(seeds: tuple[int, ...], tick: int) -> np.ndarray:
+    """(R,) uint64: each seed mixed with the tick, the first half of :func:`stream_key`
+    (shared by every stream of the tick)."""
+    return _mix(np.array(seeds, dtype=np.uint64) ^ np.uint64(_mix_int((int(tick) * _GOLDEN + 1) & _M64)), np)
+
+
+def stream_keys(seeds: tuple[int, ...], tick: int, stream: int) -> np.ndarray:
+    """(R,) uint64 :func:`stream_key` of each seed, computed as arrays (a batch draws with
+    one key per replicate in every call)."""
+    return _mix(_tick_keys(seeds, tick) ^ np.uint64(_mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64)), np)
 
 
 def uniform(xp, seed, tick: int, stream: int, ids, n_slots: int | None = None):
@@ -84,7 +92,7 @@ def uniform(xp, seed, tick: int, stream: int, ids, n_slots: int | None = None):
     """
     x = xp.asarray(ids).astype(xp.uint64)  # a fresh array: the steps below work in place
     if isinstance(seed, tuple) and len(seed) > 1:
-        keys = _stream_keys(seed, int(tick), int(stream))
+        keys = stream_keys(seed, tick, stream)
         replicate = (x >> xp.uint64(ID_BITS)).astype(xp.int64)
         x &= xp.uint64(_ID_MASK)
         key = xp.asarray(keys)[replicate]
