@@ -248,3 +248,23 @@ def test_monocyte_recruitment_rises_with_chemokine(ccl2):
         trials += len(m.lattice.vessel_sites)
     factor = 1 + 9.0 * hill(ccl2, 1.0, 1)
     assert within(arrived, trials, 1 - np.exp(-0.01 * factor * 6)), arrived / trials
+
+
+def test_activated_monocytes_return_to_rest_at_the_configured_rate():
+    """Activation is reversible: with no stimulus (no cytokine, no CAR T, base activation
+    off) an activated monocyte returns to rest with probability 1 - exp(-k dt) per tick."""
+    k = 0.02
+    rested = trials = 0
+    for seed in SEEDS:
+        m = TMEModel(scenario(monocyte={"activate_per_min": 0.0, "deactivate_per_min": k,
+                                        "death_per_min": 0.0, "move": {"speed_um_per_min": 0.0}},
+                              seed=seed), backend=BE)
+        ys, xs = grid_sites(m.lattice.shape, 3)
+        m.monocytes.add(np.ravel_multi_index((ys, xs), m.lattice.shape), activated=np.ones(len(ys), dtype=np.int8))
+        m.step()
+        at_rest = m.monocytes.data["activated"] == 0
+        rested += int(at_rest.sum())
+        trials += len(ys)
+        m.step()  # without a stimulus nobody activates again
+        assert (m.monocytes.data["activated"][at_rest] == 0).all()
+    assert within(rested, trials, 1 - np.exp(-k * 6)), rested / trials

@@ -5,7 +5,10 @@ when no tumor cell is left alive; partial response (PR) at >= 65% reduction of t
 burden from baseline; progressive disease (PD) at >= 73% increase; otherwise stable
 disease (SD). Baseline is the burden at the first infusion (at the start when there is
 none). Time to progression is the first day after the nadir at which the burden is
->= 1.73 x the nadir (RECIST measures progression from the nadir).
+>= 1.73 x the nadir (RECIST measures progression from the nadir). The expansion fold
+is the blood CAR T peak over blood CAR T one day after the first infusion (after the
+distribution phase); CRS onset is the first day >= 0 with grade >= 1, its duration the
+time from onset to the end of the last tick with grade >= 1.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ OUTCOME_KEYS = (
     "baseline_burden", "response_at_assessment", "assessment_day", "response_at_end", "burden_ratio_at_end",
     "nadir_burden", "time_to_nadir_days", "time_to_progression_days", "peak_blood_car_t", "peak_blood_car_t_day",
     "peak_expansion_over_baseline_burden", "max_crs_grade", "peak_cytokine", "icans_score",
-    "antigen_negative_fraction_end",
+    "antigen_negative_fraction_end", "expansion_fold", "crs_onset_day", "crs_duration_days",
 )
 """The outcomes of a run, in the order :func:`compute_outcomes` gives them (docs/model.md)."""
 OUTCOME_UNITS = {
@@ -29,6 +32,7 @@ OUTCOME_UNITS = {
     "peak_blood_car_t": "CAR T cells", "peak_blood_car_t_day": "day",
     "peak_expansion_over_baseline_burden": "CAR T per tumor cell", "max_crs_grade": "grade 0-4",
     "peak_cytokine": "pg/mL", "icans_score": "risk 0-1", "antigen_negative_fraction_end": "of alive tumor cells",
+    "expansion_fold": "of blood CAR T on day 1", "crs_onset_day": "day", "crs_duration_days": "day",
 }
 """What each numeric outcome is measured in (for people; run files carry UDUNITS)."""
 
@@ -51,7 +55,8 @@ class History:
     """The patient-level trajectory the outcomes are computed from: one host float per
     tick in each of :data:`COLUMNS`."""
 
-    COLUMNS = ("day", "burden", "tumor_alive", "blood_car_t", "cytokine", "crs_grade", "antigen_negative_fraction")
+    COLUMNS = ("day", "burden", "tumor_alive", "circulating_tumor", "blood_car_t", "cytokine", "crs_grade",
+               "antigen_negative_fraction")
 
     def __init__(self):
         self.columns: dict[str, list[float]] = {k: [] for k in self.COLUMNS}
@@ -94,6 +99,8 @@ def compute_outcomes(history: History, systemic, patient) -> dict:
         i = int(np.searchsorted(day, d, side="left"))
         return min(i, len(day) - 1)
 
+    # complete response: no tumor cell on the lattice and less than one circulating
+    alive = alive + (np.asarray(history["circulating_tumor"], dtype=float) >= 1.0)
     i_assess = at_day(patient.assessment_day)
     assessed = day[-1] >= patient.assessment_day - 1e-9
     post_b, post_d = burden[after], day[after]
@@ -104,6 +111,9 @@ def compute_outcomes(history: History, systemic, patient) -> dict:
     if later.size:
         ttp = float(post_d[later[0]])
     i_peak = int(np.argmax(blood))
+    day1 = blood[at_day(1.0)] if day[-1] >= 1.0 - 1e-9 else math.nan
+    crs = np.flatnonzero((grade >= 1) & (day >= 0.0))
+    onset = float(day[crs[0]]) if crs.size else math.nan
     return {
         "baseline_burden": float(baseline),
         "response_at_assessment": classify_response(baseline, burden[i_assess], alive[i_assess]) if assessed else "NA",
@@ -120,4 +130,8 @@ def compute_outcomes(history: History, systemic, patient) -> dict:
         "peak_cytokine": float(cyto.max()) if cyto.size else 0.0,
         "icans_score": float(systemic.icans_score(float(cyto.max()), float(blood.max()))) if cyto.size else 0.0,
         "antigen_negative_fraction_end": float(history["antigen_negative_fraction"][-1]),
+        "expansion_fold": float(blood[i_peak] / day1) if day1 > 0 else math.nan,
+        "crs_onset_day": onset,
+        "crs_duration_days": float(day[crs[-1]] - onset + (day[1] - day[0] if len(day) > 1 else 0.0))
+        if crs.size else 0.0,
     }

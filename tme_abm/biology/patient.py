@@ -1,26 +1,39 @@
 """The patient: a well-mixed systemic compartment coupled to the lattice.
 
-State, per minute of simulated time (docs/model.md, "Patient", gives every equation
-and the source or assumption behind every parameter):
+The lattice is a representative piece of the disease; ``burden_scale`` tumor cells of
+the patient stand for each of its tumor cells. The patient holds what the lattice does
+not (docs/model.md, "Patient", gives every equation and the source or assumption
+behind every parameter):
 
-* total tumor burden ``B = (alive tumor cells on the lattice) x burden_scale``;
-* blood CAR T pool, one entry per infused product ``p``:
-  ``dP_p/dt = (k_exp * f_p * A * (1 + boost(t)) - k_con - k_traf) * P_p`` with the
-  antigen drive ``A = B / (B + K_B + P)`` (saturating in burden, and limited by the
-  competition of P cells for antigen), the product's fitness
-  ``f_p`` and the lymphodepletion boost ``boost(t) = b * exp(-(t - t_LD) / tau)``;
-  the share ``lattice_share`` of the trafficking flux ``k_traf * P`` goes to the
-  lattice: vessel sites release cells at that expected rate and each arrival is taken
-  out of the pool, so infused = blood + arrived + elsewhere (with no expansion or
-  contraction) holds exactly;
-* systemic IL-6-like cytokine ``dC/dt = s_T * E + s_M * M - k_C * C`` with ``E`` and
-  ``M`` the engaged CAR T and activated monocytes of the patient (lattice counts x
-  burden_scale), plus pulses (surgical wounds).
+* **CAR T kinetics** (Stein 2019, Mueller 2017), one set of compartments per infused
+  product: effectors in blood ``P``, in other tissues ``T`` (the distribution phase), in
+  the disease ``D``, and memory cells ``M`` (the persistence phase). Effectors in the
+  disease proliferate as often as CAR T on the lattice meet antigen (the engaged share
+  of lattice CAR T); effectors in blood and tissues as often as they meet circulating
+  antigen (normal antigen-positive cells, the antigen sink, and circulating tumor
+  cells), a saturating function of antigen cells per effector. Proliferation slows as
+  the effectors' mean generation nears the product's divisions (replicative capacity:
+  expansion ends, contraction follows, even while antigen lasts). Lymphodepletion adds
+  antigen-independent homeostatic proliferation. The disease takes CAR T from blood in
+  proportion to its perfusion: the lattice's vessels x ``burden_scale``; the lattice
+  itself receives CAR T at the blood concentration, as a sample of the disease.
+* **Blood compartment**: normal antigen-positive cells ``S`` (renewed, killed by
+  engaged effectors) and circulating tumor cells ``L`` (following the marrow disease,
+  killed by engaged effectors) for hematologic disease.
+* **CRS** (Norelli 2018, Giavridis 2018, Liu 2020): the patient's myeloid cells are
+  activated, reversibly, by activated CAR T (effectors meeting antigen that can still
+  proliferate) and by tumor killing (DAMPs, pyroptosis),
+  and activated myeloid cells make IL-6-like cytokine ``C``, which is cleared.
+  Tocilizumab blocks its signalling, corticosteroids suppress activation and
+  production. The effective signal sets fever, hypotension and hypoxia, graded by the
+  ASTCT consensus (Lee 2019). Without CAR T nothing is activated: no CRS.
 
-Over one tick the inputs (B, E, M and the drive A) are held at their tick-start values, so both
-equations are linear with known coefficients and are integrated exactly (the boost
-term in closed form), not by an approximate stepper; tests compare with the analytic
-solutions.
+Over one tick the lattice's inputs and every coefficient are held at their tick-start
+values, so each system is linear with constant coefficients and is integrated exactly:
+the CAR T compartments by a matrix exponential (homeostatic proliferation acts on every
+compartment alike, so its time course enters as a scalar factor in closed form), the
+blood cells and myeloid activation as exponential relaxations, and the cytokine in
+closed form over the activation's relaxation. Tests compare each with its closed form.
 """
 
 from __future__ import annotations
@@ -29,6 +42,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+from scipy.linalg import expm
+
+BLOOD, TISSUE, DISEASE, MEMORY = range(4)
+"""Indices of a product's compartments."""
+COMPARTMENTS = ("blood", "tissue", "disease", "memory")
+VARIABILITY_STREAM = 0x5EED_0018
+"""Second word of the seed sequence a patient's variability is drawn from (its own
+generator: no other setup draw moves when the variability changes)."""
+
 
 @dataclass
 class Product:
@@ -36,9 +59,32 @@ class Product:
 
     edits: list[str]
     fitness: float
-    """Multiplier of expansion, in (0, 1] (1: unaffected by patient inflammation)."""
+    """Multiplier of antigen-driven expansion, in (0, 1] (1: unaffected by inflammation)."""
     initial_exhaustion: float
     divisions: int
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """What the lattice tells the patient over one tick, scaled to the patient
+    (lattice counts x ``burden_scale``)."""
+
+    burden: float = 0.0
+    """Alive tumor cells of the disease (cells)."""
+    kills_per_min: float = 0.0
+    """Tumor cells killed by CAR T in the disease per minute."""
+    encounter: float = 0.0
+    """Share of the lattice's CAR T engaged with a target, in [0, 1] (0 without CAR T)."""
+
+
+def _decay(tau_min: float, since_min: float, t_min: float) -> float:
+    """``exp(-(t - since) / tau)`` for t >= since, else 0."""
+    return math.exp(-(t_min - since_min) / tau_min) if t_min >= since_min else 0.0
+
+
+def _relax(x0: float, x_inf: float, rate: float, dt: float) -> float:
+    """Exact solution of ``dx/dt = rate (x_inf - x)`` after dt."""
+    return x_inf + (x0 - x_inf) * math.exp(-rate * dt) if rate > 0 else x0
 
 
 @dataclass
@@ -47,39 +93,101 @@ class Systemic:
 
     cfg: Any
     """The ``patient`` config section (rates, thresholds; docs/config.md)."""
-    blood: list[float] = field(default_factory=list)
-    """Blood CAR T per product (cells)."""
+    disease_vessels: float = 0.0
+    """Vessel sites of the disease: the lattice's x ``burden_scale``."""
     products: list[Product] = field(default_factory=list)
+    cells: list[list[float]] = field(default_factory=list)
+    """Per product: CAR T in blood, tissue, disease, memory (:data:`COMPARTMENTS`)."""
+    generations: list[float] = field(default_factory=list)
+    """Per product: antigen-driven divisions its effectors have made on average."""
+    normal_antigen: float = 0.0
+    """Normal antigen-positive cells S (the antigen sink)."""
+    circulating_tumor: float = 0.0
+    """Circulating tumor cells L."""
+    lattice_burden: float = 0.0
+    """Alive lattice tumor cells x burden_scale at the last update."""
+    activation: float = 0.0
+    """Share of the patient's monocytes/macrophages activated, in [0, 1]."""
     cytokine: float = 0.0
-    burden: float = 0.0
+    """Systemic IL-6-like cytokine (pg/mL-like)."""
+    peak_cytokine: float = 0.0
     baseline_burden: float | None = None
     inflammation: float = 0.0
+    first_infusion_min: float | None = None
     boost: float = 0.0
-    """Lymphodepletion boost b at ``boost_since_min`` (fraction of the base expansion)."""
+    """Lymphodepletion boost b at ``boost_since_min`` (units of ``homeostatic_per_min``)."""
     boost_since_min: float = 0.0
     boost_tau_min: float = 1.0
-    # cumulative CAR T ledger (cells): infused = blood + to_lattice + elsewhere - expanded + contracted
+    blockade: float = 0.0
+    """Tocilizumab: share of IL-6 signalling blocked at ``blockade_since_min``."""
+    blockade_since_min: float = 0.0
+    blockade_tau_min: float = 1.0
+    suppression: float = 0.0
+    """Corticosteroids: share of activation and production suppressed at ``suppression_since_min``."""
+    suppression_since_min: float = 0.0
+    suppression_tau_min: float = 1.0
+    crs_treated: bool = False
+    """Tocilizumab or corticosteroids given: fever no longer needed to grade CRS (ASTCT)."""
+    expansion_factor: float = 1.0
+    """This patient's multiplier of antigen-driven expansion (variability)."""
+    cytokine_factor: float = 1.0
+    """This patient's multiplier of myeloid IL-6 production (variability)."""
     infused: float = 0.0
-    expanded: float = 0.0
-    contracted: float = 0.0
-    to_lattice: float = 0.0
-    from_lattice: float = 0.0
-    elsewhere: float = 0.0
+    time_min: float = 0.0
+    """End of the last :meth:`advance`."""
+
+    @classmethod
+    def for_patient(cls, cfg, seed: int, lattice_vessels: int) -> Systemic:
+        """The patient of the replicate with ``seed``: its variability drawn from its own
+        generator, the normal antigen-positive cells at their normal number."""
+        z = np.random.default_rng([seed, VARIABILITY_STREAM]).standard_normal(2)
+        v = cfg.variability
+        return cls(cfg, disease_vessels=lattice_vessels * cfg.burden_scale, normal_antigen=cfg.normal_antigen_cells,
+                   expansion_factor=math.exp(v.expansion * z[0]), cytokine_factor=math.exp(v.cytokine * z[1]))
+
+    # ---- what the rest of the model reads ----------------------------------------
 
     @property
-    def lattice_share(self) -> float:
-        c = self.cfg
-        return c.lattice_share if c.lattice_share is not None else min(1.0, 1.0 / c.burden_scale)
+    def burden(self) -> float:
+        """Total tumor burden: the disease the lattice stands for plus circulating cells."""
+        return self.lattice_burden + self.circulating_tumor
+
+    def circulating(self) -> np.ndarray:
+        """(products,) CAR T in the circulation of each product: blood effectors and memory."""
+        c = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        return c[:, BLOOD] + c[:, MEMORY]
 
     @property
     def blood_total(self) -> float:
-        return float(sum(self.blood))
+        """Circulating CAR T (cells): what a blood count measures."""
+        return float(self.circulating().sum())
 
-    def antigen_drive(self, burden: float) -> float:
-        """``A = B / (B + K_B + P)`` in [0, 1): rises and saturates with the burden B, and
-        falls as the blood CAR T P outnumber their antigen (competition for antigen,
-        which ends expansion once the pool is of the order of the burden)."""
-        return burden / (burden + self.cfg.expansion_half_burden + self.blood_total)
+    def compartment_totals(self) -> dict[str, float]:
+        """CAR T of all products in each compartment (cells)."""
+        c = np.asarray(self.cells, dtype=float).reshape(-1, 4).sum(axis=0)
+        return dict(zip(COMPARTMENTS, map(float, c)))
+
+    def arrival_rate_per_vessel(self) -> float:
+        """Expected CAR T arrivals per minute at one lattice vessel site: the blood
+        concentration (cells/uL) x the extravasation volume x marrow homing."""
+        c = self.cfg
+        return self.blood_total / (c.blood_volume_ml * 1000.0) * c.extravasation_ul_per_min * c.marrow_homing
+
+    def disease_entry_per_min(self) -> float:
+        """Rate constant (1/min) at which blood CAR T enter the disease: the lattice's
+        arrivals per blood cell x its vessels x ``burden_scale``."""
+        c = self.cfg
+        return c.extravasation_ul_per_min * c.marrow_homing * self.disease_vessels / (c.blood_volume_ml * 1000.0)
+
+    def blood_encounter(self) -> float:
+        """Share of blood and tissue effectors meeting antigen, ``Ag / (Ag + K (P + T))``
+        with Ag = normal antigen-positive + circulating tumor cells (0 without antigen)."""
+        ag = self.normal_antigen + self.circulating_tumor
+        if ag <= 0:
+            return 0.0
+        c = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        e = float(c[:, BLOOD].sum() + c[:, TISSUE].sum())
+        return ag / (ag + self.cfg.encounter_half_ratio * e)
 
     def inflammation_index(self, burden: float, myeloid_per_tumor: float) -> float:
         """Pre-infusion inflammation in [0, 1]: a burden term ``B / (B + K_I)`` and a myeloid
@@ -90,103 +198,177 @@ class Systemic:
         m = myeloid_per_tumor / (myeloid_per_tumor + 0.1)
         return (1 - w) * b + w * m
 
-    def infuse(self, dose: float, edits: list[str], exhaustion: float, divisions: int) -> int:
+    # ---- events ------------------------------------------------------------------
+
+    def start(self, lattice_burden: float) -> None:
+        """Set the disease at the start of a run; circulating tumor cells at their equilibrium."""
+        self.lattice_burden = lattice_burden
+        self.circulating_tumor = self.cfg.circulating_tumor_fraction * lattice_burden
+
+    def infuse(self, dose: float, edits: list[str], exhaustion: float, divisions: int, minute: float = 0.0) -> int:
         """Add a product to the blood; its fitness is set by the current inflammation
         index. Returns the product index."""
         loss = self.cfg.fitness_loss * self.inflammation
         prod = Product(edits=list(edits), fitness=1.0 - loss,
                        initial_exhaustion=min(1.0, exhaustion + loss),
                        divisions=max(0, int(round(divisions * (1.0 - loss)))))
-        self.products.append(prod)
-        self.blood.append(float(dose))
         self.infused += dose
+        if self.first_infusion_min is None:
+            self.first_infusion_min = minute
+        return self.add_product(prod, dose)
+
+    def add_product(self, product: Product, blood: float = 0.0) -> int:
+        """Add a product with ``blood`` cells in blood; returns its index."""
+        self.products.append(product)
+        self.cells.append([float(blood), 0.0, 0.0, 0.0])
+        self.generations.append(0.0)
         return len(self.products) - 1
 
-    def lattice_arrival_rate(self) -> float:
-        """Expected CAR T arrivals on the lattice per minute: ``k_traf * share * P``."""
-        return self.cfg.trafficking_per_min * self.lattice_share * self.blood_total
+    def lymphodeplete(self, boost: float, minute: float, tau_min: float) -> None:
+        self.boost, self.boost_since_min, self.boost_tau_min = boost, minute, tau_min
 
-    def advance(self, t0_min: float, dt_min: float, engaged: float, activated_monocytes: float) -> None:
-        """Integrate over [t0, t0 + dt] with the lattice inputs held fixed.
+    def give_tocilizumab(self, blockade: float, minute: float, tau_min: float) -> None:
+        self.blockade, self.blockade_since_min, self.blockade_tau_min = blockade, minute, tau_min
+        self.crs_treated = True
 
-        The blood pool loses contraction and the trafficking to the rest of the body
-        here; the lattice's share of trafficking leaves through :meth:`take`, cell by
-        cell, as cells arrive at vessel sites.
+    def give_corticosteroid(self, suppression: float, minute: float, tau_min: float) -> None:
+        self.suppression, self.suppression_since_min, self.suppression_tau_min = suppression, minute, tau_min
+        self.crs_treated = True
 
-        Args:
-            engaged, activated_monocytes: patient totals (lattice counts x burden_scale).
-        """
+    # ---- one tick ----------------------------------------------------------------
+
+    def proliferation_per_min(self, p: int) -> float:
+        """Antigen-driven proliferation of product p's effectors at full encounter:
+        ``rho f_p omega_e (1 - n_p / N_p)``, slowing as the mean generation n_p nears the
+        product's divisions N_p (replicative capacity; 0 once spent)."""
+        prod = self.products[p]
+        return self.cfg.expansion_per_min * prod.fitness * self.expansion_factor * self.capacity_left(p)
+
+    def capacity_left(self, p: int) -> float:
+        """``1 - n_p / N_p`` of product p, in [0, 1] (0 for a product with no divisions)."""
+        prod = self.products[p]
+        return max(1.0 - self.generations[p] / prod.divisions, 0.0) if prod.divisions > 0 else 0.0
+
+    def activated_car_t(self, blood_encounter: float, lesion_encounter: float) -> float:
+        """Activated CAR T in the patient (cells): effectors meeting antigen, in blood and
+        tissues (A_b (P + T)) and in the disease (phi D), that can still proliferate,
+        weighted by their product's capacity left ``1 - n_p / N_p``. They make the
+        GM-CSF and IFN-gamma that activate myeloid cells."""
+        total = 0.0
+        for p in range(len(self.products)):
+            x = self.cells[p]
+            total += self.capacity_left(p) * (blood_encounter * (x[BLOOD] + x[TISSUE]) + lesion_encounter * x[DISEASE])
+        return total
+
+    def kinetics_matrix(self, rho: float, blood_encounter: float, lesion_encounter: float) -> np.ndarray:
+        """(4, 4) rate matrix K (1/min) of one product, ``dx/dt = K x`` over
+        x = (blood, tissue, disease, memory), with proliferation ``rho`` (1/min) at full
+        encounter and without homeostatic proliferation."""
         c = self.cfg
-        a = self.antigen_drive(self.burden)
-        boost_int = 0.0  # integral of the boost over the step, in closed form
-        if self.boost > 0:
-            # from the boost's start (within this tick, at the lymphodepletion) to the tick's end
-            lo = max(t0_min, self.boost_since_min)
-            e0 = math.exp(-(lo - self.boost_since_min) / self.boost_tau_min)
-            e1 = math.exp(-(t0_min + dt_min - self.boost_since_min) / self.boost_tau_min)
-            boost_int = self.boost * self.boost_tau_min * max(e0 - e1, 0.0)
-        k_else = c.trafficking_per_min * (1.0 - self.lattice_share)
-        for p, prod in enumerate(self.products):
-            P0 = self.blood[p]
-            if P0 <= 0:
-                continue
-            k_exp = c.expansion_per_min * prod.fitness * a
-            log_growth = (k_exp - c.contraction_per_min - k_else) * dt_min + k_exp * boost_int
-            P1 = P0 * math.exp(log_growth)
-            # the outflows' share of the change (the pool itself is exact); the ledger
-            # closes by counting the rest as expansion
-            integral = P0 * dt_min * (math.expm1(log_growth) / log_growth if abs(log_growth) > 1e-12 else 1.0)
-            con, out = c.contraction_per_min * integral, k_else * integral
-            self.contracted += con
-            self.elsewhere += out
-            self.expanded += (P1 - P0) + con + out
-            self.blood[p] = P1
-        s = c.cytokine_per_engaged_car_t * engaged + c.cytokine_per_activated_monocyte * activated_monocytes
-        k = c.cytokine_clearance_per_min
-        if k > 0:  # dC/dt = s - k C, exact over the step
-            c_inf = s / k
-            self.cytokine = c_inf + (self.cytokine - c_inf) * math.exp(-k * dt_min)
-        else:
-            self.cytokine += s * dt_min
+        g_b, g_d = rho * blood_encounter, rho * lesion_encounter
+        either = 1.0 - (1.0 - blood_encounter) * (1.0 - lesion_encounter)
+        k_out, k_in, k_d, k_egr = (c.distribution_out_per_min, c.distribution_in_per_min,
+                                   self.disease_entry_per_min(), c.egress_per_min)
+        die, mem, rec = c.contraction_per_min, c.memory_per_min, c.recall_per_min * either
+        return np.array([
+            [g_b - k_out - k_d - die - mem, k_in, k_egr, rec],
+            [k_out, g_b - k_in - die - mem, 0.0, 0.0],
+            [k_d, 0.0, g_d - k_egr - die - mem, 0.0],
+            [mem, mem, mem, -c.memory_decay_per_min - rec],
+        ])
 
-    def take(self, per_product: list[int]) -> None:
-        """Remove arriving cells from the blood (``per_product[p]`` of product p)."""
-        for p, n in enumerate(per_product):
-            n = min(float(n), self.blood[p])
-            self.blood[p] -= n
-            self.to_lattice += n
+    def homeostatic_integral(self, t0_min: float, dt_min: float) -> float:
+        """``integral of k_h b exp(-(t - t_LD)/tau) dt`` over the tick, in closed form."""
+        if self.boost <= 0:
+            return 0.0
+        lo = max(t0_min, self.boost_since_min)
+        hi = t0_min + dt_min
+        if hi <= lo:
+            return 0.0
+        e0 = _decay(self.boost_tau_min, self.boost_since_min, lo)
+        e1 = _decay(self.boost_tau_min, self.boost_since_min, hi)
+        return self.cfg.homeostatic_per_min * self.boost * self.boost_tau_min * (e0 - e1)
 
-    def give_back(self, per_product: list[int]) -> None:
-        """Cells leaving the lattice for the blood (``per_product[p]`` of product p)."""
-        for p, n in enumerate(per_product):
-            self.blood[p] += float(n)
-            self.from_lattice += float(n)
+    def advance(self, t0_min: float, dt_min: float, lesion: Lesion) -> None:
+        """Integrate over [t0, t0 + dt] with the lattice's ``lesion`` inputs and every
+        coefficient held at their tick-start values."""
+        c = self.cfg
+        self.lattice_burden = lesion.burden
+        a_blood = self.blood_encounter()
+        cells = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        engaged_blood = a_blood * float(cells[:, BLOOD].sum() + cells[:, TISSUE].sum())
+        # blood cells: renewal / following the marrow, minus killing by engaged effectors
+        ag = self.normal_antigen + self.circulating_tumor
+        kill_hazard = c.blood_kills_per_min * engaged_blood / ag if ag > 0 else 0.0
+        blood_kills = kill_hazard * ag
+        r_s = c.normal_antigen_renewal_per_min
+        rate = r_s + kill_hazard
+        self.normal_antigen = _relax(self.normal_antigen, r_s * c.normal_antigen_cells / rate if rate > 0 else 0.0,
+                                     rate, dt_min)
+        k_x = c.circulating_exchange_per_min
+        rate = k_x + kill_hazard
+        target = k_x * c.circulating_tumor_fraction * lesion.burden / rate if rate > 0 else 0.0
+        self.circulating_tumor = _relax(self.circulating_tumor, target, rate, dt_min)
+        # CAR T: exact for constant coefficients; homeostatic proliferation is a scalar factor
+        growth = math.exp(self.homeostatic_integral(t0_min, dt_min))
+        for p in range(len(self.products)):
+            rho = self.proliferation_per_min(p)
+            k = self.kinetics_matrix(rho, a_blood, lesion.encounter)
+            x = cells[p]
+            effectors = x[BLOOD] + x[TISSUE] + x[DISEASE]
+            if effectors > 0:  # the mean division rate of the effectors, held over the tick
+                rate = rho * (a_blood * (x[BLOOD] + x[TISSUE]) + lesion.encounter * x[DISEASE]) / effectors
+                self.generations[p] += rate * dt_min / math.log(2)
+            self.cells[p] = [float(v) for v in growth * (expm(k * dt_min) @ x)]
+        # CRS: stimulus -> myeloid activation (relaxes exactly) -> IL-6 (closed form)
+        active = self.activated_car_t(a_blood, lesion.encounter)
+        kills = lesion.kills_per_min + blood_kills
+        stim = 1.0 - (1.0 - active / (active + c.activation_half_car_t)) * \
+            (1.0 - kills / (kills + c.activation_half_kills_per_min))
+        keep = 1.0 - self.suppression * _decay(self.suppression_tau_min, self.suppression_since_min, t0_min)
+        on, off = c.activation_per_min * keep * stim, c.deactivation_per_min
+        lam = on + off
+        a0 = self.activation
+        a_inf = on / lam if lam > 0 else a0
+        self.activation = _relax(a0, a_inf, lam, dt_min)
+        s = c.il6_per_min * self.cytokine_factor * keep
+        self.cytokine = _cytokine(self.cytokine, s, a0, a_inf, lam, c.cytokine_clearance_per_min, dt_min)
+        self.peak_cytokine = max(self.peak_cytokine, self.cytokine)
+        self.time_min = t0_min + dt_min
 
-    def get_state(self) -> dict:
-        """Every field but the config, JSON-able (floats round-trip exactly)."""
-        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cfg", "products")}
-        state["blood"] = list(self.blood)
-        state["products"] = [asdict(p) for p in self.products]
-        return state
+    def add_cytokine(self, amount: float) -> None:
+        """A pulse of systemic cytokine (a surgical wound)."""
+        self.cytokine += amount
+        self.peak_cytokine = max(self.peak_cytokine, self.cytokine)
 
-    def set_state(self, state: dict) -> None:
-        for k, v in state.items():
-            if k == "products":
-                v = [Product(**p) for p in v]
-            elif k == "blood":
-                v = [float(x) for x in v]
-            setattr(self, k, v)
+    # ---- toxicity ----------------------------------------------------------------
 
-    def ledger_residual(self) -> float:
-        """``infused + expanded - contracted - elsewhere - to_lattice + from_lattice -
-        blood``: zero up to rounding when the bookkeeping is right."""
-        return (self.infused + self.expanded - self.contracted - self.elsewhere - self.to_lattice
-                + self.from_lattice - self.blood_total)
+    def effective_cytokine(self, cytokine: float | None = None, t_min: float | None = None) -> float:
+        """IL-6 signalling: the cytokine x (1 - tocilizumab's blockade at t)."""
+        cyt = self.cytokine if cytokine is None else cytokine
+        t = self.time_min if t_min is None else t_min
+        return cyt * (1.0 - self.blockade * _decay(self.blockade_tau_min, self.blockade_since_min, t))
 
-    def crs_grade(self, cytokine: float | None = None) -> int:
-        """CRS grade 0-4: the number of ``crs_thresholds`` the systemic cytokine reaches."""
-        c = self.cytokine if cytokine is None else cytokine
-        return int(sum(c >= t for t in self.cfg.crs_thresholds))
+    def crs_grade(self, effective: float | None = None) -> int:
+        """ASTCT grade 0-4 (Lee 2019) from the effective cytokine (default: now).
+
+        Fever is needed unless CRS was treated (tocilizumab, corticosteroids mask it);
+        the grade is then 1, or 2-4 by the worse of hypotension (fluids, one vasopressor,
+        several) and hypoxia (low-flow, high-flow oxygen, positive pressure). No CRS
+        before the first infusion: it is a toxicity of immune effector cells."""
+        if self.first_infusion_min is None or self.time_min <= self.first_infusion_min:
+            return 0
+        g = self.cfg.crs
+        c = self.effective_cytokine() if effective is None else effective
+        organ = max(sum(c >= t for t in g.hypotension), sum(c >= t for t in g.hypoxia))
+        if c < g.fever and not (self.crs_treated and organ):
+            return 0
+        return 1 + organ
+
+    def grade_thresholds(self) -> list[float]:
+        """Effective cytokine at which grades 1-4 begin in an untreated patient."""
+        g = self.cfg.crs
+        return [g.fever] + [min(a, b) for a, b in zip(g.hypotension, g.hypoxia)]
 
     def icans_score(self, cytokine_peak: float, car_t_peak: float) -> float:
         """ICANS risk in [0, 1): the mean of ``C/(C + K_C)`` at the cytokine peak and
@@ -194,3 +376,33 @@ class Systemic:
         c = self.cfg
         return 0.5 * (cytokine_peak / (cytokine_peak + c.icans_half_cytokine)
                       + car_t_peak / (car_t_peak + c.icans_half_car_t))
+
+    # ---- checkpoints -------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        """Every field but the config, JSON-able (floats round-trip exactly)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cfg", "products")}
+        state["cells"] = [[float(x) for x in row] for row in self.cells]  # copies, not the live lists
+        state["generations"] = [float(x) for x in self.generations]
+        state["products"] = [asdict(p) for p in self.products]
+        return state
+
+    def set_state(self, state: dict) -> None:
+        for k, v in state.items():
+            if k == "products":
+                v = [Product(**p) for p in v]
+            elif k == "cells":
+                v = [[float(x) for x in row] for row in v]
+            elif k == "generations":
+                v = [float(x) for x in v]
+            setattr(self, k, v)
+
+
+def _cytokine(c0: float, s: float, a0: float, a_inf: float, lam: float, k: float, dt: float) -> float:
+    """Exact ``C(dt)`` of ``dC/dt = s a(t) - k C`` with ``a(t) = a_inf + (a0 - a_inf) e^(-lam t)``."""
+    def phi(rate):  # integral of e^(-rate u) e^(-k (dt - u)) du over [0, dt]
+        d = k - rate
+        if abs(d) * dt < 1e-9:
+            return dt * math.exp(-k * dt)
+        return (math.exp(-rate * dt) - math.exp(-k * dt)) / d
+    return c0 * math.exp(-k * dt) + s * a_inf * phi(0.0) + s * (a0 - a_inf) * phi(lam)

@@ -15,7 +15,11 @@ run file. What each event does (docs/model.md, "Therapy"):
   ``exp(-a D_eff - b D_eff^2)``, ``D_eff = D * OER(pO2) / OER_max``,
   ``OER(p) = (OER_max p + K) / (p + K)`` (Alper-Howard-Flanders), so hypoxic cells
   resist, and adds an immunogenic CXCL10 pulse at the surviving tumor cells;
-* ``mrd``: minimal residual disease: all but ``residual_cells`` tumor cells are removed.
+* ``mrd``: minimal residual disease: all but ``residual_cells`` tumor cells are removed;
+* ``tocilizumab``: blocks a share of IL-6 signalling, decaying with its half-life
+  (CRS signs fall; the cytokine itself is not cleared faster);
+* ``corticosteroid``: suppresses a share of myeloid activation and IL-6 production,
+  decaying with its half-life.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import rng as crng
+from .populations.population import index_mask
 from .populations.tumor import ALIVE, APOPTOTIC
 
 _STREAMS = crng.streams(5, "therapy", ("lymphodepletion", "resection_order", "resection_tie", "radiotherapy", "mrd"))
@@ -54,7 +59,8 @@ def apply(model, item: Scheduled) -> list[dict]:
     entry (host scalars)."""
     e = item.event
     fn = {"infusion": _infusion, "lymphodepletion": _lymphodepletion, "resection": _resection,
-          "radiotherapy": _radiotherapy, "mrd": _mrd}[e.kind]
+          "radiotherapy": _radiotherapy, "mrd": _mrd, "tocilizumab": _tocilizumab,
+          "corticosteroid": _corticosteroid}[e.kind]
     return [{"day": item.day, "time_min": item.minute, "kind": e.kind, "event": item.index, **done}
             for done in fn(model, e, item)]
 
@@ -74,10 +80,12 @@ def _infusion(model, e, item) -> list[dict]:
     burden, myeloid = model.burden(), model.myeloid_per_tumor()
     for r, rep in enumerate(model.replicas):
         sysm = rep.systemic
+        total = float(burden[r]) + sysm.circulating_tumor  # the lattice's disease now, plus circulating cells
         if sysm.baseline_burden is None:
-            sysm.baseline_burden = float(burden[r])
-        sysm.inflammation = sysm.inflammation_index(float(burden[r]), float(myeloid[r]))
-        p = sysm.infuse(e.dose_cells, e.product.edits, e.product.initial_exhaustion, e.product.divisions)
+            sysm.baseline_burden = total
+        sysm.inflammation = sysm.inflammation_index(total, float(myeloid[r]))
+        p = sysm.infuse(e.dose_cells, e.product.edits, e.product.initial_exhaustion, e.product.divisions,
+                        minute=item.minute)
         out.append({"dose_cells": e.dose_cells, "product": p, "fitness": sysm.products[p].fitness,
                     "inflammation_index": sysm.inflammation})
     model.update_products()
@@ -94,10 +102,7 @@ def _lymphodepletion(model, e, item) -> list[dict]:
             removed += model.host_counts(model.count(pop, gone))[0]
             pop.remove(gone, how="died")
     for rep in model.replicas:
-        sysm = rep.systemic
-        sysm.boost = e.expansion_boost
-        sysm.boost_since_min = item.minute
-        sysm.boost_tau_min = e.boost_days * 1440.0
+        rep.systemic.lymphodeplete(e.expansion_boost, item.minute, e.boost_days * 1440.0)
     return [{"myeloid_removed": int(k)} for k in removed]
 
 
@@ -134,7 +139,7 @@ def _resection(model, e, item) -> list[dict]:
     out = []
     for rep, k in zip(model.replicas, removed):
         if e.region is not None or k:
-            rep.systemic.cytokine += e.wound_cytokine
+            rep.systemic.add_cytokine(e.wound_cytokine)
         out.append({"tumor_removed": int(k)})
     return out
 
@@ -166,14 +171,8 @@ def _radiotherapy(model, e, item) -> list[dict]:
         if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
             survivors = alive[u < surv]
             model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
-    killed = model.host_counts(model.count(t, _mask(xp, len(t), dead)))[0]
+    killed = model.host_counts(model.count(t, index_mask(xp, len(t), dead)))[0]
     return [{"tumor_killed": int(k), "dose_gy": e.dose_gy} for k in killed]
-
-
-def _mask(xp, n: int, idx):
-    mask = xp.zeros(n, dtype=bool)
-    mask[idx] = True
-    return mask
 
 
 def _mrd(model, e, item) -> list[dict]:
@@ -191,3 +190,17 @@ def _mrd(model, e, item) -> list[dict]:
     removed = model.host_counts(model.count(t, mask))[0]
     t.remove(mask, how="cleared")
     return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]
+
+
+def _tocilizumab(model, e, item) -> list[dict]:
+    tau = e.half_life_days * 1440.0 / np.log(2)
+    for rep in model.replicas:
+        rep.systemic.give_tocilizumab(e.blockade, item.minute, float(tau))
+    return [{"blockade": e.blockade} for _ in model.replicas]
+
+
+def _corticosteroid(model, e, item) -> list[dict]:
+    tau = e.half_life_days * 1440.0 / np.log(2)
+    for rep in model.replicas:
+        rep.systemic.give_corticosteroid(e.suppression, item.minute, float(tau))
+    return [{"suppression": e.suppression} for _ in model.replicas]

@@ -302,6 +302,8 @@ class MonocyteConfig(_Population):
     move: MonocyteMove = Field(default_factory=MonocyteMove)
     activate_per_min: NonNegFloat = 1e-6
     """Activation without IFN-gamma or engaged CAR T (rare: CRS needs CAR T activity)."""
+    deactivate_per_min: NonNegFloat = math.log(2) / 1440.0
+    """Return of an activated monocyte to rest (half-life 1 day: activation is reversible)."""
     death_per_min: NonNegFloat = 1.0 / (2.5 * 1440.0)
 
 
@@ -313,29 +315,100 @@ class GranulocyteConfig(_Population):
     death_per_min: NonNegFloat = math.log(2) / (19 * 60.0)
 
 
+class CrsGradingConfig(Strict):
+    """The signs of CRS from the effective IL-6-like signal, graded by the ASTCT consensus
+    (Lee 2019): fever is needed for grade 1 (not after tocilizumab or corticosteroids,
+    which mask it); hypotension or hypoxia set grades 2-4."""
+
+    fever: PosFloat = 40.0
+    """Effective cytokine (pg/mL-like) at which the patient has fever (>= 38 C)."""
+    hypotension: list[PosFloat] = [150.0, 600.0, 2000.0]
+    """Levels at which hypotension needs fluids, one vasopressor, several vasopressors."""
+    hypoxia: list[PosFloat] = [200.0, 800.0, 2500.0]
+    """Levels at which hypoxia needs low-flow oxygen, high-flow oxygen, positive pressure."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for key in ("hypotension", "hypoxia"):
+            t = getattr(self, key)
+            if len(t) != 3 or any(b <= a for a, b in zip(t, t[1:])):
+                raise ValueError(f"{key} {t} must be 3 increasing values (grades 2-4)")
+        return self
+
+
+class VariabilityConfig(Strict):
+    """Between-patient variability: each replicate's patient draws a log-normal multiplier
+    ``exp(omega z)``, z ~ N(0, 1), from its seed (the inter-individual variability of
+    population kinetic models, Stein 2019). 0 makes every patient the typical one."""
+
+    expansion: Annotated[float, Field(ge=0, le=3)] = 0.3
+    """omega of the antigen-driven expansion rate."""
+    cytokine: Annotated[float, Field(ge=0, le=3)] = 1.0
+    """omega of the myeloid IL-6 production."""
+
+
 class PatientConfig(Strict):
     """The systemic compartment (docs/model.md, "Patient"): what the lattice stands for,
-    the blood CAR T pool, the systemic cytokine, toxicity and response thresholds."""
+    the CAR T kinetics, the blood compartment, CRS, toxicity and response thresholds.
+    Rates are per minute."""
 
     burden_scale: Annotated[float, Field(gt=0, le=1e14)] = 1e5
     """Tumor cells in the patient per tumor cell on the lattice."""
-    lattice_share: Annotated[float, Field(gt=0, le=1)] | None = None
-    """Fraction of CAR T trafficking out of blood that reaches this lattice (default
-    1 / burden_scale: the lattice's share of the disease)."""
-    expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = 7.0e-4
-    """Antigen-driven expansion rate of blood CAR T at saturating drive (~1/day;
-    calibrated so the peak falls in week 1-3, docs/model.md)."""
-    expansion_half_burden: PosFloat = 1e8
-    """Burden (cells) at which the antigen drive is half its maximum (A = B/(B + K + P))."""
-    contraction_per_min: NonNegFloat = 1.0 / (7 * 1440.0)
-    trafficking_per_min: NonNegFloat = 0.5 / 1440.0
-    """Rate at which blood CAR T leave for tissues (all disease sites)."""
+    # -- CAR T kinetics: effectors in blood (P), tissues (T) and the disease (D); memory (M)
+    blood_volume_ml: PosFloat = 5000.0
+    extravasation_ul_per_min: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    """Blood volume per vessel site per minute whose CAR T enter the tissue: arrivals at a
+    lattice vessel = this x the blood concentration (cells/uL); the disease takes
+    P x this x (lattice vessels x burden_scale) / blood volume."""
+    marrow_homing: Annotated[float, Field(gt=0, le=100)] = 1.0
+    """Multiplier of entry into the disease (CXCR4/CXCL12 homing to marrow: > 1)."""
+    distribution_out_per_min: NonNegFloat = 2.0 / 1440
+    """Blood to other tissues (the distribution phase)."""
+    distribution_in_per_min: NonNegFloat = 0.5 / 1440
+    """Other tissues back to blood."""
+    egress_per_min: NonNegFloat = 0.3 / 1440
+    """Disease back to blood."""
+    expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = 2.0 / 1440
+    """Antigen-driven proliferation of an effector that meets antigen all the time."""
+    homeostatic_per_min: Annotated[float, Field(ge=0, le=0.01)] = 0.3 / 1440
+    """Antigen-independent proliferation right after lymphodepletion at boost 1 (IL-7/IL-15)."""
+    contraction_per_min: NonNegFloat = 0.2 / 1440
+    """Death of effectors (contraction)."""
+    memory_per_min: NonNegFloat = 0.02 / 1440
+    """Effectors becoming memory cells."""
+    memory_decay_per_min: NonNegFloat = math.log(2) / (90 * 1440)
+    """Loss of memory cells (half-life 90 days: the persistence phase)."""
+    recall_per_min: NonNegFloat = 0.1 / 1440
+    """Memory back to effectors, times the antigen encounter."""
+    encounter_half_ratio: PosFloat = 1.0
+    """Blood antigen-positive cells per blood/tissue effector at which half the effectors meet antigen."""
+    blood_kills_per_min: NonNegFloat = 2.0 / 1440
+    """Antigen-positive cells killed per engaged effector per minute in blood and tissues."""
+    normal_antigen_cells: Annotated[float, Field(ge=0, le=1e13)] = 0.0
+    """Normal antigen-positive cells (B cells for CD19): an antigen sink; 0 for none."""
+    normal_antigen_renewal_per_min: NonNegFloat = 1.0 / (60 * 1440)
+    """Return of normal antigen-positive cells toward their normal number."""
+    circulating_tumor_fraction: Annotated[float, Field(ge=0, le=10)] = 0.0
+    """Circulating tumor cells per tumor cell of the lattice's disease at equilibrium
+    (hematologic disease: > 0)."""
+    circulating_exchange_per_min: NonNegFloat = 1.0 / 1440
+    """Rate at which circulating tumor cells follow the marrow disease."""
+    variability: VariabilityConfig = Field(default_factory=VariabilityConfig)
+    # -- CRS: myeloid activation -> IL-6 -> signs -> ASTCT grade
+    activation_per_min: NonNegFloat = 1.0 / 1440
+    """Activation of the patient's monocytes/macrophages at full stimulus."""
+    deactivation_per_min: NonNegFloat = 2.0 / 1440
+    """Return of activated myeloid cells to rest (reversible activation)."""
+    activation_half_car_t: PosFloat = 1e9
+    """Activated CAR T in the patient (cells) at which their stimulus is half its maximum."""
+    activation_half_kills_per_min: PosFloat = 5e7
+    """Tumor cells killed per minute (pyroptosis, DAMPs) at which their stimulus is half its maximum."""
+    il6_per_min: NonNegFloat = 6.0
+    """IL-6-like cytokine (pg/mL-like per minute) with every myeloid cell activated."""
     cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
     """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
-    cytokine_per_engaged_car_t: Annotated[float, Field(ge=0, le=1)] = 4e-9
-    """pg/mL per minute per engaged CAR T in the patient (lattice count x burden_scale)."""
-    cytokine_per_activated_monocyte: Annotated[float, Field(ge=0, le=1)] = 8e-8
-    """pg/mL per minute per activated monocyte in the patient (lattice count x burden_scale)."""
+    crs: CrsGradingConfig = Field(default_factory=CrsGradingConfig)
+    # -- the product and the outcomes
     inflammation_half_burden: PosFloat = 1e10
     """Baseline burden at which the pre-infusion inflammation index reaches 0.5."""
     inflammation_myeloid_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
@@ -343,19 +416,10 @@ class PatientConfig(Strict):
     fitness_loss: Annotated[float, Field(ge=0, le=1)] = 0.5
     """At inflammation index 1 a product loses this fraction of its divisions and
     expansion, and gains this much initial exhaustion."""
-    crs_thresholds: list[PosFloat] = [20.0, 100.0, 400.0, 1500.0]
-    """Systemic cytokine (pg/mL-like) at which CRS grades 1, 2, 3, 4 begin."""
     icans_half_cytokine: PosFloat = 400.0
     icans_half_car_t: PosFloat = 1e9
     assessment_day: PosFloat = 28.0
     """Day after infusion at which the response is classified (also at the end)."""
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        t = self.crs_thresholds
-        if len(t) != 4 or any(b <= a for a, b in zip(t, t[1:])):
-            raise ValueError(f"crs_thresholds {t} must be 4 increasing values (grades 1-4)")
-        return self
 
 
 class _Event(Strict):
@@ -373,7 +437,8 @@ class LymphodepletionEvent(_Event):
     kind: Literal["lymphodepletion"]
     myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     expansion_boost: Annotated[float, Field(ge=0, le=10)] = 1.0
-    """Extra expansion, as a fraction of the base rate, right after lymphodepletion."""
+    """Homeostatic proliferation right after lymphodepletion, in units of
+    ``patient.homeostatic_per_min`` (IL-7/IL-15 after lymphodepletion; Kochenderfer 2016)."""
     boost_days: PosFloat = 7.0
     """e-folding time of the boost."""
 
@@ -417,8 +482,25 @@ class MRDEvent(_Event):
     """Tumor cells left on the lattice (chosen at random) when minimal residual disease starts."""
 
 
+class TocilizumabEvent(_Event):
+    kind: Literal["tocilizumab"]
+    blockade: Annotated[float, Field(ge=0, le=1)] = 0.9
+    """Share of IL-6 signalling blocked (IL-6 receptor antibody) right after the dose."""
+    half_life_days: PosFloat = 5.0
+    """Half-life of the blockade."""
+
+
+class CorticosteroidEvent(_Event):
+    kind: Literal["corticosteroid"]
+    suppression: Annotated[float, Field(ge=0, le=1)] = 0.8
+    """Share of myeloid activation and IL-6 production suppressed right after the dose."""
+    half_life_days: PosFloat = 1.0
+    """Half-life of the suppression (dexamethasone, repeated doses: about a day)."""
+
+
 TherapyEvent = Annotated[
-    InfusionEvent | LymphodepletionEvent | ResectionEvent | RadiotherapyEvent | MRDEvent,
+    InfusionEvent | LymphodepletionEvent | ResectionEvent | RadiotherapyEvent | MRDEvent | TocilizumabEvent
+    | CorticosteroidEvent,
     Field(discriminator="kind"),
 ]
 

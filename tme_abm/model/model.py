@@ -9,7 +9,7 @@ import numpy as np
 from ..biology import therapy
 from ..biology.fields import FieldSet
 from ..biology.outcomes import History, compute_outcomes
-from ..biology.patient import Product, Systemic
+from ..biology.patient import Lesion, Product, Systemic
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
@@ -124,11 +124,13 @@ class TMEModel(mesa.Model):
         self._owner_cache = None
 
         prod = cfg.car_t.product
-        self.replicas = [
-            Replica(self, r, s, Systemic(cfg.patient, blood=[0.0], products=[
-                Product(edits=list(prod.edits), fitness=1.0, initial_exhaustion=prod.initial_exhaustion,
-                        divisions=prod.divisions)]))
-            for r, s in enumerate(self.seeds)]
+        self.replicas = []
+        for r, s in enumerate(self.seeds):
+            patient = Systemic.for_patient(cfg.patient, s, int(self.vessels_per_replicate[r]))
+            # product 0: the cells a config places on the lattice (car_t.initial_cells), none in blood
+            patient.add_product(Product(edits=list(prod.edits), fitness=1.0,
+                                        initial_exhaustion=prod.initial_exhaustion, divisions=prod.divisions))
+            self.replicas.append(Replica(self, r, s, patient))
         products = self.replicas[0].systemic.products
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
         self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg.car_t.rules, cfg.edits, products, xp))
@@ -159,7 +161,7 @@ class TMEModel(mesa.Model):
             Stage("secretion", [("fields.sources", self.collect_sources)]),
         ])
         for rep, b in zip(self.replicas, self.burden()):
-            rep.systemic.burden = b
+            rep.systemic.start(b)
         self._remember()
         self.collect_sources()
         for p in self.populations:
@@ -265,17 +267,16 @@ class TMEModel(mesa.Model):
         return self.backend.to_host(self.backend.xp.stack(counts))
 
     def _patient_counts(self) -> np.ndarray:
-        """(4, R) host int64 per replicate: alive tumor cells, engaged CAR T, activated
-        monocytes and antigen-negative alive tumor cells (one copy)."""
-        t = self.tumor
+        """(5, R) host int64 per replicate: alive tumor cells, engaged CAR T, all CAR T,
+        tumor cells killed by CAR T this tick and antigen-negative alive tumor cells (one copy)."""
+        t, c = self.tumor, self.car_t
         alive = t.data["state"] == 0
-        return self.host_counts(self.count(t, alive), self.count(self.car_t, self.car_t.engaged),
-                          self.count(self.monocytes, self.monocytes.data["activated"] == 1),
-                          self.count(t, alive & (t.data["antigen"] < 0.05)))
+        return self.host_counts(self.count(t, alive), self.count(c, c.engaged), self.count(c), c.killed_now(),
+                                self.count(t, alive & (t.data["antigen"] < 0.05)))
 
     def burden(self) -> np.ndarray:
-        """(R,) total tumor burden of each replicate's patient: alive lattice tumor cells
-        x burden_scale."""
+        """(R,) tumor burden of each replicate's patient on the lattice: alive lattice
+        tumor cells x burden_scale (the patient adds circulating tumor cells)."""
         alive = self.host_counts(self.count(self.tumor, self.tumor.data["state"] == 0))[0]
         return alive.astype(np.float64) * self.config.patient.burden_scale
 
@@ -302,26 +303,27 @@ class TMEModel(mesa.Model):
             self.next_event += 1
 
     def advance_systemic(self) -> None:
+        """Advance each replicate's patient over this tick with its lattice's inputs
+        (scaled to the patient; :class:`~tme_abm.biology.patient.Lesion`)."""
         scale = self.config.patient.burden_scale
         counts = self._patient_counts()
-        alive, engaged, activated = counts[:3]
+        alive, engaged, car_t, killed = counts[:4].astype(np.float64)
         for r, rep in enumerate(self.replicas):
-            s = rep.systemic
-            s.burden = float(alive[r]) * scale
-            s.advance(self.time_min - self.dt_min, self.dt_min, float(engaged[r]) * scale,
-                      float(activated[r]) * scale)
+            lesion = Lesion(burden=alive[r] * scale, kills_per_min=killed[r] * scale / self.dt_min,
+                            encounter=engaged[r] / car_t[r] if car_t[r] > 0 else 0.0)
+            rep.systemic.advance(self.time_min - self.dt_min, self.dt_min, lesion)
         self._remember(counts)
 
     def _remember(self, counts: np.ndarray | None = None) -> None:
         """Append each replicate's patient-level state of this tick to its ``history``
         (``counts``: :meth:`_patient_counts` of this tick, if read already)."""
         counts = self._patient_counts() if counts is None else counts
-        alive, neg = counts[0], counts[3]
+        alive, neg = counts[0], counts[4]
         for r, rep in enumerate(self.replicas):
             s = rep.systemic
             a = int(alive[r])
-            rep.history.append(day=self.day, burden=s.burden, tumor_alive=a, blood_car_t=s.blood_total,
-                               cytokine=s.cytokine, crs_grade=s.crs_grade(),
+            rep.history.append(day=self.day, burden=s.burden, tumor_alive=a, circulating_tumor=s.circulating_tumor,
+                               blood_car_t=s.blood_total, cytokine=s.cytokine, crs_grade=s.crs_grade(),
                                antigen_negative_fraction=int(neg[r]) / a if a else 0.0)
 
     # ---- helpers used by the populations ---------------------------------------------

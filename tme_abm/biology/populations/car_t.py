@@ -3,8 +3,9 @@
 Rules (rates per minute, times the ``car_t.rules`` modulators; gene edits of the
 product remove or change named modulators, for CAR T cells only):
 
-* arrive from the blood pool at vessel sites (the patient's trafficking rate, plus a
-  constant ``arrival_per_vessel_per_min``);
+* arrive at vessel sites at the blood concentration of CAR T times the extravasation
+  volume (``patient.extravasation_ul_per_min``, marrow homing), plus a constant
+  ``arrival_per_vessel_per_min``;
 * move by a random walk biased up the CXCL10-like gradient (``move``); engaged cells
   stay;
 * engage: a free, non-exhausted cell next to alive, unengaged tumor cells picks one at
@@ -19,8 +20,9 @@ product remove or change named modulators, for CAR T cells only):
 * exhausted cells (exhaustion >= 1) neither engage nor divide, and die faster (the
   ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
 * engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules);
-* free cells next to a vessel site return to the blood at ``egress_per_min`` x
-  ``egress`` rules, back into their product's blood pool.
+* free cells next to a vessel site leave the lattice at ``egress_per_min`` x
+  ``egress`` rules (the patient's disease-to-blood flow is ``patient.egress_per_min``:
+  the lattice is a sample of the disease, not its ledger).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from ...engine import rng as crng
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
-from .population import Population, rate_to_prob
+from .population import Population, index_mask, rate_to_prob
 
 
 def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
@@ -55,6 +57,7 @@ class CarTCells(Population):
     """
 
     key_columns = ("target",)
+    _killed = None  # (R,) kills of this tick (device), read by the systemic stage
 
     kind = "car_t"
     code = 2
@@ -97,6 +100,16 @@ class CarTCells(Population):
     def exhausted(self):
         return self.data["exhaustion"] >= 1.0 - 1e-9
 
+    def reset_events(self) -> None:
+        super().reset_events()
+        self._killed = None
+
+    def killed_now(self):
+        """(R,) int64 device array: tumor cells killed by CAR T in this tick, per replicate."""
+        if self._killed is None:
+            return self.xp.zeros(self.model.replicates, dtype=self.xp.int64)
+        return self._killed
+
     def state_signals(self) -> dict:
         return {"exhaustion": self.data["exhaustion"]}
 
@@ -125,13 +138,14 @@ class CarTCells(Population):
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        """Arrivals at vessel sites: from each replicate's blood pool (at the systemic
-        trafficking rate, each taken out of the pool) plus the config's constant
-        ``arrival_per_vessel_per_min`` (product 0, not drawn from blood)."""
+        """Arrivals at vessel sites: at each replicate's blood concentration of CAR T
+        (``Systemic.arrival_rate_per_vessel``; the lattice is a sample of the disease, so
+        the blood pool loses its cells through the disease's entry rate, not cell by
+        cell here) plus the config's constant ``arrival_per_vessel_per_min`` (product 0).
+        A cell from blood is of product p with p's share of circulating CAR T."""
         m = self.model
         systemic = [rep.systemic for rep in m.replicas]
-        blood_rate = np.array([s.lattice_arrival_rate() / n if n else 0.0
-                               for s, n in zip(systemic, m.vessels_per_replicate)])
+        blood_rate = np.array([s.arrival_rate_per_vessel() for s in systemic])
         rate = self.params.arrival_per_vessel_per_min + blood_rate
         sites = self.arrivals_at_vessels(rate, "arrive", "arrive")
         k = int(sites.shape[0])
@@ -142,29 +156,18 @@ class CarTCells(Population):
         rep = host_sites // n_grid
         keys = crng.key_of(rep, host_sites % n_grid)
         product = np.zeros(k, dtype=np.int64)
-        keep = np.ones(k, dtype=bool)
         for r in np.unique(rep):
-            s = systemic[r]
-            pools = np.maximum(np.array(s.blood), 0.0)
-            if not (blood_rate[r] > 0 and pools.sum() > 0):
+            pools = systemic[r].circulating()
+            if not blood_rate[r] > 0:
                 continue
-            mine_r = np.flatnonzero(rep == r)
-            u = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=3), keys[mine_r])
+            mine = np.flatnonzero(rep == r)
+            u = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=3), keys[mine])
             from_blood = u < blood_rate[r] / rate[r]
-            v = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=4), keys[mine_r])
+            v = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=4), keys[mine])
             cum = np.cumsum(pools) / pools.sum()
-            prod_r = np.zeros(len(mine_r), dtype=np.int64)
-            prod_r[from_blood] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"), len(pools) - 1)
-            product[mine_r] = prod_r
-            counts = np.zeros(len(pools), dtype=np.int64)
-            for p in range(len(pools)):
-                mine = mine_r[np.flatnonzero(from_blood & (prod_r == p))]
-                allowed = int(np.floor(pools[p] + 1e-9))  # the pool cannot release more cells than it holds
-                keep[mine[allowed:]] = False
-                counts[p] = min(len(mine), allowed)
-            s.take(counts.tolist())
-        sites, product = sites[m.backend.xp.asarray(keep)], product[keep]
-        self.add(sites, how="arrived", **self.new_cell_state(host_sites[keep], product))
+            product[mine[from_blood]] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"),
+                                                   len(pools) - 1)
+        self.add(sites, how="arrived", **self.new_cell_state(host_sites, product))
 
     def move(self) -> None:
         mv = self.params.move
@@ -185,6 +188,7 @@ class CarTCells(Population):
         p_kill = p.kill_probability * self.factor("kill", ending)
         kill = alive & (self.uniform("kill", ids) < p_kill)
         victims = pos[kill]
+        self._killed = m.count(tumor, index_mask(xp, len(tumor), victims))
         tumor.kill(victims)
         d["kills"][ending[kill]] += 1
         inc = p.exhaustion_per_engagement * self.factor("exhaust", ending)
@@ -256,13 +260,6 @@ class CarTCells(Population):
             return
         leave = xp.zeros(len(self), dtype=bool)
         leave[leaving] = True
-        n_prod = len(m.replicas[0].systemic.products)
-        rep = m.lattice.replicate_of(self.data["site"][leave], xp)
-        product = self.data["product"][leave].astype(xp.int64)
-        counts = m.backend.to_host(xp.bincount(rep * n_prod + product, minlength=m.replicates * n_prod))
-        for r, c in zip(m.replicas, counts.reshape(m.replicates, n_prod)):
-            if c.any():
-                r.systemic.give_back(c.tolist())
         self.remove(leave, how="left")
 
     def die(self) -> None:

@@ -6,8 +6,9 @@ granulocytes), walk up that chemokine's gradient, die at ``death_per_min`` (mono
 ~2.5 days, granulocytes a 19 h half-life), and suppress CAR T cells in contact (the
 CAR T ``*_contact`` rules). Monocytes also produce adenosine (CD39/CD73), and become
 activated by IFN-gamma-like cytokine and by engaged CAR T neighbours
-(``activate_per_min`` x ``activate`` rules); activated monocytes secrete the
-IL-6-like cytokine (the ``cytokine`` field).
+(``activate_per_min`` x ``activate`` rules) and return to rest at
+``deactivate_per_min``; activated monocytes secrete the IL-6-like cytokine (the
+``cytokine`` field).
 """
 
 from __future__ import annotations
@@ -44,20 +45,25 @@ class MyeloidCells(Population):
 
 
 class Monocytes(MyeloidCells):
-    """Monocytes; extra column ``activated`` int8 (1 once activated, for life)."""
+    """Monocytes; extra column ``activated`` int8 (1 while activated)."""
 
     kind = "monocyte"
     code = 3
-    streams = crng.streams(code, kind, PURPOSES)
-    behaviours = ("recruit", "move", "activate", "death")
+    streams = crng.streams(code, kind, (*PURPOSES, "deactivate"))
+    behaviours = ("recruit", "move", "activate", "deactivate", "death")
     columns = {"birth_min": ("float64", 0.0), "activated": ("int8", 0)}
 
     def activate(self) -> None:
+        """Resting cells activate (rules: IFN-gamma, engaged CAR T neighbours); activated
+        cells return to rest at ``deactivate_per_min`` (activation is reversible). Both
+        draws see the tick-start states."""
         xp = self.xp
-        rest = xp.flatnonzero(self.data["activated"] == 0)
-        if rest.size == 0:
-            return
-        self.data["activated"][self.draw(rest, self.params.activate_per_min, "activate", "activate")] = 1
+        act = self.data["activated"]
+        rest, active = xp.flatnonzero(act == 0), xp.flatnonzero(act == 1)
+        on = self.draw(rest, self.params.activate_per_min, "activate", "activate")
+        off = self.draw(active, self.params.deactivate_per_min, "deactivate", "deactivate")
+        act[on] = 1
+        act[off] = 0
 
     def secretion_gate(self, field: str):
         if field == "cytokine":

@@ -41,6 +41,13 @@ def occurs(u, rate_per_min, dt_min: float, xp=np):
     return out
 
 
+
+def index_mask(xp, n: int, idx):
+    """(n,) bool array, true at the indices ``idx``."""
+    mask = xp.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask
+
 class Population(mesa.Agent):
     """All cells of one type.
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ...biology.patient import Systemic
 from ...config import ConfigError, load_config
 from ...io import open_run
 from ..statistics import auc_table, mean_ci, wilson
@@ -253,9 +254,11 @@ def _expectation(e: Expectation, higher: str, lower: str, value_higher: float, v
 
 
 def _crs_thresholds(spec: SweepSpec) -> list[float]:
-    """The CRS thresholds of the runs' config (for the cytokine panel)."""
+    """The cytokine levels at which CRS grades 1-4 begin in the runs' config, untreated
+    (for the cytokine panel)."""
     try:
-        return list(load_config(spec.base, task_overrides(spec, {})).patient.crs_thresholds)
+        cfg = load_config(spec.base, task_overrides(spec, {})).patient
+        return Systemic(cfg).grade_thresholds()
     except (ConfigError, OSError):  # the base config has moved since the runs: draw none
         return []
 
