@@ -18,7 +18,10 @@ import yaml
 from dask.distributed import LocalCluster
 from scipy import stats
 
+from tme_abm.config import load_config
 from tme_abm.io import open_run, run
+from tme_abm.io.readers import calibration_table
+from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 from tme_abm.studies.experiments import analyse, available, find, load, run_experiment
 from tme_abm.studies.experiments.analysis import compare, trend, verdict
@@ -239,3 +242,28 @@ def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tm
         kills = sum(lo < t <= hi for t in killed_at.values())
         eff = np.mean([n for t, n in effector if lo < t <= hi])
         assert kills > 5 and value * eff == pytest.approx(kills, abs=1.0)
+
+
+def test_calibration_table_summarizes_the_runs_of_a_folder(tmp_path):
+    """Each row is the median and quartiles of that measure over the folder's runs (CRS
+    measures over the runs with CRS), checked against the runs read one by one; the CLI
+    prints it for a folder."""
+    cfg = load_config(find("burden").parent.parent / "quickstart.yaml",
+                      ["lattice.shape=[40,40]", "tumor.radius_sites=8", "time.duration_days=2.5",
+                       "therapy=[{kind: infusion, day: 0, dose_cells: 1.0e8}]"])
+    cfgs, paths = replicates_of(cfg, 3, tmp_path / "cal")
+    run_batch(cfgs, paths, quiet=True)
+    table = calibration_table(tmp_path / "cal").set_index("measure")
+    runs = [open_run(p) for p in paths]
+    peak = np.array([r.calibration()["peak_blood_car_t_day"] for r in runs])
+    assert table.loc["blood CAR T peak day", "median"] == pytest.approx(np.median(peak))
+    assert table.loc["blood CAR T peak day", "q25"] == pytest.approx(np.quantile(peak, 0.25))
+    folds = [r.outcomes["expansion_fold"] for r in runs]
+    assert table.loc["expansion fold (peak / day 1)", "max"] == pytest.approx(max(folds))
+    assert np.isfinite(folds).all()
+    assert table.loc["blood CAR T on day 90 (cells/uL)", "runs"] == 0  # the runs end on day 2.5
+    grades = [r.outcomes["max_crs_grade"] for r in runs]
+    assert table.loc["share with severe CRS (grade >= 3)", "median"] == pytest.approx(np.mean(np.array(grades) >= 3))
+    r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "summarize", str(tmp_path / "cal")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "share with severe CRS" in r.stdout, r.stderr

@@ -165,19 +165,25 @@ def run(
 
 @app.command()
 def summarize(
-    run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5)"),
+    run_file: Path = typer.Argument(..., metavar="RUN", help="run file (.h5), or a folder of runs: their "
+                                                             "patient-level calibration table"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (NaN and infinity as null)"),
 ) -> None:
-    """Print a run's status and outcomes."""
+    """Print a run's status and outcomes, or the calibration across a folder of runs."""
     from .io import RunFileError
-    from .io.readers import open_run, summary_text
+    from .io.readers import calibration_table, open_run, summary_text
 
     try:
-        r = open_run(run_file)
-        info = r.summary()
+        if run_file.is_dir():
+            table = calibration_table(run_file)
+            info = table.to_dict(orient="records")
+            text = table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+        else:
+            info = open_run(run_file).summary()
+            text = summary_text(info)
     except RunFileError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(_json_safe(info), indent=2, allow_nan=False) if as_json else summary_text(info))
+    typer.echo(json.dumps(_json_safe(info), indent=2, allow_nan=False) if as_json else text)
 
 
 def _json_safe(value):

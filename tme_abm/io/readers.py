@@ -191,13 +191,18 @@ class Run:
         return info
 
     def calibration(self, days: int = 14) -> dict:
-        """The calibration targets of docs/model.md: tumor cells killed by CAR T per
-        non-exhausted lattice CAR T per day, for each whole day after infusion (the
-        ``tumor_killed`` count is the last 24 h's kills, since killed cells are cleared
-        after ``tumor.clearance_min`` = 1440 min), the day of the blood CAR T peak and
-        the CRS onset (first day >= 0 with grade >= 1; NaN if none)."""
+        """The calibration measures of docs/model.md.
+
+        Tumor cells killed by CAR T per non-exhausted lattice CAR T per day, for each
+        whole day after infusion (the ``tumor_killed`` count is the last 24 h's kills,
+        since killed cells are cleared after ``tumor.clearance_min`` = 1440 min); the day
+        of the blood CAR T peak; blood CAR T (cells/uL) at its peak and on days 28 and 90
+        (NaN when the run ends earlier); the CRS onset (first day >= 0 with grade >= 1;
+        NaN if none) and the maximum grade."""
         ts = self.timeseries
-        out = {"kills_per_car_t_per_day": [], "peak_blood_car_t_day": math.nan, "crs_onset_day": math.nan}
+        out = {"kills_per_car_t_per_day": [], "peak_blood_car_t_day": math.nan, "crs_onset_day": math.nan,
+               "peak_blood_car_t_per_ul": math.nan, "blood_car_t_per_ul_day_28": math.nan,
+               "blood_car_t_per_ul_day_90": math.nan, "max_crs_grade": math.nan}
         if ts.empty:
             return out
         for d in range(1, days + 1):
@@ -206,10 +211,58 @@ class Run:
                 break
             eff = float(w["car_t_effector"].mean())
             out["kills_per_car_t_per_day"].append(float(w["tumor_killed"].iloc[-1]) / eff if eff > 0 else math.nan)
-        out["peak_blood_car_t_day"] = float(ts["day"].iloc[int(ts["blood_car_t"].to_numpy().argmax())])
+        per_ul = ts["blood_car_t"].to_numpy() / (self.config.patient.blood_volume_ml * 1000.0)
+        day = ts["day"].to_numpy()
+        i = int(per_ul.argmax())
+        out["peak_blood_car_t_day"], out["peak_blood_car_t_per_ul"] = float(day[i]), float(per_ul[i])
+        for d in (28, 90):
+            if day[-1] >= d - 1e-9:
+                out[f"blood_car_t_per_ul_day_{d}"] = float(per_ul[int(np.searchsorted(day, d - 1e-9))])
         onset = ts.loc[(ts["day"] >= 0) & (ts["crs_grade"] >= 1), "day"]
         out["crs_onset_day"] = float(onset.iloc[0]) if len(onset) else math.nan
+        out["max_crs_grade"] = float(ts.loc[ts["day"] >= 0, "crs_grade"].max())
         return out
+
+
+CALIBRATION_MEASURES = {
+    "peak_blood_car_t_day": "blood CAR T peak day",
+    "peak_blood_car_t_per_ul": "blood CAR T at the peak (cells/uL)",
+    "expansion_fold": "expansion fold (peak / day 1)",
+    "blood_car_t_per_ul_day_28": "blood CAR T on day 28 (cells/uL)",
+    "blood_car_t_per_ul_day_90": "blood CAR T on day 90 (cells/uL)",
+    "crs_onset_day": "CRS onset day (runs with CRS)",
+    "crs_duration_days": "CRS duration, days (runs with CRS)",
+}
+"""The patient-level calibration measures across runs (docs/model.md, "Calibration")."""
+
+
+def calibration_table(where) -> pd.DataFrame:
+    """The patient-level calibration of the complete runs at ``where`` (a folder or glob,
+    as :func:`open_runs`): per measure of :data:`CALIBRATION_MEASURES`, the number of
+    runs it is defined in and its median, quartiles and range; then the share of runs
+    with any CRS and with severe CRS (grade >= 3)."""
+    per_run = []
+    for p in run_paths(where):
+        run = open_run(p)
+        if run.status != "complete":
+            continue
+        per_run.append({**run.calibration(), **{k: run.outcomes[k] for k in ("expansion_fold", "crs_duration_days")}})
+    if not per_run:
+        raise RunFileError(f"{where}: no complete run files found")
+    df = pd.DataFrame(per_run)
+    crs = df["max_crs_grade"] >= 1
+    rows = []
+    for key, label in CALIBRATION_MEASURES.items():
+        v = df.loc[crs, key] if key.startswith("crs_") else df[key]
+        v = v.dropna().astype(float)
+        q = v.quantile([0.0, 0.25, 0.5, 0.75, 1.0]).to_numpy() if len(v) else np.full(5, math.nan)
+        rows.append({"measure": label, "runs": len(v), "median": q[2], "q25": q[1], "q75": q[3],
+                     "min": q[0], "max": q[4]})
+    for label, share in (("share with CRS (grade >= 1)", crs.mean()),
+                         ("share with severe CRS (grade >= 3)", (df["max_crs_grade"] >= 3).mean())):
+        rows.append({"measure": label, "runs": len(df), "median": float(share), "q25": math.nan, "q75": math.nan,
+                     "min": math.nan, "max": math.nan})
+    return pd.DataFrame(rows)
 
 
 def open_run(path) -> Run:
@@ -217,11 +270,8 @@ def open_run(path) -> Run:
     return Run(path)
 
 
-def open_runs(where) -> pd.DataFrame:
-    """One row per run file found at ``where`` (a folder, searched recursively for
-    ``*.h5``, or a glob pattern): path, name, seed, status, error and every outcome.
-    Files that cannot be read as runs get status ``unreadable`` and the reason in
-    ``error``, so one bad file does not hide the others."""
+def run_paths(where) -> list[Path]:
+    """The ``*.h5`` files at ``where``: a folder (searched recursively) or a glob pattern."""
     where = str(where)
     if Path(where).is_dir():
         paths = sorted(Path(where).rglob("*.h5"))
@@ -229,7 +279,16 @@ def open_runs(where) -> pd.DataFrame:
         paths = sorted(Path(p) for p in _glob.glob(where, recursive=True))
     if not paths:
         raise RunFileError(f"{where}: no run files found")
+    return paths
+
+
+def open_runs(where) -> pd.DataFrame:
+    """One row per run file found at ``where`` (a folder, searched recursively for
+    ``*.h5``, or a glob pattern): path, name, seed, status, error and every outcome.
+    Files that cannot be read as runs get status ``unreadable`` and the reason in
+    ``error``, so one bad file does not hide the others."""
     rows = []
+    paths = run_paths(where)
     for p in paths:
         try:
             info = open_run(p).summary()
