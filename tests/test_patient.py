@@ -14,7 +14,7 @@ from scipy.integrate import solve_ivp
 from test_rules import fixed
 
 from tme_abm.biology.outcomes import OUTCOME_KEYS, classify_response
-from tme_abm.biology.patient import BLOOD, DISEASE, MEMORY, Lesion, Systemic
+from tme_abm.biology.patient import BLOOD, DISEASE, MEMORY, Lesion, Pulse, Systemic
 from tme_abm.biology.therapy import lq_survival, oxygen_dose_factor
 from tme_abm.config import ConfigError, validate_config
 from tme_abm.config.schema import PatientConfig
@@ -418,4 +418,4 @@ def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
     m.step()
     removed = m.event_log[0]["myeloid_removed"]
     assert abs(removed / n0 - 0.6) < 4 * math.sqrt(0.24 / n0)
-    assert m.systemic.boost == 2.0 and m.systemic.boost_tau_min == 5.0 * 1440 and m.systemic.boost_since_min == 0.0
+    assert m.systemic.boost == Pulse(2.0, 0.0, 5.0 * 1440)

@@ -48,6 +48,8 @@ from scipy.linalg import expm
 BLOOD, TISSUE, DISEASE, MEMORY = range(4)
 """Indices of a product's compartments."""
 COMPARTMENTS = ("blood", "tissue", "disease", "memory")
+PULSES = ("boost", "blockade", "suppression")
+"""The :class:`Pulse` fields of a patient (checkpointed as dicts)."""
 VARIABILITY_STREAM = 0x5EED_0018
 """Second word of the seed sequence a patient's variability is drawn from (its own
 generator: no other setup draw moves when the variability changes)."""
@@ -82,6 +84,27 @@ def _decay(tau_min: float, since_min: float, t_min: float) -> float:
     return math.exp(-(t_min - since_min) / tau_min) if t_min >= since_min else 0.0
 
 
+@dataclass
+class Pulse:
+    """An effect of ``level`` at ``since_min`` that decays as ``exp(-(t - since) / tau)``
+    (0 before it starts): a lymphodepletion's boost, a drug's effect."""
+
+    level: float = 0.0
+    since_min: float = 0.0
+    tau_min: float = 1.0
+
+    def at(self, t_min: float) -> float:
+        return self.level * _decay(self.tau_min, self.since_min, t_min)
+
+    def integral(self, t0_min: float, t1_min: float) -> float:
+        """The integral over [t0, t1], in closed form."""
+        lo = max(t0_min, self.since_min)
+        if self.level <= 0 or t1_min <= lo:
+            return 0.0
+        return self.level * self.tau_min * (_decay(self.tau_min, self.since_min, lo)
+                                            - _decay(self.tau_min, self.since_min, t1_min))
+
+
 def _relax(x0: float, x_inf: float, rate: float, dt: float) -> float:
     """Exact solution of ``dx/dt = rate (x_inf - x)`` after dt."""
     return x_inf + (x0 - x_inf) * math.exp(-rate * dt) if rate > 0 else x0
@@ -114,18 +137,12 @@ class Systemic:
     baseline_burden: float | None = None
     inflammation: float = 0.0
     first_infusion_min: float | None = None
-    boost: float = 0.0
-    """Lymphodepletion boost b at ``boost_since_min`` (units of ``homeostatic_per_min``)."""
-    boost_since_min: float = 0.0
-    boost_tau_min: float = 1.0
-    blockade: float = 0.0
-    """Tocilizumab: share of IL-6 signalling blocked at ``blockade_since_min``."""
-    blockade_since_min: float = 0.0
-    blockade_tau_min: float = 1.0
-    suppression: float = 0.0
-    """Corticosteroids: share of activation and production suppressed at ``suppression_since_min``."""
-    suppression_since_min: float = 0.0
-    suppression_tau_min: float = 1.0
+    boost: Pulse = field(default_factory=Pulse)
+    """Lymphodepletion: homeostatic proliferation in units of ``homeostatic_per_min``."""
+    blockade: Pulse = field(default_factory=Pulse)
+    """Tocilizumab: share of IL-6 signalling blocked."""
+    suppression: Pulse = field(default_factory=Pulse)
+    """Corticosteroids: share of myeloid activation and IL-6 production suppressed."""
     crs_treated: bool = False
     """Tocilizumab or corticosteroids given: fever no longer needed to grade CRS (ASTCT)."""
     expansion_factor: float = 1.0
@@ -225,14 +242,14 @@ class Systemic:
         return len(self.products) - 1
 
     def lymphodeplete(self, boost: float, minute: float, tau_min: float) -> None:
-        self.boost, self.boost_since_min, self.boost_tau_min = boost, minute, tau_min
+        self.boost = Pulse(boost, minute, tau_min)
 
     def give_tocilizumab(self, blockade: float, minute: float, tau_min: float) -> None:
-        self.blockade, self.blockade_since_min, self.blockade_tau_min = blockade, minute, tau_min
+        self.blockade = Pulse(blockade, minute, tau_min)
         self.crs_treated = True
 
     def give_corticosteroid(self, suppression: float, minute: float, tau_min: float) -> None:
-        self.suppression, self.suppression_since_min, self.suppression_tau_min = suppression, minute, tau_min
+        self.suppression = Pulse(suppression, minute, tau_min)
         self.crs_treated = True
 
     # ---- one tick ----------------------------------------------------------------
@@ -279,15 +296,7 @@ class Systemic:
 
     def homeostatic_integral(self, t0_min: float, dt_min: float) -> float:
         """``integral of k_h b exp(-(t - t_LD)/tau) dt`` over the tick, in closed form."""
-        if self.boost <= 0:
-            return 0.0
-        lo = max(t0_min, self.boost_since_min)
-        hi = t0_min + dt_min
-        if hi <= lo:
-            return 0.0
-        e0 = _decay(self.boost_tau_min, self.boost_since_min, lo)
-        e1 = _decay(self.boost_tau_min, self.boost_since_min, hi)
-        return self.cfg.homeostatic_per_min * self.boost * self.boost_tau_min * (e0 - e1)
+        return self.cfg.homeostatic_per_min * self.boost.integral(t0_min, t0_min + dt_min)
 
     def advance(self, t0_min: float, dt_min: float, lesion: Lesion) -> None:
         """Integrate over [t0, t0 + dt] with the lattice's ``lesion`` inputs and every
@@ -325,7 +334,7 @@ class Systemic:
         kills = lesion.kills_per_min + blood_kills
         stim = 1.0 - (1.0 - active / (active + c.activation_half_car_t)) * \
             (1.0 - kills / (kills + c.activation_half_kills_per_min))
-        keep = 1.0 - self.suppression * _decay(self.suppression_tau_min, self.suppression_since_min, t0_min)
+        keep = 1.0 - self.suppression.at(t0_min)
         on, off = c.activation_per_min * keep * stim, c.deactivation_per_min
         lam = on + off
         a0 = self.activation
@@ -347,7 +356,7 @@ class Systemic:
         """IL-6 signalling: the cytokine x (1 - tocilizumab's blockade at t)."""
         cyt = self.cytokine if cytokine is None else cytokine
         t = self.time_min if t_min is None else t_min
-        return cyt * (1.0 - self.blockade * _decay(self.blockade_tau_min, self.blockade_since_min, t))
+        return cyt * (1.0 - self.blockade.at(t))
 
     def crs_grade(self, effective: float | None = None) -> int:
         """ASTCT grade 0-4 (Lee 2019) from the effective cytokine (default: now).
@@ -382,6 +391,7 @@ class Systemic:
     def get_state(self) -> dict:
         """Every field but the config, JSON-able (floats round-trip exactly)."""
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cfg", "products")}
+        state.update({k: asdict(getattr(self, k)) for k in PULSES})
         state["cells"] = [[float(x) for x in row] for row in self.cells]  # copies, not the live lists
         state["generations"] = [float(x) for x in self.generations]
         state["products"] = [asdict(p) for p in self.products]
@@ -395,6 +405,8 @@ class Systemic:
                 v = [[float(x) for x in row] for row in v]
             elif k == "generations":
                 v = [float(x) for x in v]
+            elif k in PULSES:
+                v = Pulse(**v)
             setattr(self, k, v)
 
 
