@@ -7,6 +7,7 @@ every boundary, bad timelines."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -419,3 +420,30 @@ def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
     removed = m.event_log[0]["myeloid_removed"]
     assert abs(removed / n0 - 0.6) < 4 * math.sqrt(0.24 / n0)
     assert m.systemic.boost == Pulse(2.0, 0.0, 5.0 * 1440)
+
+
+def test_tocilizumab_and_corticosteroid_events_fire_at_their_time():
+    cfg = small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 10},
+                         {"kind": "tocilizumab", "day": 0.5, "blockade": 0.7, "half_life_days": 4.0},
+                         {"kind": "corticosteroid", "day": 0.75, "suppression": 0.6}])
+    m = TMEModel(cfg, backend=BE)
+    while m.day < 0.5:
+        m.step()
+    assert not m.systemic.crs_treated and m.systemic.blockade.level == 0.0
+    m.step()
+    assert [e["kind"] for e in m.event_log] == ["infusion", "tocilizumab"] and m.systemic.crs_treated
+    assert m.systemic.blockade == Pulse(0.7, 0.5 * 1440, 4.0 * 1440 / math.log(2))
+    while m.day < 0.75 + 1e-9:
+        m.step()
+    assert m.event_log[-1]["kind"] == "corticosteroid" and m.systemic.suppression.level == 0.6
+
+
+@pytest.mark.parametrize("patient, needle", [
+    ({"crs": {"hypotension": [600, 150, 2000]}}, "hypotension [600.0, 150.0, 2000.0] must be 3 increasing values"),
+    ({"crs": {"hypoxia": [200, 800]}}, "hypoxia [200.0, 800.0] must be 3 increasing values"),
+    ({"variability": {"cytokine": -1}}, "variability.cytokine"),
+    ({"lattice_share": 0.1}, "lattice_share"),
+])
+def test_bad_patient_settings_are_refused_with_the_key(patient, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate_config({"patient": patient})
