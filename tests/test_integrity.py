@@ -81,7 +81,8 @@ def test_a_second_sweep_into_a_busy_folder_is_refused(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "s", "base": str(QUICK), "seed": 3, "replicates": 2,
-        "set": {"lattice.shape": [40, 40], "tumor.radius_sites": 6, "time.duration_days": 0.5, "backend": "numpy"},
+        # long enough that the first sweep outlasts the second CLI's start on a loaded 2-core machine
+        "set": {"lattice.shape": [40, 40], "tumor.radius_sites": 6, "time.duration_days": 3.0, "backend": "numpy"},
         "design": {"kind": "grid", "parameters": {"car_t.initial_cells": [5, 20]}}}))
     out = tmp_path / "out"
     first = start("sweep", spec, "--out", out, "--workers", "1", "-q")
