@@ -47,7 +47,6 @@ from scipy.linalg import expm
 
 BLOOD, TISSUE, DISEASE, MEMORY = range(4)
 """Indices of a product's compartments."""
-COMPARTMENTS = ("blood", "tissue", "disease", "memory")
 PULSES = ("boost", "blockade", "suppression")
 """The :class:`Pulse` fields of a patient (checkpointed as dicts)."""
 VARIABILITY_STREAM = 0x5EED_0018
@@ -120,7 +119,7 @@ class Systemic:
     """Vessel sites of the disease: the lattice's x ``burden_scale``."""
     products: list[Product] = field(default_factory=list)
     cells: list[list[float]] = field(default_factory=list)
-    """Per product: CAR T in blood, tissue, disease, memory (:data:`COMPARTMENTS`)."""
+    """Per product: CAR T in blood, tissue, disease, memory (indices :data:`BLOOD` ... :data:`MEMORY`)."""
     generations: list[float] = field(default_factory=list)
     """Per product: antigen-driven divisions its effectors have made on average."""
     normal_antigen: float = 0.0
@@ -133,7 +132,6 @@ class Systemic:
     """Share of the patient's monocytes/macrophages activated, in [0, 1]."""
     cytokine: float = 0.0
     """Systemic IL-6-like cytokine (pg/mL-like)."""
-    peak_cytokine: float = 0.0
     baseline_burden: float | None = None
     inflammation: float = 0.0
     first_infusion_min: float | None = None
@@ -178,11 +176,6 @@ class Systemic:
     def blood_total(self) -> float:
         """Circulating CAR T (cells): what a blood count measures."""
         return float(self.circulating().sum())
-
-    def compartment_totals(self) -> dict[str, float]:
-        """CAR T of all products in each compartment (cells)."""
-        c = np.asarray(self.cells, dtype=float).reshape(-1, 4).sum(axis=0)
-        return dict(zip(COMPARTMENTS, map(float, c)))
 
     def arrival_rate_per_vessel(self) -> float:
         """Expected CAR T arrivals per minute at one lattice vessel site: the blood
@@ -342,13 +335,11 @@ class Systemic:
         self.activation = _relax(a0, a_inf, lam, dt_min)
         s = c.il6_per_min * self.cytokine_factor * keep
         self.cytokine = _cytokine(self.cytokine, s, a0, a_inf, lam, c.cytokine_clearance_per_min, dt_min)
-        self.peak_cytokine = max(self.peak_cytokine, self.cytokine)
         self.time_min = t0_min + dt_min
 
     def add_cytokine(self, amount: float) -> None:
         """A pulse of systemic cytokine (a surgical wound)."""
         self.cytokine += amount
-        self.peak_cytokine = max(self.peak_cytokine, self.cytokine)
 
     # ---- toxicity ----------------------------------------------------------------
 

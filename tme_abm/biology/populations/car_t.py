@@ -157,9 +157,9 @@ class CarTCells(Population):
         keys = crng.key_of(rep, host_sites % n_grid)
         product = np.zeros(k, dtype=np.int64)
         for r in np.unique(rep):
-            pools = systemic[r].circulating()
             if not blood_rate[r] > 0:
                 continue
+            pools = systemic[r].circulating()
             mine = np.flatnonzero(rep == r)
             u = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=3), keys[mine])
             from_blood = u < blood_rate[r] / rate[r]
