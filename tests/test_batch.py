@@ -142,7 +142,7 @@ def test_run_replicates_writes_one_run_file_per_replicate_that_open_runs_lists(t
 
 @pytest.mark.parametrize("config, sets, ticks", [
     ("solid_3d.yaml", ["lattice.shape=[14, 16, 18]", "tumor.radius_sites=5", "car_t.initial_cells=30"], 120),
-    ("heme_marrow.yaml", ["lattice.shape=[40, 40]", "tumor.initial_cells=150",
+    ("heme_marrow.yaml", ["lattice.shape=[40, 40]", "tumor.initial_cells=150", "time.burn_in_days=0",
                           "therapy=[{kind: infusion, day: 0, dose_cells: 1.0e8}]"], 300),
 ], ids=["3d lesion", "dispersed marrow disease"])
 def test_a_batch_is_exact_in_3d_and_for_dispersed_disease(config, sets, ticks):
@@ -157,6 +157,6 @@ def test_a_batch_is_exact_in_3d_and_for_dispersed_disease(config, sets, ticks):
             m.step()
     rows = batch.current_rows()
     for r, single in enumerate(singles):
-        assert single.current_row() == rows[r]
+        np.testing.assert_equal(single.current_row(), rows[r])  # NaN medians once the tumor is gone
         np.testing.assert_array_equal(be.to_host(batch.fields.values[:, r]), be.to_host(single.fields.values[:, 0]))
     assert rows[0] != rows[1] and max(r["car_t_effector"] + r["car_t_exhausted"] for r in rows) > 0

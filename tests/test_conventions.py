@@ -42,7 +42,7 @@ def lesion_run(request, tmp_path_factory):
         "lattice": {"dims": len(les["shape"]), "shape": les["shape"], "spacing_um": SPACING,
                     "vessels": {"layout": "none"}},
         "time": {"tick_min": 6, "duration_days": 0.1},
-        "fields": {"oxygen": {"boundary": {"default": {"kind": "dirichlet", "value": 38}}}},
+        "fields": {"oxygen": {"boundary": {"default": {"kind": "dirichlet", "value": 46}}}},
         "tumor": {"archetype": "solid", "radius_sites": les["radius"], "center_sites": les["center"]},
         "output": {"snapshot_every_min": 60, "cell_snapshot_every_min": 60},
     })

@@ -30,7 +30,8 @@ BASELINE = ROOT / "configs" / "baseline.yaml"
 ENV = {**os.environ, "TME_ABM_BACKEND": "numpy"}
 # lymphodepletion on day -3, infusion on day 0: checkpoints at days -3, -2, -1, 0; events
 # between them; ends at day 0.3
-SMALL = ["lattice.shape=[30, 30]", "tumor.radius_sites=6", "time.duration_days=3.3", "monocyte.initial_cells=3",
+SMALL = ["time.burn_in_days=0", "lattice.shape=[30, 30]", "tumor.radius_sites=6", "time.duration_days=3.3",
+         "monocyte.initial_cells=3",
          "granulocyte.initial_cells=3", "output.snapshot_every_min=720", "output.cell_snapshot_every_min=1440",
          "output.checkpoint_every_min=1440", "backend=numpy"]
 

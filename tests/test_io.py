@@ -25,7 +25,8 @@ from tme_abm.model import TMEModel, cell_table
 ROOT = Path(__file__).parent.parent
 BASELINE = ROOT / "configs" / "baseline.yaml"
 # A small baseline: lymphodepletion on day -3, infusion on day 0, 3.5 days on 40 x 40.
-SMALL = ["lattice.shape=[40, 40]", "tumor.radius_sites=8", "time.duration_days=3.5", "monocyte.initial_cells=5",
+SMALL = ["time.burn_in_days=0", "lattice.shape=[40, 40]", "tumor.radius_sites=8", "time.duration_days=3.5",
+         "monocyte.initial_cells=5",
          "granulocyte.initial_cells=5", "output.snapshot_every_min=240", "output.cell_snapshot_every_min=480",
          "output.checkpoint_every_min=360", "backend=numpy"]
 COMPARED = ("timeseries", "fields", "cells", "events", "event")

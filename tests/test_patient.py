@@ -323,7 +323,7 @@ def test_lattice_arrivals_follow_the_blood_concentration():
 
 
 def test_events_fire_at_their_time_and_change_what_they_should():
-    cfg = small_patient([{"kind": "resection", "day": -1.0, "fraction": 0.5},
+    cfg = small_patient([{"kind": "resection", "day": -1.0, "fraction": 0.5, "order": "outside"},
                          {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
                         time={"tick_min": 6, "duration_days": 3, "field_substeps": 1},
                         fields={"oxygen": fixed(38.0)})  # no necrosis: the counts below are the events' only

@@ -26,7 +26,7 @@ def fixed(value: float) -> dict:
     """A field that stays at ``value`` everywhere."""
     zero = {t: 0.0 for t in CELL_TYPES}
     return {"initial": value, "vessel_value": value, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.0,
-            "secretion_per_min": zero, "uptake_per_min": zero}
+            "secretion_per_min": zero, "uptake_per_min": zero, "perfused": False}
 
 
 def scenario(fields=None, shape=(60, 60), vessels=None, **sections):
@@ -196,6 +196,7 @@ def test_exhausted_car_t_do_not_kill():
 
 def test_exhaustion_accumulates_with_engagements_until_killing_stops():
     m, n = pairs_model(antigen=1.0, car_t={"kill_probability": 0.0, "exhaustion_per_engagement": 0.25,
+                                           "exhaustion_recovery_per_min": 0.0,
                                            "rules": {"exhaust": {k: OFF for k in ("adenosine", "hypoxia",
                                                                                  "monocyte_contact",
                                                                                  "granulocyte_contact")}}})

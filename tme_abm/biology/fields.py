@@ -9,6 +9,7 @@ from ..engine.backend import Backend
 from ..engine.diffusion import NOFLUX, DiffusionSolver, Sources
 from ..engine.diffusion.solver import TOLERANCE
 from ..engine.lattice import FACES, Lattice
+from .perfusion import krogh_exchange_per_min
 
 
 class FieldSet:
@@ -23,6 +24,8 @@ class FieldSet:
         dt_min: LOD field step, minutes.
         schemes: ``steady``, ``implicit`` or ``lod`` per field (default: all lod).
         tolerance: relative residual of the multigrid solves.
+        microvessels: (R, n_grid) microvessels per um^2 of every site (host), for the
+            perfused fields; capillary_radius_um: their radius (docs/model.md, "Perfusion").
 
     Attributes:
         names: field names, in solver order.
@@ -31,7 +34,8 @@ class FieldSet:
     """
 
     def __init__(self, fields: dict, lattice: Lattice, backend: Backend, dt_min: float,
-                 schemes: dict[str, str] | None = None, tolerance: float = TOLERANCE):
+                 schemes: dict[str, str] | None = None, tolerance: float = TOLERANCE,
+                 microvessels: np.ndarray | None = None, capillary_radius_um: float = 5.0):
         self.backend = backend
         self.lattice = lattice
         self._specs = fields
@@ -66,6 +70,35 @@ class FieldSet:
             replicates=lattice.replicates,
         )
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.perfused = [i for i, n in enumerate(self.names) if getattr(fields[n], "perfused", False)]
+        self.capillary_radius_um = capillary_radius_um
+        self.microvessels = None
+        if self.perfused:
+            self.set_microvessels(np.zeros((lattice.replicates, lattice.n_grid)) if microvessels is None
+                                  else microvessels)
+
+    def set_microvessels(self, density_per_um2: np.ndarray) -> None:
+        """Set the (R, n_grid) microvessel densities (per um^2, host) and with them every
+        perfused field's exchange rate and supply at each site."""
+        self.microvessels = np.array(density_per_um2, dtype=np.float64).reshape(self.lattice.replicates, -1)
+        nf, n = len(self.names), self.lattice.n_sites
+        kappa = np.zeros((nf, n))
+        for f in self.perfused:
+            spec = self._specs[self.names[f]]
+            kappa[f] = krogh_exchange_per_min(spec.diffusion_um2_per_min, self.microvessels.reshape(-1),
+                                              self.capillary_radius_um)
+        values = np.array([0.0 if self._specs[x].vessel_value is None else self._specs[x].vessel_value
+                           for x in self.names])
+        xp, dtype = self.backend.xp, self.backend.dtype
+        self._exchange = xp.asarray(kappa, dtype=dtype)  # (F, R*n_grid) uptake-like rate, 1/min
+        self._supply = xp.asarray(kappa * values[:, None], dtype=dtype)  # (F, R*n_grid) field units/min
+
+    def scale_microvessels(self, sites, factor: float) -> None:
+        """Multiply the microvessel density at flat ``sites`` ((k,) host, all replicates)
+        by ``factor`` (radiotherapy's vascular normalisation)."""
+        m = self.microvessels.reshape(-1).copy()
+        m[np.asarray(sites, dtype=np.int64)] *= factor
+        self.set_microvessels(m)
 
     def rates(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(secretion, uptake): (F,) host base rates of cell type ``kind`` per field
@@ -114,7 +147,13 @@ class FieldSet:
             sites[off:off + n] = pop.data["site"]
             pop.fill_sources(sec[:, off:off + n], upt[:, off:off + n], *self.rates(pop.kind))
             off += n
-        return Sources(sites, sec, upt)
+        if not self.perfused:
+            return Sources(sites, sec, upt)
+        # every site exchanges the perfused fields with blood: the sources cover all sites
+        dense_sec, dense_upt = self._supply.copy(), self._exchange.copy()
+        dense_sec[:, sites] += sec
+        dense_upt[:, sites] += upt
+        return Sources(xp.arange(self.lattice.n_sites, dtype=xp.int64), dense_sec, dense_upt)
 
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)

@@ -10,11 +10,15 @@ run file. What each event does (docs/model.md, "Therapy"):
 * ``lymphodepletion``: removes a fraction of the lattice's myeloid cells and boosts
   early CAR T expansion;
 * ``resection``: removes the tumor cells inside a region (a ball), or a fraction of
-  them (outermost first, or at random), with a systemic cytokine pulse from the wound;
+  them (from the centre out, leaving the margin; outermost first; or at random), with a
+  systemic cytokine pulse from the wound;
 * ``radiotherapy``: each fraction kills alive tumor cells with linear-quadratic survival
   ``exp(-a D_eff - b D_eff^2)``, ``D_eff = D * OER(pO2) / OER_max``,
   ``OER(p) = (OER_max p + K) / (p + K)`` (Alper-Howard-Flanders), so hypoxic cells
-  resist, and adds an immunogenic CXCL10 pulse at the surviving tumor cells;
+  resist; its immunogenic effects: a CXCL10 pulse at the surviving tumor cells, which
+  also become more susceptible to bystander killing (DeSelm 2018), vascular
+  normalisation (more microvessels at the lesion's sites) and the death of a share of
+  the lattice's monocytes and granulocytes;
 * ``mrd``: minimal residual disease: all but ``residual_cells`` tumor cells are removed;
 * ``tocilizumab``: blocks a share of IL-6 signalling, decaying with its half-life
   (CRS signs fall; the cytokine itself is not cleared faster);
@@ -32,7 +36,8 @@ from ..engine import rng as crng
 from .populations.population import index_mask
 from .populations.tumor import ALIVE, APOPTOTIC
 
-_STREAMS = crng.streams(5, "therapy", ("lymphodepletion", "resection_order", "resection_tie", "radiotherapy", "mrd"))
+_STREAMS = crng.streams(5, "therapy", ("lymphodepletion", "resection_order", "resection_tie", "radiotherapy", "mrd",
+                                       "radiotherapy_myeloid"))
 
 
 @dataclass(frozen=True)
@@ -127,12 +132,13 @@ def _resection(model, e, item) -> list[dict]:
             if e.order == "random":
                 key = crng.uniform(xp, model.seeds, model.steps, _STREAMS("resection_order"), ids)
                 remove_idx = xp.argsort(key)[:k]
-            else:  # outermost first: distance from the centroid of the replicate's tumor cells
+            else:  # by distance from the centroid of the replicate's tumor cells
                 coords = xp.stack(xp.unravel_index(t.data["site"][sel] % lat.n_grid, lat.shape),
                                   axis=1).astype(xp.float64)
                 d2 = ((coords - coords.mean(axis=0)) ** 2).sum(axis=1)
                 tie = crng.uniform(xp, model.seeds, model.steps, _STREAMS("resection_tie"), ids) * 1e-6
-                remove_idx = xp.argsort(-(d2 + tie))[:k]
+                sign = -1.0 if e.order == "outside" else 1.0  # inside: the centre first, the margin is left
+                remove_idx = xp.argsort(sign * (d2 + tie))[:k]
             mask[sel[remove_idx]] = True
             removed[r] = k
     t.remove(mask, how="cleared")
@@ -168,11 +174,22 @@ def _radiotherapy(model, e, item) -> list[dict]:
         t.data["state"][dead] = APOPTOTIC
         t.data["death_min"][dead] = model.time_min
         t.events["died"] += int(dead.shape[0])
+        survivors = alive[u < surv]
         if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
-            survivors = alive[u < surv]
             model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
+        t.data["bystander"][survivors] = xp.maximum(t.data["bystander"][survivors], e.bystander_sensitization)
+    if e.perfusion_gain != 1.0 and model.fields.microvessels is not None and len(t):
+        model.fields.scale_microvessels(np.unique(model.backend.to_host(t.data["site"])), e.perfusion_gain)
     killed = model.host_counts(model.count(t, index_mask(xp, len(t), dead)))[0]
-    return [{"tumor_killed": int(k), "dose_gy": e.dose_gy} for k in killed]
+    myeloid = np.zeros(model.replicates, dtype=np.int64)
+    for pop in (model.monocytes, model.granulocytes):
+        if len(pop) and e.myeloid_kill_fraction > 0:
+            u = crng.uniform(xp, model.seeds, model.steps, _STREAMS("radiotherapy_myeloid", pop.code),
+                             pop.data["id"])
+            gone = u < e.myeloid_kill_fraction
+            myeloid += model.host_counts(model.count(pop, gone))[0]
+            pop.remove(gone, how="died")
+    return [{"tumor_killed": int(k), "dose_gy": e.dose_gy, "myeloid_killed": int(n)} for k, n in zip(killed, myeloid)]
 
 
 def _mrd(model, e, item) -> list[dict]:

@@ -15,13 +15,17 @@ def memory_estimate_bytes(cfg: Config, replicates: int = 1) -> int:
     (fields, solver buffers, grids).
 
     Fields: two solver buffers per field; sources and summaries add about one more
-    field-sized array; occupancy and masks add ~16 bytes per site. Cells are bounded
-    by the number of sites (~64 bytes of state per cell).
+    field-sized array; with a perfused field the sources cover every site (secretion
+    and uptake, and the perfusion's own two, per field: four more) and the microvessel
+    map adds 8 bytes per site; occupancy and masks add ~16 bytes per site. Cells are
+    bounded by the number of sites (~64 bytes of state per cell).
     """
     n_sites = int(np.prod(cfg.lattice.shape))
     item = np.dtype(cfg.dtype).itemsize
     n_fields = len(cfg.enabled_fields)
-    return replicates * n_sites * (n_fields * item * 3 + 16 + 64)
+    perfused = any(f.perfused for f in cfg.enabled_fields.values())
+    per_field = 3 + (4 if perfused else 0)
+    return replicates * n_sites * (n_fields * item * per_field + 16 + 64 + (8 if perfused else 0))
 
 
 def run_work(cfg: Config, replicates: int = 1) -> float:

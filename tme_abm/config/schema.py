@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..biology.defaults import default_edits, default_fields, default_rules
+from ..biology.perfusion import max_density_per_mm2
 from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
 from ..engine.diffusion import quasi_steady
 from ..engine.lattice import FACES, Lattice
@@ -55,6 +56,27 @@ class VesselConfig(Strict):
     """Sites between vessels along each axis (layout: grid)."""
 
 
+class PerfusionConfig(Strict):
+    """The capillary bed below the lattice's resolution: microvessel densities that supply
+    the perfused fields (``fields.<name>.perfused``) through a Krogh-cylinder exchange
+    term (docs/model.md, "Perfusion")."""
+
+    normal_per_mm2: Annotated[float, Field(ge=0)] = 300.0
+    """Microvessels per mm^2 in normal tissue or marrow (capillaries crossing the plane)."""
+    tumor_per_mm2: Annotated[float, Field(ge=0)] = 6.0
+    """Microvessels per mm^2 inside the initial solid lesion (archetypes solid and bulky)."""
+    capillary_radius_um: Annotated[float, Field(gt=0, le=50)] = 5.0
+
+    @model_validator(mode="after")
+    def _cylinders_fit(self):
+        top = max_density_per_mm2(self.capillary_radius_um)
+        for key in ("normal_per_mm2", "tumor_per_mm2"):
+            if getattr(self, key) > top:
+                raise ValueError(f"{key} {getattr(self, key):g}: at most {top:.0f} microvessels per mm^2 fit "
+                                 f"Krogh cylinders around capillaries of radius {self.capillary_radius_um:g} um")
+        return self
+
+
 class LatticeConfig(Strict):
     dims: Literal[2, 3] = 2
     shape: list[Annotated[int, Field(ge=3, le=100_000)]] = [100, 100]
@@ -62,6 +84,7 @@ class LatticeConfig(Strict):
     spacing_um: Annotated[float, Field(ge=1, le=1000)] = 20.0
     """Site spacing in micrometres (about one cell diameter)."""
     vessels: VesselConfig = VesselConfig()
+    perfusion: PerfusionConfig = PerfusionConfig()
 
     @model_validator(mode="after")
     def _shape_matches_dims(self):
@@ -74,6 +97,11 @@ class TimeConfig(Strict):
     tick_min: Annotated[float, Field(ge=0.01, le=1440)] = 6.0
     """Agent tick, minutes of simulated time."""
     duration_days: Annotated[float, Field(gt=0, le=3650)] = 1.0
+    """Simulated days from the first therapy event (or day 0), after the burn-in."""
+    burn_in_days: Annotated[float, Field(ge=0, le=365)] = 0.0
+    """Days simulated before the first therapy event with no therapy, so that the lesion,
+    its fields and its myeloid cells reach their steady state before treatment (the run
+    starts at the first event's day minus this)."""
     field_substeps: Annotated[int, Field(ge=1, le=1000)] = 1
     """Field steps per field solve (field step = fields_every_ticks * tick_min / field_substeps)."""
     fields_every_ticks: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -85,7 +113,7 @@ class TimeConfig(Strict):
 
     @property
     def n_ticks(self) -> int:
-        return int(math.ceil(self.duration_days * 1440.0 / self.tick_min - 1e-9))
+        return int(math.ceil((self.burn_in_days + self.duration_days) * 1440.0 / self.tick_min - 1e-9))
 
     @model_validator(mode="after")
     def _duration_covers_a_tick(self):
@@ -134,6 +162,9 @@ class FieldConfig(Strict):
     initial: Level = 0.0
     vessel_value: Level | None = None
     """Value held at vessel sites (null: vessels do not fix this field)."""
+    perfused: bool = False
+    """Exchanged with blood (at ``vessel_value``) through the microvessels of every site
+    (``lattice.perfusion``; a Krogh-cylinder term, docs/model.md "Perfusion")."""
     boundary: BoundaryConfig = BoundaryConfig()
     secretion_per_min: dict[Literal[CELL_TYPES], Annotated[float, Field(ge=0, le=1e4)]] = {}
     """Secretion per cell type, field units per minute."""
@@ -151,6 +182,8 @@ class FieldConfig(Strict):
 
     @model_validator(mode="after")
     def _diffuses_or_not(self):
+        if self.perfused and (self.vessel_value is None or self.diffusion_um2_per_min == 0):
+            raise ValueError("perfused: true needs a vessel_value (the blood's value) and a diffusing field")
         if 0 < self.diffusion_um2_per_min < MIN_DIFFUSION:
             raise ValueError(f"diffusion_um2_per_min {self.diffusion_um2_per_min:g}: use 0 (a field that does not "
                              f"diffuse) or at least {MIN_DIFFUSION:g}")
@@ -231,13 +264,14 @@ class GranulocyteMove(MoveConfig):
 class AntigenConfig(Strict):
     mean: Annotated[float, Field(ge=0, le=1)] = 0.8
     sd: NonNegFloat = 0.15
-    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.002
-    """Fraction of initial cells with no antigen (rare pre-existing antigen-negative
-    subclones; 0.02 made their regrowth decide every run, docs/model.md)."""
+    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Fraction of initial cells with no antigen (pre-existing antigen-negative subclones;
+    none by default: escape variants arise by loss at division, docs/model.md)."""
     inheritance_sd: NonNegFloat = 0.05
     """Noise added to a daughter's antigen density."""
-    loss_per_division: Annotated[float, Field(ge=0, le=1)] = 1e-3
-    """Probability that a daughter loses the antigen (antigen escape)."""
+    loss_per_division: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    """Probability that a daughter loses the antigen (antigen escape; docs/model.md
+    derives the clinical timescale of months from it)."""
 
 
 class TumorConfig(_Population):
@@ -256,7 +290,19 @@ class TumorConfig(_Population):
     """Cells scattered uniformly (archetypes dispersed and bulky)."""
     antigen: AntigenConfig = AntigenConfig()
     divide_per_min: NonNegFloat = 0.00072
-    """Division rate in full oxygen (~1/day)."""
+    """Division rate at low density in full oxygen (~1/day): the cap of the Gompertz birth
+    rate (biology/growth.py)."""
+    gompertz_per_min: NonNegFloat = 0.1 / 1440.0
+    """Gompertz rate alpha: the birth rate is ``apoptosis + alpha ln(K/N)``, capped at
+    ``divide_per_min`` (Norton 1988; docs/model.md, "Growth")."""
+    carrying_capacity_cells: Annotated[int, Field(gt=0)] | None = None
+    """Carrying capacity K of a replicate's lattice, cells (tumor plus normal marrow);
+    null: the initial tumor cells plus ``marrow_normal_cells``, a lesion at its steady
+    state (with neither, no limit but space)."""
+    marrow_normal_cells: NonNegFloat = 0.0
+    """Normal marrow cells sharing the niche (and K) with the tumor, per lattice: they
+    grow by the same Gompertz law of the niche's total, so dispersed disease competes
+    with them for space."""
     necrosis_per_min: NonNegFloat = 1.0 / 360.0
     """Necrosis rate at anoxia (scaled down by the oxygen rule)."""
     apoptosis_per_min: NonNegFloat = 1e-5
@@ -287,7 +333,15 @@ class CarTConfig(_Population):
     kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.9
     divide_probability: Annotated[float, Field(ge=0, le=1)] = 0.5
     """Chance that a completed engagement triggers a division (divisions left > 0)."""
-    exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = 0.1
+    exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = 0.02
+    exhaustion_recovery_per_min: NonNegFloat = math.log(2) / (2 * 1440.0)
+    """Rate at which the reversible part of exhaustion decays while a cell is not engaged
+    (rest; Weber 2021)."""
+    exhaustion_irreversible: Annotated[float, Field(ge=0, le=1)] = 0.3
+    """Share of each engagement's exhaustion that rest cannot reverse."""
+    bystander_kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Chance that an alive antigen-negative neighbour of a killed target dies with it
+    (FAS / IFN-gamma bystander killing; Upadhyay 2021)."""
     death_per_min: NonNegFloat = 1.0 / (9.5 * 1440.0)
     egress_per_min: NonNegFloat = 1.0 / (3 * 1440.0)
     """Rate at which free CAR T next to a vessel site return to the blood (into the
@@ -452,9 +506,10 @@ class ResectionRegion(Strict):
 class ResectionEvent(_Event):
     kind: Literal["resection"]
     fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
-    """Fraction of the tumor cells removed: the outermost first when ``order: outside``
-    (a surgeon takes the mass from its edge in), at random when ``order: random``."""
-    order: Literal["outside", "random"] = "outside"
+    """Fraction of the tumor cells removed: from the centre out when ``order: inside``
+    (the mass is taken and its margin left), the outermost first when ``order:
+    outside`` (the core is left), at random when ``order: random``."""
+    order: Literal["inside", "outside", "random"] = "inside"
     region: ResectionRegion | None = None
     """Remove the tumor cells inside this ball instead of a fraction."""
     wound_cytokine: NonNegFloat = 50.0
@@ -474,6 +529,14 @@ class RadiotherapyEvent(_Event):
     """Oxygen at which the dose-modifying factor is halfway (Alper-Howard-Flanders)."""
     chemokine_pulse: NonNegFloat = 0.5
     """CXCL10-like chemokine added at every surviving tumor cell (immunogenic RT)."""
+    perfusion_gain: Annotated[float, Field(ge=0.1, le=10)] = 1.1
+    """Vascular normalisation: the microvessel density at the lesion's sites is multiplied
+    by this per fraction (assumption, docs/model.md)."""
+    myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """Share of the lattice's monocytes and granulocytes killed per fraction (assumption)."""
+    bystander_sensitization: Annotated[float, Field(ge=1, le=100)] = 3.0
+    """Surviving tumor cells become this many times more susceptible to CAR T bystander
+    killing (DeSelm 2018: TRAIL-mediated killing of antigen-negative cells)."""
 
 
 class MRDEvent(_Event):
@@ -716,18 +779,25 @@ class Config(Strict):
 
     @property
     def start_day(self) -> float:
-        """Day (relative to infusion) at which the simulation starts: the earliest event, or 0."""
-        return min([0.0, *(e.day for e in self.therapy)])
+        """Day (relative to infusion) at which the simulation starts: the earliest event (or
+        0) minus the burn-in."""
+        return min([0.0, *(e.day for e in self.therapy)]) - self.time.burn_in_days
+
+    @property
+    def end_day(self) -> float:
+        """Day (relative to infusion) at which the simulation ends."""
+        return self.start_day + self.time.burn_in_days + self.time.duration_days
 
     def _check_therapy(self) -> None:
-        end = self.start_day + self.time.duration_days
+        end = self.end_day
         rt_days = []
         for i, e in enumerate(self.therapy):
             last = e.day + (e.fractions - 1) * e.interval_days if e.kind == "radiotherapy" else e.day
             if last >= end:
                 raise ValueError(
                     f"therapy.{i} ({e.kind}): day {last:g} is at or after the end of the run "
-                    f"(day {end:g} = start day {self.start_day:g} + duration_days {self.time.duration_days:g})"
+                    f"(day {end:g} = first event day {end - self.time.duration_days:g} + duration_days "
+                    f"{self.time.duration_days:g})"
                 )
             if e.kind == "resection" and e.region is not None and len(e.region.center_sites) != self.lattice.dims:
                 raise ValueError(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..biology.growth import gompertz_birth_per_min
 from ..biology.outcomes import OUTCOME_UNITS
 from ..config import Config, ConfigError, load_yaml, validate_config
 from .runfile import TIME_COLUMN, RunFileError, reading
@@ -221,6 +222,38 @@ class Run:
         onset = ts.loc[(ts["day"] >= 0) & (ts["crs_grade"] >= 1), "day"]
         out["crs_onset_day"] = float(onset.iloc[0]) if len(onset) else math.nan
         out["max_crs_grade"] = float(ts.loc[ts["day"] >= 0, "crs_grade"].max())
+        out.update(self._lesion_calibration(ts))
+        return out
+
+    def _lesion_calibration(self, ts: pd.DataFrame) -> dict:
+        """The lesion's measures (docs/model.md, "Lesion calibration"): at the first
+        therapy event (the end of the burn-in) the median pO2 at tumor cells and at
+        cell-free sites, the median adenosine and pH at tumor cells, the necrotic fraction
+        and the share of the starting cells alive; the share of lattice CAR T exhausted on
+        days 7 and 14; and the antigen-negative cells born per cell per day by loss at
+        division at that steady state (loss per division x the Gompertz birth rate); and
+        the doubling time at a tenth of the carrying capacity, from the config."""
+        cfg = self.config
+        first = cfg.start_day + cfg.time.burn_in_days
+        row = ts[ts["day"] <= first + 1e-9].iloc[-1]
+        dead = row["tumor_necrotic"] + row["tumor_apoptotic"] + row["tumor_killed"]
+        out = {k: float(row[k]) if k in row else math.nan
+               for k in ("tumor_po2_median", "normal_po2_median", "tumor_adenosine_median", "tumor_ph_median")}
+        out["necrotic_fraction"] = float(row["tumor_necrotic"] / max(row["tumor_alive"] + dead, 1))
+        start = ts.iloc[0]
+        out["lesion_kept"] = float(row["tumor_alive"] / start["tumor_alive"]) if start["tumor_alive"] else math.nan
+        t = cfg.tumor
+        capacity = t.carrying_capacity_cells or start["tumor_alive"] + start.get("marrow_normal", 0.0)
+        niche = row["tumor_alive"] + row.get("marrow_normal", 0.0)
+        birth = float(gompertz_birth_per_min(niche, capacity, t.gompertz_per_min, t.apoptosis_per_min,
+                                             t.divide_per_min)) if niche > 0 else math.nan
+        out["antigen_loss_per_cell_per_day"] = t.antigen.loss_per_division * birth * 1440.0
+        net = min(t.divide_per_min - t.apoptosis_per_min, t.gompertz_per_min * math.log(10.0))
+        out["doubling_days_at_tenth_capacity"] = math.log(2.0) / net / 1440.0 if net > 0 else math.inf
+        for d in (7, 14):
+            w = ts[ts["day"] >= d - 1e-9]
+            total = w["car_t_effector"].iloc[0] + w["car_t_exhausted"].iloc[0] if len(w) else 0.0
+            out[f"exhausted_share_day_{d}"] = float(w["car_t_exhausted"].iloc[0] / total) if total else math.nan
         return out
 
 
@@ -232,12 +265,22 @@ CALIBRATION_MEASURES = {
     "blood_car_t_per_ul_day_90": "blood CAR T on day 90 (cells/uL)",
     "crs_onset_day": "CRS onset day (runs with CRS)",
     "crs_duration_days": "CRS duration, days (runs with CRS)",
+    "tumor_po2_median": "tumor pO2 at the first event, median (mmHg)",
+    "normal_po2_median": "cell-free tissue pO2 at the first event, median (mmHg)",
+    "tumor_adenosine_median": "tumor adenosine at the first event, median (uM)",
+    "tumor_ph_median": "tumor pHe at the first event, median",
+    "necrotic_fraction": "necrotic fraction of the lesion at the first event",
+    "lesion_kept": "alive tumor cells at the first event / at the start",
+    "antigen_loss_per_cell_per_day": "antigen-negative cells born per tumor cell per day at steady state",
+    "doubling_days_at_tenth_capacity": "tumor doubling time at 10% of capacity, days (from the config)",
+    "exhausted_share_day_7": "exhausted share of lattice CAR T, day 7",
+    "exhausted_share_day_14": "exhausted share of lattice CAR T, day 14",
 }
 """The patient-level calibration measures across runs (docs/model.md, "Calibration")."""
 
 
 def calibration_table(where) -> pd.DataFrame:
-    """The patient-level calibration of the complete runs at ``where`` (a folder or glob,
+    """The patient-level and lesion calibration of the complete runs at ``where`` (a folder or glob,
     as :func:`open_runs`): per measure of :data:`CALIBRATION_MEASURES`, the number of
     runs it is defined in and its median, quartiles and range; then the share of runs
     with any CRS and with severe CRS (grade >= 3)."""

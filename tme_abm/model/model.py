@@ -8,8 +8,10 @@ import numpy as np
 
 from ..biology import therapy
 from ..biology.fields import FieldSet
+from ..biology.growth import niche_step
 from ..biology.outcomes import History, compute_outcomes
 from ..biology.patient import Lesion, Product, Systemic
+from ..biology.perfusion import microvessel_map
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
@@ -44,6 +46,8 @@ class Replica:
     def __init__(self, model: TMEModel, index: int, seed: int, systemic: Systemic):
         self.model, self.index, self.seed = model, index, seed
         self.systemic = systemic
+        self.marrow_normal = float(model.config.tumor.marrow_normal_cells)
+        """Normal marrow cells sharing this replicate's niche (:mod:`~tme_abm.biology.growth`)."""
         self.history = History()
         self.event_log: list[dict] = []
 
@@ -115,8 +119,13 @@ class TMEModel(mesa.Model):
         self.vessel_keys = crng.key_of(self.vessels_dev // n_grid, self.vessels_dev % n_grid, xp)
         """(k,) random-number keys of the vessel sites (replicate and site within it)."""
         self.vessels_per_replicate = np.bincount(self.lattice.vessel_sites // n_grid, minlength=n_rep)
+        pf = lc.perfusion
+        lesion = self.lattice.sphere_sites(cfg.tumor_center_sites, cfg.tumor.radius_sites) \
+            if cfg.tumor.archetype in ("solid", "bulky") else np.zeros(0, np.int64)
         self.fields = FieldSet(cfg.enabled_fields, self.lattice, self.backend, cfg.field_dt_min,
-                               cfg.field_schemes, cfg.time.field_tolerance)
+                               cfg.field_schemes, cfg.time.field_tolerance,
+                               microvessel_map(self.lattice, pf.normal_per_mm2, pf.tumor_per_mm2, [lesion] * n_rep),
+                               pf.capillary_radius_um)
         self.occupancy = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
         self.occupancy[self.vessels_dev] = VESSEL
         self.engaged_map = xp.zeros(self.lattice.n_sites, dtype=xp.int8)
@@ -147,7 +156,7 @@ class TMEModel(mesa.Model):
             Stage("therapy", [("therapy.events", self.apply_events)]),
             Stage("fields", [("fields.solve", self.solve_fields)]),
             Stage("sensing", [(f"{p.kind}.sense", p.sense) for p in self.populations]),
-            Stage("engagement", [("car_t.finish_engagements", c.finish_engagements),
+            Stage("engagement", [("car_t.finish_engagements", c.finish_engagements), ("car_t.rest", c.rest),
                                  ("car_t.engage", c.engage), ("monocyte.activate", mo.activate)]),
             Stage("movement", [("car_t.move", c.move), ("monocyte.move", mo.move),
                                ("granulocyte.move", g.move)], shuffle=True),
@@ -231,6 +240,13 @@ class TMEModel(mesa.Model):
             antigen.append(self.tumor.initial_antigen(len(sites), rng))
             lineage.append(self.tumor.next_id[r] + np.arange(len(sites)))
         self.tumor.seed_cells(np.concatenate(tumor_sites), np.concatenate(antigen), np.concatenate(lineage))
+        capacity = t.carrying_capacity_cells
+        self.capacity = np.array([float(capacity) if capacity is not None else
+                                  (len(s) + t.marrow_normal_cells) or np.inf for s in tumor_sites])
+        """(R,) carrying capacity of each replicate's niche, cells (host): the config's, or
+        the initial tumor and normal marrow cells (a lesion at its steady state); infinite
+        (space alone limits growth) when a lattice starts with neither."""
+        self.capacity_dev = self.backend.xp.asarray(self.capacity)
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
                        (self.granulocytes, cfg.granulocyte.initial_cells)):
             if n:
@@ -280,6 +296,10 @@ class TMEModel(mesa.Model):
         alive = self.host_counts(self.count(self.tumor, self.tumor.data["state"] == 0))[0]
         return alive.astype(np.float64) * self.config.patient.burden_scale
 
+    def marrow_normal(self) -> np.ndarray:
+        """(R,) normal marrow cells of each replicate's niche (host)."""
+        return np.array([rep.marrow_normal for rep in self.replicas])
+
     def myeloid_per_tumor(self) -> np.ndarray:
         """(R,) lattice myeloid cells per alive tumor cell."""
         mono, gran, alive = self.host_counts(self.count(self.monocytes), self.count(self.granulocytes),
@@ -308,10 +328,13 @@ class TMEModel(mesa.Model):
         scale = self.config.patient.burden_scale
         counts = self._patient_counts()
         alive, engaged, car_t, killed = counts[:4].astype(np.float64)
+        t = self.config.tumor
         for r, rep in enumerate(self.replicas):
             lesion = Lesion(burden=alive[r] * scale, kills_per_min=killed[r] * scale / self.dt_min,
                             encounter=engaged[r] / car_t[r] if car_t[r] > 0 else 0.0)
             rep.systemic.advance(self.time_min - self.dt_min, self.dt_min, lesion)
+            rep.marrow_normal = niche_step(rep.marrow_normal, alive[r], self.capacity[r], t.gompertz_per_min,
+                                           t.apoptosis_per_min, t.divide_per_min, self.dt_min)
         self._remember(counts)
 
     def _remember(self, counts: np.ndarray | None = None) -> None:

@@ -27,6 +27,7 @@ def rows(model) -> list[dict[str, float]]:
         on_device.update(p.counts())
     on_device.update(model.fields.summaries())
     on_device.update(_derived_field_summaries(model))
+    on_device.update(_site_medians(model))
     xp = model.backend.xp
     values = model.backend.to_host(xp.stack([v.astype(xp.float64) for v in on_device.values()]))
     out = []
@@ -34,7 +35,8 @@ def rows(model) -> list[dict[str, float]]:
         row = {"tick": float(model.steps), "time_min": model.time_min}
         row.update({k: float(v[r]) for k, v in zip(on_device, values)})
         s = rep.systemic
-        row.update({"day": model.day, "burden": s.burden, "blood_car_t": s.blood_total,
+        row.update({"day": model.day, "burden": s.burden, "marrow_normal": rep.marrow_normal,
+                    "blood_car_t": s.blood_total,
                     "systemic_cytokine": s.cytokine, "crs_grade": float(s.crs_grade())})
         alive = row["tumor_alive"]
         cart = row["car_t_effector"] + row["car_t_exhausted"]
@@ -54,6 +56,44 @@ def _derived_field_summaries(model) -> dict:
         h = xp.maximum(v[f.index["protons"]].astype(xp.float64), 1e-12)
         out["ph_mean"] = (6.0 - xp.log10(h)).mean(axis=1)
     out["hypoxic_fraction"] = (v[f.index["oxygen"]] < model.config.output.hypoxic_threshold_mmHg).mean(axis=1)
+    return out
+
+
+def grouped_median(values, group, n_groups: int, xp):
+    """(n_groups,) median of ``values`` ((k,)) within each ``group`` ((k,) ints in
+    [0, n_groups)), NaN for an empty group; on the device, without a host read."""
+    k = int(values.shape[0])
+    if k == 0:
+        return xp.full(n_groups, xp.nan)
+    values = values.astype(xp.float64)
+    ordered = values[xp.lexsort(xp.stack([values, group.astype(xp.float64)]))]  # by group, then value
+    counts = xp.bincount(group, minlength=n_groups)
+    first = xp.cumsum(counts) - counts
+    lo = first + xp.maximum(counts - 1, 0) // 2
+    hi = first + counts // 2
+    med = 0.5 * (ordered[xp.minimum(lo, k - 1)] + ordered[xp.minimum(hi, k - 1)])
+    return xp.where(counts > 0, med, xp.nan)
+
+
+def _site_medians(model) -> dict:
+    """(R,) device arrays per replicate: medians of oxygen, adenosine and pH at the alive
+    tumor cells' sites and of oxygen at the sites with no cell (normal tissue or marrow),
+    the measures the literature reports (docs/model.md, "Lesion calibration")."""
+    xp, f = model.backend.xp, model.fields
+    n_rep, n_grid = model.replicates, model.lattice.n_grid
+    t = model.tumor
+    sites = t.data["site"][t.data["state"] == 0]
+    empty = xp.flatnonzero(model.occupancy == 0)
+    out = {}
+    for name, field, where in (("tumor_po2_median", "oxygen", sites), ("normal_po2_median", "oxygen", empty),
+                               ("tumor_adenosine_median", "adenosine", sites),
+                               ("tumor_ph_median", "protons", sites)):
+        if field not in f.index:
+            continue
+        v = f.at(field, where).astype(xp.float64)
+        if field == "protons":
+            v = 6.0 - xp.log10(xp.maximum(v, 1e-12))
+        out[name] = grouped_median(v, where // n_grid, n_rep, xp)
     return out
 
 
@@ -101,6 +141,11 @@ _COLUMN_ATTRS = {
     "hypoxic_fraction": ("1", "fraction of voxels with oxygen below output.hypoxic_threshold_mmHg"),
     "car_t_tumor_ratio": ("1", "CAR T cells per alive tumor cell on the lattice"),
     "burden": ("1", "tumor cells in the patient"),
+    "marrow_normal": ("1", "normal marrow cells sharing the lattice's niche with the tumor"),
+    "tumor_po2_median": ("mmHg", "median oxygen at alive tumor cells"),
+    "normal_po2_median": ("mmHg", "median oxygen at sites with no cell (normal tissue or marrow)"),
+    "tumor_adenosine_median": ("umol/L", "median adenosine at alive tumor cells"),
+    "tumor_ph_median": ("1", "median pH at alive tumor cells"),
     "blood_car_t": ("1", "CAR T cells in the patient's blood"),
     "systemic_cytokine": ("pg/mL", "systemic IL-6-like cytokine"),
     "crs_grade": ("1", "cytokine release syndrome grade (0-4)"),

@@ -28,12 +28,14 @@ def get_state(model, replicate: int = 0) -> tuple[dict[str, np.ndarray], dict]:
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {"steps": int(model.steps), "time_min": model.time_min, "running": bool(model.running),
                   "next_event": model.next_event, "event_log": rep.event_log,
-                  "systemic": rep.systemic.get_state(), "populations": {}}
+                  "systemic": rep.systemic.get_state(), "marrow_normal": rep.marrow_normal, "populations": {}}
     for p in model.populations:
         cols, pmeta = p.get_state(replicate)
         arrays.update({f"{p.kind}/{k}": v for k, v in cols.items()})
         meta["populations"][p.kind] = pmeta
     arrays["fields/buffer"], meta["fields_lead"] = model.fields.solver.get_state(replicate)
+    if model.fields.microvessels is not None:
+        arrays["fields/microvessels"] = model.fields.microvessels[replicate].copy()
     n_grid = model.lattice.n_grid
     sites = np.asarray(to_host(model.sources.sites))
     mine = sites // n_grid == replicate
@@ -64,6 +66,7 @@ def set_state(model, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
     for rep, (arrays, meta) in zip(model.replicas, states):
         rep.event_log = list(meta["event_log"])
         rep.systemic.set_state(meta["systemic"])
+        rep.marrow_normal = float(meta["marrow_normal"])
         rep.history.set_arrays({k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")})
     model.update_products()
     model.occupancy[...] = 0
@@ -75,6 +78,8 @@ def set_state(model, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
         model.occupancy[p.data["site"]] = p.code
     model.mark_engaged()
     model.fields.solver.set_state([arrays["fields/buffer"] for arrays, _ in states], meta0["fields_lead"])
+    if model.fields.microvessels is not None:
+        model.fields.set_microvessels(np.stack([arrays["fields/microvessels"] for arrays, _ in states]))
     n_grid = model.lattice.n_grid
     model.sources = Sources(
         xp.asarray(np.concatenate([a["sources/sites"] + r * n_grid for r, (a, _) in enumerate(states)])),

@@ -17,6 +17,12 @@ product remove or change named modulators, for CAR T cells only):
   myeloid contact, ...), exhaustion rises by ``exhaustion_per_engagement`` x
   ``exhaust`` rules, and the cell is primed to divide with ``divide_probability`` x
   ``divide`` rules while it has divisions left;
+* a share ``exhaustion_irreversible`` of each engagement's exhaustion is permanent; the
+  rest decays at ``exhaustion_recovery_per_min`` while the cell is not engaged (rest
+  restores function, Weber 2021);
+* when a target is killed, each alive antigen-negative tumor neighbour of it dies too
+  with ``bystander_kill_probability`` times its susceptibility (FAS / IFN-gamma
+  bystander killing, Upadhyay 2021; radiotherapy raises the susceptibility, DeSelm 2018);
 * exhausted cells (exhaustion >= 1) neither engage nor divide, and die faster (the
   ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
 * engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules);
@@ -33,6 +39,7 @@ from ...engine import rng as crng
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
 from .population import Population, index_mask, rate_to_prob
+from .tumor import ALIVE, ANTIGEN_NEGATIVE
 
 
 def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
@@ -49,7 +56,8 @@ def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
 class CarTCells(Population):
     """All CAR T cells.
 
-    Columns: ``site``, ``id``; ``exhaustion`` float64 in [0, 1]; ``divisions_left``
+    Columns: ``site``, ``id``; ``exhaustion`` float64 in [0, 1] and its permanent part
+    ``exhaustion_fixed``; ``divisions_left``
     int16; ``kills`` int32; ``engaged_until`` float64 minute the current engagement
     ends (NaN when free); ``target`` int64 id of the engaged tumor cell (-1);
     ``primed`` int8, 1 when an engagement triggered a division not yet made;
@@ -62,12 +70,13 @@ class CarTCells(Population):
     kind = "car_t"
     code = 2
     streams = crng.streams(code, kind, ("arrive", "move", "pick", "engage", "kill", "prime", "divide", "egress",
-                                        "death"))
+                                        "death", "bystander"))
     behaviours = ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress")
     state_signals_named = ("exhaustion", "antigen")  # antigen: the engaged target's
     supplied_signals = frozenset({"antigen"})  # the engaged target's antigen density
     columns = {
         "exhaustion": ("float64", 0.0),
+        "exhaustion_fixed": ("float64", 0.0),
         "divisions_left": ("int16", 0),
         "kills": ("int32", 0),
         "engaged_until": ("float64", np.nan),
@@ -89,7 +98,8 @@ class CarTCells(Population):
         # (R, P) per replicate and product
         exhaustion = np.array([[p.initial_exhaustion for p in r.systemic.products] for r in m.replicas], dtype=float)
         divisions = np.array([[p.divisions for p in r.systemic.products] for r in m.replicas], dtype=np.int16)
-        return {"exhaustion": exhaustion[rep, product], "divisions_left": divisions[rep, product],
+        return {"exhaustion": exhaustion[rep, product], "exhaustion_fixed": exhaustion[rep, product],
+                "divisions_left": divisions[rep, product],
                 "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min)}
 
     @property
@@ -188,16 +198,53 @@ class CarTCells(Population):
         p_kill = p.kill_probability * self.factor("kill", ending)
         kill = alive & (self.uniform("kill", ids) < p_kill)
         victims = pos[kill]
-        self._killed = m.count(tumor, index_mask(xp, len(tumor), victims))
-        tumor.kill(victims)
+        dead = index_mask(xp, len(tumor), victims)
+        if p.bystander_kill_probability > 0 and victims.size:
+            dead |= self.bystanders(victims)
+        self._killed = m.count(tumor, dead)
+        tumor.kill(xp.flatnonzero(dead))
         d["kills"][ending[kill]] += 1
         inc = p.exhaustion_per_engagement * self.factor("exhaust", ending)
         d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
+        d["exhaustion_fixed"][ending] = xp.minimum(d["exhaustion_fixed"][ending] + p.exhaustion_irreversible * inc,
+                                                   d["exhaustion"][ending])
         p_div = p.divide_probability * self.factor("divide", ending)
         prime = (self.uniform("prime", ids) < p_div) & (d["divisions_left"][ending] > 0)
         d["primed"][ending[prime]] = 1
         d["engaged_until"][ending] = np.nan
         d["target"][ending] = -1
+
+    def bystanders(self, victims):
+        """(n_tumor,) bool: alive antigen-negative tumor cells killed as bystanders of the
+        targets ``victims`` ((k,) tumor indices killed now). A cell next to j victims dies
+        with probability ``1 - (1 - p s)^j``, p the bystander probability and s its
+        susceptibility (``tumor.bystander``)."""
+        xp, m = self.xp, self.model
+        tumor = m.tumor
+        nb = m.lattice.neighbours(tumor.data["site"][victims], xp).reshape(-1)
+        owner = m.site_owner(tumor)
+        tix = owner[xp.maximum(nb, 0)][nb >= 0]
+        tix = tix[tix >= 0]
+        hits = xp.bincount(tix, minlength=len(tumor))
+        d = tumor.data
+        cand = xp.flatnonzero((hits > 0) & (d["state"] == ALIVE) & (d["antigen"] < ANTIGEN_NEGATIVE))
+        out = xp.zeros(len(tumor), dtype=bool)
+        if cand.size == 0:
+            return out
+        p_one = xp.minimum(self.params.bystander_kill_probability * d["bystander"][cand], 1.0)
+        prob = 1.0 - (1.0 - p_one) ** hits[cand]
+        out[cand[self.uniform("bystander", d["id"][cand]) < prob]] = True
+        return out
+
+    def rest(self) -> None:
+        """Free cells recover the reversible part of their exhaustion: it decays by
+        ``exp(-exhaustion_recovery_per_min * dt)`` per tick (Weber 2021)."""
+        xp, p, d = self.xp, self.params, self.data
+        if len(self) == 0 or p.exhaustion_recovery_per_min == 0:
+            return
+        keep = float(np.exp(-p.exhaustion_recovery_per_min * self.model.dt_min))
+        fixed = d["exhaustion_fixed"]
+        d["exhaustion"] = xp.where(self.engaged, d["exhaustion"], fixed + (d["exhaustion"] - fixed) * keep)
 
     def engage(self) -> None:
         """Free, non-exhausted cells engage an alive, unengaged tumor neighbour."""
@@ -245,7 +292,8 @@ class CarTCells(Population):
             return
         d["divisions_left"][par] -= 1
         d["primed"][par] = 0
-        self.add(target, exhaustion=d["exhaustion"][par], divisions_left=d["divisions_left"][par],
+        self.add(target, exhaustion=d["exhaustion"][par], exhaustion_fixed=d["exhaustion_fixed"][par],
+                 divisions_left=d["divisions_left"][par],
                  product=d["product"][par], birth_min=xp.full(par.shape, m.time_min))
 
     def egress(self) -> None:

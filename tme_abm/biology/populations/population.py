@@ -256,12 +256,13 @@ class Population(mesa.Agent):
         return crng.uniform(self.xp, m.seeds, m.steps, self.streams(purpose, part=part),
                             self.data["id"] if ids is None else ids, n_slots)
 
-    def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: str):
+    def draw(self, idx, base_rate_per_min: float, behaviour: str, purpose: str, scale=None):
         """The cells among ``idx`` ((k,) indices) for which an event of rate
-        ``base_rate * factor(behaviour)`` happens this tick: exactly
-        ``u < 1 - exp(-rate * dt)`` with u keyed by cell id, but the rules are evaluated
-        only for cells whose u is below the largest possible probability (rare events
-        on large populations cost a comparison, not a Hill function per cell)."""
+        ``base_rate * factor(behaviour)`` (times ``scale``, (k,) values in [0, 1], if
+        given) happens this tick: exactly ``u < 1 - exp(-rate * dt)`` with u keyed by
+        cell id, but the rules are evaluated only for cells whose u is below the largest
+        possible probability (rare events on large populations cost a comparison, not a
+        Hill function per cell)."""
         xp, dt = self.xp, self.model.dt_min
         u = self.uniform(purpose, self.data["id"][idx])
         bound = base_rate_per_min * self.rules.max_factor(behaviour) * dt
@@ -269,6 +270,8 @@ class Population(mesa.Agent):
         if cand.size == 0:
             return cand
         rate = base_rate_per_min * self.factor(behaviour, idx[cand])
+        if scale is not None:
+            rate = rate * scale[cand]
         return idx[cand[occurs(u[cand], rate, dt, xp)]]
 
     def factor(self, behaviour: str, idx=None, extra: dict | None = None, cache: dict | None = None):

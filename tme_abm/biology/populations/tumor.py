@@ -3,10 +3,12 @@
 Rules (rates per minute, times the ``tumor.rules`` modulators, converted to per-tick
 probabilities ``p = 1 - exp(-rate*dt)``):
 
-* divide at ``divide_per_min`` into a free Moore neighbour (random choice, conflicts
-  for one site resolved by random priority); hypoxia arrests division (default rule);
-  the daughter inherits the antigen density with Gaussian noise and loses it with
-  probability ``antigen.loss_per_division``;
+* divide at the Gompertz birth rate ``clip(apoptosis + alpha ln(K/N), 0, divide_per_min)``
+  of its replicate (:mod:`tme_abm.biology.growth`; N: alive tumor cells plus normal
+  marrow cells) into a free Moore neighbour (random choice, conflicts for one site
+  resolved by random priority); hypoxia arrests division (default rule); the daughter
+  inherits the antigen density with Gaussian noise and loses it with probability
+  ``antigen.loss_per_division``;
 * necrosis at ``necrosis_per_min`` scaled by the oxygen rule (zero in normoxia, full
   at anoxia); apoptosis at ``apoptosis_per_min``; CAR T killing (see car_t.py);
 * dead cells keep their site for ``clearance_min`` and are then removed;
@@ -21,11 +23,13 @@ import numpy as np
 
 from ...engine import rng as crng
 from ...engine.moves import choose, free_neighbours, resolve_conflicts
+from ..growth import gompertz_birth_per_min
 from .population import Population
 
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
 STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic", KILLED: "killed"}
-
+ANTIGEN_NEGATIVE = 0.05
+"""Antigen density below which a cell counts as antigen-negative."""
 
 
 class TumorCells(Population):
@@ -33,7 +37,9 @@ class TumorCells(Population):
 
     Columns (length n, on the device): ``site``, ``id``; ``state`` int8 (ALIVE,
     NECROTIC, APOPTOTIC, KILLED); ``death_min`` float64 minute of death (NaN while
-    alive); ``lineage`` int64 founding-clone id; ``antigen`` float64 density in [0, 1].
+    alive); ``lineage`` int64 founding-clone id; ``antigen`` float64 density in [0, 1];
+    ``bystander`` float64 susceptibility to CAR T bystander killing (1; radiotherapy
+    raises it).
     """
 
     kind = "tumor"
@@ -46,6 +52,7 @@ class TumorCells(Population):
         "death_min": ("float64", np.nan),
         "lineage": ("int64", -1),
         "antigen": ("float64", 0.0),
+        "bystander": ("float64", 1.0),
     }
 
     def initial_antigen(self, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -82,20 +89,31 @@ class TumorCells(Population):
         out = {f"tumor_{name}": count(self, st == code) for code, name in STATE_NAMES.items()}
         alive = st == ALIVE
         ag = self.data["antigen"]
-        out["tumor_antigen_negative"] = count(self, alive & (ag < 0.05))
-        out["tumor_antigen_low"] = count(self, alive & (ag >= 0.05) & (ag < 0.3))
+        out["tumor_antigen_negative"] = count(self, alive & (ag < ANTIGEN_NEGATIVE))
+        out["tumor_antigen_low"] = count(self, alive & (ag >= ANTIGEN_NEGATIVE) & (ag < 0.3))
         out["tumor_antigen_high"] = count(self, alive & (ag >= 0.3))
         return out
 
     # ---- stages --------------------------------------------------------------------
 
+    def birth_per_min(self, alive_mask):
+        """(R,) device array: the Gompertz birth rate of each replicate now (1/min)."""
+        m, p, xp = self.model, self.params, self.xp
+        n = m.count(self, alive_mask).astype(xp.float64) + xp.asarray(m.marrow_normal())
+        return gompertz_birth_per_min(n, m.capacity_dev, p.gompertz_per_min, p.apoptosis_per_min,
+                                      p.divide_per_min, xp)
+
     def divide(self) -> None:
-        """Alive cells divide into free neighbour sites."""
+        """Alive cells divide into free neighbour sites at their replicate's birth rate."""
         xp, p = self.xp, self.params
-        alive = xp.flatnonzero(self.alive)
-        if alive.size == 0:
+        mask = self.alive
+        alive = xp.flatnonzero(mask)
+        if alive.size == 0 or p.divide_per_min == 0:
             return
-        parents = self.draw(alive, p.divide_per_min, "divide", "divide")
+        share = self.birth_per_min(mask) / p.divide_per_min  # (R,) in [0, 1]
+        share = share[self.model.lattice.replicate_of(self.data["site"][alive], xp)] \
+            if self.model.replicates > 1 else xp.broadcast_to(share, alive.shape)
+        parents = self.draw(alive, p.divide_per_min, "divide", "divide", scale=share)
         if parents.size == 0:
             return
         pid = self.data["id"][parents]

@@ -55,7 +55,7 @@ def live_config(config, log10_dose: float, log10_burden_scale: float, myeloid_re
         first = min(e["day"] for e in infusions)
         therapy.append({**old, "day": first - lymphodepletion_days})
     data["therapy"] = sorted(therapy, key=lambda e: e["day"])
-    end_day = cfg.start_day + cfg.time.duration_days
+    end_day = cfg.end_day
     data["time"]["duration_days"] = end_day - min([0.0, *(e["day"] for e in therapy)])
     data["patient"]["burden_scale"] = 10.0 ** log10_burden_scale
     for pop in ("monocyte", "granulocyte"):
