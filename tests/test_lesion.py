@@ -16,6 +16,7 @@ from test_rules import BE, OFF, SEEDS, grid_sites, pairs_model, scenario, within
 from tme_abm.biology import therapy
 from tme_abm.biology.growth import gompertz_birth_per_min, gompertz_cells, niche_step
 from tme_abm.biology.perfusion import PER_MM2, krogh_exchange_per_min, krogh_mean, krogh_profile
+from tme_abm.biology.populations.car_t import days_to_exhaustion
 from tme_abm.config import ConfigError, load_config, validate_config
 from tme_abm.model import TMEModel, get_state, set_state
 
@@ -166,6 +167,19 @@ def test_exhaustion_recovers_with_rest_down_to_its_permanent_part():
     np.testing.assert_allclose(m.car_t.data["exhaustion"], expect, rtol=1e-12)
 
 
+def test_exhausted_cells_regain_function_once_rest_brings_exhaustion_below_the_threshold():
+    """Exhaustion 1 (0.3 of it permanent) at a half-life of 10 ticks: it falls below 0.5
+    after 10 log2(3.5) = 18.07 ticks, so the cells are exhausted for 18 ticks of rest and
+    engage their antigen-positive neighbours from the 19th."""
+    m, n = pairs_model(car_t={"exhaustion_recovery_per_min": math.log(2) / 60.0, "exhaustion_recovered": 0.5,
+                              "kill_probability": 0.0})
+    d = m.car_t.data
+    d["exhaustion"][:], d["exhaustion_fixed"][:], d["exhausted"][:] = 1.0, 0.3, 1
+    for tick in range(1, 20):
+        m.step()
+        assert m.car_t.exhausted.all() == (tick < 19) and (m.car_t.engaged.any() == (tick >= 19)), tick
+
+
 def test_each_engagement_adds_exhaustion_of_which_a_share_is_permanent_and_engaged_cells_do_not_rest():
     m, n = pairs_model(car_t={"kill_probability": 0.0, "exhaustion_per_engagement": 0.2,
                               "exhaustion_irreversible": 0.25, "exhaustion_recovery_per_min": 1e-3,
@@ -180,6 +194,31 @@ def test_each_engagement_adds_exhaustion_of_which_a_share_is_permanent_and_engag
     keep = math.exp(-1e-3 * 6.0)
     np.testing.assert_allclose(m.car_t.data["exhaustion_fixed"], 0.05)
     np.testing.assert_allclose(m.car_t.data["exhaustion"], 0.05 + 0.15 * keep)
+
+
+def test_days_to_exhaustion_follows_the_engagement_and_rest_rules():
+    """The calibration's time to exhaustion: without rest it is ceil(1/increment)
+    engagements; with rest, a cell that re-engages at once after each engagement (one tick
+    of rest between them) exhausts after as many engagements as the function counts."""
+    assert days_to_exhaustion(8.0, 0.1, 0.3, 0.0, 40.0) == pytest.approx((9 * 180 + 40) / 1440)
+    assert days_to_exhaustion(8.0, 0.1, 0.0, 1.0, 40.0) == math.inf  # all of it recovers between engagements
+    rate = math.log(2) / 6.0  # one 6-min tick of rest halves the reversible part
+    counted = days_to_exhaustion(1440 / 18, 0.1, 0.5, rate, 12.0)
+    engagements = round((counted * 1440 - 12.0) / 18) + 1
+    m, n = pairs_model(car_t={"kill_probability": 0.0, "exhaustion_per_engagement": 0.1, "engagement_min": 12.0,
+                              "exhaustion_irreversible": 0.5, "exhaustion_recovery_per_min": rate,
+                              "rules": {"exhaust": {k: OFF for k in ("adenosine", "hypoxia", "monocyte_contact",
+                                                                    "granulocyte_contact")}}})
+    started, until = 0, np.full(n, np.nan)
+    while not m.car_t.exhausted.all():
+        m.step()
+        now = m.car_t.data["engaged_until"]
+        started += int((~np.isnan(now) & (now != until)).sum())  # a new engagement ends at a new time
+        until = now.copy()
+    assert started == n * engagements and 10 < engagements < 30
+    for _ in range(10):  # the permanent part (0.5 x 0.1 per engagement) is past 0.5: no recovery
+        m.step()
+    assert m.car_t.exhausted.all() and not m.car_t.engaged.any()
 
 
 def bystander_trial(seed, kill_probability=1.0, neighbour_antigen=0.0, susceptibility=1.0, p=0.3):

@@ -339,6 +339,9 @@ class CarTConfig(_Population):
     (rest; Weber 2021)."""
     exhaustion_irreversible: Annotated[float, Field(ge=0, le=1)] = 0.3
     """Share of each engagement's exhaustion that rest cannot reverse."""
+    exhaustion_recovered: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """An exhausted cell (exhaustion reached 1) regains function once rest brings its
+    exhaustion below this (about 3.6 days of rest at the defaults; Weber 2021: 4 days)."""
     bystander_kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Chance that an alive antigen-negative neighbour of a killed target dies with it
     (FAS / IFN-gamma bystander killing; Upadhyay 2021)."""

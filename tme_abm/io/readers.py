@@ -18,6 +18,8 @@ import pandas as pd
 
 from ..biology.growth import gompertz_birth_per_min
 from ..biology.outcomes import OUTCOME_UNITS
+from ..biology.populations.car_t import days_to_exhaustion
+from ..biology.rules import RuleSet
 from ..config import Config, ConfigError, load_yaml, validate_config
 from .runfile import TIME_COLUMN, RunFileError, reading
 
@@ -231,8 +233,10 @@ class Run:
         cell-free sites, the median adenosine and pH at tumor cells, the necrotic fraction
         and the share of the starting cells alive; the share of lattice CAR T exhausted on
         days 7 and 14; and the antigen-negative cells born per cell per day by loss at
-        division at that steady state (loss per division x the Gompertz birth rate); and
-        the doubling time at a tenth of the carrying capacity, from the config."""
+        division at that steady state (loss per division x the Gompertz birth rate); the
+        doubling time at a tenth of the carrying capacity, from the config; and the days
+        a CAR T cell engaged 8 times a day (Halle 2016: 2-16) takes to exhaust at the
+        exhaust rules of the lesion's median adenosine and pO2 (no myeloid contact)."""
         cfg = self.config
         first = cfg.start_day + cfg.time.burn_in_days
         row = ts[ts["day"] <= first + 1e-9].iloc[-1]
@@ -250,6 +254,14 @@ class Run:
         out["antigen_loss_per_cell_per_day"] = t.antigen.loss_per_division * birth * 1440.0
         net = min(t.divide_per_min - t.apoptosis_per_min, t.gompertz_per_min * math.log(10.0))
         out["doubling_days_at_tenth_capacity"] = math.log(2.0) / net / 1440.0 if net > 0 else math.inf
+        c = cfg.car_t
+        signals = {n: np.array([{"adenosine": out["tumor_adenosine_median"],
+                                 "oxygen": out["tumor_po2_median"]}.get(n, 0.0)])
+                   for n in RuleSet([c.rules], np).behaviour_signals("exhaust")}
+        factor = float(np.asarray(RuleSet([c.rules], np).factor("exhaust", signals)).reshape(-1)[0])
+        out["days_to_exhaustion_8_per_day"] = days_to_exhaustion(
+            8.0, c.exhaustion_per_engagement * factor, c.exhaustion_irreversible, c.exhaustion_recovery_per_min,
+            c.engagement_min) if c.exhaustion_per_engagement > 0 and np.isfinite(factor) else math.inf
         for d in (7, 14):
             w = ts[ts["day"] >= d - 1e-9]
             total = w["car_t_effector"].iloc[0] + w["car_t_exhausted"].iloc[0] if len(w) else 0.0
@@ -273,6 +285,7 @@ CALIBRATION_MEASURES = {
     "lesion_kept": "alive tumor cells at the first event / at the start",
     "antigen_loss_per_cell_per_day": "antigen-negative cells born per tumor cell per day at steady state",
     "doubling_days_at_tenth_capacity": "tumor doubling time at 10% of capacity, days (from the config)",
+    "days_to_exhaustion_8_per_day": "days to exhaustion at 8 engagements a day in the lesion",
     "exhausted_share_day_7": "exhausted share of lattice CAR T, day 7",
     "exhausted_share_day_14": "exhausted share of lattice CAR T, day 14",
 }

@@ -18,12 +18,13 @@ product remove or change named modulators, for CAR T cells only):
   ``exhaust`` rules, and the cell is primed to divide with ``divide_probability`` x
   ``divide`` rules while it has divisions left;
 * a share ``exhaustion_irreversible`` of each engagement's exhaustion is permanent; the
-  rest decays at ``exhaustion_recovery_per_min`` while the cell is not engaged (rest
-  restores function, Weber 2021);
+  rest decays at ``exhaustion_recovery_per_min`` while the cell is not engaged; a cell
+  whose exhaustion reaches 1 is exhausted until rest brings it below
+  ``exhaustion_recovered`` (rest restores function, Weber 2021);
 * when a target is killed, each alive antigen-negative tumor neighbour of it dies too
   with ``bystander_kill_probability`` times its susceptibility (FAS / IFN-gamma
   bystander killing, Upadhyay 2021; radiotherapy raises the susceptibility, DeSelm 2018);
-* exhausted cells (exhaustion >= 1) neither engage nor divide, and die faster (the
+* exhausted cells neither engage nor divide, and die faster (the
   ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
 * engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules);
 * free cells next to a vessel site leave the lattice at ``egress_per_min`` x
@@ -33,6 +34,8 @@ product remove or change named modulators, for CAR T cells only):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...engine import rng as crng
@@ -40,6 +43,27 @@ from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
 from .population import Population, index_mask, rate_to_prob
 from .tumor import ALIVE, ANTIGEN_NEGATIVE
+
+
+def days_to_exhaustion(engagements_per_day: float, increment: float, irreversible: float,
+                       recovery_per_min: float, engagement_min: float, max_days: float = 3650.0) -> float:
+    """Days until a cell engaged at a steady ``engagements_per_day`` reaches exhaustion 1
+    under the engagement and rest rules: each engagement of ``engagement_min`` adds
+    ``increment`` (exhaustion_per_engagement x the exhaust rules), ``irreversible`` of it
+    permanent, and the rest decays at ``recovery_per_min`` over the free time between
+    engagements; inf if it does not within ``max_days``."""
+    cycle = 1440.0 / engagements_per_day
+    if increment <= 0 or cycle < engagement_min:
+        raise ValueError(f"need increment > 0 and engagements shorter than the cycle ({cycle:g} min)")
+    keep = math.exp(-recovery_per_min * (cycle - engagement_min))
+    fixed = reversible = 0.0
+    for k in range(int(max_days * engagements_per_day) + 1):
+        fixed += irreversible * increment
+        reversible += (1.0 - irreversible) * increment
+        if fixed + reversible >= 1.0 - 1e-9:
+            return (k * cycle + engagement_min) / 1440.0
+        reversible *= keep
+    return math.inf
 
 
 def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
@@ -56,8 +80,9 @@ def car_t_rules(rules: dict, edits: dict, products, xp) -> RuleSet:
 class CarTCells(Population):
     """All CAR T cells.
 
-    Columns: ``site``, ``id``; ``exhaustion`` float64 in [0, 1] and its permanent part
-    ``exhaustion_fixed``; ``divisions_left``
+    Columns: ``site``, ``id``; ``exhaustion`` float64 in [0, 1], its permanent part
+    ``exhaustion_fixed`` and ``exhausted`` int8 (1 from reaching 1 until rest brings it
+    below ``exhaustion_recovered``); ``divisions_left``
     int16; ``kills`` int32; ``engaged_until`` float64 minute the current engagement
     ends (NaN when free); ``target`` int64 id of the engaged tumor cell (-1);
     ``primed`` int8, 1 when an engagement triggered a division not yet made;
@@ -77,6 +102,7 @@ class CarTCells(Population):
     columns = {
         "exhaustion": ("float64", 0.0),
         "exhaustion_fixed": ("float64", 0.0),
+        "exhausted": ("int8", 0),
         "divisions_left": ("int16", 0),
         "kills": ("int32", 0),
         "engaged_until": ("float64", np.nan),
@@ -99,6 +125,7 @@ class CarTCells(Population):
         exhaustion = np.array([[p.initial_exhaustion for p in r.systemic.products] for r in m.replicas], dtype=float)
         divisions = np.array([[p.divisions for p in r.systemic.products] for r in m.replicas], dtype=np.int16)
         return {"exhaustion": exhaustion[rep, product], "exhaustion_fixed": exhaustion[rep, product],
+                "exhausted": (exhaustion[rep, product] >= 1.0 - 1e-9).astype(np.int8),
                 "divisions_left": divisions[rep, product],
                 "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min)}
 
@@ -108,7 +135,7 @@ class CarTCells(Population):
 
     @property
     def exhausted(self):
-        return self.data["exhaustion"] >= 1.0 - 1e-9
+        return self.data["exhausted"] == 1
 
     def reset_events(self) -> None:
         super().reset_events()
@@ -208,6 +235,7 @@ class CarTCells(Population):
         d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
         d["exhaustion_fixed"][ending] = xp.minimum(d["exhaustion_fixed"][ending] + p.exhaustion_irreversible * inc,
                                                    d["exhaustion"][ending])
+        d["exhausted"][ending] = xp.where(d["exhaustion"][ending] >= 1.0 - 1e-9, 1, d["exhausted"][ending])
         p_div = p.divide_probability * self.factor("divide", ending)
         prime = (self.uniform("prime", ids) < p_div) & (d["divisions_left"][ending] > 0)
         d["primed"][ending[prime]] = 1
@@ -238,13 +266,15 @@ class CarTCells(Population):
 
     def rest(self) -> None:
         """Free cells recover the reversible part of their exhaustion: it decays by
-        ``exp(-exhaustion_recovery_per_min * dt)`` per tick (Weber 2021)."""
+        ``exp(-exhaustion_recovery_per_min * dt)`` per tick; exhausted cells regain
+        function below ``exhaustion_recovered`` (Weber 2021)."""
         xp, p, d = self.xp, self.params, self.data
         if len(self) == 0 or p.exhaustion_recovery_per_min == 0:
             return
         keep = float(np.exp(-p.exhaustion_recovery_per_min * self.model.dt_min))
         fixed = d["exhaustion_fixed"]
         d["exhaustion"] = xp.where(self.engaged, d["exhaustion"], fixed + (d["exhaustion"] - fixed) * keep)
+        d["exhausted"] = xp.where(d["exhaustion"] < p.exhaustion_recovered, 0, d["exhausted"]).astype(xp.int8)
 
     def engage(self) -> None:
         """Free, non-exhausted cells engage an alive, unengaged tumor neighbour."""
@@ -293,6 +323,7 @@ class CarTCells(Population):
         d["divisions_left"][par] -= 1
         d["primed"][par] = 0
         self.add(target, exhaustion=d["exhaustion"][par], exhaustion_fixed=d["exhaustion_fixed"][par],
+                 exhausted=d["exhausted"][par],
                  divisions_left=d["divisions_left"][par],
                  product=d["product"][par], birth_min=xp.full(par.shape, m.time_min))
 
