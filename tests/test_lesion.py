@@ -13,11 +13,13 @@ import pytest
 from scipy import integrate
 from test_rules import BE, OFF, SEEDS, grid_sites, pairs_model, scenario, within
 
+import tme_abm
 from tme_abm.biology import therapy
 from tme_abm.biology.growth import gompertz_birth_per_min, gompertz_cells, niche_step
 from tme_abm.biology.perfusion import PER_MM2, krogh_exchange_per_min, krogh_mean, krogh_profile
 from tme_abm.biology.populations.car_t import days_to_exhaustion
 from tme_abm.config import ConfigError, load_config, validate_config
+from tme_abm.io import run
 from tme_abm.model import TMEModel, get_state, set_state
 
 BASELINE = "configs/baseline.yaml"
@@ -333,4 +335,22 @@ def test_the_microvessels_and_the_marrow_niche_survive_a_checkpoint():
         a.step()
         b.step()
     np.testing.assert_equal(a.current_row(), b.current_row())
+
+
+def test_the_lesion_calibration_reads_the_first_event_row(tmp_path):
+    cfg = load_config(BASELINE, ["backend=numpy", "lattice.shape=[40, 40]", "tumor.radius_sites=10",
+                                 "time.burn_in_days=0.5", "time.duration_days=3.2", "monocyte.initial_cells=5",
+                                 "granulocyte.initial_cells=5"])
+    run(cfg, tmp_path / "c.h5", quiet=True)
+    r = tme_abm.open_run(tmp_path / "c.h5")
+    cal, ts = r.calibration(), r.timeseries
+    first = ts[ts["day"] <= -3.0 + 1e-9].iloc[-1]  # the lymphodepletion on day -3 ends the burn-in
+    assert first["day"] == pytest.approx(-3.0) and ts["day"].iloc[0] == pytest.approx(-3.5)
+    for k in ("tumor_po2_median", "normal_po2_median", "tumor_adenosine_median", "tumor_ph_median"):
+        assert cal[k] == first[k]
+    assert cal["lesion_kept"] == first["tumor_alive"] / ts["tumor_alive"].iloc[0]
+    t = cfg.tumor
+    assert cal["doubling_days_at_tenth_capacity"] == pytest.approx(math.log(2) / (t.gompertz_per_min * math.log(10))
+                                                                   / 1440)
+    assert cal["tumor_po2_median"] < cal["normal_po2_median"]  # the lesion consumes oxygen
 

@@ -99,7 +99,10 @@ class TumorCells(Population):
     def birth_per_min(self, alive_mask):
         """(R,) device array: the Gompertz birth rate of each replicate now (1/min)."""
         m, p, xp = self.model, self.params, self.xp
-        n = m.count(self, alive_mask).astype(xp.float64) + xp.asarray(m.marrow_normal())
+        n = m.count(self, alive_mask).astype(xp.float64)
+        normal = m.marrow_normal()
+        if normal.any():  # a host-to-device copy only where normal marrow cells share the niche
+            n = n + xp.asarray(normal)
         return gompertz_birth_per_min(n, m.capacity_dev, p.gompertz_per_min, p.apoptosis_per_min,
                                       p.divide_per_min, xp)
 
