@@ -255,10 +255,10 @@ class Run:
         net = min(t.divide_per_min - t.apoptosis_per_min, t.gompertz_per_min * math.log(10.0))
         out["doubling_days_at_tenth_capacity"] = math.log(2.0) / net / 1440.0 if net > 0 else math.inf
         c = cfg.car_t
-        signals = {n: np.array([{"adenosine": out["tumor_adenosine_median"],
-                                 "oxygen": out["tumor_po2_median"]}.get(n, 0.0)])
-                   for n in RuleSet([c.rules], np).behaviour_signals("exhaust")}
-        factor = float(np.asarray(RuleSet([c.rules], np).factor("exhaust", signals)).reshape(-1)[0])
+        rules = RuleSet([c.rules], np)
+        lesion = {"adenosine": out["tumor_adenosine_median"], "oxygen": out["tumor_po2_median"]}
+        signals = {n: np.array([lesion.get(n, 0.0)]) for n in rules.behaviour_signals("exhaust")}
+        factor = float(np.asarray(rules.factor("exhaust", signals)).reshape(-1)[0])
         out["days_to_exhaustion_8_per_day"] = days_to_exhaustion(
             8.0, c.exhaustion_per_engagement * factor, c.exhaustion_irreversible, c.exhaustion_recovery_per_min,
             c.engagement_min) if c.exhaustion_per_engagement > 0 and np.isfinite(factor) else math.inf
@@ -289,7 +289,8 @@ CALIBRATION_MEASURES = {
     "exhausted_share_day_7": "exhausted share of lattice CAR T, day 7",
     "exhausted_share_day_14": "exhausted share of lattice CAR T, day 14",
 }
-"""The patient-level calibration measures across runs (docs/model.md, "Calibration")."""
+"""The patient-level and lesion calibration measures across runs (docs/model.md,
+"Patient calibration", "Lesion calibration")."""
 
 
 def calibration_table(where) -> pd.DataFrame:
