@@ -244,25 +244,28 @@ class CarTCells(Population):
 
     def bystanders(self, victims):
         """(n_tumor,) bool: alive antigen-negative tumor cells killed as bystanders of the
-        targets ``victims`` ((k,) tumor indices killed now). A cell next to j victims dies
-        with probability ``1 - (1 - p s)^j``, p the bystander probability and s its
-        susceptibility (``tumor.bystander``)."""
+        targets ``victims`` ((k,) tumor indices killed now), each with probability ``p s``
+        per adjacent victim (p the bystander probability, s its susceptibility
+        ``tumor.bystander``), so ``1 - (1 - p s)^j`` next to j victims. Each (cell,
+        direction to the victim) draws its own number; nothing here waits for the device."""
         xp, m = self.xp, self.model
         tumor = m.tumor
-        nb = m.lattice.neighbours(tumor.data["site"][victims], xp).reshape(-1)
-        owner = m.site_owner(tumor)
-        tix = owner[xp.maximum(nb, 0)][nb >= 0]
-        tix = tix[tix >= 0]
-        hits = xp.bincount(tix, minlength=len(tumor))
         d = tumor.data
-        cand = xp.flatnonzero((hits > 0) & (d["state"] == ALIVE) & (d["antigen"] < ANTIGEN_NEGATIVE))
-        out = xp.zeros(len(tumor), dtype=bool)
-        if cand.size == 0:
-            return out
-        p_one = xp.minimum(self.params.bystander_kill_probability * d["bystander"][cand], 1.0)
-        prob = 1.0 - (1.0 - p_one) ** hits[cand]
-        out[cand[self.uniform("bystander", d["id"][cand]) < prob]] = True
-        return out
+        n = len(tumor)
+        nb = m.lattice.neighbours(d["site"][victims], xp)  # (k, M)
+        tix = m.site_owner(tumor)[xp.maximum(nb, 0)]
+        tix = xp.where(nb >= 0, tix, -1).reshape(-1)
+        safe = xp.maximum(tix, 0)
+        hit = (tix >= 0) & (d["state"][safe] == ALIVE) & (d["antigen"][safe] < ANTIGEN_NEGATIVE)
+        n_dirs = nb.shape[1]
+        # the direction from the bystander to its victim: Moore offsets are symmetric, so
+        # column c of the victim's row is column M - 1 - c seen from the bystander
+        back = xp.tile(xp.arange(n_dirs - 1, -1, -1), int(nb.shape[0]))
+        u = self.uniform("bystander", d["id"][safe], n_slots=n_dirs)[xp.arange(tix.shape[0]), back]
+        p_one = xp.minimum(self.params.bystander_kill_probability * d["bystander"][safe], 1.0)
+        out = xp.zeros(n + 1, dtype=bool)
+        out[xp.where(hit & (u < p_one), safe, n)] = True  # slot n takes the misses
+        return out[:n]
 
     def rest(self) -> None:
         """Free cells recover the reversible part of their exhaustion: it decays by
