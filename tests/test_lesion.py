@@ -16,7 +16,7 @@ from test_rules import BE, OFF, SEEDS, grid_sites, pairs_model, scenario, within
 import tme_abm
 from tme_abm.biology import therapy
 from tme_abm.biology.growth import gompertz_birth_per_min, gompertz_cells, niche_step
-from tme_abm.biology.perfusion import PER_MM2, krogh_exchange_per_min, krogh_mean, krogh_profile
+from tme_abm.biology.perfusion import PER_MM2, krogh_exchange_per_min, krogh_mean, krogh_profile, max_density_per_mm2
 from tme_abm.biology.populations.car_t import days_to_exhaustion
 from tme_abm.config import ConfigError, load_config, validate_config
 from tme_abm.io import run
@@ -309,6 +309,10 @@ def test_radiotherapy_normalises_vessels_depletes_myeloid_cells_and_sensitises_s
     other = np.setdiff1d(np.arange(m.lattice.n_grid), lesion)
     np.testing.assert_allclose(after[lesion], 1.5 * before[0, lesion])
     np.testing.assert_array_equal(after[other], before[0, other])
+    m.fields.scale_microvessels(lesion, 1e6)  # repeated normalisation stops where the Krogh term ends
+    top = max_density_per_mm2(5.0) * PER_MM2
+    np.testing.assert_allclose(m.fields.microvessels[0, lesion], top)
+    assert np.isfinite(m.fields._exchange).all() and (m.fields._exchange >= 0).all()
     killed = m.event_log[0]["myeloid_killed"]
     assert within(killed, myeloid, 0.4), killed / myeloid
     t = m.tumor

@@ -9,7 +9,7 @@ from ..engine.backend import Backend
 from ..engine.diffusion import NOFLUX, DiffusionSolver, Sources
 from ..engine.diffusion.solver import TOLERANCE
 from ..engine.lattice import FACES, Lattice
-from .perfusion import krogh_exchange_per_min
+from .perfusion import PER_MM2, krogh_exchange_per_min, max_density_per_mm2
 
 
 class FieldSet:
@@ -95,9 +95,12 @@ class FieldSet:
 
     def scale_microvessels(self, sites, factor: float) -> None:
         """Multiply the microvessel density at flat ``sites`` ((k,) host, all replicates)
-        by ``factor`` (radiotherapy's vascular normalisation)."""
+        by ``factor`` (radiotherapy's vascular normalisation), up to the largest density
+        at which the Krogh term is defined."""
         m = self.microvessels.reshape(-1).copy()
-        m[np.asarray(sites, dtype=np.int64)] *= factor
+        sites = np.asarray(sites, dtype=np.int64)
+        top = max_density_per_mm2(self.capillary_radius_um) * PER_MM2
+        m[sites] = np.minimum(m[sites] * factor, top)
         self.set_microvessels(m)
 
     def rates(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
