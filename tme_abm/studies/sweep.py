@@ -13,11 +13,13 @@ docs/sweeps.md describes specs, clusters and the summary.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -405,23 +407,31 @@ def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus
 
 def _write_manifest(spec: SweepSpec, base: Path, out: Path) -> None:
     """``sweep.yaml``: the spec as run (base path resolved) and every point, for the
-    summary and for provenance. A different spec in the same folder is refused."""
+    summary and for provenance. A different spec in the same folder is refused, except
+    for its replicates (an ensemble grows or is read at fewer), its experiment block and
+    its cluster. ``declared`` keeps the experiment block as it was when the folder's
+    first run started, with that time: what the experiment declared before its runs."""
     doc = {"spec": {**spec.model_dump(mode="json"), "base": str(base)},
            "points": design_points(spec)}
     if spec.design.kind in SAMPLED:
         doc["samples"] = unit_samples(spec).tolist()
-    text = yaml.safe_dump(doc, sort_keys=False)
     path = out / "sweep.yaml"
-    if path.exists() and _runs_part(yaml.safe_load(path.read_text())) != _runs_part(yaml.safe_load(text)):
+    old = yaml.safe_load(path.read_text()) if path.exists() else None
+    if old is not None and _runs_part(old) != _runs_part(doc):
         raise SweepError(f"{out}: holds a different sweep (sweep.yaml differs); use another --out")
-    path.write_text(text)
+    if spec.experiment is not None:
+        doc["declared"] = (old or {}).get("declared") or {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "experiment": copy.deepcopy((old or doc)["spec"]["experiment"])}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def _runs_part(doc: dict) -> dict:
-    """What decides the runs: the manifest without the experiment block (its question,
-    arm names and expectations only change the analysis) and the cluster."""
-    spec = {k: v for k, v in doc["spec"].items() if k not in ("experiment", "cluster")}
-    return {**doc, "spec": spec}
+    """What decides each run: the manifest without the experiment block (its question,
+    arm names and expectations only change the analysis), the cluster and the number of
+    replicates (a task's seed does not depend on it)."""
+    spec = {k: v for k, v in doc["spec"].items() if k not in ("experiment", "cluster", "replicates")}
+    return {"spec": spec, "points": doc["points"], "samples": doc.get("samples")}
 
 
 def read_manifest(out) -> dict:
