@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -24,9 +25,9 @@ from tme_abm.io.readers import calibration_table
 from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 from tme_abm.studies.experiments import analyse, available, find, load, run_experiment
-from tme_abm.studies.experiments.analysis import compare, trend, verdict
-from tme_abm.studies.experiments.spec import GROUPS, RATES
-from tme_abm.studies.statistics import auc_table, roc_auc, wilson
+from tme_abm.studies.experiments.analysis import compare, expectations, trend, verdict
+from tme_abm.studies.experiments.spec import CORRECTIONS, GROUPS, RATES, ExperimentConfig
+from tme_abm.studies.statistics import adjusted_p, auc_table, roc_auc, wilson
 from tme_abm.studies.sweep import SweepError, design_points
 from tme_abm.viz.study_figures import experiment_figures
 
@@ -58,7 +59,10 @@ def test_every_shipped_experiment_is_listed_and_loads():
     assert available() == NAMES
     for name in NAMES:
         spec, _, exp, _ = load(name)
-        assert exp.question and exp.expect, name
+        assert exp.question and exp.expect and exp.correction in CORRECTIONS, name
+        assert exp.assessment_day == 28 and not exp.exploratory, name
+        # at least 20 runs per arm: replicates, or the sampled points of a surrogate split into two groups
+        assert (spec.design.samples >= 40 if exp.analysis == "surrogate" else spec.replicates >= 20), name
         quick, _, _, _ = load(name, quick=True)
         assert quick.name == f"{name}-quick" and quick.replicates == exp.quick.replicates
 
@@ -73,7 +77,7 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     assert len(table) == len(points) * spec.replicates and (table["status"] == "complete").all()
     arms = pd.read_csv(w["arms"])
     names = list(arms["arm"])
-    responded = table["response_at_end"].isin(["CR", "PR"])
+    responded = table["response_at_assessment"].isin(["CR", "PR"])
     if exp.analysis == "surrogate":  # arms: durable responders and the others
         groups = [table[responded], table[~responded]]
         assert names == list(GROUPS) and list(arms["runs"]) == [len(g) for g in groups]
@@ -84,7 +88,7 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     for i, g in enumerate(groups):
         if g.empty:
             continue
-        k = int(g["response_at_end"].isin(["CR", "PR"]).sum())
+        k = int(g["response_at_assessment"].isin(["CR", "PR"]).sum())
         a = arms.iloc[i]
         assert a["response_rate"] == pytest.approx(k / len(g))
         assert (a["response_rate_ci_low"], a["response_rate_ci_high"]) == pytest.approx(wilson(k, len(g)))
@@ -94,7 +98,8 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     assert set(comps["against"]) == {exp.reference or names[0]}
     assert comps["p_value"].dropna().between(0, 1).all()
     exps = pd.read_csv(w["expectations"])
-    assert len(exps) == len(exp.expect) and set(exps["verdict"]) <= VERDICTS
+    assert len(exps) == len(exp.expect) and exps["declared"].all() and set(exps["verdict"]) <= VERDICTS
+    assert (table["assessment_day"] == exp.quick.assessment_day).all()
     tc = pd.read_csv(w["timecourse"])
     assert set(tc["series"]) == set(exp.series) and set(tc["arm"]) == {n for n, g in zip(names, groups) if len(g)}
     most = tc.groupby("arm")["runs"].max()
@@ -111,7 +116,7 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     if exp.analysis == "surrogate":
         auc = pd.read_csv(w["auc"])
         assert list(auc["predictor"]) == exp.predictors
-        label = table["response_at_end"].isin(["CR", "PR"]).to_numpy()
+        label = table["response_at_assessment"].isin(["CR", "PR"]).to_numpy()
         for _, r in auc.iterrows():
             expected = roc_auc(table[r["predictor"]].to_numpy(float), label)
             assert (math.isnan(r["auc"]) and math.isnan(expected)) or r["auc"] == pytest.approx(expected)
@@ -192,17 +197,32 @@ def _spec(tmp_path, **experiment):
     return path
 
 
+TA = {"test": "fisher_exact", "alpha": 0.05}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"arms": ["one", "two"]}, "names 2 arms but the design has 3 points"),
     ({"arms": ["x", "x", "y"]}, "names must be unique"),
     ({"reference": "nobody"}, "experiment.reference 'nobody' is not an arm"),
-    ({"expect": [{"metric": "response_rate", "higher": "low myeloid", "lower": "nobody"}]}, "experiment.expect.0"),
-    ({"expect": [{"metric": "happiness", "higher": "low myeloid", "lower": "high myeloid"}]}, "experiment.expect.0"),
+    ({"expect": [{"metric": "response_rate", "higher": "low myeloid", "lower": "nobody", **TA}]},
+     "experiment.expect.0"),
+    ({"expect": [{"metric": "happiness", "higher": "low myeloid", "lower": "high myeloid", **TA}]},
+     "experiment.expect.0"),
     ({"series": ["tumor_mood"]}, "series"),
-    ({"expect": [{"metric": "response_rate", "higher": "low myeloid"}]}, "give both higher and lower"),
+    ({"expect": [{"metric": "response_rate", "higher": "low myeloid", **TA}]}, "give both higher and lower"),
     ({"expect": [{"metric": "response_rate", "higher": "low myeloid", "lower": "high myeloid",
-                  "increasing": ["low myeloid", "high myeloid"]}]}, "either higher and lower, or increasing"),
-    ({"expect": [{"metric": "response_rate", "increasing": ["low myeloid", "nobody"]}]}, "experiment.expect.0"),
+                  "increasing": ["low myeloid", "high myeloid"], **TA}]}, "either higher and lower, or increasing"),
+    ({"expect": [{"metric": "response_rate", "increasing": ["low myeloid", "nobody"], "test": "kendall_tau_b",
+                  "alpha": 0.05}]}, "experiment.expect.0"),
+    ({"expect": [{"metric": "response_rate", "higher": "low myeloid", "lower": "high myeloid",
+                  "test": "mann_whitney_u", "alpha": 0.05}]}, "a rate expectation is tested by 'fisher_exact'"),
+    ({"exploratory": [{"metric": "peak_blood_car_t", "higher": "low myeloid", "lower": "high myeloid", **TA}]},
+     "experiment.exploratory.0.test 'fisher_exact': a continuous expectation is tested by 'mann_whitney_u'"),
+    ({"expect": [{"metric": "response_rate", "higher": "low myeloid", "lower": "high myeloid",
+                  "test": "fisher_exact"}]}, "alpha"),
+    ({"expect": []}, "expect"),
+    ({"correction": "bonferroni"}, "correction"),
+    ({"assessment_day": 18}, "experiment.assessment_day 18: point 0 has patient.assessment_day 28 and ends on day 28"),
 ])
 def test_bad_experiment_blocks_are_refused_with_the_file_and_key(tmp_path, change, message):
     path = _spec(tmp_path, **change)
@@ -267,3 +287,122 @@ def test_calibration_table_summarizes_the_runs_of_a_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "summarize", str(tmp_path / "cal")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "share with severe CRS" in r.stdout, r.stderr
+
+
+# ---- the protocol: declared tests, their correction, exploratory tests apart --------------
+
+def test_holm_and_benjamini_hochberg_against_hand_computation():
+    p = [0.04, 0.01, 0.03, 0.2]
+    # Holm: sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1 = 0.04, 0.09, 0.08, 0.2; running max
+    np.testing.assert_allclose(adjusted_p(p, "holm"), [0.09, 0.04, 0.09, 0.2])
+    # BH: sorted times 4/1, 4/2, 4/3, 4/4 = 0.04, 0.06, 0.0533, 0.2; running min from the top
+    np.testing.assert_allclose(adjusted_p(p, "fdr_bh"), [0.16 / 3, 0.04, 0.16 / 3, 0.2])
+    # a test without data counts as p = 1 in the family and stays NaN
+    np.testing.assert_allclose(adjusted_p([0.01, math.nan], "holm"), [0.02, math.nan])
+    assert adjusted_p([0.3], "holm")[0] == 0.3 and adjusted_p([0.9, 0.95], "holm").max() == 1.0
+
+
+def _protocol(**changes) -> ExperimentConfig:
+    block = {"question": "q", "arms": ["a", "b"], "correction": "holm", "expect": [
+        {"metric": "response_rate", "higher": "a", "lower": "b", "test": "fisher_exact", "alpha": 0.05},
+        {"metric": "peak_blood_car_t", "higher": "a", "lower": "b", "test": "mann_whitney_u", "alpha": 0.04},
+        {"metric": "burden_ratio_at_end", "higher": "a", "lower": "b", "test": "mann_whitney_u", "alpha": 0.05}],
+        "exploratory": [{"metric": "peak_blood_car_t", "higher": "a", "lower": "b", "test": "mann_whitney_u",
+                         "alpha": 0.05, "claim": "looked at afterwards"}]}
+    return ExperimentConfig.model_validate({**block, **changes})
+
+
+RUNS = pd.DataFrame({"arm": ["a"] * 8 + ["b"] * 8,
+                     "responded": [1] * 8 + [1] + [0] * 7,
+                     "peak_blood_car_t": [5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5.5, 6.5, 7.5, 8.5],
+                     "burden_ratio_at_end": [3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5]})
+
+
+@pytest.mark.parametrize("correction", ["holm", "fdr_bh"])
+def test_declared_tests_are_corrected_together_and_exploratory_ones_apart(correction):
+    rows = expectations(RUNS, _protocol(correction=correction))
+    raw = [stats.fisher_exact([[8, 0], [1, 7]]).pvalue,
+           stats.mannwhitneyu(RUNS["peak_blood_car_t"][:8], RUNS["peak_blood_car_t"][8:]).pvalue,
+           stats.mannwhitneyu(RUNS["burden_ratio_at_end"][:8], RUNS["burden_ratio_at_end"][8:]).pvalue]
+    assert raw[0] < 0.002 and 0.02 < raw[1] < 0.021 and raw[2] > 0.2
+    declared, explo = rows[rows["declared"]], rows[~rows["declared"]]
+    np.testing.assert_allclose(declared["p_value"], raw)
+    if correction == "holm":  # by hand: 3 p1, max(3 p1, 2 p2), max(.., p3)
+        by_hand = [3 * raw[0], 2 * raw[1], raw[2]]
+    else:  # by hand: 3 p1 / 1, 3 p2 / 2, 3 p3 / 3 (already increasing)
+        by_hand = [3 * raw[0], 1.5 * raw[1], raw[2]]
+    np.testing.assert_allclose(declared["p_adjusted"], by_hand)
+    assert (declared["correction"] == correction).all()
+    # the second test's raw p (0.021) is below its alpha 0.04; Holm's 0.041 is not, BH's 0.031 is
+    second = declared.iloc[1]["verdict"]
+    assert second == ("same direction, not significant" if correction == "holm" else "reproduced")
+    assert list(declared["verdict"])[::2] == ["reproduced", "same direction, not significant"]
+    # the exploratory test: the same comparison, uncorrected and marked
+    assert len(explo) == 1 and explo.iloc[0]["p_value"] == pytest.approx(raw[1])
+    assert math.isnan(explo.iloc[0]["p_adjusted"]) and explo.iloc[0]["correction"] == "none"
+    assert explo.iloc[0]["verdict"] == "reproduced"
+    # adding an exploratory test changes nothing declared
+    alone = expectations(RUNS, _protocol(correction=correction, exploratory=[]))
+    pd.testing.assert_frame_equal(alone, declared)
+
+
+def _edit_experiment(folder, change) -> None:
+    """Edit the experiment block recorded in a folder's sweep.yaml, as a rerun with an
+    edited spec file would."""
+    doc = yaml.safe_load((folder / "sweep.yaml").read_text())
+    change(doc["spec"]["experiment"])
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_an_undeclared_test_is_refused_and_an_exploratory_one_reported_apart(quick_runs, scheduler, tmp_path):
+    folder = tmp_path / "escape"
+    shutil.copytree(quick_runs["antigen_escape"]["out"], folder)
+    added = {"metric": "peak_blood_car_t", "higher": "CAR T", "lower": "no CAR T", "test": "mann_whitney_u",
+             "alpha": 0.05, "claim": "added after the runs"}
+    # through the spec file: refused before anything runs or is written
+    data = yaml.safe_load(find("antigen_escape").read_text())
+    data["base"] = str(find("antigen_escape").parent / data["base"])
+    data["experiment"]["expect"].append(added)
+    spec_path = tmp_path / "antigen_escape.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    manifest = (folder / "sweep.yaml").read_bytes()
+    with pytest.raises(SweepError, match=r"experiment.expect.1 \(added after the runs\) was not declared"):
+        run_experiment(spec_path, folder, quick=True, scheduler=scheduler, progress=False)
+    assert (folder / "sweep.yaml").read_bytes() == manifest
+    # through the recorded block: the analysis refuses too, and a dropped or changed test
+    _edit_experiment(folder, lambda e: e["expect"].append(added))
+    with pytest.raises(SweepError, match="differs from the one declared before the runs"):
+        analyse(folder)
+    _edit_experiment(folder, lambda e: (e["expect"].pop(), e.update(correction="fdr_bh")))
+    with pytest.raises(SweepError, match="experiment.correction was 'holm', now 'fdr_bh'"):
+        analyse(folder)
+    # the same test as exploratory: analysed, and printed apart from the declared one
+    _edit_experiment(folder, lambda e: (e.update(correction="holm"), e.update(exploratory=[added])))
+    w = analyse(folder)
+    exps = pd.read_csv(w["expectations"])
+    assert list(exps["declared"]) == [True, False] and exps["claim"].iloc[1] == "added after the runs"
+    report = w["report"].read_text()
+    declared_at, exploratory_at = report.index("**Declared before the runs**"), report.index("**Exploratory**")
+    assert declared_at < report.index("CAR T pressure selects") < exploratory_at < report.index("added after the runs")
+    assert "CAR T pressure selects" not in report[exploratory_at:]
+    result = json.loads(w["result"].read_text())
+    assert len(result["expectations"]) == 1 and result["exploratory"][0]["claim"] == "added after the runs"
+
+
+def test_an_ensemble_grows_without_rerunning_finished_replicates(quick_runs, scheduler, tmp_path):
+    folder = tmp_path / "escape"
+    shutil.copytree(quick_runs["antigen_escape"]["out"], folder)
+    before = {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")}
+    grown = run_experiment("antigen_escape", folder, quick=True, replicates=3, scheduler=scheduler, progress=False)
+    table = pd.read_csv(folder / "outcomes.csv")
+    assert len(table) == 6 and set(table[table["ran"]]["replicate"]) == {2} and table["ran"].sum() == 2
+    assert {n: (folder / "runs" / n).read_bytes() for n in before} == before
+    assert list(pd.read_csv(grown["arms"])["runs"]) == [3, 3]
+    # read back at the smaller size: nothing runs, the analysis counts 2 per arm
+    files = {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")}
+    again = run_experiment("antigen_escape", folder, quick=True, replicates=2, scheduler=scheduler, progress=False)
+    table = pd.read_csv(folder / "outcomes.csv")
+    assert len(files) == 6 and not table[table["replicate"] < 2]["ran"].any()
+    assert {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")} == files
+    assert pd.read_csv(again["arms"])["runs"].tolist() == [2, 2]
+    assert again["arms"].read_bytes() == quick_runs["antigen_escape"]["arms"].read_bytes()

@@ -61,12 +61,13 @@ def site(tmp_path_factory):
     run(load_config(config), root / "tiny.h5", quiet=True)
     run(load_config(config), tmp / "outside.h5", quiet=True)
     spec = {"name": "tiny-experiment", "base": str(config), "seed": 11, "replicates": 2,
+            "set": {"patient.assessment_day": 0.25},  # the tiny runs' last day
             "design": {"kind": "list", "points": [{"monocyte.recruit_per_vessel_per_min": 1.0e-5},
                                                   {"monocyte.recruit_per_vessel_per_min": 1.0e-3}]},
             "experiment": {"question": "does myeloid recruitment matter in the view's test?",
-                           "arms": ["few monocytes", "many monocytes"],
+                           "arms": ["few monocytes", "many monocytes"], "assessment_day": 0.25, "correction": "holm",
                            "expect": [{"metric": "response_rate", "higher": "few monocytes",
-                                       "lower": "many monocytes"}]}}
+                                       "lower": "many monocytes", "test": "fisher_exact", "alpha": 0.05}]}}
     spec_path = tmp / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     loaded, base = load_spec(spec_path)

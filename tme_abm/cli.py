@@ -321,6 +321,9 @@ def experiment(
     name: str | None = typer.Argument(None, metavar="NAME", help="experiment name (configs/experiments/NAME.yaml) "
                                                                   "or spec file"),
     quick: bool = typer.Option(False, "--quick", help="the small variant (minutes on a laptop; checks the pipeline)"),
+    replicates: int | None = typer.Option(None, "--replicates", "-n", metavar="N",
+                                          help="replicates per arm (default the spec's); a larger N grows the "
+                                               "ensemble in the same folder, running only the new replicates"),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
                                     help="folder (default runs/experiments/NAME[-quick])"),
     workers: int | None = WORKERS,
@@ -349,7 +352,7 @@ def experiment(
             typer.echo(f"{n}: {' '.join(q.split())}")
         return
     try:
-        written = run_experiment(name, out, quick=quick, workers=workers, scheduler=scheduler,
+        written = run_experiment(name, out, quick=quick, replicates=replicates, workers=workers, scheduler=scheduler,
                                  gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty(), batch=batch)
     except SweepError as exc:
         _fail(str(exc))

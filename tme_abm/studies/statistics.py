@@ -1,6 +1,7 @@
 """Statistics shared by sweeps and experiments, from SciPy: Wilson intervals for rates,
 t intervals for means, ROC AUC (the Mann-Whitney U statistic) with BCa bootstrap
-intervals, and the ROC curve, which SciPy lacks."""
+intervals, the ROC curve and Holm's step-down adjustment, which SciPy lacks, and
+Benjamini-Hochberg's."""
 
 from __future__ import annotations
 
@@ -112,3 +113,23 @@ def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int 
             p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else math.nan
             diffs[(a, b)] = (roc_auc(scores[a], label) - roc_auc(scores[b], label), lo, hi, p)
     return pd.DataFrame(rows), diffs
+
+
+def adjusted_p(p, method: str) -> np.ndarray:
+    """p values adjusted for a family of tests: ``holm`` (Holm's step-down, the
+    family-wise error) or ``fdr_bh`` (Benjamini-Hochberg, the false-discovery rate). A
+    test is significant at level alpha where its adjusted p is below alpha. A NaN p (a
+    test without data) counts in the family as p = 1 and stays NaN."""
+    p = np.asarray(p, float)
+    filled = np.where(np.isfinite(p), p, 1.0)
+    if method == "fdr_bh":
+        out = stats.false_discovery_control(filled, method="bh") if len(p) else filled
+    elif method == "holm":
+        m = len(p)
+        order = np.argsort(filled, kind="stable")
+        steps = np.maximum.accumulate((m - np.arange(m)) * filled[order])
+        out = np.empty(m)
+        out[order] = np.minimum(steps, 1.0)
+    else:
+        raise ValueError(f"unknown correction {method!r}: expected holm or fdr_bh")
+    return np.where(np.isfinite(p), out, np.nan)

@@ -50,7 +50,7 @@ def outcomes_figure(arms, runs, names: list[str], path: Path) -> Path:
     axes = fig.subplots(1, 3)
     x = np.arange(len(names))
     a = arms.set_index("arm").reindex(names)
-    for ax, rate, title in ((axes[0], "response_rate", "response (CR + PR at end)"),
+    for ax, rate, title in ((axes[0], "response_rate", "response (CR + PR on the assessment day)"),
                             (axes[1], "severe_crs_rate", "severe CRS (grade >= 3)")):
         v = a[rate].to_numpy(float)
         lo, hi = a[f"{rate}_ci_low"].to_numpy(float), a[f"{rate}_ci_high"].to_numpy(float)
@@ -118,7 +118,7 @@ def roc_figure(runs, predictors: list[str], auc, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="k", ls=":", lw=0.8)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title("durable response (CR/PR at end)", fontsize=9)
+    ax.set_title("durable response (CR/PR on the assessment day)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     for resp, c, name in ((True, "#2ca02c", "durable response"), (False, "#d62728", "no durable response")):
         g = runs[runs["responded"] == resp]

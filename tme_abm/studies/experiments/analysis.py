@@ -1,7 +1,8 @@
 """The analysis of an experiment folder: per-run outcomes labelled by arm, per-arm
-statistics with 95% intervals, every arm against the reference arm, the expected
-directions with their verdicts, time courses per arm; written as CSV and JSON under
-``OUT/experiment/`` with the report (figures: :mod:`tme_abm.viz.study_figures`)."""
+statistics with 95% intervals, every arm against the reference arm, the declared
+expectations with their corrected p values and verdicts, then the exploratory ones
+apart, time courses per arm; written as CSV and JSON under ``OUT/experiment/`` with the
+report (figures: :mod:`tme_abm.viz.study_figures`)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,20 @@ from scipy import stats
 from ...biology.patient import Systemic
 from ...config import ConfigError, load_config
 from ...io import open_run
-from ..statistics import auc_table, mean_ci, wilson
+from ..errors import SweepError
+from ..statistics import adjusted_p, auc_table, mean_ci, wilson
 from ..sweep import SweepSpec, read_manifest, task_overrides
 from ..table import read_table
 from .report import report_markdown
-from .spec import CONTINUOUS, GROUPS, RATES, Expectation, arm_names, experiment_config
+from .spec import CONTINUOUS, GROUPS, RATES, Expectation, arm_names, check_protocol, declared, experiment_config
 
 
 def per_run(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """The complete runs with their arm and boolean outcome columns."""
+    """The complete runs with their arm and boolean outcome columns (response is read on
+    the assessment day)."""
     t = table[table["status"] == "complete"].copy()
     t["arm"] = [names[p] for p in t["point"]]
-    resp = t["response_at_end"].astype(str)
+    resp = t["response_at_assessment"].astype(str)
     t["responded"] = resp.isin(["CR", "PR"])
     t["complete_response"] = resp == "CR"
     t["severe_crs"] = t["max_crs_grade"] >= 3
@@ -167,14 +170,22 @@ def timecourse(out: Path, runs: pd.DataFrame, series: list[str]) -> pd.DataFrame
 
 def analyse(out_dir) -> dict[str, Path]:
     """Write the analysis of an experiment folder (its sweep must have run) into
-    ``OUT/experiment/``; returns the paths by name."""
+    ``OUT/experiment/``; returns the paths by name. Only the replicates the folder was
+    last run at count (an ensemble may hold more), and only the tests declared before the
+    runs are corrected and given verdicts; a changed protocol is refused."""
     out = Path(out_dir)
     manifest = read_manifest(out)
     spec = SweepSpec.model_validate(manifest["spec"])
     exp = experiment_config(spec, out / "sweep.yaml")
+    check_protocol(exp, manifest, out)
     names = arm_names(spec, exp)
     table = read_table(out)
+    table = table[table["replicate"] < spec.replicates]
     runs = per_run(table, names)
+    wrong_day = runs["assessment_day"].to_numpy(float) != exp.assessment_day
+    if wrong_day.any():
+        raise SweepError(f"{out}: {int(wrong_day.sum())} runs were assessed on another day than the declared "
+                         f"experiment.assessment_day {exp.assessment_day:g}")
     failed = table[table["status"] != "complete"].assign(arm=lambda t: [names[p] for p in t["point"]])
     if exp.analysis == "surrogate":
         # every point is one sampled (burden, dose): the groups worth comparing are the
@@ -186,7 +197,9 @@ def analyse(out_dir) -> dict[str, Path]:
     folder.mkdir(exist_ok=True)
     written: dict[str, Path] = {}
     result: dict[str, Any] = {"name": spec.name, "question": exp.question, "analysis": exp.analysis,
-                              "runs": len(runs), "failed": len(failed)}
+                              "runs": len(runs), "failed": len(failed), "replicates": spec.replicates,
+                              "assessment_day": exp.assessment_day, "correction": exp.correction,
+                              "declared_at": declared(manifest, out)[1]}
 
     arms = arm_table(runs, names, failed["arm"].value_counts())
     written["arms"] = folder / "arms.csv"
@@ -196,33 +209,17 @@ def analyse(out_dir) -> dict[str, Path]:
     written["comparisons"] = folder / "comparisons.csv"
     comps.to_csv(written["comparisons"], index=False)
 
-    expectations = []
+    auc = diffs = None
     if exp.analysis == "surrogate":
         auc, diffs = auc_table(runs, exp.predictors, spec.seed)
         written["auc"] = folder / "auc.csv"
         auc.to_csv(written["auc"], index=False)
         result["auc"] = auc.to_dict(orient="records")
-        by_predictor = auc.set_index("predictor")["auc"]
-        for e in exp.expect:
-            d, lo, hi, p = diffs[(e.higher, e.lower)]
-            expectations.append(_expectation(e, e.higher, e.lower, by_predictor[e.higher], by_predictor[e.lower], d, p,
-                                             "paired bootstrap", lo, hi))
-    else:
-        for e in exp.expect:
-            hi_arm, lo_arm = (e.increasing[-1], e.increasing[0]) if e.increasing else (e.higher, e.lower)
-            vh, vl = _arm_value(runs, e.metric, hi_arm), _arm_value(runs, e.metric, lo_arm)
-            if e.increasing:
-                d, p = trend(runs, e.metric, e.increasing)
-                test = f"kendall_tau_b over {' < '.join(e.increasing)}"
-            else:
-                c = compare(runs, e.metric, e.higher, e.lower)
-                d, p, test = c["difference"], c["p_value"], c["test"]
-            expectations.append(_expectation(e, hi_arm, lo_arm, vh, vl, d, p, test))
-    exps = pd.DataFrame(expectations, columns=["claim", "metric", "higher", "lower", "value_higher", "value_lower",
-                                               "difference", "ci_low", "ci_high", "p_value", "test", "verdict"])
+    exps = expectations(runs, exp, auc, diffs)
     written["expectations"] = folder / "expectations.csv"
     exps.to_csv(written["expectations"], index=False)
-    result["expectations"] = expectations
+    result["expectations"] = exps[exps["declared"]].to_dict(orient="records")
+    result["exploratory"] = exps[~exps["declared"]].to_dict(orient="records")
 
     tc = timecourse(out, runs, exp.series)
     written["timecourse"] = folder / "timecourse.csv"
@@ -240,17 +237,50 @@ def analyse(out_dir) -> dict[str, Path]:
     written["result"] = folder / "result.json"
     written["result"].write_text(json.dumps(result, indent=1, default=_json_default))
     written["report"] = folder / "report.md"
-    written["report"].write_text(report_markdown(spec, manifest, exp, names, arms, exps,
-                                                 auc if exp.analysis == "surrogate" else None, len(failed)))
+    written["report"].write_text(report_markdown(spec, manifest, exp, names, arms, exps, auc, len(failed)))
     return written
 
 
-def _expectation(e: Expectation, higher: str, lower: str, value_higher: float, value_lower: float,
-                 difference: float, p: float, test: str, ci_low: float = math.nan, ci_high: float = math.nan) -> dict:
-    """One row of ``expectations.csv``: the measured values, the test and the verdict."""
-    return {"claim": e.claim, "metric": e.metric, "higher": higher, "lower": lower,
-            "value_higher": float(value_higher), "value_lower": float(value_lower), "difference": difference,
-            "ci_low": ci_low, "ci_high": ci_high, "p_value": p, "test": test, "verdict": verdict(difference, p)}
+EXPECTATION_COLUMNS = ["declared", "claim", "metric", "higher", "lower", "value_higher", "value_lower", "difference",
+                       "ci_low", "ci_high", "test", "alpha", "p_value", "correction", "p_adjusted", "verdict"]
+
+
+def expectations(runs: pd.DataFrame, exp, auc: pd.DataFrame | None = None, diffs: dict | None = None) -> pd.DataFrame:
+    """One row per expectation: the declared ones first, their p values adjusted across
+    the declared family by ``exp.correction`` and held to their alpha; then the
+    exploratory ones, held to their alpha uncorrected (``declared`` False,
+    ``p_adjusted`` NaN). A surrogate analysis takes its AUCs and paired-bootstrap
+    differences from :func:`tme_abm.studies.statistics.auc_table`."""
+    rows = [_expectation(runs, e, auc, diffs) for e in (*exp.expect, *exp.exploratory)]
+    n = len(exp.expect)
+    adjusted = adjusted_p([r["p_value"] for r in rows[:n]], exp.correction)
+    for i, (r, e) in enumerate(zip(rows, (*exp.expect, *exp.exploratory))):
+        p = adjusted[i] if i < n else math.nan
+        r.update(declared=i < n, alpha=e.alpha, correction=exp.correction if i < n else "none", p_adjusted=p,
+                 verdict=verdict(r["difference"], p if i < n else r["p_value"], e.alpha))
+    return pd.DataFrame(rows, columns=EXPECTATION_COLUMNS).astype({"declared": bool})
+
+
+def _expectation(runs: pd.DataFrame, e: Expectation, auc, diffs) -> dict:
+    """The measured values, difference, p value and test of one expectation."""
+    ci_low = ci_high = math.nan
+    if e.kind == "auc":
+        hi_arm, lo_arm = e.higher, e.lower
+        by_predictor = auc.set_index("predictor")["auc"]
+        vh, vl = by_predictor[hi_arm], by_predictor[lo_arm]
+        d, ci_low, ci_high, p = diffs[(hi_arm, lo_arm)]
+    else:
+        hi_arm, lo_arm = (e.increasing[-1], e.increasing[0]) if e.increasing else (e.higher, e.lower)
+        vh, vl = _arm_value(runs, e.metric, hi_arm), _arm_value(runs, e.metric, lo_arm)
+        if e.increasing:
+            d, p = trend(runs, e.metric, e.increasing)
+        else:
+            c = compare(runs, e.metric, e.higher, e.lower)
+            d, p = c["difference"], c["p_value"]
+    test = f"{e.test} over {' < '.join(e.increasing)}" if e.increasing else e.test
+    return {"claim": e.claim, "metric": e.metric, "higher": hi_arm, "lower": lo_arm, "value_higher": float(vh),
+            "value_lower": float(vl), "difference": float(d), "ci_low": ci_low, "ci_high": ci_high, "p_value": p,
+            "test": test}
 
 
 def _crs_thresholds(spec: SweepSpec) -> list[float]:

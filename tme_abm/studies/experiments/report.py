@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..sweep import SweepSpec
-from .spec import ExperimentConfig
+from .spec import CORRECTIONS, ExperimentConfig
 
 
 def _ci(v, lo, hi, pct=True) -> str:
@@ -35,7 +35,8 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
              + (f" with {', '.join(f'`{k}={v}`' for k, v in spec.set.items())}" if spec.set else "")
              + f"; {spec.design.kind} design, {len(points)} {'points' if auc is not None else 'arms'} x "
                f"{spec.replicates} replicates "
-               f"(sweep seed {spec.seed}); {int(arms['runs'].sum())} complete runs, {failed} failed.", ""]
+               f"(sweep seed {spec.seed}); {int(arms['runs'].sum())} complete runs, {failed} failed. "
+               f"Response is read on day {exp.assessment_day:g} after infusion, the runs' last day.", ""]
     if auc is not None:
         ranges = "; ".join(f"`{k}` {v[0]:.3g} to {v[1]:.3g}" + (" (log)" if k in spec.design.log else "")
                            for k, v in spec.design.parameters.items())
@@ -46,7 +47,7 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
             params = "; ".join(f"`{k}`: {json.dumps(v)}" for k, v in p.items())
             lines.append(f"| {name} | {params} |")
         lines.append("")
-    lines += ["| arm | runs | response (CR+PR at end) | CR | severe CRS (grade >= 3) | peak blood CAR T, median (IQR) "
+    lines += ["| arm | runs | response (CR+PR on the assessment day) | CR | severe CRS (grade >= 3) | peak blood CAR T, median (IQR) "
               "| peak expansion / baseline burden, median | antigen-negative at end, mean |",
               "|---|---|---|---|---|---|---|---|"]
     for _, a in arms.iterrows():
@@ -64,20 +65,33 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
             lines.append(f"| {r['predictor']} | {_ci(r['auc'], r['ci_low'], r['ci_high'], pct=False)} | {r['runs']} "
                          f"| {r['responders']} |")
         lines.append("")
-    if len(exps):
-        lines += ["| expected (the review) | measured | p | verdict |", "|---|---|---|---|"]
-        for _, e in exps.iterrows():
-            claim = e["claim"] or f"{e['metric']}: {e['higher']} > {e['lower']}"
-            if str(e["test"]).startswith("kendall"):
-                measured = (f"{e['metric']} from {e['value_lower']:.3g} ({e['lower']}) to {e['value_higher']:.3g} "
-                            f"({e['higher']}), Kendall tau {e['difference']:.2f}")
-            else:
-                ci = f" (95% CI {e['ci_low']:.3g} to {e['ci_high']:.3g})" if np.isfinite(e["ci_low"]) else ""
-                measured = (f"{e['metric']} {e['value_higher']:.3g} vs {e['value_lower']:.3g}, difference "
-                            f"{e['difference']:.3g}{ci}")
-            lines.append(f"| {claim} | {measured} | {e['p_value']:.2g} ({e['test']}) | {e['verdict']} |")
+    decl, explo = exps[exps["declared"]], exps[~exps["declared"]]
+    lines += [f"**Declared before the runs** ({len(decl)} tests, two-sided, p adjusted across them by "
+              f"{CORRECTIONS[exp.correction]}; a verdict needs the adjusted p below the test's alpha):", "",
+              "| expected | measured | test | p | adjusted p | alpha | verdict |", "|---|---|---|---|---|---|---|"]
+    lines += [_expectation_row(e, corrected=True) for _, e in decl.iterrows()]
+    lines.append("")
+    if len(explo):
+        lines += ["**Exploratory** (not declared before the runs; p not corrected, verdicts are not findings):", "",
+                  "| exploratory | measured | test | p | alpha | verdict |", "|---|---|---|---|---|---|"]
+        lines += [_expectation_row(e, corrected=False) for _, e in explo.iterrows()]
         lines.append("")
     figs = ["outcomes.png", "timecourse.png"] + (["roc.png"] if auc is not None else [])
     lines += [" ".join(f"![{f}]({f})" for f in figs), ""]
     return "\n".join(lines)
 
+
+
+def _expectation_row(e, corrected: bool) -> str:
+    """One table row of an expectation (``expectations.csv`` row ``e``), with its adjusted
+    p if ``corrected``."""
+    claim = e["claim"] or f"{e['metric']}: {e['higher']} > {e['lower']}"
+    if str(e["test"]).startswith("kendall"):
+        measured = (f"{e['metric']} from {e['value_lower']:.3g} ({e['lower']}) to {e['value_higher']:.3g} "
+                    f"({e['higher']}), Kendall tau {e['difference']:.2f}")
+    else:
+        ci = f" (95% CI {e['ci_low']:.3g} to {e['ci_high']:.3g})" if np.isfinite(e["ci_low"]) else ""
+        measured = (f"{e['metric']} {e['value_higher']:.3g} vs {e['value_lower']:.3g}, "
+                    f"difference {e['difference']:.3g}{ci}")
+    p = f"{e['p_value']:.2g} | " + (f"{e['p_adjusted']:.2g} | " if corrected else "")
+    return f"| {claim} | {measured} | {e['test']} | {p}{e['alpha']:g} | {e['verdict']} |"
