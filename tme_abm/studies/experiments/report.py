@@ -47,8 +47,9 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
             params = "; ".join(f"`{k}`: {json.dumps(v)}" for k, v in p.items())
             lines.append(f"| {name} | {params} |")
         lines.append("")
-    lines += ["| arm | runs | response (CR+PR on the assessment day) | CR | severe CRS (grade >= 3) | peak blood CAR T, median (IQR) "
-              "| peak expansion / baseline burden, median | antigen-negative at end, mean |",
+    lines += ["| arm | runs | response (CR+PR on the assessment day) | CR | severe CRS (grade >= 3) "
+              "| peak blood CAR T, median (IQR) | peak expansion / baseline burden, median "
+              "| antigen-negative at end, mean |",
               "|---|---|---|---|---|---|---|---|"]
     for _, a in arms.iterrows():
         lines.append(
@@ -79,7 +80,6 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
     figs = ["outcomes.png", "timecourse.png"] + (["roc.png"] if auc is not None else [])
     lines += [" ".join(f"![{f}]({f})" for f in figs), ""]
     return "\n".join(lines)
-
 
 
 def _expectation_row(e, corrected: bool) -> str:

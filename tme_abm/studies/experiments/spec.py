@@ -51,7 +51,7 @@ class QuickConfig(Strict):
     replicates: int = Field(2, ge=1)
     samples: int | None = Field(None, ge=1)
     set: dict[str, Any] = {}
-    assessment_day: float | None = None
+    assessment_day: float | None = Field(None, gt=0)
 
 
 class Expectation(Strict):
@@ -101,7 +101,7 @@ class ExperimentConfig(Strict):
     """One name per design point, in design order (default: the point's parameter values)."""
     reference: str | None = None
     """The arm the others are compared with (default: the first)."""
-    assessment_day: float = 28.0
+    assessment_day: float = Field(28.0, gt=0)
     """Day (from infusion) the runs end and response is read; every point must set
     ``patient.assessment_day`` to it and end on it."""
     correction: Literal[tuple(CORRECTIONS)]
