@@ -1,5 +1,6 @@
-"""The CUDA sources ship inside the package (wheel and editable installs find them);
-every kernel file compiles with nvcc; CuPy kernels match their NumPy twins."""
+"""The CUDA sources live in the top-level kernels/ and ship inside the wheel; a checkout
+(or editable install) and an installed wheel both find them; every kernel file compiles
+with nvcc; CuPy kernels match their NumPy twins."""
 
 from __future__ import annotations
 
@@ -15,16 +16,23 @@ import pytest
 
 import tme_abm.engine.backend as backend_module
 from tme_abm.config import load_config, run_work
-from tme_abm.engine.backend import make_backend
+from tme_abm.engine.backend import BackendError, kernel_source, make_backend
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
-from tme_abm.engine.diffusion.cuda import SOURCE
 
 ROOT = Path(__file__).parent.parent
-KERNELS = sorted((ROOT / "tme_abm").rglob("*.cu"))
+KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
+ENTRIES = {"lod_sweep": ("lod_sweep_f32", "lod_sweep_f64", "lod_sweep_sink_f32", "lod_sweep_sink_f64"),
+           "lod_rotate": ("lod_rotate_f32", "lod_rotate_f64")}
+"""The kernel families and the kernels each .cu file defines."""
 
 
-def test_kernels_found_from_this_install():
-    assert SOURCE.is_file() and SOURCE in KERNELS
+def test_kernels_live_at_the_top_and_a_checkout_finds_them():
+    assert [k.stem for k in KERNELS] == sorted(ENTRIES)
+    assert not list((ROOT / "tme_abm").rglob("*.cu"))  # one home: kernels/
+    for k in KERNELS:
+        assert kernel_source(k.stem) == k.resolve()
+    with pytest.raises(BackendError, match="nowhere.cu not found"):
+        kernel_source("nowhere")
 
 
 def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
@@ -35,16 +43,16 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("tme_abm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for k in KERNELS:
-        assert k.relative_to(ROOT).as_posix() in names
+        assert f"tme_abm/kernels/{k.name}" in names
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    code = "from tme_abm.engine.diffusion.cuda import SOURCE; print(SOURCE if SOURCE.is_file() else '')"
+    code = "from tme_abm.engine.backend import kernel_source; print(kernel_source('lod_sweep'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()) == target / "tme_abm" / "engine" / "diffusion" / "lod.cu"
+    assert Path(out.stdout.strip()) == target / "tme_abm" / "kernels" / "lod_sweep.cu"
     # the configs ship too: outside the repository the installed package lists its experiments
     for cfg in ("quickstart.yaml", "experiments/burden.yaml", "sweeps/burden.yaml"):
         assert f"tme_abm/configs/{cfg}" in names
@@ -62,8 +70,7 @@ def test_nvcc_compiles_kernel(cu, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     ptx = (tmp_path / "k.ptx").read_text()
-    for name in ("lod_sweep_f32", "lod_sweep_f64", "lod_sweep_sink_f32", "lod_sweep_sink_f64",
-                 "lod_rotate_f32", "lod_rotate_f64"):
+    for name in ENTRIES[cu.stem]:
         assert f".entry {name}" in ptx
 
 

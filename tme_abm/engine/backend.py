@@ -89,15 +89,29 @@ class Backend:
             return int(free)
         return host_available_memory_bytes()
 
-    def raw_module(self, source: Path):
-        """Compile (once per backend) and return the ``cupy.RawModule`` of the CUDA
-        source file ``source``."""
+    def raw_module(self, name: str):
+        """Compile (once per backend) and return the ``cupy.RawModule`` of the kernel
+        family ``name`` (``kernels/<name>.cu``, :func:`kernel_source`)."""
         if not self.is_gpu:
             raise BackendError("CUDA kernels need the cupy backend")
-        key = str(source)
-        if key not in self._modules:
-            self._modules[key] = self.xp.RawModule(code=Path(source).read_text(), options=("--std=c++14",))
-        return self._modules[key]
+        if name not in self._modules:
+            self._modules[name] = self.xp.RawModule(code=kernel_source(name).read_text(), options=("--std=c++14",))
+        return self._modules[name]
+
+
+KERNEL_DIRS = (Path(__file__).resolve().parents[1] / "kernels", Path(__file__).resolve().parents[2] / "kernels")
+"""Where the CUDA sources are: ``tme_abm/kernels`` in an installed wheel (the build maps
+the top-level ``kernels/`` there), ``kernels/`` beside the package in a checkout or an
+editable install."""
+
+
+def kernel_source(name: str) -> Path:
+    """The CUDA source ``<name>.cu`` of a kernel family (:data:`KERNEL_DIRS`, first found)."""
+    for d in KERNEL_DIRS:
+        path = d / f"{name}.cu"
+        if path.is_file():
+            return path
+    raise BackendError(f"CUDA source {name}.cu not found in {' or '.join(map(str, KERNEL_DIRS))}")
 
 
 def cuda_device_count() -> int:

@@ -1,5 +1,5 @@
 """The reaction-diffusion solver: per field, an implicit LOD step (CUDA kernels in
-``lod.cu`` with NumPy twins) or a multigrid steady-state solve, on a 2D or 3D lattice."""
+``kernels/*.cu`` with NumPy twins) or a multigrid steady-state solve, on a 2D or 3D lattice."""
 
 from .lod import NOFLUX, Sources
 from .solver import DiffusionSolver, quasi_steady

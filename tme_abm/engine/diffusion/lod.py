@@ -499,7 +499,7 @@ class LODSolver:
         self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
 
     def _sweeps_gpu(self, order: list[int], plan: dict | None) -> None:
-        """All axis sweeps with the CUDA kernels of lod.cu."""
+        """All axis sweeps with the CUDA kernels (kernels/lod_sweep.cu, kernels/lod_rotate.cu)."""
         xp = self.backend.xp
         nf, N, n_rep = self.n_fields, self.n_sites, self.replicates
         slabs = nf * n_rep  # (field, replicate) pairs, each an (n, W) array to sweep

@@ -1,5 +1,5 @@
 """Thomas coefficients of the LOD line solves and the NumPy twins of the CUDA kernels
-in ``lod.cu`` (also the CPU engine's building blocks).
+in ``kernels/lod_sweep.cu`` and ``kernels/lod_rotate.cu`` (also the CPU engine's building blocks).
 
 The recurrence is written in a scaled form that needs two array operations per plane
 and pass instead of three: with ``cp_i = r / denom_i`` the forward pass is
