@@ -9,9 +9,13 @@ import from its own layer and the layers below it, never from a layer above. Eve
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import tme_abm
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tme_abm"
 LAYERS = ["version", "engine", "biology", "config", "model", "io", "studies", "viz", "entry"]
@@ -111,3 +115,40 @@ def test_relative_imports_are_resolved(tmp_path, monkeypatch, source, expected):
     (tmp_path / "tumor.py").write_text(source + "\n")
     assert fake.exists()
     assert imports("tme_abm.biology.populations.tumor") == expected
+
+
+ONLY_NUMPY = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top not in sys.stdlib_module_names and top not in ("numpy", "tme_abm"):
+            raise ImportError(f"{name} is not installed (blocked by the test)")
+
+sys.meta_path.insert(0, Refuse())
+import tme_abm
+import tme_abm.engine.backend, tme_abm.engine.rng, tme_abm.engine.lattice, tme_abm.engine.moves
+import tme_abm.engine.schedule
+from tme_abm.engine.diffusion import DiffusionSolver
+s = DiffusionSolver((8, 8), 20.0, [100.0, 1e4], [0.01, 0.1], dt_min=1.0, initial=1.0, schemes=["lod", "steady"],
+                    face_values=[[[1.0, 1.0], [1.0, 1.0]]] * 2)
+s.step()
+print(tme_abm.__version__, sorted(m for m in ("mesa", "pydantic", "h5py", "scipy", "pandas") if m in sys.modules))
+"""
+
+
+def test_the_engine_imports_and_solves_with_numpy_alone():
+    """``import tme_abm.engine...`` loads no third-party module but NumPy (the package's
+    public names are imported lazily), so the solver can be used on its own."""
+    out = subprocess.run([sys.executable, "-c", ONLY_NUMPY], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1:] == ["[]"]
+
+
+def test_public_names_resolve_lazily():
+    assert set(tme_abm.__all__) >= {"TMEModel", "DiffusionSolver", "open_run", "__version__"}
+    assert tme_abm.TMEModel.__name__ == "TMEModel" and tme_abm.open_runs.__module__ == "tme_abm.io.readers"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        tme_abm.nothing  # noqa: B018
