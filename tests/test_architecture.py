@@ -130,9 +130,9 @@ sys.meta_path.insert(0, Refuse())
 import tme_abm
 import tme_abm.engine.backend, tme_abm.engine.rng, tme_abm.engine.lattice, tme_abm.engine.moves
 import tme_abm.engine.schedule
-from tme_abm.engine.diffusion import DiffusionSolver
-s = DiffusionSolver((8, 8), 20.0, [100.0, 1e4], [0.01, 0.1], dt_min=1.0, initial=1.0, schemes=["lod", "steady"],
-                    face_values=[[[1.0, 1.0], [1.0, 1.0]]] * 2)
+from tme_abm.engine.diffusion import DiffusionSolver, FieldGrid
+s = DiffusionSolver(FieldGrid((8, 8), 20.0, [100.0, 1e4], [0.01, 0.1], [[[1.0, 1.0], [1.0, 1.0]]] * 2), 1.0,
+                    initial=1.0, schemes=["lod", "steady"])
 s.step()
 print(tme_abm.__version__, sorted(m for m in ("mesa", "pydantic", "h5py", "scipy", "pandas") if m in sys.modules))
 """

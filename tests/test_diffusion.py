@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tme_abm.engine.backend import make_backend
-from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
 from tme_abm.engine.diffusion.thomas import axis_coefficients, rotate_numpy, thomas_sweep_numpy, thomas_sweep_sink_numpy
 
 DX = 20.0
@@ -100,8 +100,7 @@ def test_blocked_cpu_engine_equals_plain_reference(shape):
     vessels = rng.choice(np.prod(shape), 50, replace=False)
     vv = np.array([9.0, np.nan, 2.0])
     D, lam = [1e4, 50.0, 0.0], [0.1, 0.0, 0.3]
-    kw = dict(face_values=faces, vessel_sites=vessels, vessel_values=vv, initial=init, backend=be)
-    s = DiffusionSolver(shape, DX, D, lam, dt_min=2.0, **kw)
+    s = DiffusionSolver(FieldGrid(shape, DX, D, lam, faces, vessels, vv), 2.0, initial=init, backend=be)
     sites = rng.choice(np.prod(shape), 400, replace=False)
     sec = rng.random((3, 400))
     upt = np.vstack([rng.random(400) * 5, np.zeros(400), rng.random(400)])
@@ -159,8 +158,7 @@ def test_uptake_steady_state_converges_at_long_field_steps(backend64):
     faces, exact = uptake_column(n)
     errs = []
     for dt in (0.6, 0.15):
-        s = DiffusionSolver((n, 1), DX, [D], [0.0], dt_min=dt, face_values=faces, initial=c0,
-                            backend=backend64)
+        s = DiffusionSolver(FieldGrid((n, 1), DX, [D], [0.0], face_values=faces), dt, initial=c0, backend=backend64)
         src = Sources(xp.arange(n), xp.zeros((1, n)), xp.full((1, n), U))
         s.step(src, n_steps=round(120 / dt))
         errs.append(np.abs(host(s)[0, :, 0] - exact).max() / c0)
@@ -182,7 +180,7 @@ def test_steady_state_1d_with_decay_matches_cosh_profile(backend64):
     for dt in (0.05, 0.0125):
         faces = np.full((1, 2, 2), NOFLUX)
         faces[0, 0, 0] = c
-        s = DiffusionSolver((n, 2), dx, [D], [lam], dt_min=dt, face_values=faces, backend=backend64)
+        s = DiffusionSolver(FieldGrid((n, 2), dx, [D], [lam], face_values=faces), dt, backend=backend64)
         s.step(n_steps=round(200 / dt))  # 200 min >> 1/lambda: steady
         errs.append(np.abs(host(s)[0, :, 0] - exact).max())
     assert errs[0] < 0.005 * c and errs[1] < 0.0015 * c, errs
@@ -192,7 +190,7 @@ def test_steady_state_1d_with_decay_matches_cosh_profile(backend64):
 def test_linear_profile_between_two_fixed_faces_is_exact(backend64):
     faces = np.full((1, 2, 2), NOFLUX)
     faces[0, 1, 0], faces[0, 1, 1] = 2.0, 10.0
-    s = DiffusionSolver((3, 40), DX, [1e5], [0.0], dt_min=10.0, face_values=faces, backend=backend64)
+    s = DiffusionSolver(FieldGrid((3, 40), DX, [1e5], [0.0], face_values=faces), 10.0, backend=backend64)
     s.step(n_steps=300)
     x = (np.arange(40) + 0.5) / 40
     np.testing.assert_allclose(host(s)[0, 1], 2.0 + 8.0 * x, rtol=1e-9)
@@ -204,7 +202,7 @@ def test_point_source_spreads_with_variance_2Dt_per_axis(backend64, shape):
     init = np.zeros((1, *shape))
     centre = tuple(s // 2 for s in shape)
     init[(0, *centre)] = 1.0
-    s = DiffusionSolver(shape, DX, [D], [0.0], dt_min=dt, initial=init, backend=backend64)
+    s = DiffusionSolver(FieldGrid(shape, DX, [D], [0.0]), dt, initial=init, backend=backend64)
     s.step(n_steps=steps)
     u = host(s)[0]
     t = dt * steps
@@ -222,7 +220,7 @@ def test_decay_only_follows_exponential_with_first_order_error(backend64):
     lam, t = 0.1, 10.0
     errs = []
     for dt in (0.01, 0.005):
-        s = DiffusionSolver((5, 5, 5), DX, [1e3, 0.0], [lam, lam], dt_min=dt, initial=3.0, backend=backend64)
+        s = DiffusionSolver(FieldGrid((5, 5, 5), DX, [1e3, 0.0], [lam, lam]), dt, initial=3.0, backend=backend64)
         s.step(n_steps=round(t / dt))
         u = host(s)
         exact = 3.0 * np.exp(-lam * t)
@@ -234,7 +232,7 @@ def test_decay_only_follows_exponential_with_first_order_error(backend64):
 def test_mass_is_conserved_with_no_flux_faces(backend64):
     rng = np.random.default_rng(7)
     init = rng.random((2, 30, 20, 25))
-    s = DiffusionSolver((30, 20, 25), DX, [1e5, 300.0], [0.0, 0.0], dt_min=50.0, initial=init, backend=backend64)
+    s = DiffusionSolver(FieldGrid((30, 20, 25), DX, [1e5, 300.0], [0.0, 0.0]), 50.0, initial=init, backend=backend64)
     m0 = s.total_mass()
     s.step(n_steps=20)
     # Rounding perturbs matrix entries of size ~r by ~eps, so column sums drift by
@@ -247,7 +245,7 @@ def test_mass_is_conserved_with_no_flux_faces(backend64):
 def test_strong_uptake_never_makes_values_negative(backend64):
     xp = backend64.xp
     shape = (30, 30)
-    s = DiffusionSolver(shape, DX, [1e5], [0.0], dt_min=10.0, initial=38.0, backend=backend64)
+    s = DiffusionSolver(FieldGrid(shape, DX, [1e5], [0.0]), 10.0, initial=38.0, backend=backend64)
     sites = np.arange(0, 900, 7)
     src = Sources(xp.asarray(sites), xp.zeros((1, len(sites))), xp.full((1, len(sites)), 1e6))
     masses = [s.total_mass()[0]]
@@ -266,7 +264,7 @@ def test_stable_far_beyond_explicit_limit(backend64):
     dt = 1000 * DX**2 / (2 * 3 * D)
     rng = np.random.default_rng(11)
     init = rng.random((1, 16, 16, 16)) * 10
-    s = DiffusionSolver((16, 16, 16), DX, [D], [0.01], dt_min=dt, initial=init, backend=backend64)
+    s = DiffusionSolver(FieldGrid((16, 16, 16), DX, [D], [0.01]), dt, initial=init, backend=backend64)
     for _ in range(10):
         s.step()
         u = host(s)
@@ -283,7 +281,7 @@ def test_observed_convergence_order_in_dt_is_one(backend64):
     init = (50.0 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / 50.0))[None]  # smooth data
 
     def solve(dt):
-        s = DiffusionSolver(shape, DX, [2000.0], [0.05], dt_min=dt, face_values=faces, initial=init,
+        s = DiffusionSolver(FieldGrid(shape, DX, [2000.0], [0.05], face_values=faces), dt, initial=init,
                             backend=backend64)
         s.step(n_steps=round(T / dt))
         return host(s)[0]
@@ -298,8 +296,8 @@ def test_observed_convergence_order_in_dt_is_one(backend64):
 def test_vessel_sites_hold_their_value(backend64):
     shape = (20, 20)
     sites = np.array([5, 77, 250])
-    s = DiffusionSolver(shape, DX, [1e5, 1e3], [0.1, 0.1], dt_min=1.0, vessel_sites=sites,
-                        vessel_values=[38.0, np.nan], initial=0.0, backend=backend64)
+    s = DiffusionSolver(FieldGrid(shape, DX, [1e5, 1e3], [0.1, 0.1], vessel_sites=sites, vessel_values=[38.0, np.nan]),
+                        1.0, initial=0.0, backend=backend64)
     s.step(n_steps=5)
     u = host(s).reshape(2, -1)
     np.testing.assert_allclose(u[0, sites], 38.0)
@@ -311,7 +309,7 @@ def test_float32_tracks_float64():
     init = np.random.default_rng(5).random((2, 24, 24, 24))
     out = []
     for dt in ("float32", "float64"):
-        s = DiffusionSolver((24, 24, 24), DX, [1e5, 555.0], [0.1, 0.01], dt_min=6.0, initial=init,
+        s = DiffusionSolver(FieldGrid((24, 24, 24), DX, [1e5, 555.0], [0.1, 0.01]), 6.0, initial=init,
                             backend=make_backend("numpy", dt))
         s.step(n_steps=5)
         out.append(host(s).astype(np.float64))
@@ -320,8 +318,8 @@ def test_float32_tracks_float64():
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="shape"):
-        DiffusionSolver((5,), DX, [1.0], [0.0], dt_min=1.0)
+        DiffusionSolver(FieldGrid((5,), DX, [1.0], [0.0]), 1.0)
     with pytest.raises(ValueError, match=">= 0"):
-        DiffusionSolver((5, 5), DX, [-1.0], [0.0], dt_min=1.0)
+        DiffusionSolver(FieldGrid((5, 5), DX, [-1.0], [0.0]), 1.0)
     with pytest.raises(ValueError, match="dt_min"):
-        DiffusionSolver((5, 5), DX, [1.0], [0.0], dt_min=0.0)
+        DiffusionSolver(FieldGrid((5, 5), DX, [1.0], [0.0]), 0.0)

@@ -11,7 +11,7 @@ from scipy.special import i0, i1, k0, k1
 from test_diffusion import DX, UPTAKE_COLUMN, host, uptake_column
 
 from tme_abm.config import ConfigError, load_config
-from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
 
 
 def _cells_everywhere(xp, n_sites, uptake, secretion=0.0):
@@ -28,8 +28,8 @@ def test_steady_1d_uptake_matches_cosh_and_error_falls_with_tolerance(backend64)
     faces, exact = uptake_column(n)
     errs = []
     for tol in (1e-2, 1e-4, 1e-8):
-        s = DiffusionSolver((n, 1), DX, [D], [0.0], dt_min=12.0, face_values=faces, initial=c0,
-                            backend=backend64, schemes=["steady"], tolerance=tol)
+        s = DiffusionSolver(FieldGrid((n, 1), DX, [D], [0.0], face_values=faces), 12.0, initial=c0, backend=backend64,
+                            schemes=["steady"], tolerance=tol)
         s.step(_cells_everywhere(xp, n, U))
         errs.append(np.abs(host(s)[0, :, 0] - exact).max() / c0)
     assert errs[2] < 0.01, errs  # the discrete Laplacian's error (l = 5 voxels)
@@ -64,8 +64,8 @@ def test_steady_disk_lesion_matches_bessel_solution(backend64):
     exact = _disk_exact(r, R, D, U_in, lam, u_far)
     errs = []
     for tol in (1e-2, 1e-6):
-        s = DiffusionSolver((n, n), dx, [D], [0.0], dt_min=12.0, initial=u_far, backend=backend64,
-                            schemes=["steady"], tolerance=tol, face_values=np.full((1, 2, 2), u_far))
+        s = DiffusionSolver(FieldGrid((n, n), dx, [D], [0.0], face_values=np.full((1, 2, 2), u_far)), 12.0,
+                            initial=u_far, backend=backend64, schemes=["steady"], tolerance=tol)
         s.step(Sources(xp.asarray(sites), xp.asarray(sec), xp.asarray(upt)))
         errs.append(np.abs(host(s)[0] - exact).max() / u_far)
     assert errs[1] < 0.02, errs
@@ -118,9 +118,9 @@ def test_steady_matches_sparse_direct_solve_with_vessels_and_cells(backend64, sh
     S[sites] = rng.uniform(0, 1, len(sites))
     faces = np.full((len(shape), 2), NOFLUX)
     faces[0] = (38.0, 5.0)
-    s = DiffusionSolver(shape, DX, [1e5], [0.1], dt_min=12.0, face_values=faces[None],
-                        vessel_sites=np.flatnonzero(fixed), vessel_values=[38.0], initial=1.0, backend=backend64,
-                        schemes=["steady"], tolerance=1e-10)
+    grid = FieldGrid(shape, DX, [1e5], [0.1], face_values=faces[None], vessel_sites=np.flatnonzero(fixed),
+                     vessel_values=[38.0])
+    s = DiffusionSolver(grid, 12.0, initial=1.0, backend=backend64, schemes=["steady"], tolerance=1e-10)
     s.step(Sources(xp.asarray(sites), xp.asarray(S[sites][None]), xp.asarray(U[sites][None])))
     ref = _direct(shape, 1e5, 0.1, faces, fixed.reshape(shape), 38.0, U.reshape(shape), S.reshape(shape))
     got = host(s)[0]
@@ -133,8 +133,8 @@ def test_extreme_uptake_stays_non_negative(backend64):
     xp = backend64.xp
     shape = (40, 40)
     sites = np.arange(0, 1600, 3)
-    s = DiffusionSolver(shape, DX, [1e5], [0.1], dt_min=12.0, vessel_sites=[1], vessel_values=[38.0],
-                        face_values=np.full((1, 2, 2), 38.0), initial=38.0, backend=backend64, schemes=["steady"])
+    grid = FieldGrid(shape, DX, [1e5], [0.1], np.full((1, 2, 2), 38.0), vessel_sites=[1], vessel_values=[38.0])
+    s = DiffusionSolver(grid, 12.0, initial=38.0, backend=backend64, schemes=["steady"])
     s.step(Sources(xp.asarray(sites), xp.zeros((1, len(sites))), xp.full((1, len(sites)), 1e6)))
     v = host(s)[0]
     assert v.min() >= 0 and v.ravel()[1] == 38.0
@@ -149,15 +149,16 @@ def test_lod_holds_vessels_only_to_first_order_and_implicit_exactly(backend64):
     rng = np.random.default_rng(0)
     shape = (30, 30)
     vessels = np.flatnonzero(rng.random(900) < 0.01)
-    kw = dict(vessel_sites=vessels, vessel_values=[38.0], initial=20.0, backend=backend64)
-    steady = DiffusionSolver(shape, DX, [1e4], [0.1], 12.0, schemes=["steady"], tolerance=1e-10, **kw)
+    grid = FieldGrid(shape, DX, [1e4], [0.1], vessel_sites=vessels, vessel_values=[38.0])
+    kw = dict(initial=20.0, backend=backend64)
+    steady = DiffusionSolver(grid, 12.0, schemes=["steady"], tolerance=1e-10, **kw)
     steady.step()
     errs = []
     for dt in (0.1, 0.01):
-        lod = DiffusionSolver(shape, DX, [1e4], [0.1], dt, **kw)
+        lod = DiffusionSolver(grid, dt, **kw)
         lod.step(n_steps=round(150 / dt))
         errs.append(np.abs(host(lod) - host(steady)).max())
-    implicit = DiffusionSolver(shape, DX, [1e4], [0.1], 12.0, schemes=["implicit"], tolerance=1e-10, **kw)
+    implicit = DiffusionSolver(grid, 12.0, schemes=["implicit"], tolerance=1e-10, **kw)
     implicit.step(n_steps=20)
     assert errs[0] > 1.0 and 5 < errs[0] / errs[1] < 20, errs
     assert np.abs(host(implicit) - host(steady)).max() < 1e-6 * 38
@@ -169,15 +170,15 @@ def test_implicit_conserves_mass_and_matches_lod_in_1d(backend64):
     xp = backend64.xp
     rng = np.random.default_rng(1)
     init = rng.random((1, 64, 48))
-    s = DiffusionSolver((64, 48), DX, [1e4], [0.0], 12.0, initial=init, backend=backend64, schemes=["implicit"],
-                        tolerance=1e-10)
+    s = DiffusionSolver(FieldGrid((64, 48), DX, [1e4], [0.0]), 12.0, initial=init, backend=backend64,
+                        schemes=["implicit"], tolerance=1e-10)
     before = s.total_mass()
     s.step(n_steps=5)
     assert abs(s.total_mass()[0] - before[0]) < 1e-8 * before[0]
     line = rng.random((1, 80, 1))
-    a = DiffusionSolver((80, 1), DX, [1e4], [0.0], 6.0, initial=line, backend=backend64, schemes=["implicit"],
-                        tolerance=1e-12)
-    b = DiffusionSolver((80, 1), DX, [1e4], [0.0], 6.0, initial=line, backend=backend64)
+    a = DiffusionSolver(FieldGrid((80, 1), DX, [1e4], [0.0]), 6.0, initial=line, backend=backend64,
+                        schemes=["implicit"], tolerance=1e-12)
+    b = DiffusionSolver(FieldGrid((80, 1), DX, [1e4], [0.0]), 6.0, initial=line, backend=backend64)
     a.step(Sources(xp.arange(5), xp.ones((1, 5)), xp.zeros((1, 5))))
     b.step(Sources(xp.arange(5), xp.ones((1, 5)), xp.zeros((1, 5))))
     np.testing.assert_allclose(host(a), host(b), rtol=1e-9)
@@ -191,12 +192,13 @@ def test_schemes_are_mixed_in_one_solver_and_checkpoint_exactly(backend64):
     shape = (24, 30)
     sites = xp.asarray(rng.choice(720, 200, replace=False))
     src = Sources(sites, xp.asarray(rng.random((3, 200))), xp.asarray(rng.random((3, 200)) * 5))
-    kw = dict(face_values=np.full((3, 2, 2), 1.0), vessel_sites=[5, 400], vessel_values=[2.0, 2.0, np.nan],
-              backend=backend64, schemes=["steady", "lod", "implicit"], initial=[1.0, 0.5, 0.2])
-    a = DiffusionSolver(shape, DX, [1e5, 1e3, 1e3], [0.1, 0.01, 0.0], 6.0, **kw)
+    grid = FieldGrid(shape, DX, [1e5, 1e3, 1e3], [0.1, 0.01, 0.0], np.full((3, 2, 2), 1.0), [5, 400],
+                     [2.0, 2.0, np.nan])
+    kw = dict(backend=backend64, schemes=["steady", "lod", "implicit"], initial=[1.0, 0.5, 0.2])
+    a = DiffusionSolver(grid, 6.0, **kw)
     a.step(src, 2)
     state = a.get_state()
-    b = DiffusionSolver(shape, DX, [1e5, 1e3, 1e3], [0.1, 0.01, 0.0], 6.0, **kw)
+    b = DiffusionSolver(grid, 6.0, **kw)
     b.set_state([state[0]], state[1])
     a.step(src, 3)
     b.step(src, 3)

@@ -17,7 +17,7 @@ import pytest
 import tme_abm.engine.backend as backend_module
 from tme_abm.config import load_config, run_work
 from tme_abm.engine.backend import BackendError, kernel_source, make_backend
-from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
 
 ROOT = Path(__file__).parent.parent
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
@@ -86,11 +86,11 @@ def test_cuda_kernels_match_numpy_twins(dtype, rtol, has_cuda):
     faces = np.full((3, 3, 2), NOFLUX)
     faces[0, 1, 0] = 4.0
     vessels = rng.choice(np.prod(shape), 40, replace=False)
-    kw = dict(face_values=faces, vessel_sites=vessels, vessel_values=[38.0, np.nan, 1.0], initial=init)
+    grid = FieldGrid(shape, 20.0, [1e5, 555.0, 0.0], [0.1, 0.01, 0.2], faces, vessels, [38.0, np.nan, 1.0])
     out = []
     for be in (cpu, gpu):
         rng2 = np.random.default_rng(1)
-        s = DiffusionSolver(shape, 20.0, [1e5, 555.0, 0.0], [0.1, 0.01, 0.2], dt_min=3.0, backend=be, **kw)
+        s = DiffusionSolver(grid, 3.0, initial=init, backend=be)
         s.step(n_steps=2)
         xp = be.xp
         sites = xp.asarray(rng2.choice(np.prod(shape), 300, replace=False))

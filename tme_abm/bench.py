@@ -10,7 +10,7 @@ import numpy as np
 from .biology.defaults import default_fields
 from .biology.fields import FieldSet
 from .engine.backend import make_backend
-from .engine.diffusion import DiffusionSolver, Sources
+from .engine.diffusion import DiffusionSolver, FieldGrid, Sources
 from .engine.lattice import FACES
 from .model import TMEModel
 
@@ -44,7 +44,7 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
             sites = np.unique(np.where(moved, rng.integers(0, n_vox, len(sites)), sites))
             upt = np.full((n_fields, len(sites)), 10.0)
             sources[k] = Sources(be.xp.asarray(sites), be.xp.zeros_like(be.xp.asarray(upt)), be.xp.asarray(upt))
-    solver = DiffusionSolver(shape, 20.0, diff, decay, dt_min=dt_min, initial=init, backend=be, face_values=faces,
+    solver = DiffusionSolver(FieldGrid(shape, 20.0, diff, decay, faces), dt_min, initial=init, backend=be,
                              schemes=[scheme] * n_fields)
     try:
         for k in range(warmup):

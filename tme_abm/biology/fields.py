@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.backend import Backend
-from ..engine.diffusion import NOFLUX, DiffusionSolver, Sources
+from ..engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
 from ..engine.diffusion.solver import TOLERANCE
 from ..engine.lattice import FACES, Lattice
 from .perfusion import PER_MM2, krogh_exchange_per_min, max_density_per_mm2
@@ -54,21 +54,12 @@ class FieldSet:
         vessel_values = np.array(
             [np.nan if fields[n].vessel_value is None else fields[n].vessel_value for n in self.names]
         )
-        self.solver = DiffusionSolver(
-            lattice.shape,
-            lattice.spacing_um,
-            [fields[n].diffusion_um2_per_min for n in self.names],
-            [fields[n].decay_per_min for n in self.names],
-            dt_min=dt_min,
-            face_values=faces,
-            vessel_sites=lattice.vessel_sites,
-            vessel_values=vessel_values,
-            initial=np.array([fields[n].initial for n in self.names]),
-            backend=backend,
-            schemes=[(schemes or {}).get(n, "lod") for n in self.names],
-            tolerance=tolerance,
-            replicates=lattice.replicates,
-        )
+        grid = FieldGrid(lattice.shape, lattice.spacing_um, [fields[n].diffusion_um2_per_min for n in self.names],
+                         [fields[n].decay_per_min for n in self.names], faces, lattice.vessel_sites, vessel_values,
+                         lattice.replicates)
+        self.solver = DiffusionSolver(grid, dt_min, initial=np.array([fields[n].initial for n in self.names]),
+                                      backend=backend, schemes=[(schemes or {}).get(n, "lod") for n in self.names],
+                                      tolerance=tolerance)
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.perfused = [i for i, n in enumerate(self.names) if getattr(fields[n], "perfused", False)]
         self.capillary_radius_um = capillary_radius_um

@@ -54,8 +54,6 @@ folded into the transposing copy. (Fields with D = 0 are not diffusing and use
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,6 +61,7 @@ import numpy as np
 
 from ..backend import Backend, make_backend
 from .cuda import SKIP, cuda_rotate, cuda_sweep, cuda_sweep_sink
+from .grid import FieldGrid
 from .thomas import (
     AxisCoefficients,
     axis_coefficients,
@@ -72,9 +71,6 @@ from .thomas import (
     thomas_sweep_cp_numpy,
     thomas_sweep_numpy,
 )
-
-NOFLUX = math.nan
-"""Face value meaning "no-flux" in ``face_values``."""
 
 # Plane size (elements) a CPU block aims for: large enough that NumPy's per-call
 # overhead is small, small enough that a block stays in the last-level cache.
@@ -107,44 +103,33 @@ class Sources:
 
 
 class LODSolver:
-    """Implicit LOD reaction-diffusion of F fields on a 2D or 3D lattice.
+    """Implicit LOD reaction-diffusion of the fields of a :class:`~.grid.FieldGrid`.
 
-    Args: as :class:`~.solver.DiffusionSolver` (shape, spacing, D, decay, dt, faces,
-    vessels, initial values, backend, replicates), for the fields it steps.
+    Args:
+        grid: the fields' lattice, coefficients and boundaries.
+        dt_min: field step, minutes.
+        initial: scalar or (F,) initial value, or (F, *shape) (every replicate alike) or
+            (F, R, *shape) initial fields.
+        backend: where the arrays live (default NumPy float64).
 
     The current fields are :attr:`values`, an (F, R, *shape) array on the backend's device.
-    Arguments are checked by :class:`~.solver.DiffusionSolver`, which owns this solver.
     """
 
-    def __init__(
-        self,
-        shape: Sequence[int],
-        spacing_um: float,
-        diffusion_um2_per_min,
-        decay_per_min,
-        dt_min: float,
-        *,
-        face_values=None,
-        vessel_sites=None,
-        vessel_values=None,
-        initial=0.0,
-        backend: Backend | None = None,
-        replicates: int = 1,
-    ):
+    def __init__(self, grid: FieldGrid, dt_min: float, *, initial=0.0, backend: Backend | None = None):
         self.backend = backend or make_backend("numpy", "float64")
-        self.replicates = n_rep = int(replicates)
+        self.grid = grid
+        self.replicates = n_rep = grid.replicates
         xp = self.backend.xp
-        self.shape = tuple(int(s) for s in shape)
-        self.ndim = len(self.shape)
-        self.spacing_um = float(spacing_um)
-        self.diffusion = np.atleast_1d(np.asarray(diffusion_um2_per_min, dtype=float))
-        self.decay = np.atleast_1d(np.asarray(decay_per_min, dtype=float))
-        self.n_fields = len(self.diffusion)
-        nf, nd = self.n_fields, self.ndim
-        faces = np.full((nf, nd, 2), NOFLUX) if face_values is None else np.array(face_values, float)
-        self.face_values = faces
+        self.shape = grid.shape
+        self.ndim = grid.ndim
+        self.spacing_um = grid.spacing_um
+        self.diffusion = grid.diffusion_um2_per_min
+        self.decay = grid.decay_per_min
+        self.n_fields = nf = grid.n_fields
+        nd = self.ndim
+        self.face_values = grid.face_values
         self.dtype = self.backend.dtype
-        self.n_sites = int(np.prod(self.shape))  # of one replicate
+        self.n_sites = grid.n_sites  # of one replicate
 
         # Two buffers: sweeps write their transposed result into the other one.
         self._buf = [xp.empty((nf, n_rep * self.n_sites), dtype=self.dtype) for _ in range(2)]
@@ -160,18 +145,13 @@ class LODSolver:
         self._vessel_fields = np.zeros(0, dtype=np.int64)
         self._vessel_index: list = []
         self._vessel_vals = None
-        if vessel_sites is not None and len(vessel_sites) > 0:
-            vals = np.asarray(vessel_values, dtype=float)
-            if vals.shape != (nf,):
-                raise ValueError("vessel_values must have one entry per field (NaN = not fixed)")
-            fixed = np.flatnonzero(~np.isnan(vals))
-            if len(fixed):
-                sites = np.asarray(vessel_sites, dtype=np.int64)
-                for layout in range(nd):
-                    self._vessel_index.append(xp.asarray(self._site_index(sites, layout)))
-                self._vessel_fields = fixed
-                self._vessel_fields_dev = xp.asarray(fixed)
-                self._vessel_vals = xp.asarray(vals[fixed][:, None], self.dtype)
+        fixed = np.flatnonzero(~np.isnan(grid.vessel_values))
+        if len(grid.vessel_sites) and len(fixed):
+            for layout in range(nd):
+                self._vessel_index.append(xp.asarray(self._site_index(grid.vessel_sites, layout)))
+            self._vessel_fields = fixed
+            self._vessel_fields_dev = xp.asarray(fixed)
+            self._vessel_vals = xp.asarray(grid.vessel_values[fixed][:, None], self.dtype)
         self._lead = 0  # buffer layout: canonical axes in the order _layout_axes(_lead)
         self._apply_vessels(0, self._buf[0], range(nf))
         self._sink_scratch: dict[int, object] = {}

@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from ..backend import Backend
+from .grid import FieldGrid
 
 # The coarsest level, at most this many voxels, is solved exactly (a dense inverse per
 # solve): below it, NumPy's per-call overhead, not arithmetic, sets the cost of a level.
@@ -110,47 +111,43 @@ class _Level:
 
 
 class MultigridSolver:
-    """Steady states or backward-Euler steps of Fs fields with per-voxel uptake and
-    secretion.
+    """Steady states or backward-Euler steps of the fields of a :class:`~.grid.FieldGrid`
+    with per-voxel uptake and secretion.
+
+    Each (field, replicate) is solved as a field of its own: slab ``f * R + r`` of the
+    (Fs = F * R, *shape) arrays, so a field's replicates lie one after another as in the
+    LOD buffer. A replicate stops iterating once all its fields meet the tolerance,
+    exactly where a solve of that replicate alone would stop.
 
     Args:
-        shape: lattice shape, 2 or 3 ints, C order.
-        spacing_um: voxel edge length, micrometres.
-        diffusion_um2_per_min: (Fs,) diffusion coefficients, um^2/min (> 0).
-        decay_per_min: (Fs,) first-order decay, 1/min (>= 0).
-        face_values: (Fs, ndim, 2) fixed face value, NaN for a no-flux face.
-        fixed: (Fs, *shape) bool, voxels held at ``fixed_values`` (vessels), or None.
-        fixed_values: (Fs,) value at the fixed voxels of each field.
+        grid: the fields' lattice, coefficients (every D > 0) and boundaries; vessels hold
+            the fields whose ``vessel_values`` are not NaN.
         backend: where the arrays live.
         tol: relative residual at which a solve stops.
         check_every: iterations between convergence checks (host synchronisations).
         max_iter: iterations after which a solve gives up (raises).
-        replicates: R, when the Fs fields are R replicates of Fs / R fields (field-major,
-            slab f * R + r): a replicate stops iterating once all its fields meet the
-            tolerance, exactly where a solve of that replicate alone would stop.
     """
 
-    def __init__(self, shape, spacing_um: float, diffusion_um2_per_min, decay_per_min, face_values,
-                 fixed, fixed_values, backend: Backend, tol: float = 1e-6, check_every: int = 2,
-                 max_iter: int = 200, replicates: int = 1):
+    def __init__(self, grid: FieldGrid, backend: Backend, tol: float = 1e-6, check_every: int = 2,
+                 max_iter: int = 200):
         xp = backend.xp
         self.backend = backend
-        self.replicates = int(replicates)
-        self.shape = tuple(int(s) for s in shape)
-        self.ndim = len(self.shape)
-        self.diffusion = np.asarray(diffusion_um2_per_min, dtype=float)
-        self.decay = np.asarray(decay_per_min, dtype=float)
+        self.replicates = n_rep = grid.replicates
+        self.shape = grid.shape
+        self.ndim = grid.ndim
+        spacing_um = grid.spacing_um
+        self.diffusion = np.repeat(grid.diffusion_um2_per_min, n_rep)
+        self.decay = np.repeat(grid.decay_per_min, n_rep)
         self.n_fields = nf = len(self.diffusion)
         if (self.diffusion <= 0).any():
             raise ValueError("a steady-state field must diffuse (D > 0)")
-        faces = np.asarray(face_values, dtype=float)
+        faces = np.repeat(grid.face_values, n_rep, axis=0)
         self.tol = float(tol)
         self.check_every = int(check_every)
         self.max_iter = int(max_iter)
         self.iterations: list[int] = []  # per solve, for benchmarks and tests
-        fixed = np.zeros((nf, *self.shape), bool) if fixed is None else np.asarray(fixed, bool)
-        values = np.nan_to_num(np.asarray(fixed_values, dtype=float)) if fixed_values is not None \
-            else np.zeros(nf)
+        fixed = grid.fixed_voxels().reshape(nf, *self.shape)
+        values = np.nan_to_num(np.repeat(grid.vessel_values, n_rep))
         self.has_steady_state = np.array([self.decay[f] > 0 or fixed[f].any() or not np.isnan(faces[f]).all()
                                           for f in range(nf)])
 

@@ -12,11 +12,10 @@ the lattice (1 for a single run) that never exchange anything."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from ..backend import Backend, make_backend
+from .grid import FieldGrid
 from .lod import LODSolver, Sources
 from .multigrid import MultigridSolver, relaxation_rate_per_min
 
@@ -43,66 +42,31 @@ def quasi_steady(diffusion_um2_per_min: float, decay_per_min: float, fixed: bool
 
 
 class DiffusionSolver:
-    """F reaction-diffusion fields on a 2D or 3D lattice, stepped by LOD or solved for
-    their steady state, per field.
+    """The fields of a :class:`~.grid.FieldGrid` on a 2D or 3D lattice, stepped by LOD or
+    solved by multigrid for their steady state or a backward-Euler step, per field.
 
     Args:
-        shape: lattice shape, 2 or 3 ints (voxels), C order (z, y, x) / (y, x).
-        spacing_um: voxel edge length, micrometres.
-        diffusion_um2_per_min: (F,) diffusion coefficients, um^2/min (>= 0).
-        decay_per_min: (F,) first-order decay rates, 1/min (>= 0).
-        dt_min: LOD field step, minutes.
-        face_values: (F, ndim, 2) fixed value on the low/high face of each axis,
-            NaN (:data:`NOFLUX`) for a no-flux face. Default: all no-flux.
-        vessel_sites: (k,) flat indices of fixed-value voxels (vessels); replicate r's
-            voxels are offset by ``r * prod(shape)``.
-        vessel_values: (F,) value each field is held at on vessel voxels, NaN where
-            a field is not fixed by vessels.
+        grid: the fields' lattice, coefficients, boundaries, vessels and replicates.
+        dt_min: LOD (and implicit) field step, minutes.
         initial: scalar or (F,) initial value, or (F, *shape) initial field.
-        backend: a :class:`~tme_abm.backend.Backend`; default NumPy float64.
+        backend: a :class:`~tme_abm.engine.backend.Backend`; default NumPy float64.
         schemes: (F,) ``steady``, ``implicit`` or ``lod`` per field (default all lod).
         tolerance: relative residual at which a multigrid solve stops.
-        replicates: independent copies of every field (a batch); each evolves as a
-            solver with one copy would.
     """
 
-    def __init__(
-        self,
-        shape: Sequence[int],
-        spacing_um: float,
-        diffusion_um2_per_min,
-        decay_per_min,
-        dt_min: float,
-        *,
-        face_values=None,
-        vessel_sites=None,
-        vessel_values=None,
-        initial=0.0,
-        backend: Backend | None = None,
-        schemes=None,
-        tolerance: float = TOLERANCE,
-        replicates: int = 1,
-    ):
+    def __init__(self, grid: FieldGrid, dt_min: float, *, initial=0.0, backend: Backend | None = None,
+                 schemes=None, tolerance: float = TOLERANCE):
         self.backend = backend or make_backend("numpy", "float64")
-        self.replicates = n_rep = int(replicates)
-        self.shape = tuple(int(s) for s in shape)
-        if len(self.shape) not in (2, 3) or min(self.shape) < 1:
-            raise ValueError(f"shape must be 2 or 3 positive ints, got {shape}")
-        self.ndim = len(self.shape)
-        self.spacing_um = float(spacing_um)
-        if not self.spacing_um > 0:
-            raise ValueError(f"spacing_um must be > 0, got {spacing_um}")
-        diffusion = np.atleast_1d(np.asarray(diffusion_um2_per_min, dtype=float))
-        decay = np.atleast_1d(np.asarray(decay_per_min, dtype=float))
-        nf = self.n_fields = len(diffusion)
-        if decay.shape != (nf,):
-            raise ValueError("decay_per_min must have one entry per field")
-        if (diffusion < 0).any() or (decay < 0).any():
-            raise ValueError("diffusion and decay must be >= 0")
+        self.grid = grid
+        self.replicates = n_rep = grid.replicates
+        self.shape = grid.shape
+        self.ndim = grid.ndim
+        self.spacing_um = grid.spacing_um
+        nf = self.n_fields = grid.n_fields
         if not float(dt_min) > 0:
             raise ValueError(f"dt_min must be > 0, got {dt_min}")
         self._dt = float(dt_min)
-        self.n_sites = int(np.prod(self.shape))
+        self.n_sites = grid.n_sites
         self.dtype = self.backend.dtype
         self.schemes = ["lod"] * nf if schemes is None else [str(x) for x in schemes]
         if len(self.schemes) != nf or any(x not in SCHEMES for x in self.schemes):
@@ -111,40 +75,18 @@ class DiffusionSolver:
         st = np.array([f for f in range(nf) if self.schemes[f] != "lod"], dtype=np.int64)
         self._lod_fields, self._mg_fields = lod, st
         self._where = {int(f): ("lod", j) for j, f in enumerate(lod)} | {int(f): ("mg", j) for j, f in enumerate(st)}
-        faces = None if face_values is None else np.asarray(face_values, dtype=float)
-        if faces is not None and faces.shape != (nf, self.ndim, 2):
-            raise ValueError(f"face_values must have shape {(nf, self.ndim, 2)}, got {faces.shape}")
-        if vessel_values is not None and np.shape(vessel_values) != (nf,):
-            raise ValueError("vessel_values must have one entry per field (NaN = not fixed)")
-        vv = None if vessel_values is None else np.asarray(vessel_values, dtype=float)
         init = np.asarray(initial, dtype=float)
         per_field = init.ndim > 0
 
-        def pick(a, idx):
-            return None if a is None else a[idx]
-
-        self.lod = LODSolver(
-            self.shape, spacing_um, diffusion[lod], decay[lod], dt_min,
-            face_values=pick(faces, lod), vessel_sites=vessel_sites if len(lod) else None,
-            vessel_values=pick(vv, lod), initial=init[lod] if per_field else init, backend=self.backend,
-            replicates=n_rep,
-        ) if len(lod) else None
+        self.lod = LODSolver(grid.subset(lod), dt_min, initial=init[lod] if per_field else init,
+                             backend=self.backend) if len(lod) else None
         self.mg = None
         if len(st):
-            # the multigrid solver sees each (field, replicate) as a field of its own: slab
-            # f * R + r, so a field's replicates lie one after another as in the LOD buffer
             xp = self.backend.xp
+            mg_grid = grid.subset(st)
             ns = len(st) * n_rep
-            fixed = np.zeros((len(st), n_rep * self.n_sites), bool)
-            vals = np.full(len(st), np.nan) if vv is None else vv[st]
-            if vessel_sites is not None and len(vessel_sites):
-                fixed[:, np.asarray(vessel_sites, dtype=np.int64)] = ~np.isnan(vals)[:, None]
-            face_st = np.full((len(st), self.ndim, 2), np.nan) if faces is None else faces[st]
-            self.mg = MultigridSolver(
-                self.shape, spacing_um, np.repeat(diffusion[st], n_rep), np.repeat(decay[st], n_rep),
-                np.repeat(face_st, n_rep, axis=0), fixed.reshape(ns, *self.shape), np.repeat(vals, n_rep),
-                self.backend, tol=tolerance, check_every=3 if self.backend.is_gpu else 1, replicates=n_rep,
-            )
+            self.mg = MultigridSolver(mg_grid, self.backend, tol=tolerance,
+                                      check_every=3 if self.backend.is_gpu else 1)
             steady = np.array([self.schemes[int(f)] == "steady" for f in st])
             has_steady = self.mg.has_steady_state.reshape(len(st), n_rep).all(axis=1)
             if not has_steady[steady].all():
@@ -155,8 +97,8 @@ class DiffusionSolver:
             start = np.broadcast_to(
                 init[st].reshape(-1, 1, *[1] * self.ndim) if init.ndim == 1 else
                 (init.reshape(nf, -1, *self.shape)[st] if per_field else init), (len(st), n_rep, *self.shape))
-            start = np.where(fixed.reshape(len(st), n_rep, *self.shape),
-                             np.nan_to_num(vals).reshape(-1, 1, *[1] * self.ndim), start)
+            start = np.where(mg_grid.fixed_voxels().reshape(len(st), n_rep, *self.shape),
+                             np.nan_to_num(mg_grid.vessel_values).reshape(-1, 1, *[1] * self.ndim), start)
             self._mg_values = xp.asarray(start.reshape(ns, *self.shape), dtype=self.dtype)
             self._uptake = xp.zeros((len(st), n_rep * self.n_sites), dtype=xp.float64)
             self._secretion = xp.zeros((len(st), n_rep * self.n_sites), dtype=xp.float64)
