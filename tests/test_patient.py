@@ -230,7 +230,7 @@ def test_after_crs_treatment_fever_is_not_needed_for_grading():
     s.infuse(1.0, [], 0.0, 10)
     s.time_min = 1.0
     assert s.crs_grade(200.0) == 0  # hypotension without fever: not CRS
-    s.give_corticosteroid(0.5, 0.0, 1440.0)
+    s.give_drug("corticosteroid", 0.5, 0.0, 1440.0)
     assert s.crs_grade(200.0) == 2 and s.crs_grade(100.0) == 0
 
 
@@ -250,9 +250,9 @@ def test_tocilizumab_blocks_signalling_and_steroids_suppress_production():
     for treat in (None, "tocilizumab", "corticosteroid"):
         s = with_activated_car_t(patient(**kw), 1e9)
         if treat == "tocilizumab":
-            s.give_tocilizumab(0.9, 0.0, 5 * 1440 / math.log(2))
+            s.give_drug("tocilizumab", 0.9, 0.0, 5 * 1440 / math.log(2))
         elif treat == "corticosteroid":
-            s.give_corticosteroid(0.8, 0.0, 1440 / math.log(2))
+            s.give_drug("corticosteroid", 0.8, 0.0, 1440 / math.log(2))
         runs[treat] = run(s, 240, ACTIVE)
     base, toci, ster = runs[None], runs["tocilizumab"], runs["corticosteroid"]
     assert toci.cytokine == base.cytokine  # the cytokine is still made ...
@@ -261,7 +261,7 @@ def test_tocilizumab_blocks_signalling_and_steroids_suppress_production():
     assert ster.activation < 0.6 * base.activation and ster.cytokine < 0.6 * base.cytokine
     # the first tick against its closed form: activation at (1 - 0.8) of its rate
     s = with_activated_car_t(patient(**kw), 1e9)
-    s.give_corticosteroid(0.8, 0.0, 1440.0)
+    s.give_drug("corticosteroid", 0.8, 0.0, 1440.0)
     run(s, 1, ACTIVE)
     on = 2 / 1440 * 0.2 * 0.5
     assert s.activation == pytest.approx(on / (on + 1 / 1440) * (1 - math.exp(-(on + 1 / 1440) * 6)), rel=1e-12)
@@ -424,8 +424,8 @@ def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
 
 def test_tocilizumab_and_corticosteroid_events_fire_at_their_time():
     cfg = small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 10},
-                         {"kind": "tocilizumab", "day": 0.5, "blockade": 0.7, "half_life_days": 4.0},
-                         {"kind": "corticosteroid", "day": 0.75, "suppression": 0.6}])
+                         {"kind": "tocilizumab", "day": 0.5, "effect": 0.7, "half_life_days": 4.0},
+                         {"kind": "corticosteroid", "day": 0.75, "effect": 0.6}])
     m = TMEModel(cfg, backend=BE)
     while m.day < 0.5:
         m.step()
@@ -436,6 +436,8 @@ def test_tocilizumab_and_corticosteroid_events_fire_at_their_time():
     while m.day < 0.75 + 1e-9:
         m.step()
     assert m.event_log[-1]["kind"] == "corticosteroid" and m.systemic.suppression.level == 0.6
+    assert m.systemic.suppression.tau_min == pytest.approx(1440 / math.log(2))  # the drug's default half-life
+    assert validate_config({"therapy": [{"kind": "tocilizumab", "day": 0}]}).therapy[0].effect == 0.9
 
 
 @pytest.mark.parametrize("patient, needle", [

@@ -49,6 +49,9 @@ BLOOD, TISSUE, DISEASE, MEMORY = range(4)
 """Indices of a product's compartments."""
 PULSES = ("boost", "blockade", "suppression")
 """The :class:`Pulse` fields of a patient (checkpointed as dicts)."""
+DRUGS = {"tocilizumab": "blockade", "corticosteroid": "suppression"}
+"""The drugs against CRS and the :class:`Pulse` each sets: tocilizumab blocks IL-6
+signalling, corticosteroids suppress myeloid activation and IL-6 production."""
 VARIABILITY_STREAM = 0x5EED_0018
 """Second word of the seed sequence a patient's variability is drawn from (its own
 generator: no other setup draw moves when the variability changes)."""
@@ -237,12 +240,11 @@ class Systemic:
     def lymphodeplete(self, boost: float, minute: float, tau_min: float) -> None:
         self.boost = Pulse(boost, minute, tau_min)
 
-    def give_tocilizumab(self, blockade: float, minute: float, tau_min: float) -> None:
-        self.blockade = Pulse(blockade, minute, tau_min)
-        self.crs_treated = True
-
-    def give_corticosteroid(self, suppression: float, minute: float, tau_min: float) -> None:
-        self.suppression = Pulse(suppression, minute, tau_min)
+    def give_drug(self, drug: str, effect: float, minute: float, tau_min: float) -> None:
+        """A dose of a CRS drug (:data:`DRUGS`): its effect starts at ``effect`` at
+        ``minute`` and decays with time constant ``tau_min``; fever is then no longer
+        needed to grade CRS."""
+        setattr(self, DRUGS[drug], Pulse(effect, minute, tau_min))
         self.crs_treated = True
 
     # ---- one tick ----------------------------------------------------------------

@@ -20,10 +20,10 @@ run file. What each event does (docs/model.md, "Therapy"):
   normalisation (more microvessels at the lesion's sites) and the death of a share of
   the lattice's monocytes and granulocytes;
 * ``mrd``: minimal residual disease: all but ``residual_cells`` tumor cells are removed;
-* ``tocilizumab``: blocks a share of IL-6 signalling, decaying with its half-life
-  (CRS signs fall; the cytokine itself is not cleared faster);
-* ``corticosteroid``: suppresses a share of myeloid activation and IL-6 production,
-  decaying with its half-life.
+* ``tocilizumab`` and ``corticosteroid`` (one event type, a drug against CRS): its
+  ``effect`` decays with its half-life; tocilizumab blocks that share of IL-6 signalling
+  (CRS signs fall; the cytokine itself is not cleared faster), a corticosteroid
+  suppresses that share of myeloid activation and IL-6 production.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ def apply(model, item: Scheduled) -> list[dict]:
     entry (host scalars)."""
     e = item.event
     fn = {"infusion": _infusion, "lymphodepletion": _lymphodepletion, "resection": _resection,
-          "radiotherapy": _radiotherapy, "mrd": _mrd, "tocilizumab": _tocilizumab,
-          "corticosteroid": _corticosteroid}[e.kind]
+          "radiotherapy": _radiotherapy, "mrd": _mrd, "tocilizumab": _drug, "corticosteroid": _drug}[e.kind]
     return [{"day": item.day, "time_min": item.minute, "kind": e.kind, "event": item.index, **done}
             for done in fn(model, e, item)]
 
@@ -97,15 +96,22 @@ def _infusion(model, e, item) -> list[dict]:
     return out
 
 
-def _lymphodepletion(model, e, item) -> list[dict]:
+def _kill_myeloid(model, fraction: float, purpose: str) -> np.ndarray:
+    """Remove each of the lattice's monocytes and granulocytes with probability
+    ``fraction`` (a number keyed by its id, from the stream ``purpose``); returns the
+    (R,) cells removed per replicate (host)."""
     removed = np.zeros(model.replicates, dtype=np.int64)
     for pop in (model.monocytes, model.granulocytes):
-        if len(pop):
-            u = crng.uniform(model.backend.xp, model.seeds, model.steps, _STREAMS("lymphodepletion", pop.code),
-                             pop.data["id"])
-            gone = u < e.myeloid_kill_fraction
+        if len(pop) and fraction > 0:
+            u = crng.uniform(model.backend.xp, model.seeds, model.steps, _STREAMS(purpose, pop.code), pop.data["id"])
+            gone = u < fraction
             removed += model.host_counts(model.count(pop, gone))[0]
             pop.remove(gone, how="died")
+    return removed
+
+
+def _lymphodepletion(model, e, item) -> list[dict]:
+    removed = _kill_myeloid(model, e.myeloid_kill_fraction, "lymphodepletion")
     for rep in model.replicas:
         rep.systemic.lymphodeplete(e.expansion_boost, item.minute, e.boost_days * 1440.0)
     return [{"myeloid_removed": int(k)} for k in removed]
@@ -181,14 +187,7 @@ def _radiotherapy(model, e, item) -> list[dict]:
     if e.perfusion_gain != 1.0 and model.fields.microvessels is not None and len(t):
         model.fields.scale_microvessels(np.unique(model.backend.to_host(t.data["site"])), e.perfusion_gain)
     killed = model.host_counts(model.count(t, index_mask(xp, len(t), dead)))[0]
-    myeloid = np.zeros(model.replicates, dtype=np.int64)
-    for pop in (model.monocytes, model.granulocytes):
-        if len(pop) and e.myeloid_kill_fraction > 0:
-            u = crng.uniform(xp, model.seeds, model.steps, _STREAMS("radiotherapy_myeloid", pop.code),
-                             pop.data["id"])
-            gone = u < e.myeloid_kill_fraction
-            myeloid += model.host_counts(model.count(pop, gone))[0]
-            pop.remove(gone, how="died")
+    myeloid = _kill_myeloid(model, e.myeloid_kill_fraction, "radiotherapy_myeloid")
     return [{"tumor_killed": int(k), "dose_gy": e.dose_gy, "myeloid_killed": int(n)} for k, n in zip(killed, myeloid)]
 
 
@@ -209,15 +208,8 @@ def _mrd(model, e, item) -> list[dict]:
     return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]
 
 
-def _tocilizumab(model, e, item) -> list[dict]:
+def _drug(model, e, item) -> list[dict]:
     tau = e.half_life_days * 1440.0 / np.log(2)
     for rep in model.replicas:
-        rep.systemic.give_tocilizumab(e.blockade, item.minute, float(tau))
-    return [{"blockade": e.blockade} for _ in model.replicas]
-
-
-def _corticosteroid(model, e, item) -> list[dict]:
-    tau = e.half_life_days * 1440.0 / np.log(2)
-    for rep in model.replicas:
-        rep.systemic.give_corticosteroid(e.suppression, item.minute, float(tau))
-    return [{"suppression": e.suppression} for _ in model.replicas]
+        rep.systemic.give_drug(e.kind, e.effect, item.minute, float(tau))
+    return [{"effect": e.effect} for _ in model.replicas]

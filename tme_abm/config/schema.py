@@ -548,25 +548,33 @@ class MRDEvent(_Event):
     """Tumor cells left on the lattice (chosen at random) when minimal residual disease starts."""
 
 
-class TocilizumabEvent(_Event):
-    kind: Literal["tocilizumab"]
-    blockade: Annotated[float, Field(ge=0, le=1)] = 0.9
-    """Share of IL-6 signalling blocked (IL-6 receptor antibody) right after the dose."""
-    half_life_days: PosFloat = 5.0
-    """Half-life of the blockade."""
+DRUG_DEFAULTS = {"tocilizumab": {"effect": 0.9, "half_life_days": 5.0},
+                 "corticosteroid": {"effect": 0.8, "half_life_days": 1.0}}
 
 
-class CorticosteroidEvent(_Event):
-    kind: Literal["corticosteroid"]
-    suppression: Annotated[float, Field(ge=0, le=1)] = 0.8
-    """Share of myeloid activation and IL-6 production suppressed right after the dose."""
-    half_life_days: PosFloat = 1.0
-    """Half-life of the suppression (dexamethasone, repeated doses: about a day)."""
+class DrugEvent(_Event):
+    """A drug against CRS (biology/patient.py ``DRUGS``): tocilizumab blocks a share of
+    IL-6 signalling (an IL-6 receptor antibody), a corticosteroid suppresses a share of
+    myeloid activation and IL-6 production (dexamethasone, repeated doses); the share
+    decays with the drug's half-life."""
+
+    kind: Literal["tocilizumab", "corticosteroid"]
+    effect: Annotated[float, Field(ge=0, le=1)]
+    """Share blocked (tocilizumab) or suppressed (corticosteroid) right after the dose
+    (default 0.9 and 0.8)."""
+    half_life_days: PosFloat
+    """Half-life of the effect (default 5 and 1 days)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drug_defaults(cls, data: Any):
+        if isinstance(data, dict) and data.get("kind") in DRUG_DEFAULTS:
+            data = {**DRUG_DEFAULTS[data["kind"]], **data}
+        return data
 
 
 TherapyEvent = Annotated[
-    InfusionEvent | LymphodepletionEvent | ResectionEvent | RadiotherapyEvent | MRDEvent | TocilizumabEvent
-    | CorticosteroidEvent,
+    InfusionEvent | LymphodepletionEvent | ResectionEvent | RadiotherapyEvent | MRDEvent | DrugEvent,
     Field(discriminator="kind"),
 ]
 
