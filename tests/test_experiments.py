@@ -28,7 +28,7 @@ from tme_abm.studies.experiments import analyse, available, find, load, run_expe
 from tme_abm.studies.experiments.analysis import compare, expectations, trend, verdict
 from tme_abm.studies.experiments.spec import CORRECTIONS, GROUPS, RATES, ExperimentConfig
 from tme_abm.studies.statistics import adjusted_p, auc_table, roc_auc, wilson
-from tme_abm.studies.sweep import SweepError, design_points
+from tme_abm.studies.sweep import Executor, SweepError, design_points
 from tme_abm.viz.study_figures import experiment_figures
 
 NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme",
@@ -50,7 +50,7 @@ def quick_runs(scheduler, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     out = {}
     for name in NAMES:
-        out[name] = run_experiment(name, root / name, quick=True, scheduler=scheduler, progress=False)
+        out[name] = run_experiment(name, root / name, Executor(scheduler=scheduler, progress=False), quick=True)
         out[name].update(experiment_figures(out[name]["out"]))
     return out
 
@@ -125,7 +125,7 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
 def test_rerun_runs_nothing_and_the_analysis_is_reproduced(quick_runs, scheduler):
     w = quick_runs["solid_vs_heme"]
     before = {k: w[k].read_bytes() for k in ("arms", "comparisons", "expectations", "timecourse")}
-    again = run_experiment("solid_vs_heme", w["out"], quick=True, scheduler=scheduler, progress=False)
+    again = run_experiment("solid_vs_heme", w["out"], Executor(scheduler=scheduler, progress=False), quick=True)
     table = pd.read_csv(again["out"] / "outcomes.csv")
     assert not table["ran"].any()
     assert {k: again[k].read_bytes() for k in before} == before
@@ -367,7 +367,7 @@ def test_an_undeclared_test_is_refused_and_an_exploratory_one_reported_apart(qui
     spec_path.write_text(yaml.safe_dump(data))
     manifest = (folder / "sweep.yaml").read_bytes()
     with pytest.raises(SweepError, match=r"experiment.expect.1 \(added after the runs\) was not declared"):
-        run_experiment(spec_path, folder, quick=True, scheduler=scheduler, progress=False)
+        run_experiment(spec_path, folder, Executor(scheduler=scheduler, progress=False), quick=True)
     assert (folder / "sweep.yaml").read_bytes() == manifest
     # through the recorded block: the analysis refuses too, and a dropped or changed test
     _edit_experiment(folder, lambda e: e["expect"].append(added))
@@ -393,14 +393,15 @@ def test_an_ensemble_grows_without_rerunning_finished_replicates(quick_runs, sch
     folder = tmp_path / "escape"
     shutil.copytree(quick_runs["antigen_escape"]["out"], folder)
     before = {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")}
-    grown = run_experiment("antigen_escape", folder, quick=True, replicates=3, scheduler=scheduler, progress=False)
+    executor = Executor(scheduler=scheduler, progress=False)
+    grown = run_experiment("antigen_escape", folder, executor, quick=True, replicates=3)
     table = pd.read_csv(folder / "outcomes.csv")
     assert len(table) == 6 and set(table[table["ran"]]["replicate"]) == {2} and table["ran"].sum() == 2
     assert {n: (folder / "runs" / n).read_bytes() for n in before} == before
     assert list(pd.read_csv(grown["arms"])["runs"]) == [3, 3]
     # read back at the smaller size: nothing runs, the analysis counts 2 per arm
     files = {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")}
-    again = run_experiment("antigen_escape", folder, quick=True, replicates=2, scheduler=scheduler, progress=False)
+    again = run_experiment("antigen_escape", folder, executor, quick=True, replicates=2)
     table = pd.read_csv(folder / "outcomes.csv")
     assert len(files) == 6 and not table[table["replicate"] < 2]["ran"].any()
     assert {p.name: p.read_bytes() for p in (folder / "runs").glob("*.h5")} == files

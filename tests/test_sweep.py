@@ -23,6 +23,7 @@ from tme_abm.engine.backend import _cupy_device_usable
 from tme_abm.studies.statistics import wilson
 from tme_abm.studies.summary import summarize_sweep
 from tme_abm.studies.sweep import (
+    Executor,
     SweepError,
     batches,
     gpu_cluster,
@@ -56,7 +57,7 @@ def without_timing(df: pd.DataFrame) -> pd.DataFrame:
 def two_workers(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep2")
     spec = spec_file(d)
-    return spec, d / "out", run_sweep(spec, d / "out", workers=2, progress=False)
+    return spec, d / "out", run_sweep(spec, d / "out", Executor(workers=2, progress=False))
 
 
 def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_workers, tmp_path):
@@ -69,7 +70,7 @@ def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_wor
         r = tme_abm.open_run(out / row["path"])
         assert r.attrs["seed"] == row["seed"] and r.config.car_t.initial_cells == row["car_t.initial_cells"]
         assert r.outcomes["peak_cytokine"] == pytest.approx(row["peak_cytokine"], rel=1e-12)
-    one = run_sweep(spec, tmp_path / "one", workers=1, progress=False)
+    one = run_sweep(spec, tmp_path / "one", Executor(workers=1, progress=False))
     pd.testing.assert_frame_equal(without_timing(one), without_timing(table))
 
 
@@ -78,7 +79,7 @@ def test_replicates_run_in_batches_write_what_they_write_alone(two_workers, tmp_
     time, every file and row is the same."""
     spec, out, table = two_workers
     assert batches(tasks(load_spec(spec)[0]), 2) == [[t, u] for t, u in zip(*[iter(tasks(load_spec(spec)[0]))] * 2)]
-    alone = run_sweep(spec, tmp_path / "alone", workers=1, progress=False, batch=1)
+    alone = run_sweep(spec, tmp_path / "alone", Executor(workers=1, progress=False, batch=1))
     pd.testing.assert_frame_equal(without_timing(alone), without_timing(table))
     for _, row in table.iterrows():
         assert_same_run(tmp_path / "alone" / row["path"], out / row["path"])
@@ -88,11 +89,11 @@ def test_failed_task_is_recorded_others_finish_and_rerun_runs_nothing_new(tmp_pa
     spec = spec_file(tmp_path, design={"kind": "grid", "parameters": {"car_t.initial_cells": [5, -3]}},
                      replicates=1)
     out = tmp_path / "out"
-    table = run_sweep(spec, out, workers=1, progress=False)
+    table = run_sweep(spec, out, Executor(workers=1, progress=False))
     assert list(table["status"]) == ["complete", "failed"]
     assert "car_t.initial_cells" in table["error"][1] and table["ran"][0]
     first = (out / "runs" / "p0000_r000.h5").stat().st_mtime_ns
-    again = run_sweep(spec, out, workers=1, progress=False)
+    again = run_sweep(spec, out, Executor(workers=1, progress=False))
     assert not again["ran"].any() and (out / "runs" / "p0000_r000.h5").stat().st_mtime_ns == first
     assert list(again["status"]) == ["complete", "failed"]  # the failure was retried, and failed again
 
@@ -123,7 +124,7 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     kept = read_table(out)
     assert 2 <= len(kept) < 6 and (kept["status"] == "complete").all()
-    table = run_sweep(spec, out, workers=1, progress=False)
+    table = run_sweep(spec, out, Executor(workers=1, progress=False))
     assert len(table) == 6 and (table["status"] == "complete").all()
     done_before = set(zip(kept["point"], kept["replicate"]))
     assert all(not r.ran for r in table.itertuples() if (r.point, r.replicate) in done_before)
@@ -207,7 +208,7 @@ def test_morris_design_gives_salib_indices(tmp_path):
               "parameters": {"car_t.initial_cells": [5, 40], "tumor.radius_sites": [3, 7]},
               "integer": ["car_t.initial_cells", "tumor.radius_sites"]}
     spec = spec_file(tmp_path, design=design, replicates=1)
-    table = run_sweep(spec, tmp_path / "out", workers=1, progress=False)
+    table = run_sweep(spec, tmp_path / "out", Executor(workers=1, progress=False))
     assert len(table) == 6 and (table["status"] == "complete").all()
     sens = pd.read_csv(summarize_sweep(tmp_path / "out")["sensitivity"])
     assert set(sens["parameter"]) == {"car_t.initial_cells", "tumor.radius_sites"}

@@ -28,7 +28,7 @@ from PIL import Image
 from tme_abm.config import load_config
 from tme_abm.io import RunFileError, open_run, run
 from tme_abm.studies.experiments import analyse
-from tme_abm.studies.sweep import load_spec, run_spec
+from tme_abm.studies.sweep import Executor, load_spec, run_spec
 from tme_abm.viz.web.data import FolderRuns, RunFrames, ViewError, resolve_under
 from tme_abm.viz.web.figures import MARKER
 from tme_abm.viz.web.live import LiveModel, live_config
@@ -71,7 +71,7 @@ def site(tmp_path_factory):
     spec_path = tmp / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     loaded, base = load_spec(spec_path)
-    run_spec(loaded, base, root / "experiment", workers=1, progress=False)
+    run_spec(loaded, base, root / "experiment", Executor(workers=1, progress=False))
     analyse(root / "experiment")
     return {"root": root, "run": root / "tiny.h5", "experiment": root / "experiment", "config": config,
             "outside": tmp / "outside.h5"}

@@ -286,8 +286,7 @@ def sweep(
         from .studies.sweep import SweepError, run_sweep
 
     try:
-        table = run_sweep(spec, out, workers=workers, scheduler=scheduler, gpus=_gpu_ids(gpus), extra_set=set_,
-                          progress=not quiet and sys.stderr.isatty(), batch=batch)
+        table = run_sweep(spec, out, _executor(workers, scheduler, gpus, batch, quiet), extra_set=set_)
     except SweepError as exc:
         _fail(str(exc))
     failed = int((table["status"] != "complete").sum())
@@ -352,8 +351,8 @@ def experiment(
             typer.echo(f"{n}: {' '.join(q.split())}")
         return
     try:
-        written = run_experiment(name, out, quick=quick, replicates=replicates, workers=workers, scheduler=scheduler,
-                                 gpus=_gpu_ids(gpus), progress=not quiet and sys.stderr.isatty(), batch=batch)
+        written = run_experiment(name, out, _executor(workers, scheduler, gpus, batch, quiet), quick=quick,
+                                 replicates=replicates)
     except SweepError as exc:
         _fail(str(exc))
     experiment_figures(written["out"])
@@ -364,13 +363,18 @@ def experiment(
         raise typer.Exit(1)
 
 
-def _gpu_ids(gpus: str | None) -> list | None:
-    if gpus is None:
-        return None
-    try:
-        return [int(g) for g in gpus.split(",") if g.strip()]
-    except ValueError:
-        _fail(f"--gpus {gpus!r}: expected device numbers, e.g. --gpus 0,1")
+def _executor(workers: int | None, scheduler: str | None, gpus: str | None, batch: int | None, quiet: bool):
+    """The studies' Executor from the command line's options (a progress bar on a terminal)."""
+    from .studies.sweep import Executor
+
+    ids = None
+    if gpus is not None:
+        try:
+            ids = tuple(int(g) for g in gpus.split(",") if g.strip())
+        except ValueError:
+            _fail(f"--gpus {gpus!r}: expected device numbers, e.g. --gpus 0,1")
+    return Executor(workers=workers, scheduler=scheduler, gpus=ids, progress=not quiet and sys.stderr.isatty(),
+                    batch=batch)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

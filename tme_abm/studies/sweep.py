@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -280,19 +281,41 @@ def _failed(row: dict, exc: BaseException) -> None:
     row["traceback"] = "".join(traceback.format_exception(exc, limit=3))
 
 
-def _client(spec: SweepSpec, workers: int | None, scheduler: str | None, gpus: list[int] | None):
+@dataclass(frozen=True)
+class Executor:
+    """Where and how a study's tasks run (``--workers``, ``--scheduler``, ``--gpus``,
+    ``--batch`` and the progress bar of ``tme-abm sweep`` and ``experiment``).
+
+    Attributes:
+        workers: local worker processes (default 1; ignored with a scheduler or GPUs).
+        scheduler: the address of a running Dask scheduler.
+        gpus: one worker per listed CUDA device (dask-cuda).
+        progress: show a progress bar.
+        batch: replicates of a point run together in one model (default
+            :func:`default_batch`).
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+    gpus: tuple[int, ...] | None = None
+    progress: bool = True
+    batch: int | None = None
+
+
+def _client(spec: SweepSpec, executor: Executor):
     """A dask.distributed Client for the sweep, and the cluster to close (or None)."""
     logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker start-up chatter
-    if scheduler:
-        return Client(scheduler), None
+    if executor.scheduler:
+        return Client(executor.scheduler), None
     if spec.cluster.kind in ("slurm", "pbs"):
         cluster = jobqueue_cluster(spec)
         cluster.scale(jobs=spec.cluster.jobs)
         return Client(cluster), cluster
-    if gpus:
-        cluster = gpu_cluster(gpus)
+    if executor.gpus:
+        cluster = gpu_cluster(executor.gpus)
     else:
-        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+        cluster = LocalCluster(n_workers=executor.workers or 1, threads_per_worker=1, processes=True,
+                               silence_logs=logging.ERROR,
                                dashboard_address=":0")  # any free port: sweeps can run side by side
     return Client(cluster), cluster
 
@@ -311,7 +334,7 @@ def jobqueue_cluster(spec: SweepSpec):
         raise SweepError(f"cluster.options for {spec.cluster.kind}: {exc}") from None
 
 
-def gpu_cluster(gpus: list[int]):
+def gpu_cluster(gpus: Sequence[int]):
     """One single-threaded worker process per listed GPU: dask-cuda's LocalCUDACluster,
     which puts each worker's own device first in its CUDA_VISIBLE_DEVICES (the device
     CuPy then uses). Devices the machine does not have are refused first."""
@@ -338,7 +361,7 @@ CPU_BATCH = 8
 gain per replicate levels off there, and smaller batches keep workers busy)."""
 
 
-def default_batch(spec: SweepSpec, base: Path, gpus: list[int] | None) -> int:
+def default_batch(spec: SweepSpec, base: Path, gpus: Sequence[int] | None) -> int:
     """Replicates per batch when ``--batch`` is not given: on GPU workers (``--gpus``, or a
     base config with ``backend: cupy``) all replicates of a point; else at most
     :data:`CPU_BATCH`."""
@@ -349,46 +372,42 @@ def default_batch(spec: SweepSpec, base: Path, gpus: list[int] | None) -> int:
     return spec.replicates if gpus or backend == "cupy" else min(spec.replicates, CPU_BATCH)
 
 
-def run_sweep(spec_path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
-              gpus: list[int] | None = None, extra_set: list[str] | None = None, progress: bool = True,
-              batch: int | None = None) -> pd.DataFrame:
+def run_sweep(spec_path, out_dir, executor: Executor = Executor(), *,
+              extra_set: list[str] | None = None) -> pd.DataFrame:
     """Run every task of a sweep not yet complete in ``out_dir``; returns the outcomes table."""
     spec, base = load_spec(spec_path, extra_set)
-    return run_spec(spec, base, out_dir, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress,
-                    batch=batch)
+    return run_spec(spec, base, out_dir, executor)
 
 
-def run_spec(spec: SweepSpec, base: Path, out_dir, *, workers: int | None = None, scheduler: str | None = None,
-             gpus: list[int] | None = None, progress: bool = True, batch: int | None = None) -> pd.DataFrame:
+def run_spec(spec: SweepSpec, base: Path, out_dir, executor: Executor = Executor()) -> pd.DataFrame:
     """Run a loaded spec (see :func:`run_sweep`), the replicates of each point in batches
-    of ``batch`` (default :func:`default_batch`). One sweep at a time runs in a folder: a
-    second is refused (SweepError naming the process that holds the folder)."""
-    if batch is not None and batch < 1:
-        raise SweepError(f"--batch {batch}: must be at least 1")
+    of ``executor.batch`` (default :func:`default_batch`). One sweep at a time runs in a
+    folder: a second is refused (SweepError naming the process that holds the folder)."""
+    if executor.batch is not None and executor.batch < 1:
+        raise SweepError(f"--batch {executor.batch}: must be at least 1")
     out = Path(out_dir)
     try:
         lock = WriterLock(out, "another sweep is running in this folder", lock_name=".sweep.lock").acquire()
     except LockedError as exc:
         raise SweepError(str(exc)) from None
     try:
-        size = batch or default_batch(spec, base, gpus)
-        return _run_locked(spec, base, out, workers, scheduler, gpus, progress, size)
+        return _run_locked(spec, base, out, executor)
     finally:
         lock.release()
 
 
-def _run_locked(spec: SweepSpec, base: Path, out: Path, workers, scheduler, gpus, progress,
-                size: int) -> pd.DataFrame:
+def _run_locked(spec: SweepSpec, base: Path, out: Path, executor: Executor) -> pd.DataFrame:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_manifest(spec, base, out)
     todo = tasks(spec)
     failed = 0
-    client, cluster = _client(spec, workers, scheduler, gpus)
+    size = executor.batch or default_batch(spec, base, executor.gpus)
+    client, cluster = _client(spec, executor)
     table = TableAppender(out, swept_keys(spec))
     try:
         futures = [client.submit(run_tasks, str(base), task_overrides(spec, b[0].params), b, str(out),
                                  key=f"{spec.name}-{b[0].name}-{len(b)}", pure=False) for b in batches(todo, size)]
-        bar = tqdm(total=len(todo), unit="replicate", desc=spec.name, disable=not progress)
+        bar = tqdm(total=len(todo), unit="replicate", desc=spec.name, disable=not executor.progress)
         for fut in as_completed(futures):
             rows = fut.result()
             for row in rows:

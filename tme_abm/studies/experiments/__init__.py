@@ -21,16 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sweep import read_manifest, run_spec
+from ..sweep import Executor, read_manifest, run_spec
 from .analysis import analyse
 from .spec import available, check_protocol, experiment_config, find, load
 
 __all__ = ["analyse", "available", "experiment_config", "find", "load", "run_experiment"]
 
 
-def run_experiment(name, out=None, *, quick: bool = False, replicates: int | None = None,
-                   workers: int | None = None, scheduler: str | None = None, gpus: list[int] | None = None,
-                   progress: bool = True, batch: int | None = None) -> dict:
+def run_experiment(name, out=None, executor: Executor = Executor(), *, quick: bool = False,
+                   replicates: int | None = None) -> dict:
     """Run (or finish, or grow to ``replicates`` per arm) an experiment's sweep and write
     its analysis (no figures); returns what was written by name plus ``out`` and
     ``failed`` (runs that did not complete). A folder whose runs were declared under
@@ -39,8 +38,7 @@ def run_experiment(name, out=None, *, quick: bool = False, replicates: int | Non
     out = Path(out) if out is not None else Path("runs") / "experiments" / spec.name
     if (out / "sweep.yaml").exists():
         check_protocol(exp, read_manifest(out), out)
-    table = run_spec(spec, base, out, workers=workers, scheduler=scheduler, gpus=gpus, progress=progress,
-                     batch=batch)
+    table = run_spec(spec, base, out, executor)
     written = analyse(out)
     written["out"] = out
     written["failed"] = int((table["status"] != "complete").sum())
