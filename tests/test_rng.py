@@ -4,13 +4,19 @@ are uniform and independent across cells and streams."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-import tme_abm.model  # noqa: F401 - registers every owner of streams
+import tme_abm.bench
+import tme_abm.model
+import tme_abm.studies.statistics
+import tme_abm.studies.sweep
 from tme_abm.engine import rng as crng
 from tme_abm.model import TMEModel
 
@@ -24,9 +30,20 @@ def _decode(stream: int) -> tuple[int, int, int, int]:
     return code, purpose, sub, part
 
 
-def test_the_owners_are_the_scheduler_the_populations_and_the_therapy():
+def test_the_owners_are_the_scheduler_the_populations_the_therapy_setup_patient_and_studies():
     assert [(s.code, s.name) for s in OWNERS] == [(0, "schedule"), (1, "tumor"), (2, "car_t"), (3, "monocyte"),
-                                                   (4, "granulocyte"), (5, "therapy")]
+                                                   (4, "granulocyte"), (5, "therapy"), (6, "setup"), (7, "patient"),
+                                                   (8, "sweep"), (9, "statistics"), (10, "bench")]
+
+
+def test_no_random_generator_is_seeded_outside_the_registry():
+    """Every NumPy generator or seed sequence of the package is made in engine/rng.py
+    (crng.generator, crng.derived_seed), from a registered stream."""
+    package = Path(tme_abm.model.__file__).parents[1]
+    found = [f"{p.relative_to(package)}:{i}" for p in package.rglob("*.py") if p.name != "rng.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"default_rng\(|SeedSequence\(|RandomState\(|np\.random\.seed\(", line)]
+    assert found == []
 
 
 @given(st.data())

@@ -9,11 +9,14 @@ import numpy as np
 
 from .biology.defaults import default_fields
 from .biology.fields import FieldSet
+from .engine import rng as crng
 from .engine.backend import make_backend
 from .engine.diffusion import DiffusionSolver, FieldGrid, Sources
 from .engine.lattice import FACES
 from .model import TMEModel
 
+_STREAMS = crng.streams(10, "bench", ("inputs",))
+"""The benchmarks' random inputs (fields, cell sites)."""
 
 def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str = "auto",
                     dt_min: float = 6.0, repeats: int = 5, warmup: int = 2, scheme: str = "lod") -> dict:
@@ -31,7 +34,7 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
     defaults = list(default_fields().values())
     diff = [defaults[i % len(defaults)]["diffusion_um2_per_min"] for i in range(n_fields)]
     decay = [defaults[i % len(defaults)]["decay_per_min"] for i in range(n_fields)]
-    rng = np.random.default_rng(0)
+    rng = crng.generator(0, _STREAMS("inputs"))
     init = rng.random((n_fields, *shape), dtype=np.float64)
     n_vox = int(np.prod(shape))
     faces = None

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from scipy.linalg import expm
 
+from ..engine import rng as crng
+
 BLOOD, TISSUE, DISEASE, MEMORY = range(4)
 """Indices of a product's compartments."""
 PULSES = ("boost", "blockade", "suppression")
@@ -52,9 +54,9 @@ PULSES = ("boost", "blockade", "suppression")
 DRUGS = {"tocilizumab": "blockade", "corticosteroid": "suppression"}
 """The drugs against CRS and the :class:`Pulse` each sets: tocilizumab blocks IL-6
 signalling, corticosteroids suppress myeloid activation and IL-6 production."""
-VARIABILITY_STREAM = 0x5EED_0018
-"""Second word of the seed sequence a patient's variability is drawn from (its own
-generator: no other setup draw moves when the variability changes)."""
+_STREAMS = crng.streams(7, "patient", ("variability",))
+"""A patient's variability is drawn from a generator of its own (no other setup draw
+moves when the variability changes)."""
 
 
 @dataclass
@@ -158,7 +160,7 @@ class Systemic:
     def for_patient(cls, cfg, seed: int, lattice_vessels: int) -> Systemic:
         """The patient of the replicate with ``seed``: its variability drawn from its own
         generator, the normal antigen-positive cells at their normal number."""
-        z = np.random.default_rng([seed, VARIABILITY_STREAM]).standard_normal(2)
+        z = crng.generator(seed, _STREAMS("variability")).standard_normal(2)
         v = cfg.variability
         return cls(cfg, disease_vessels=lattice_vessels * cfg.burden_scale, normal_antigen=cfg.normal_antigen_cells,
                    expansion_factor=math.exp(v.expansion * z[0]), cytokine_factor=math.exp(v.cytokine * z[1]))

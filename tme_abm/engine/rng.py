@@ -15,6 +15,12 @@ Stream numbers come from one registry (:func:`streams`): each owner (the schedul
 therapy timeline, each population) registers its purposes under a code of its own, and
 a stream is the mixed-radix number (owner, purpose, sub-step, part), so no two
 (owner, purpose, sub-step, part) share a stream, whatever the tick length.
+
+Draws made once rather than per cell and tick (a replicate's setup: vessels and initial
+cells; a patient's variability; a study's design points, task seeds and bootstrap) use
+NumPy generators seeded through the same registry (:func:`generator`,
+:func:`derived_seed`): a SeedSequence of (seed, registered stream, further words), so
+they cannot share a sequence with each other either.
 """
 
 from __future__ import annotations
@@ -115,6 +121,25 @@ def normal(xp, seed, tick: int, stream: int, ids):
     u = uniform(xp, seed, tick, stream, ids, n_slots=2)
     r = xp.sqrt(-2.0 * xp.log1p(-u[:, 0]))
     return r * xp.cos(2.0 * np.pi * u[:, 1])
+
+
+def seed_sequence(seed: int, stream: int, *words: int) -> np.random.SeedSequence:
+    """The SeedSequence of (``seed``, a registered ``stream``, ``words``...): the entropy of
+    every draw made once rather than per cell and tick."""
+    return np.random.SeedSequence([int(seed), int(stream), *(int(w) for w in words)])
+
+
+def generator(seed: int, stream: int, *words: int) -> np.random.Generator:
+    """A NumPy generator for one use of (``seed``, ``stream``, ``words``...) (a replicate's
+    setup, a patient's variability, a bootstrap)."""
+    return np.random.default_rng(seed_sequence(seed, stream, *words))
+
+
+def derived_seed(seed: int, stream: int, *words: int) -> int:
+    """A seed in [0, 2^63) derived from (``seed``, ``stream``, ``words``...): a task's run
+    seed, or the seed argument of a library that draws on its own (SALib)."""
+    state = seed_sequence(seed, stream, *words).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
 
 
 def permutation(tick: int, stream: int, n: int):

@@ -24,6 +24,9 @@ from ..engine.schedule import Stage, StagedScheduler
 from .readouts import REPORTED, rows
 
 VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
+_SETUP = crng.streams(6, "setup", ("vessels", "cells"))
+"""The setup draws of a replicate: its vessel layout and its initial cells, each from a
+generator of its own seeded by the replicate's seed (a change to one moves no draw of the other)."""
 
 
 def _check_room(key: str, wanted: int, free: int) -> None:
@@ -109,12 +112,12 @@ class TMEModel(mesa.Model):
         self.n_ticks = cfg.time.n_ticks
         self.time_min = 0.0
         lc = cfg.lattice
-        # setup draws (vessels, initial cells) come from one generator per replicate,
-        # seeded as a single run of that replicate seeds its own
-        setup = [np.random.default_rng(s) for s in self.seeds]
+        # setup draws (vessels, initial cells) come from generators per replicate, seeded
+        # from its seed as a single run of that replicate seeds its own
         n_grid = int(np.prod(lc.shape))
-        vessels = [r * n_grid + vessel_sites(lc.shape, lc.vessels.layout, g, lc.vessels.density,
-                                             lc.vessels.grid_spacing_sites) for r, g in enumerate(setup)]
+        vessels = [r * n_grid + vessel_sites(lc.shape, lc.vessels.layout, crng.generator(s, _SETUP("vessels")),
+                                             lc.vessels.density, lc.vessels.grid_spacing_sites)
+                   for r, s in enumerate(self.seeds)]
         self.lattice = Lattice(lc.shape, lc.spacing_um, np.concatenate(vessels), replicates=n_rep)
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
         self.vessel_keys = crng.key_of(self.vessels_dev // n_grid, self.vessels_dev % n_grid, xp)
@@ -147,7 +150,7 @@ class TMEModel(mesa.Model):
         self.monocytes = Monocytes(self, cfg.monocyte, RuleSet([cfg.monocyte.rules], xp))
         self.granulocytes = Granulocytes(self, cfg.granulocyte, RuleSet([cfg.granulocyte.rules], xp))
         self.populations = [self.tumor, self.car_t, self.monocytes, self.granulocytes]
-        self._place_initial_cells(setup)
+        self._place_initial_cells([crng.generator(s, _SETUP("cells")) for s in self.seeds])
 
         t, c, mo, g = self.tumor, self.car_t, self.monocytes, self.granulocytes
         self.timeline = therapy.schedule(cfg)

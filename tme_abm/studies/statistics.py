@@ -12,7 +12,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..engine import rng as crng
+
 CONFIDENCE = 0.95
+_STREAMS = crng.streams(9, "statistics", ("bootstrap",))
+"""The bootstrap's resamples, from the study's seed."""
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -72,7 +76,7 @@ def _bootstrap(statistic, label: np.ndarray, seed: int, n_boot: int) -> tuple[fl
     pos, neg = np.flatnonzero(label), np.flatnonzero(~label)
     if min(len(pos), len(neg)) < 2:
         return math.nan, math.nan, np.zeros(0)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA0C]))
+    rng = crng.generator(seed, _STREAMS("bootstrap"))
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # handled below
         res = stats.bootstrap((pos, neg), statistic, n_resamples=n_boot, confidence_level=CONFIDENCE,

@@ -33,12 +33,16 @@ from SALib.sample import latin, morris, sobol
 from tqdm import tqdm
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, load_yaml, read_yaml
+from ..engine import rng as crng
 from ..engine.backend import cuda_device_count
 from ..io import RunFileError, open_run
 from ..io.lock import LockedError, WriterLock
 from ..io.runner import run_batch
 from .errors import SweepError
 from .table import TableAppender, read_table
+
+_STREAMS = crng.streams(8, "sweep", ("design", "task"))
+"""A sweep's sampled design points and its tasks' run seeds, from the sweep seed."""
 
 SAMPLED = ("random", "lhs", "sobol", "morris")
 
@@ -159,13 +163,14 @@ def unit_samples(spec: SweepSpec) -> np.ndarray:
     """(n_points, D) samples of a sampled design in the SALib problem's space."""
     d = spec.design
     prob = problem(spec)
+    seed = crng.derived_seed(spec.seed, _STREAMS("design"))
     if d.kind == "sobol":
-        return sobol.sample(prob, d.samples, calc_second_order=False, seed=spec.seed)
+        return sobol.sample(prob, d.samples, calc_second_order=False, seed=seed)
     if d.kind == "morris":
-        return morris.sample(prob, d.samples, num_levels=d.levels, seed=spec.seed)
+        return morris.sample(prob, d.samples, num_levels=d.levels, seed=seed)
     if d.kind == "lhs":
-        return latin.sample(prob, d.samples, seed=spec.seed)
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5EED]))
+        return latin.sample(prob, d.samples, seed=seed)
+    rng = crng.generator(spec.seed, _STREAMS("design"))
     lo, hi = np.array(prob["bounds"]).T
     return lo + (hi - lo) * rng.random((d.samples, len(lo)))
 
@@ -191,8 +196,7 @@ def design_points(spec: SweepSpec) -> list[dict]:
 
 def task_seed(sweep_seed: int, point: int, replicate: int) -> int:
     """The run seed of one task: a hash of (sweep seed, point, replicate) in [0, 2^63)."""
-    state = np.random.SeedSequence([sweep_seed, point, replicate]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+    return crng.derived_seed(sweep_seed, _STREAMS("task"), point, replicate)
 
 
 def swept_keys(spec: SweepSpec) -> list[str]:
