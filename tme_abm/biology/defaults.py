@@ -14,14 +14,17 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 DATA = Path(__file__).with_name("data")
 
-_MODULATOR_KEYS = {"signal": str, "direction": str, "low": lambda s: {"true": True, "false": False}[s],
-                   "half_max": float, "hill_power": float, "max_effect": float}
+_MODULATOR_KEYS: dict[str, Callable[[str], Any]] = {
+    "signal": str, "direction": str, "low": lambda s: {"true": True, "false": False}[s],
+    "half_max": float, "hill_power": float, "max_effect": float}
 
 
 @functools.cache

@@ -63,7 +63,7 @@ class FieldSet:
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.perfused = [i for i, n in enumerate(self.names) if getattr(fields[n], "perfused", False)]
         self.capillary_radius_um = capillary_radius_um
-        self.microvessels = None
+        self.microvessels: np.ndarray | None = None
         if self.perfused:
             self.set_microvessels(np.zeros((lattice.replicates, lattice.n_grid)) if microvessels is None
                                   else microvessels)
@@ -71,12 +71,13 @@ class FieldSet:
     def set_microvessels(self, density_per_um2: np.ndarray) -> None:
         """Set the (R, n_grid) microvessel densities (per um^2, host) and with them every
         perfused field's exchange rate and supply at each site."""
-        self.microvessels = np.array(density_per_um2, dtype=np.float64).reshape(self.lattice.replicates, -1)
+        density = np.array(density_per_um2, dtype=np.float64).reshape(self.lattice.replicates, -1)
+        self.microvessels = density
         nf, n = len(self.names), self.lattice.n_sites
         kappa = np.zeros((nf, n))
         for f in self.perfused:
             spec = self._specs[self.names[f]]
-            kappa[f] = krogh_exchange_per_min(spec.diffusion_um2_per_min, self.microvessels.reshape(-1),
+            kappa[f] = krogh_exchange_per_min(spec.diffusion_um2_per_min, density.reshape(-1),
                                               self.capillary_radius_um)
         values = np.array([0.0 if self._specs[x].vessel_value is None else self._specs[x].vessel_value
                            for x in self.names])
@@ -87,7 +88,9 @@ class FieldSet:
     def scale_microvessels(self, sites, factor: float) -> None:
         """Multiply the microvessel density at flat ``sites`` ((k,) host, all replicates)
         by ``factor`` (radiotherapy's vascular normalisation), up to the largest density
-        at which the Krogh term is defined."""
+        at which the Krogh term is defined (nothing without a perfused field)."""
+        if self.microvessels is None:
+            return
         m = self.microvessels.reshape(-1).copy()
         sites = np.asarray(sites, dtype=np.int64)
         top = max_density_per_mm2(self.capillary_radius_um) * PER_MM2
@@ -99,9 +102,9 @@ class FieldSet:
         (field units per minute; 1/minute), zero where a field names no rate for it."""
         r = self._rates.get(kind)
         if r is None:
-            r = self._rates[kind] = tuple(
-                np.array([getattr(self._specs[n], key).get(kind, 0.0) for n in self.names])
-                for key in ("secretion_per_min", "uptake_per_min"))
+            sec, upt = (np.array([getattr(self._specs[n], key).get(kind, 0.0) for n in self.names])
+                        for key in ("secretion_per_min", "uptake_per_min"))
+            r = self._rates[kind] = (sec, upt)
         return r
 
     @property

@@ -11,6 +11,8 @@ table ``data/rules.csv``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -21,7 +23,8 @@ def hill(s, half_max, power, xp):
         # (s/K)^n by repeated squaring: much cheaper than exp/log; s/K is capped so
         # that x^16 stays finite (H is then 1 to double precision anyway)
         x = xp.minimum(xp.maximum(s, 0.0) / half_max, 1e15)
-        xn, base, k = None, x, int(n)
+        xn: Any = None
+        base, k = x, int(n)
         while k:
             if k & 1:
                 xn = base if xn is None else xn * base

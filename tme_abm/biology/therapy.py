@@ -29,10 +29,12 @@ run file. What each event does (docs/model.md, "Therapy"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..engine import rng as crng
+from .host import Host
 from .populations.population import index_mask
 from .populations.tumor import ALIVE, APOPTOTIC
 
@@ -47,7 +49,8 @@ class Scheduled:
     minute: float
     day: float
     index: int
-    event: object
+    event: Any
+    """The config's event (``therapy.<index>``)."""
 
 
 def schedule(cfg) -> list[Scheduled]:
@@ -59,7 +62,7 @@ def schedule(cfg) -> list[Scheduled]:
     return sorted(out, key=lambda s: (s.minute, s.index))
 
 
-def apply(model, item: Scheduled) -> list[dict]:
+def apply(model: Host, item: Scheduled) -> list[dict]:
     """Apply one firing to every replicate of ``model``; returns each replicate's log
     entry (host scalars)."""
     e = item.event
@@ -69,7 +72,7 @@ def apply(model, item: Scheduled) -> list[dict]:
             for done in fn(model, e, item)]
 
 
-def _by_replicate(model, pop, idx):
+def _by_replicate(model: Host, pop, idx):
     """Per replicate r, the positions among ``idx`` ((k,) indices into ``pop``) of its
     cells, in order (host); one replicate: all of them."""
     xp = model.backend.xp
@@ -79,7 +82,7 @@ def _by_replicate(model, pop, idx):
     return [xp.asarray(np.flatnonzero(rep == r)) for r in range(model.replicates)]
 
 
-def _infusion(model, e, item) -> list[dict]:
+def _infusion(model: Host, e, item) -> list[dict]:
     out = []
     burden, myeloid = model.burden(), model.myeloid_per_tumor()
     for r, rep in enumerate(model.replicas):
@@ -96,7 +99,7 @@ def _infusion(model, e, item) -> list[dict]:
     return out
 
 
-def _kill_myeloid(model, fraction: float, purpose: str) -> np.ndarray:
+def _kill_myeloid(model: Host, fraction: float, purpose: str) -> np.ndarray:
     """Remove each of the lattice's monocytes and granulocytes with probability
     ``fraction`` (a number keyed by its id, from the stream ``purpose``); returns the
     (R,) cells removed per replicate (host)."""
@@ -110,14 +113,14 @@ def _kill_myeloid(model, fraction: float, purpose: str) -> np.ndarray:
     return removed
 
 
-def _lymphodepletion(model, e, item) -> list[dict]:
+def _lymphodepletion(model: Host, e, item) -> list[dict]:
     removed = _kill_myeloid(model, e.myeloid_kill_fraction, "lymphodepletion")
     for rep in model.replicas:
         rep.systemic.lymphodeplete(e.expansion_boost, item.minute, e.boost_days * 1440.0)
     return [{"myeloid_removed": int(k)} for k in removed]
 
 
-def _resection(model, e, item) -> list[dict]:
+def _resection(model: Host, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     n = len(t)
@@ -166,7 +169,7 @@ def lq_survival(dose_eff, alpha: float, beta: float, xp=np):
     return xp.exp(-alpha * dose_eff - beta * dose_eff**2)
 
 
-def _radiotherapy(model, e, item) -> list[dict]:
+def _radiotherapy(model: Host, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
@@ -184,14 +187,14 @@ def _radiotherapy(model, e, item) -> list[dict]:
         if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
             model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
         t.data["bystander"][survivors] = xp.maximum(t.data["bystander"][survivors], e.bystander_sensitization)
-    if e.perfusion_gain != 1.0 and model.fields.microvessels is not None and len(t):
+    if e.perfusion_gain != 1.0 and len(t):
         model.fields.scale_microvessels(np.unique(model.backend.to_host(t.data["site"])), e.perfusion_gain)
     killed = model.host_counts(model.count(t, index_mask(xp, len(t), dead)))[0]
     myeloid = _kill_myeloid(model, e.myeloid_kill_fraction, "radiotherapy_myeloid")
     return [{"tumor_killed": int(k), "dose_gy": e.dose_gy, "myeloid_killed": int(n)} for k, n in zip(killed, myeloid)]
 
 
-def _mrd(model, e, item) -> list[dict]:
+def _mrd(model: Host, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
@@ -208,7 +211,7 @@ def _mrd(model, e, item) -> list[dict]:
     return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]
 
 
-def _drug(model, e, item) -> list[dict]:
+def _drug(model: Host, e, item) -> list[dict]:
     tau = e.half_life_days * 1440.0 / np.log(2)
     for rep in model.replicas:
         rep.systemic.give_drug(e.kind, e.effect, item.minute, float(tau))

@@ -18,6 +18,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+Array = Any
+"""A NumPy or CuPy array (what ``Backend.xp`` makes); its shape and dtype are in the docstrings."""
+
 BACKEND_ENV = "TME_ABM_BACKEND"
 BACKEND_CHOICES = ("auto", "numpy", "cupy")
 DTYPE_CHOICES = ("float32", "float64")

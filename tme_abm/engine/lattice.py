@@ -6,6 +6,9 @@ import itertools
 
 import numpy as np
 
+VESSEL = -1
+"""Occupancy code of a vessel site (no cell can sit there; free sites are 0, cells their
+population's code)."""
 FACES = ("zmin", "zmax", "ymin", "ymax", "xmin", "xmax")
 """Domain faces, low and high per axis, in C axis order (a 2D lattice has the last four)."""
 

@@ -8,12 +8,50 @@ the order cells sit in memory nor on the order of the candidates.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import numpy as np
 
 from . import rng as crng
+from .backend import Array, Backend
+from .lattice import Lattice
 
 
-def free_neighbours(model, sites):
+class FieldSampler(Protocol):
+    def at(self, name: str, sites: Array) -> Array:
+        """(k,) values of field ``name`` at flat ``sites`` ((k,))."""
+        ...
+
+
+class Grid(Protocol):
+    """What a move needs from the model: where the arrays live, the lattice and its
+    occupancy (0 free, -1 vessel, a population's code), the fields a walk climbs, the
+    tick length, and what keys its random numbers (one seed per replicate, the tick)."""
+
+    backend: Backend
+    lattice: Lattice
+    occupancy: Array
+    """(n_sites,) int8 occupancy codes."""
+    dt_min: float
+    seeds: tuple[int, ...]
+    steps: int
+
+    @property
+    def fields(self) -> FieldSampler: ...
+
+
+class Walker(Protocol):
+    """What a walk needs from a population: its model, its cell columns (``site`` and
+    ``id``), its random-number streams and how it moves cells."""
+
+    model: Grid
+    data: dict[str, Any]
+    streams: crng.Streams
+
+    def move_to(self, idx: Array, sites: Array) -> None: ...
+
+
+def free_neighbours(model: Grid, sites: Array) -> Array:
     """(k, m) flat Moore neighbours of ``sites`` that are inside and empty, else -1."""
     xp = model.backend.xp
     nb = model.lattice.neighbours(sites, xp)
@@ -21,7 +59,7 @@ def free_neighbours(model, sites):
     return xp.where(free, nb, -1)
 
 
-def choose(model, candidates, keys, stream: int, weights=None):
+def choose(model: Grid, candidates: Array, keys: Array, stream: int, weights: Array | None = None) -> Array:
     """One candidate per row, at random with probability proportional to ``weights``.
 
     Args:
@@ -44,7 +82,7 @@ def choose(model, candidates, keys, stream: int, weights=None):
     return xp.where(total > 0, chosen, -1)
 
 
-def resolve_conflicts(model, targets, keys, stream: int):
+def resolve_conflicts(model: Grid, targets: Array, keys: Array, stream: int) -> Array:
     """(k,) bool: which claimants get their target site. Among rows with the same
     target (>= 0) the lowest random priority wins; rows with target -1 never win."""
     xp = model.backend.xp
@@ -63,12 +101,12 @@ def resolve_conflicts(model, targets, keys, stream: int):
     return win & (targets >= 0)
 
 
-def mean_step_sites(lattice) -> float:
+def mean_step_sites(lattice: Lattice) -> float:
     """Mean length of a Moore move, in sites (2D: 1.207, 3D: 1.41)."""
     return float(np.linalg.norm(lattice.offsets, axis=1).mean())
 
 
-def gradient_direction(model, field: str, sites):
+def gradient_direction(model: Grid, field: str, sites: Array) -> Array:
     """(k, ndim) unit gradient of ``field`` at ``sites`` (central differences, one-sided
     at faces), zero where the field is flat."""
     xp = model.backend.xp
@@ -86,7 +124,7 @@ def gradient_direction(model, field: str, sites):
     return xp.where(norm > 1e-12, g / xp.maximum(norm, 1e-300), 0.0)
 
 
-def walk(pop, movers, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> None:
+def walk(pop: Walker, movers: Array, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> None:
     """Biased random walk of cells ``movers`` ((k,) indices) over one tick.
 
     A cell makes on average ``speed * dt / (dx * mean step)`` Moore moves per tick, in

@@ -13,10 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import rng as crng
 
 _STREAMS = crng.streams(0, "schedule", ("order",))  # sub-step: the stage
+
+
+class Clock(Protocol):
+    steps: int
+    """Ticks done (the tick a stage's random order is drawn for)."""
 
 
 @dataclass
@@ -32,7 +38,7 @@ class StagedScheduler:
     """Runs ``stages`` in order, once per tick (a Mesa-style staged activation of
     population agents that hold arrays, instead of one object per cell)."""
 
-    def __init__(self, model, stages: list[Stage]):
+    def __init__(self, model: Clock, stages: list[Stage]):
         self.model = model
         self.stages = stages
         self.seconds = {st.name: 0.0 for st in stages}

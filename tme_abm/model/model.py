@@ -12,18 +12,17 @@ from ..biology.growth import niche_step
 from ..biology.outcomes import History, compute_outcomes
 from ..biology.patient import Lesion, Product, Systemic
 from ..biology.perfusion import microvessel_map
-from ..biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
+from ..biology.populations import CarTCells, Granulocytes, Monocytes, Population, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.populations.tumor import ANTIGEN_NEGATIVE
 from ..biology.rules import RuleSet
 from ..config import ConfigError, check_memory, resolve_config, run_work
 from ..engine import rng as crng
-from ..engine.backend import Backend, make_backend
-from ..engine.lattice import Lattice, vessel_sites
+from ..engine.backend import Array, Backend, make_backend
+from ..engine.lattice import VESSEL, Lattice, vessel_sites
 from ..engine.schedule import Stage, StagedScheduler
 from .readouts import REPORTED, rows
 
-VESSEL = -1  # occupancy code of vessel sites (no cell can sit there)
 _SETUP = crng.streams(6, "setup", ("vessels", "cells"))
 """The setup draws of a replicate: its vessel layout and its initial cells, each from a
 generator of its own seeded by the replicate's seed (a change to one moves no draw of the other)."""
@@ -91,8 +90,6 @@ class TMEModel(mesa.Model):
         **overrides: dotted config keys, e.g. ``TMEModel("configs/baseline.yaml",
             **{"car_t.initial_cells": 200})`` (this is how ``mesa.batch_run`` varies them).
     """
-
-    VESSEL = VESSEL
 
     def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None,
                  seeds=None, **overrides):
@@ -271,7 +268,7 @@ class TMEModel(mesa.Model):
         """Current day relative to the (first) infusion."""
         return self.config.start_day + self.time_min / 1440.0
 
-    def count(self, pop, mask=None, weights=None):
+    def count(self, pop: Population, mask: Array | None = None, weights: Array | None = None) -> Array:
         """(R,) int64 device array: cells of ``pop`` per replicate, those where ``mask``
         ((n,) bool) is true, or the sum of ``weights`` ((n,) ints) over the cells. Read
         on the host together with others (one copy), as the callers here do."""
@@ -355,7 +352,7 @@ class TMEModel(mesa.Model):
 
     # ---- helpers used by the populations ---------------------------------------------
 
-    def site_owner(self, pop):
+    def site_owner(self, pop: Population) -> Array:
         """(n_sites,) index into ``pop`` of the cell at each site, -1 elsewhere (cached
         until the population changes)."""
         xp = self.backend.xp

@@ -3,10 +3,15 @@ the DataCollector) and the table of every cell (a cell snapshot)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..engine.lattice import axis_names
 from ..engine.rng import ID_BITS
+
+if TYPE_CHECKING:  # a type only: the model imports this module
+    from .model import TMEModel
 
 REPORTED = (
     "tumor_alive", "tumor_necrotic", "tumor_apoptotic", "tumor_killed", "tumor_antigen_negative",
@@ -17,7 +22,7 @@ REPORTED = (
 """Model reporters of the DataCollector (host scalars; one column each)."""
 
 
-def rows(model) -> list[dict[str, float]]:
+def rows(model: TMEModel) -> list[dict[str, float]]:
     """The state of ``model`` now as host scalars, one row per replicate: tick and time,
     every population's counts, mean/min/max of every field, mean pH and hypoxic
     fraction, the patient (day, burden, blood CAR T, systemic cytokine, CRS grade) and
@@ -45,7 +50,7 @@ def rows(model) -> list[dict[str, float]]:
     return out
 
 
-def _derived_field_summaries(model) -> dict:
+def _derived_field_summaries(model: TMEModel) -> dict:
     """(R,) device arrays: mean pH from the proton field (pH = 6 - log10(H+ in uM)) and
     fraction of voxels below ``output.hypoxic_threshold_mmHg`` of oxygen, per replicate."""
     f = model.fields
@@ -75,7 +80,7 @@ def grouped_median(values, group, n_groups: int, xp):
     return xp.where(counts > 0, med, xp.nan)
 
 
-def _site_medians(model) -> dict:
+def _site_medians(model: TMEModel) -> dict:
     """(R,) device arrays per replicate: medians of oxygen, adenosine and pH at the alive
     tumor cells' sites and of oxygen at the sites with no cell (normal tissue or marrow),
     the measures the literature reports (docs/model.md, "Lesion calibration")."""
@@ -97,7 +102,7 @@ def _site_medians(model) -> dict:
     return out
 
 
-def cell_table(model, replicate: int = 0) -> dict[str, np.ndarray]:
+def cell_table(model: TMEModel, replicate: int = 0) -> dict[str, np.ndarray]:
     """Every cell of ``replicate`` now, as host columns of equal length: the lattice
     indices of its site along each axis, named in C order (``y``, ``x``; ``z``, ``y``,
     ``x`` in 3D; int32), ``type`` (int8 occupancy code: 1 tumor, 2 CAR T, 3 monocyte,

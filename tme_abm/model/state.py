@@ -7,12 +7,18 @@ resumes as a single run and the other way round."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..engine.diffusion import Sources
+from ..engine.lattice import VESSEL
+
+if TYPE_CHECKING:  # a type only: the model imports this module
+    from .model import TMEModel
 
 
-def get_state(model, replicate: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+def get_state(model: TMEModel, replicate: int = 0) -> tuple[dict[str, np.ndarray], dict]:
     """The state of ``replicate`` of ``model`` (a TMEModel): ``(arrays, meta)``.
 
     ``arrays`` maps "group/name" to host arrays (cell columns per population, the field
@@ -50,7 +56,7 @@ def get_state(model, replicate: int = 0) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def set_state(model, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
+def set_state(model: TMEModel, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
     """Restore every replicate of ``model`` (built from the same config and seeds), one
     state from :func:`get_state` per replicate, all at the same tick."""
     xp = model.backend.xp
@@ -70,7 +76,7 @@ def set_state(model, states: list[tuple[dict[str, np.ndarray], dict]]) -> None:
         rep.history.set_arrays({k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")})
     model.update_products()
     model.occupancy[...] = 0
-    model.occupancy[model.vessels_dev] = model.VESSEL
+    model.occupancy[model.vessels_dev] = VESSEL
     for p in model.populations:
         prefix = f"{p.kind}/"
         p.set_state([({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},

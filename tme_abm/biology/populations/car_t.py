@@ -39,6 +39,7 @@ import math
 import numpy as np
 
 from ...engine import rng as crng
+from ...engine.lattice import VESSEL
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
 from .population import Population, index_mask, rate_to_prob
@@ -336,7 +337,7 @@ class CarTCells(Population):
         if len(self) == 0 or p.egress_per_min <= 0 or int(m.vessels_dev.shape[0]) == 0:
             return
         nb = m.lattice.neighbours(self.data["site"], xp)
-        at_vessel = ((nb >= 0) & (m.occupancy[xp.maximum(nb, 0)] == m.VESSEL)).any(axis=1) & ~self.engaged
+        at_vessel = ((nb >= 0) & (m.occupancy[xp.maximum(nb, 0)] == VESSEL)).any(axis=1) & ~self.engaged
         leaving = self.draw(xp.flatnonzero(at_vessel), p.egress_per_min, "egress", "egress")
         if leaving.size == 0:
             return

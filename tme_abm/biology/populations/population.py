@@ -14,7 +14,9 @@ import mesa
 import numpy as np
 
 from ...engine import rng as crng
+from ...engine.backend import Array
 from ...engine.moves import choose, free_neighbours, resolve_conflicts
+from ..host import Host
 from ..rules import RuleSet
 
 
@@ -62,6 +64,7 @@ class Population(mesa.Agent):
     :func:`~tme_abm.engine.rng.key_of`) are always present.
     """
 
+    model: Host
     kind: ClassVar[str]
     code: ClassVar[int]
     streams: ClassVar[crng.Streams]
@@ -75,7 +78,7 @@ class Population(mesa.Agent):
     supplied_signals: ClassVar[frozenset[str]] = frozenset()
     """Signals only the caller can give (``extra`` of :meth:`factor`), never sensed."""
 
-    def __init__(self, model, params, rules: RuleSet):
+    def __init__(self, model: Host, params, rules: RuleSet):
         super().__init__(model)
         self.xp = model.backend.xp
         self.params = params
@@ -102,7 +105,7 @@ class Population(mesa.Agent):
 
     # ---- adding and removing cells ---------------------------------------------------
 
-    def add(self, sites, how: str = "born", **values) -> None:
+    def add(self, sites: Array, how: str = "born", **values) -> None:
         """Append cells at free ``sites`` ((k,) flat); unspecified columns get their fill."""
         xp = self.xp
         sites = xp.asarray(sites, dtype=xp.int64)
@@ -141,7 +144,7 @@ class Population(mesa.Agent):
         self.model.occupancy[new["site"]] = self.code
         self.events[how] += k
 
-    def remove(self, mask, how: str = "died") -> int:
+    def remove(self, mask: Array, how: str = "died") -> int:
         """Remove the cells where ``mask`` ((n,) bool) is true; free their sites."""
         n = int(self.model.backend.to_host(mask.sum()))  # the compacted length: a host value
         if n == 0:
@@ -181,7 +184,7 @@ class Population(mesa.Agent):
         win = resolve_conflicts(m, target, keys, self.streams(purpose, part=2))
         return target[win]
 
-    def move_to(self, idx, sites) -> None:
+    def move_to(self, idx: Array, sites: Array) -> None:
         """Move cells ``idx`` to free ``sites`` (both (k,))."""
         occ = self.model.occupancy
         occ[self.data["site"][idx]] = 0
@@ -191,7 +194,7 @@ class Population(mesa.Agent):
         self.data["site"] = site
         self._version += 1
 
-    def index_of(self, ids):
+    def index_of(self, ids: Array) -> Array:
         """(k,) positions of the cells with ``ids``, -1 for ids no longer present."""
         xp = self.xp
         ids = xp.asarray(ids, dtype=xp.int64)

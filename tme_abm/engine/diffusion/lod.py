@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import Backend, make_backend
+from ..backend import Array, Backend, make_backend
 from .cuda import SKIP, cuda_rotate, cuda_sweep, cuda_sweep_sink
 from .grid import FieldGrid
 from .thomas import (
@@ -92,9 +92,9 @@ class Sources:
         uptake: (F, k) uptake rates, 1/minute (first-order consumption).
     """
 
-    sites: object
-    secretion: object
-    uptake: object
+    sites: Array
+    secretion: Array
+    uptake: Array
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class LODSolver:
         # Vessel voxels: one flat-index array per layout the buffer passes through.
         self._vessel_fields = np.zeros(0, dtype=np.int64)
         self._vessel_index: list = []
-        self._vessel_vals = None
+        self._vessel_vals: Array = None
         fixed = np.flatnonzero(~np.isnan(grid.vessel_values))
         if len(grid.vessel_sites) and len(fixed):
             for layout in range(nd):
@@ -154,15 +154,15 @@ class LODSolver:
             self._vessel_vals = xp.asarray(grid.vessel_values[fixed][:, None], self.dtype)
         self._lead = 0  # buffer layout: canonical axes in the order _layout_axes(_lead)
         self._apply_vessels(0, self._buf[0], range(nf))
-        self._sink_scratch: dict[int, object] = {}
+        self._sink_scratch: dict[int, Array] = {}
         # (sites array, layout, buffer indices) of the last sample(); callers must not
         # modify a sites array in place after sampling with it
-        self._last_sample = None
+        self._last_sample: tuple[Array, int, Array] | None = None
 
-        self._dt = None
+        self._dt = 0.0  # no step yet: set_dt sets it
         self._coeffs: list[AxisCoefficients] = []
         self._dev_coeffs: list = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | _InlineExecutor | None = None
         self.set_dt(dt_min)
 
     # ---- public API ------------------------------------------------------------------
@@ -229,8 +229,7 @@ class LODSolver:
         for _ in range(n_steps):
             # Alternate the axis order so the step starts on the axis that already leads.
             order = list(range(self.ndim)) if self._lead == 0 else list(range(self.ndim - 1, -1, -1))
-            if plan is not None:
-                self._apply_secretion(plan)
+            self._apply_secretion(plan)
             if self.backend.is_gpu:
                 self._sweeps_gpu(order, plan)
             else:
@@ -298,14 +297,13 @@ class LODSolver:
             if f in fields:
                 buf[f, idx] = self._vessel_vals[j]
 
-    def _source_plan(self, s: Sources | None) -> dict | None:
-        """Per-layout site indices, secretion increments and uptake diagonals for ``s``."""
-        if s is None:
-            return None
+    def _source_plan(self, s: Sources | None) -> dict:
+        """Per-layout site indices, secretion increments and uptake diagonals for ``s``
+        (none of them without cells)."""
         xp = self.backend.xp
+        if s is None or int(s.sites.shape[0]) == 0:
+            return {"index": None, "secretion": {}, "sinks": {}}
         sites = xp.asarray(s.sites, dtype=xp.int64)
-        if sites.size == 0:
-            return None
         upt = xp.asarray(s.uptake, dtype=self.dtype)
         index = [self._site_index(sites, lead) for lead in range(self.ndim)]
         has_uptake = self.backend.to_host((upt > 0).any(axis=1))
@@ -318,10 +316,9 @@ class LODSolver:
         }
 
     def _apply_secretion(self, plan: dict) -> None:
-        idx = plan["index"][self._lead]
         buf = self._buf[self._cur]
         for f, amount in plan["secretion"].items():
-            buf[f, idx] += amount
+            buf[f, plan["index"][self._lead]] += amount
 
     def _sink_diagonal(self, plan: dict, f: int, lead: int):
         """(R * N,) extra diagonal dt*U/ndim of field ``f`` in the layout led by ``lead``."""
@@ -383,7 +380,7 @@ class LODSolver:
         return blocks
 
     def _sweep_block_cpu(self, src, axis: int, f0: int, f1: int, w0: int, w1: int, sinks: dict,
-                         plan: dict | None) -> None:
+                         plan: dict) -> None:
         """Solve the lines of fields f0:f1, columns w0:w1 of ``src`` (F, R, n, W), in place."""
         c = self._coeffs[axis]
         n_rep = self.replicates
@@ -426,7 +423,7 @@ class LODSolver:
                 block *= c.invb[f:g, None, None, None]
             f = g
 
-    def _sweeps_cpu(self, order: list[int], plan: dict | None) -> None:
+    def _sweeps_cpu(self, order: list[int], plan: dict) -> None:
         """All axis sweeps on NumPy: the main thread sweeps block after block while a
         helper thread writes finished blocks, transposed, into the other buffer."""
         if self._pool is None:
@@ -454,7 +451,7 @@ class LODSolver:
                         for fut in pending[f]:
                             fut.result()
                         self._apply_vessels(axis, src_flat, (f,))
-                        if plan is not None and f in plan["sinks"]:
+                        if f in plan["sinks"]:
                             sinks[f] = self._sink_coefficients_cpu(plan, f, axis)
                         ready.add(f)
                 self._sweep_block_cpu(src, axis, f0, f1, w0, w1, sinks, plan)
@@ -478,12 +475,12 @@ class LODSolver:
                 fut.result()
         self._apply_vessels(self._lead, self._buf[self._cur], range(nf))
 
-    def _sweeps_gpu(self, order: list[int], plan: dict | None) -> None:
+    def _sweeps_gpu(self, order: list[int], plan: dict) -> None:
         """All axis sweeps with the CUDA kernels (kernels/lod_sweep.cu, kernels/lod_rotate.cu)."""
         xp = self.backend.xp
         nf, N, n_rep = self.n_fields, self.n_sites, self.replicates
         slabs = nf * n_rep  # (field, replicate) pairs, each an (n, W) array to sweep
-        sink_fields = sorted(plan["sinks"]) if plan is not None else []
+        sink_fields = sorted(plan["sinks"])
         for j, axis in enumerate(order):
             n = self.shape[axis]
             w_total = N // n

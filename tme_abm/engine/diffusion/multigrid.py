@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from ..backend import Backend
+from ..backend import Array, Backend
 from .grid import FieldGrid
 
 # The coarsest level, at most this many voxels, is solved exactly (a dense inverse per
@@ -105,9 +105,10 @@ class _Level:
                             for offs in itertools.product((0, 1), repeat=nd)]
         self.spread = (slice(None),) + tuple(x for _ in range(nd) for x in (slice(None), None))
         # per solve
-        self.diag = None
-        self.inv_diag = None
-        self.count = None
+        self.diag: Array = None
+        self.inv_diag: Array = None
+        self.count: Array = None
+        self.inverse: Array = None  # the coarsest level's dense inverse
 
 
 class MultigridSolver:
@@ -344,7 +345,7 @@ class MultigridSolver:
         """(R,) host bool: replicates whose every field meets its residual target."""
         xp = self.backend.xp
         norms = self.backend.to_host(xp.sqrt((r * r).sum(axis=axes)))
-        return (norms <= target).reshape(-1, self.replicates).all(axis=0)
+        return np.asarray((norms <= target).reshape(-1, self.replicates).all(axis=0))
 
 
 def relaxation_rate_per_min(diffusion_um2_per_min: float, decay_per_min: float, extent_um: float,

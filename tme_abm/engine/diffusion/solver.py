@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Backend, make_backend
+from ..backend import Array, Backend, make_backend
 from .grid import FieldGrid
 from .lod import LODSolver, Sources
 from .multigrid import MultigridSolver, relaxation_rate_per_min
@@ -88,12 +88,13 @@ class DiffusionSolver:
             self.mg = MultigridSolver(mg_grid, self.backend, tol=tolerance,
                                       check_every=3 if self.backend.is_gpu else 1)
             steady = np.array([self.schemes[int(f)] == "steady" for f in st])
-            has_steady = self.mg.has_steady_state.reshape(len(st), n_rep).all(axis=1)
+            has_steady = np.asarray(self.mg.has_steady_state.reshape(len(st), n_rep).all(axis=1))
             if not has_steady[steady].all():
                 f = int(st[steady & ~has_steady][0])
                 raise ValueError(f"field {f}: no steady state (no decay, no fixed voxels, no fixed face)")
             self._implicit = np.repeat(~steady, n_rep)
-            self._inv_dt, self._inv_dt_for = None, None
+            self._inv_dt: Array = None
+            self._inv_dt_for: float | None = None
             start = np.broadcast_to(
                 init[st].reshape(-1, 1, *[1] * self.ndim) if init.ndim == 1 else
                 (init.reshape(nf, -1, *self.shape)[st] if per_field else init), (len(st), n_rep, *self.shape))
@@ -117,7 +118,7 @@ class DiffusionSolver:
         """Current fields, (F, R, *shape) on the backend's device, canonical axis order: a
         writable view when every field is stepped by LOD, else a new array (write
         through :meth:`field`)."""
-        if self.mg is None:
+        if self.mg is None and self.lod is not None:
             return self.lod.values
         if self.lod is None:
             return self._mg_fields_view
@@ -130,18 +131,18 @@ class DiffusionSolver:
     def field(self, f: int):
         """(R, *shape) writable view of field ``f``."""
         kind, j = self._where[int(f)]
-        return self.lod.values[j] if kind == "lod" else self._mg_fields_view[j]
+        return self.lod.values[j] if kind == "lod" and self.lod is not None else self._mg_fields_view[j]
 
     def sample(self, sites, field: int | None = None):
         """Field values at canonical flat lattice indices ``sites`` ((k,) ints, replicate
         r's offset by ``r * prod(shape)``): (F, k), or (k,) of one ``field`` (index)."""
         if field is None:
-            if self.mg is None:
+            if self.mg is None and self.lod is not None:
                 return self.lod.sample(sites)
             xp = self.backend.xp
             return xp.stack([self.sample(sites, f) for f in range(self.n_fields)])
         kind, j = self._where[int(field)]
-        if kind == "lod":
+        if kind == "lod" and self.lod is not None:
             return self.lod.sample(sites, j)
         return self._mg_fields_view[j].reshape(-1)[sites]
 
@@ -166,9 +167,9 @@ class DiffusionSolver:
                 sub = Sources(sources.sites, sources.secretion[self._lod_dev], sources.uptake[self._lod_dev])
             self.lod.step(sub, n_steps=n_steps)
         if self.mg is not None:
-            self._solve_multigrid(sources, n_steps)
+            self._solve_multigrid(self.mg, sources, n_steps)
 
-    def _solve_multigrid(self, sources: Sources | None, n_steps: int) -> None:
+    def _solve_multigrid(self, mg: MultigridSolver, sources: Sources | None, n_steps: int) -> None:
         xp = self.backend.xp
         self._uptake.fill(0)
         self._secretion.fill(0)
@@ -180,14 +181,14 @@ class DiffusionSolver:
         shape = (len(self._mg_fields) * self.replicates, *self.shape)
         uptake, secretion = self._uptake.reshape(shape), self._secretion.reshape(shape)
         if not self._implicit.any():
-            self.mg.solve(self._mg_values, uptake, secretion)
+            mg.solve(self._mg_values, uptake, secretion)
             return
         if self._inv_dt_for != self._dt:  # 1/dt per field, rebuilt when dt changes
             self._inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
             self._inv_dt_for = self._dt
         inv_dt = self._inv_dt
         for _ in range(n_steps):
-            self.mg.solve(self._mg_values, uptake, secretion, inv_dt)
+            mg.solve(self._mg_values, uptake, secretion, inv_dt)
 
     def total_mass(self):
         """(F,) sum of each field over the lattice times voxel volume (host float64)."""
