@@ -21,12 +21,12 @@ from scipy import stats
 
 from tme_abm.config import load_config
 from tme_abm.io import open_run, run
-from tme_abm.io.readers import calibration_table
 from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 from tme_abm.studies.experiments import analyse, available, find, load, run_experiment
 from tme_abm.studies.experiments.analysis import compare, expectations, trend, verdict
 from tme_abm.studies.experiments.spec import CORRECTIONS, GROUPS, RATES, ExperimentConfig
+from tme_abm.studies.measures import calibration, calibration_table
 from tme_abm.studies.statistics import adjusted_p, auc_table, roc_auc, wilson
 from tme_abm.studies.sweep import Executor, SweepError, design_points
 from tme_abm.viz.study_figures import experiment_figures
@@ -241,7 +241,7 @@ def test_cli_lists_experiments_and_names_an_unknown_one():
 
 
 def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tmp_path):
-    """Run.calibration() reads kills from the tumor_killed count (cleared after 1440 min);
+    """calibration(run) reads kills from the tumor_killed count (cleared after 1440 min);
     checked against kills tracked cell by cell in a model stepped by hand."""
     over = {"lattice.shape": [40, 40], "tumor.radius_sites": 8, "time.duration_days": 2.0,
             "car_t.initial_cells": 60, "seed": 5}
@@ -255,7 +255,7 @@ def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tm
         effector.append((m.time_min, m.car_t.counts()["car_t_effector"]))
     path = tmp_path / "cal.h5"
     run(m.config, path, quiet=True)
-    cal = open_run(path).calibration()
+    cal = calibration(open_run(path))
     assert len(cal["kills_per_car_t_per_day"]) == 2
     for day, value in enumerate(cal["kills_per_car_t_per_day"], start=1):
         lo, hi = (day - 1 - m.config.start_day) * 1440, (day - m.config.start_day) * 1440  # model minutes
@@ -275,7 +275,7 @@ def test_calibration_table_summarizes_the_runs_of_a_folder(tmp_path):
     run_batch(cfgs, paths, quiet=True)
     table = calibration_table(tmp_path / "cal").set_index("measure")
     runs = [open_run(p) for p in paths]
-    peak = np.array([r.calibration()["peak_blood_car_t_day"] for r in runs])
+    peak = np.array([calibration(r)["peak_blood_car_t_day"] for r in runs])
     assert table.loc["blood CAR T peak day", "median"] == pytest.approx(np.median(peak))
     assert table.loc["blood CAR T peak day", "q25"] == pytest.approx(np.quantile(peak, 0.25))
     folds = [r.outcomes["expansion_fold"] for r in runs]

@@ -21,6 +21,7 @@ from tme_abm.biology.populations.car_t import days_to_exhaustion
 from tme_abm.config import ConfigError, load_config, validate_config
 from tme_abm.io import run
 from tme_abm.model import TMEModel, get_state, set_state
+from tme_abm.studies.measures import calibration
 
 BASELINE = "configs/baseline.yaml"
 
@@ -347,7 +348,7 @@ def test_the_lesion_calibration_reads_the_first_event_row(tmp_path):
                                  "granulocyte.initial_cells=5"])
     run(cfg, tmp_path / "c.h5", quiet=True)
     r = tme_abm.open_run(tmp_path / "c.h5")
-    cal, ts = r.calibration(), r.timeseries
+    cal, ts = calibration(r), r.timeseries
     first = ts[ts["day"] <= -3.0 + 1e-9].iloc[-1]  # the lymphodepletion on day -3 ends the burn-in
     assert first["day"] == pytest.approx(-3.0) and ts["day"].iloc[0] == pytest.approx(-3.5)
     for k in ("tumor_po2_median", "normal_po2_median", "tumor_adenosine_median", "tumor_ph_median"):

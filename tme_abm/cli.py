@@ -170,8 +170,8 @@ def summarize(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (NaN and infinity as null)"),
 ) -> None:
     """Print a run's status and outcomes, or the calibration across a folder of runs."""
-    from .io import RunFileError
-    from .io.readers import calibration_table, open_run, summary_text
+    from .io import RunFileError, open_run
+    from .studies.measures import calibration_table, summarize_run
 
     try:
         if run_file.is_dir():
@@ -179,8 +179,7 @@ def summarize(
             info = table.to_dict(orient="records")
             text = table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
         else:
-            info = open_run(run_file).summary()
-            text = summary_text(info)
+            info, text = summarize_run(open_run(run_file))
     except RunFileError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(_json_safe(info), indent=2, allow_nan=False) if as_json else text)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..io.readers import Run, open_run, summary_text
+from ..io.readers import Run, open_run
 from ..io.runfile import RunFileError
+from ..studies.measures import summarize_run
 from .lattice import ANTIGEN_HIGH, ANTIGEN_LOW, COLOURS, draw_cells, extent, label_axes, legend_handles
 
 
@@ -207,8 +208,7 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
     fields_figure(run, cfg.start_day, days, files["fields"])
     cells_figure(run, cfg.start_day, days, cfg.lattice.shape, cfg.lattice.spacing_um, files["cells"])
     antigen_figure(run, ts, cfg.start_day, files["antigen"])
-    info = run.summary()
-    text = summary_text(info)
+    _, text = summarize_run(run)
     (out / "summary.txt").write_text(text + "\n")
     (out / "summary.html").write_text(_html(run, text, files))
     return [*files.values(), out / "summary.txt", out / "summary.html"]
