@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..biology.defaults import default_edits, default_fields, default_rules
+from ..biology.defaults import default_edits, default_fields, default_rules, parameter
 from ..biology.perfusion import max_density_per_mm2
 from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
 from ..engine.diffusion import quasi_steady
@@ -34,6 +34,7 @@ class Strict(BaseModel):
 
 
 PosFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Level = Annotated[float, Field(ge=0, le=1e9)]
 """A field's value (any of its units): bounded so that float32 fields stay finite."""
@@ -61,11 +62,11 @@ class PerfusionConfig(Strict):
     the perfused fields (``fields.<name>.perfused``) through a Krogh-cylinder exchange
     term (docs/model.md, "Perfusion")."""
 
-    normal_per_mm2: Annotated[float, Field(ge=0)] = 300.0
+    normal_per_mm2: Annotated[float, Field(ge=0)] = parameter("lattice.perfusion.normal_per_mm2")
     """Microvessels per mm^2 in normal tissue or marrow (capillaries crossing the plane)."""
-    tumor_per_mm2: Annotated[float, Field(ge=0)] = 6.0
+    tumor_per_mm2: Annotated[float, Field(ge=0)] = parameter("lattice.perfusion.tumor_per_mm2")
     """Microvessels per mm^2 inside the initial solid lesion (archetypes solid and bulky)."""
-    capillary_radius_um: Annotated[float, Field(gt=0, le=50)] = 5.0
+    capillary_radius_um: Annotated[float, Field(gt=0, le=50)] = parameter("lattice.perfusion.capillary_radius_um")
 
     @model_validator(mode="after")
     def _cylinders_fit(self):
@@ -237,39 +238,47 @@ class _Population(Strict):
         return _merged_over_defaults(data, "rules", default_rules()[cls.kind])
 
 
+Bias = Annotated[float, Field(ge=0, le=50)]
+
+
 class MoveConfig(Strict):
-    speed_um_per_min: NonNegFloat = 0.0
-    chemotaxis_field: str | None = None
+    """A population's walk; each population's subclass gives its defaults."""
+
+    speed_um_per_min: NonNegFloat
+    chemotaxis_field: str | None
     """Field whose gradient biases the walk (null: unbiased)."""
-    chemotaxis_bias: Annotated[float, Field(ge=0, le=50)] = 1.5
+    chemotaxis_bias: Bias
     """Strength of the bias: move weights exp(bias * cos(angle to the gradient)); 0 is an
     unbiased walk, 50 all but forbids moves down the gradient."""
 
 
 class CarTMove(MoveConfig):
-    speed_um_per_min: NonNegFloat = 4.5
+    speed_um_per_min: NonNegFloat = parameter("car_t.move.speed_um_per_min")
+    chemotaxis_bias: Bias = parameter("car_t.move.chemotaxis_bias")
     chemotaxis_field: str | None = "cxcl10"
 
 
 class MonocyteMove(MoveConfig):
-    speed_um_per_min: NonNegFloat = 2.0
+    speed_um_per_min: NonNegFloat = parameter("monocyte.move.speed_um_per_min")
+    chemotaxis_bias: Bias = parameter("monocyte.move.chemotaxis_bias")
     chemotaxis_field: str | None = "ccl2"
 
 
 class GranulocyteMove(MoveConfig):
-    speed_um_per_min: NonNegFloat = 19.0
+    speed_um_per_min: NonNegFloat = parameter("granulocyte.move.speed_um_per_min")
+    chemotaxis_bias: Bias = parameter("granulocyte.move.chemotaxis_bias")
     chemotaxis_field: str | None = "cxcl8"
 
 
 class AntigenConfig(Strict):
-    mean: Annotated[float, Field(ge=0, le=1)] = 0.8
-    sd: NonNegFloat = 0.15
-    negative_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    mean: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.mean")
+    sd: NonNegFloat = parameter("tumor.antigen.sd")
+    negative_fraction: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.negative_fraction")
     """Fraction of initial cells with no antigen (pre-existing antigen-negative subclones;
     none by default: escape variants arise by loss at division, docs/model.md)."""
-    inheritance_sd: NonNegFloat = 0.05
+    inheritance_sd: NonNegFloat = parameter("tumor.antigen.inheritance_sd")
     """Noise added to a daughter's antigen density."""
-    loss_per_division: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    loss_per_division: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.loss_per_division")
     """Probability that a daughter loses the antigen (antigen escape; docs/model.md
     derives the clinical timescale of months from it)."""
 
@@ -289,10 +298,10 @@ class TumorConfig(_Population):
     initial_cells: Annotated[int, Field(ge=0)] = 200
     """Cells scattered uniformly (archetypes dispersed and bulky)."""
     antigen: AntigenConfig = AntigenConfig()
-    divide_per_min: NonNegFloat = 0.00072
+    divide_per_min: NonNegFloat = parameter("tumor.divide_per_min")
     """Division rate at low density in full oxygen (~1/day): the cap of the Gompertz birth
     rate (biology/growth.py)."""
-    gompertz_per_min: NonNegFloat = 0.1 / 1440.0
+    gompertz_per_min: NonNegFloat = parameter("tumor.gompertz_per_min")
     """Gompertz rate alpha: the birth rate is ``apoptosis + alpha ln(K/N)``, capped at
     ``divide_per_min`` (Norton 1988; docs/model.md, "Growth")."""
     carrying_capacity_cells: Annotated[int, Field(gt=0)] | None = None
@@ -303,10 +312,10 @@ class TumorConfig(_Population):
     """Normal marrow cells sharing the niche (and K) with the tumor, per lattice: they
     grow by the same Gompertz law of the niche's total, so dispersed disease competes
     with them for space."""
-    necrosis_per_min: NonNegFloat = 1.0 / 360.0
+    necrosis_per_min: NonNegFloat = parameter("tumor.necrosis_per_min")
     """Necrosis rate at anoxia (scaled down by the oxygen rule)."""
-    apoptosis_per_min: NonNegFloat = 1e-5
-    clearance_min: PosFloat = 1440.0
+    apoptosis_per_min: NonNegFloat = parameter("tumor.apoptosis_per_min")
+    clearance_min: PosFloat = parameter("tumor.clearance_min")
     """Time a dead cell occupies its site before it is cleared."""
 
 
@@ -315,8 +324,8 @@ class ProductConfig(Strict):
 
     edits: list[str] = []
     """Names of gene edits (see ``edits``)."""
-    initial_exhaustion: Annotated[float, Field(ge=0, le=1)] = 0.0
-    divisions: Annotated[int, Field(ge=0, le=100)] = 10
+    initial_exhaustion: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.product.initial_exhaustion")
+    divisions: Annotated[int, Field(ge=0, le=100)] = int(parameter("car_t.product.divisions"))
 
 
 class CarTConfig(_Population):
@@ -326,27 +335,27 @@ class CarTConfig(_Population):
     arrival_per_vessel_per_min: NonNegFloat = 0.0
     """Arrivals from blood per vessel site (modulated by ``rules.arrive``)."""
     move: CarTMove = Field(default_factory=CarTMove)
-    engage_per_min: NonNegFloat = 0.2
+    engage_per_min: NonNegFloat = parameter("car_t.engage_per_min")
     """Engagement rate next to an antigen-high tumor cell."""
-    engagement_min: PosFloat = 40.0
+    engagement_min: PosFloat = parameter("car_t.engagement_min")
     """How long an engagement lasts; the kill (or not) happens at its end."""
-    kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.9
-    divide_probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+    kill_probability: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.kill_probability")
+    divide_probability: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.divide_probability")
     """Chance that a completed engagement triggers a division (divisions left > 0)."""
-    exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = 0.02
-    exhaustion_recovery_per_min: NonNegFloat = math.log(2) / (2 * 1440.0)
+    exhaustion_per_engagement: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.exhaustion_per_engagement")
+    exhaustion_recovery_per_min: NonNegFloat = parameter("car_t.exhaustion_recovery_per_min")
     """Rate at which the reversible part of exhaustion decays while a cell is not engaged
     (rest; Weber 2021)."""
-    exhaustion_irreversible: Annotated[float, Field(ge=0, le=1)] = 0.3
+    exhaustion_irreversible: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.exhaustion_irreversible")
     """Share of each engagement's exhaustion that rest cannot reverse."""
-    exhaustion_recovered: Annotated[float, Field(ge=0, le=1)] = 0.5
+    exhaustion_recovered: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.exhaustion_recovered")
     """An exhausted cell (exhaustion reached 1) regains function once rest brings its
     exhaustion below this (about 3.6 days of rest at the defaults; Weber 2021: 4 days)."""
-    bystander_kill_probability: Annotated[float, Field(ge=0, le=1)] = 0.1
+    bystander_kill_probability: Annotated[float, Field(ge=0, le=1)] = parameter("car_t.bystander_kill_probability")
     """Chance that an alive antigen-negative neighbour of a killed target dies with it
     (FAS / IFN-gamma bystander killing; Upadhyay 2021)."""
-    death_per_min: NonNegFloat = 1.0 / (9.5 * 1440.0)
-    egress_per_min: NonNegFloat = 1.0 / (3 * 1440.0)
+    death_per_min: NonNegFloat = parameter("car_t.death_per_min")
+    egress_per_min: NonNegFloat = parameter("car_t.egress_per_min")
     """Rate at which free CAR T next to a vessel site return to the blood (into the
     blood pool of their product)."""
     product: ProductConfig = ProductConfig()
@@ -355,21 +364,21 @@ class CarTConfig(_Population):
 class MonocyteConfig(_Population):
     kind: ClassVar[str] = "monocyte"
     initial_cells: Annotated[int, Field(ge=0)] = 0
-    recruit_per_vessel_per_min: NonNegFloat = 2e-5
+    recruit_per_vessel_per_min: NonNegFloat = parameter("monocyte.recruit_per_vessel_per_min")
     move: MonocyteMove = Field(default_factory=MonocyteMove)
-    activate_per_min: NonNegFloat = 1e-6
+    activate_per_min: NonNegFloat = parameter("monocyte.activate_per_min")
     """Activation without IFN-gamma or engaged CAR T (rare: CRS needs CAR T activity)."""
-    deactivate_per_min: NonNegFloat = math.log(2) / 1440.0
+    deactivate_per_min: NonNegFloat = parameter("monocyte.deactivate_per_min")
     """Return of an activated monocyte to rest (half-life 1 day: activation is reversible)."""
-    death_per_min: NonNegFloat = 1.0 / (2.5 * 1440.0)
+    death_per_min: NonNegFloat = parameter("monocyte.death_per_min")
 
 
 class GranulocyteConfig(_Population):
     kind: ClassVar[str] = "granulocyte"
     initial_cells: Annotated[int, Field(ge=0)] = 0
-    recruit_per_vessel_per_min: NonNegFloat = 2e-5
+    recruit_per_vessel_per_min: NonNegFloat = parameter("granulocyte.recruit_per_vessel_per_min")
     move: GranulocyteMove = Field(default_factory=GranulocyteMove)
-    death_per_min: NonNegFloat = math.log(2) / (19 * 60.0)
+    death_per_min: NonNegFloat = parameter("granulocyte.death_per_min")
 
 
 class CrsGradingConfig(Strict):
@@ -377,11 +386,11 @@ class CrsGradingConfig(Strict):
     (Lee 2019): fever is needed for grade 1 (not after tocilizumab or corticosteroids,
     which mask it); hypotension or hypoxia set grades 2-4."""
 
-    fever: PosFloat = 40.0
+    fever: PosFloat = parameter("patient.crs.fever")
     """Effective cytokine (pg/mL-like) at which the patient has fever (>= 38 C)."""
-    hypotension: list[PosFloat] = [150.0, 600.0, 2000.0]
+    hypotension: list[PosFloat] = parameter("patient.crs.hypotension")
     """Levels at which hypotension needs fluids, one vasopressor, several vasopressors."""
-    hypoxia: list[PosFloat] = [200.0, 800.0, 2500.0]
+    hypoxia: list[PosFloat] = parameter("patient.crs.hypoxia")
     """Levels at which hypoxia needs low-flow oxygen, high-flow oxygen, positive pressure."""
 
     @model_validator(mode="after")
@@ -398,9 +407,9 @@ class VariabilityConfig(Strict):
     ``exp(omega z)``, z ~ N(0, 1), from its seed (the inter-individual variability of
     population kinetic models, Stein 2019). 0 makes every patient the typical one."""
 
-    expansion: Annotated[float, Field(ge=0, le=3)] = 0.3
+    expansion: Annotated[float, Field(ge=0, le=3)] = parameter("patient.variability.expansion")
     """omega of the antigen-driven expansion rate."""
-    cytokine: Annotated[float, Field(ge=0, le=3)] = 1.0
+    cytokine: Annotated[float, Field(ge=0, le=3)] = parameter("patient.variability.cytokine")
     """omega of the myeloid IL-6 production."""
 
 
@@ -412,69 +421,69 @@ class PatientConfig(Strict):
     burden_scale: Annotated[float, Field(gt=0, le=1e14)] = 1e5
     """Tumor cells in the patient per tumor cell on the lattice."""
     # -- CAR T kinetics: effectors in blood (P), tissues (T) and the disease (D); memory (M)
-    blood_volume_ml: PosFloat = 5000.0
-    extravasation_ul_per_min: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    blood_volume_ml: PosFloat = parameter("patient.blood_volume_ml")
+    extravasation_ul_per_min: Annotated[float, Field(ge=0, le=1)] = parameter("patient.extravasation_ul_per_min")
     """Blood volume per vessel site per minute whose CAR T enter the tissue: arrivals at a
     lattice vessel = this x the blood concentration (cells/uL); the disease takes
     P x this x (lattice vessels x burden_scale) / blood volume."""
-    marrow_homing: Annotated[float, Field(gt=0, le=100)] = 1.0
+    marrow_homing: Annotated[float, Field(gt=0, le=100)] = parameter("patient.marrow_homing")
     """Multiplier of entry into the disease (CXCR4/CXCL12 homing to marrow: > 1)."""
-    distribution_out_per_min: NonNegFloat = 2.0 / 1440
+    distribution_out_per_min: NonNegFloat = parameter("patient.distribution_out_per_min")
     """Blood to other tissues (the distribution phase)."""
-    distribution_in_per_min: NonNegFloat = 0.5 / 1440
+    distribution_in_per_min: NonNegFloat = parameter("patient.distribution_in_per_min")
     """Other tissues back to blood."""
-    egress_per_min: NonNegFloat = 0.3 / 1440
+    egress_per_min: NonNegFloat = parameter("patient.egress_per_min")
     """Disease back to blood."""
-    expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = 2.0 / 1440
+    expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = parameter("patient.expansion_per_min")
     """Antigen-driven proliferation of an effector that meets antigen all the time."""
-    homeostatic_per_min: Annotated[float, Field(ge=0, le=0.01)] = 0.3 / 1440
+    homeostatic_per_min: Annotated[float, Field(ge=0, le=0.01)] = parameter("patient.homeostatic_per_min")
     """Antigen-independent proliferation right after lymphodepletion at boost 1 (IL-7/IL-15)."""
-    contraction_per_min: NonNegFloat = 0.2 / 1440
+    contraction_per_min: NonNegFloat = parameter("patient.contraction_per_min")
     """Death of effectors (contraction)."""
-    memory_per_min: NonNegFloat = 0.02 / 1440
+    memory_per_min: NonNegFloat = parameter("patient.memory_per_min")
     """Effectors becoming memory cells."""
-    memory_decay_per_min: NonNegFloat = math.log(2) / (90 * 1440)
+    memory_decay_per_min: NonNegFloat = parameter("patient.memory_decay_per_min")
     """Loss of memory cells (half-life 90 days: the persistence phase)."""
-    recall_per_min: NonNegFloat = 0.1 / 1440
+    recall_per_min: NonNegFloat = parameter("patient.recall_per_min")
     """Memory back to effectors, times the antigen encounter."""
-    encounter_half_ratio: PosFloat = 1.0
+    encounter_half_ratio: PosFloat = parameter("patient.encounter_half_ratio")
     """Blood antigen-positive cells per blood/tissue effector at which half the effectors meet antigen."""
-    blood_kills_per_min: NonNegFloat = 2.0 / 1440
+    blood_kills_per_min: NonNegFloat = parameter("patient.blood_kills_per_min")
     """Antigen-positive cells killed per engaged effector per minute in blood and tissues."""
-    normal_antigen_cells: Annotated[float, Field(ge=0, le=1e13)] = 0.0
+    normal_antigen_cells: Annotated[float, Field(ge=0, le=1e13)] = parameter("patient.normal_antigen_cells")
     """Normal antigen-positive cells (B cells for CD19): an antigen sink; 0 for none."""
-    normal_antigen_renewal_per_min: NonNegFloat = 1.0 / (60 * 1440)
+    normal_antigen_renewal_per_min: NonNegFloat = parameter("patient.normal_antigen_renewal_per_min")
     """Return of normal antigen-positive cells toward their normal number."""
-    circulating_tumor_fraction: Annotated[float, Field(ge=0, le=10)] = 0.0
+    circulating_tumor_fraction: Annotated[float, Field(ge=0, le=10)] = parameter("patient.circulating_tumor_fraction")
     """Circulating tumor cells per tumor cell of the lattice's disease at equilibrium
     (hematologic disease: > 0)."""
-    circulating_exchange_per_min: NonNegFloat = 1.0 / 1440
+    circulating_exchange_per_min: NonNegFloat = parameter("patient.circulating_exchange_per_min")
     """Rate at which circulating tumor cells follow the marrow disease."""
     variability: VariabilityConfig = Field(default_factory=VariabilityConfig)
     # -- CRS: myeloid activation -> IL-6 -> signs -> ASTCT grade
-    activation_per_min: NonNegFloat = 1.0 / 1440
+    activation_per_min: NonNegFloat = parameter("patient.activation_per_min")
     """Activation of the patient's monocytes/macrophages at full stimulus."""
-    deactivation_per_min: NonNegFloat = 2.0 / 1440
+    deactivation_per_min: NonNegFloat = parameter("patient.deactivation_per_min")
     """Return of activated myeloid cells to rest (reversible activation)."""
-    activation_half_car_t: PosFloat = 1e9
+    activation_half_car_t: PosFloat = parameter("patient.activation_half_car_t")
     """Activated CAR T in the patient (cells) at which their stimulus is half its maximum."""
-    activation_half_kills_per_min: PosFloat = 5e7
+    activation_half_kills_per_min: PosFloat = parameter("patient.activation_half_kills_per_min")
     """Tumor cells killed per minute (pyroptosis, DAMPs) at which their stimulus is half its maximum."""
-    il6_per_min: NonNegFloat = 6.0
+    il6_per_min: NonNegFloat = parameter("patient.il6_per_min")
     """IL-6-like cytokine (pg/mL-like per minute) with every myeloid cell activated."""
-    cytokine_clearance_per_min: NonNegFloat = math.log(2) / 180.0
+    cytokine_clearance_per_min: NonNegFloat = parameter("patient.cytokine_clearance_per_min")
     """Systemic IL-6-like cytokine clearance (half-life 3 h)."""
     crs: CrsGradingConfig = Field(default_factory=CrsGradingConfig)
     # -- the product and the outcomes
-    inflammation_half_burden: PosFloat = 1e10
+    inflammation_half_burden: PosFloat = parameter("patient.inflammation_half_burden")
     """Baseline burden at which the pre-infusion inflammation index reaches 0.5."""
-    inflammation_myeloid_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    inflammation_myeloid_weight: Annotated[float, Field(ge=0, le=1)] = parameter("patient.inflammation_myeloid_weight")
     """Weight of the myeloid term (lattice monocytes + granulocytes per tumor cell)."""
-    fitness_loss: Annotated[float, Field(ge=0, le=1)] = 0.5
+    fitness_loss: Annotated[float, Field(ge=0, le=1)] = parameter("patient.fitness_loss")
     """At inflammation index 1 a product loses this fraction of its divisions and
     expansion, and gains this much initial exhaustion."""
-    icans_half_cytokine: PosFloat = 400.0
-    icans_half_car_t: PosFloat = 1e9
+    icans_half_cytokine: PosFloat = parameter("patient.icans_half_cytokine")
+    icans_half_car_t: PosFloat = parameter("patient.icans_half_car_t")
     assessment_day: PosFloat = 28.0
     """Day after infusion at which the response is classified (also at the end)."""
 
@@ -492,11 +501,11 @@ class InfusionEvent(_Event):
 
 class LymphodepletionEvent(_Event):
     kind: Literal["lymphodepletion"]
-    myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
-    expansion_boost: Annotated[float, Field(ge=0, le=10)] = 1.0
+    myeloid_kill_fraction: Fraction = parameter("therapy.lymphodepletion.myeloid_kill_fraction")
+    expansion_boost: Annotated[float, Field(ge=0, le=10)] = parameter("therapy.lymphodepletion.expansion_boost")
     """Homeostatic proliferation right after lymphodepletion, in units of
     ``patient.homeostatic_per_min`` (IL-7/IL-15 after lymphodepletion; Kochenderfer 2016)."""
-    boost_days: PosFloat = 7.0
+    boost_days: PosFloat = parameter("therapy.lymphodepletion.boost_days")
     """e-folding time of the boost."""
 
 
@@ -515,7 +524,7 @@ class ResectionEvent(_Event):
     order: Literal["inside", "outside", "random"] = "inside"
     region: ResectionRegion | None = None
     """Remove the tumor cells inside this ball instead of a fraction."""
-    wound_cytokine: NonNegFloat = 50.0
+    wound_cytokine: NonNegFloat = parameter("therapy.resection.wound_cytokine")
     """Pulse of systemic cytokine (pg/mL-like) from the wound."""
 
 
@@ -524,20 +533,21 @@ class RadiotherapyEvent(_Event):
     fractions: Annotated[int, Field(ge=1, le=100)] = 1
     interval_days: PosFloat = 1.0
     dose_gy: Annotated[float, Field(gt=0, le=30)] = 2.0
-    alpha_per_gy: NonNegFloat = 0.3
-    beta_per_gy2: NonNegFloat = 0.03
-    oer_max: Annotated[float, Field(ge=1)] = 3.0
+    alpha_per_gy: NonNegFloat = parameter("therapy.radiotherapy.alpha_per_gy")
+    beta_per_gy2: NonNegFloat = parameter("therapy.radiotherapy.beta_per_gy2")
+    oer_max: Annotated[float, Field(ge=1)] = parameter("therapy.radiotherapy.oer_max")
     """Oxygen enhancement: anoxic cells need oer_max x the dose."""
-    oer_k_mmHg: PosFloat = 3.0
+    oer_k_mmHg: PosFloat = parameter("therapy.radiotherapy.oer_k_mmHg")
     """Oxygen at which the dose-modifying factor is halfway (Alper-Howard-Flanders)."""
-    chemokine_pulse: NonNegFloat = 0.5
+    chemokine_pulse: NonNegFloat = parameter("therapy.radiotherapy.chemokine_pulse")
     """CXCL10-like chemokine added at every surviving tumor cell (immunogenic RT)."""
-    perfusion_gain: Annotated[float, Field(ge=0.1, le=10)] = 1.1
+    perfusion_gain: Annotated[float, Field(ge=0.1, le=10)] = parameter("therapy.radiotherapy.perfusion_gain")
     """Vascular normalisation: the microvessel density at the lesion's sites is multiplied
     by this per fraction (assumption, docs/model.md)."""
-    myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    myeloid_kill_fraction: Annotated[float, Field(ge=0, le=1)] = parameter("therapy.radiotherapy.myeloid_kill_fraction")
     """Share of the lattice's monocytes and granulocytes killed per fraction (assumption)."""
-    bystander_sensitization: Annotated[float, Field(ge=1, le=100)] = 3.0
+    bystander_sensitization: Annotated[float, Field(ge=1, le=100)] = parameter(
+        "therapy.radiotherapy.bystander_sensitization")
     """Surviving tumor cells become this many times more susceptible to CAR T bystander
     killing (DeSelm 2018: TRAIL-mediated killing of antigen-negative cells)."""
 
@@ -548,8 +558,8 @@ class MRDEvent(_Event):
     """Tumor cells left on the lattice (chosen at random) when minimal residual disease starts."""
 
 
-DRUG_DEFAULTS = {"tocilizumab": {"effect": 0.9, "half_life_days": 5.0},
-                 "corticosteroid": {"effect": 0.8, "half_life_days": 1.0}}
+DRUG_DEFAULTS = {drug: {k: parameter(f"therapy.{drug}.{k}") for k in ("effect", "half_life_days")}
+                 for drug in ("tocilizumab", "corticosteroid")}
 
 
 class DrugEvent(_Event):
