@@ -22,7 +22,7 @@ from matplotlib.colors import to_rgb
 import tme_abm
 from tme_abm.config import validate_config
 from tme_abm.io import run
-from tme_abm.viz.lattice import COLOURS
+from tme_abm.viz.lattice import COLOURS, Geometry
 from tme_abm.viz.report import cells_figure, fields_figure
 
 SPACING = 20.0
@@ -83,7 +83,7 @@ def test_report_figures_draw_x_across_and_y_up_in_micrometres(lesion_run, tmp_pa
     r = tme_abm.open_run(path)
     y_c, x_c = les["center"][-2] * SPACING, les["center"][-1] * SPACING
 
-    fig = cells_figure(r, cfg.start_day, [0.0], cfg.lattice.shape, SPACING, tmp_path / "cells.png")
+    fig = cells_figure(r, cfg.start_day, [0.0], Geometry.of(cfg), tmp_path / "cells.png")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "x (um)" and ax.get_ylabel() == "y (um)"
     img = ax.images[0]

@@ -33,12 +33,17 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_DEBUG = {"traceback": False}
+"""Set by ``--debug``: an unexpected error shows its traceback (read by :func:`main`)."""
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """tme_abm: agent-based tumor microenvironment simulator under CAR T therapy."""
+    _DEBUG["traceback"] = debug
 
 
 @contextmanager
@@ -505,7 +510,7 @@ def main() -> None:
     try:
         app(args=argv, prog_name="tme-abm")
     except Exception as exc:  # not a user error the commands know: one line, unless --debug
-        if "--debug" in argv:
+        if _DEBUG["traceback"]:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (tme-abm --debug ... shows the traceback)", err=True)
         sys.exit(1)

@@ -30,7 +30,7 @@ class Strict(BaseModel):
     """Base of every schema model: unknown keys are errors, numbers are numbers (no
     booleans or strings coerced) and finite (no NaN or infinity)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 PosFloat = Annotated[float, Field(gt=0)]
@@ -51,6 +51,8 @@ class VesselConfig(Strict):
     """Where vessel sites are: oxygen sources and entry points from blood."""
 
     layout: Literal["random", "grid", "boundary", "none"] = "random"
+    """random (a share ``density`` of the sites), grid (every ``grid_spacing_sites``), boundary (every face site) or
+    none."""
     density: Annotated[float, Field(ge=0, le=1)] = 0.01
     """Fraction of sites that are vessels (layout: random)."""
     grid_spacing_sites: Annotated[int, Field(ge=2)] = 10
@@ -80,6 +82,7 @@ class PerfusionConfig(Strict):
 
 class LatticeConfig(Strict):
     dims: Literal[2, 3] = 2
+    """2D or 3D."""
     shape: list[Annotated[int, Field(ge=3, le=100_000)]] = [100, 100]
     """Sites per axis, C order: [y, x] in 2D, [z, y, x] in 3D."""
     spacing_um: Annotated[float, Field(ge=1, le=1000)] = 20.0
@@ -130,6 +133,7 @@ class TimeConfig(Strict):
 
 class FaceBC(Strict):
     kind: Literal["noflux", "dirichlet"] = "noflux"
+    """noflux, or dirichlet (the face held at ``value``)."""
     value: Level = 0.0
     """Fixed face value (kind: dirichlet), field units."""
 
@@ -139,11 +143,17 @@ class BoundaryConfig(Strict):
 
     default: FaceBC = FaceBC()
     zmin: FaceBC | None = None
+    """A face other than ``default`` (zmin ... xmax; zmin and zmax in 3D only)."""
     zmax: FaceBC | None = None
+    """As ``zmin``."""
     ymin: FaceBC | None = None
+    """As ``zmin``."""
     ymax: FaceBC | None = None
+    """As ``zmin``."""
     xmin: FaceBC | None = None
+    """As ``zmin``."""
     xmax: FaceBC | None = None
+    """As ``zmin``."""
 
     def face(self, name: str) -> FaceBC:
         return getattr(self, name) or self.default
@@ -156,11 +166,15 @@ class FieldConfig(Strict):
     """Declares a field that is not one of the defaults (a name that is neither is refused,
     so a misspelt default cannot add a field by accident)."""
     enabled: bool = True
+    """false removes the field, the default rules that read or write it and the default chemotaxis up it."""
     units: str = "1"
     """UDUNITS-2 units written to run files ("1": relative, no physical unit)."""
     diffusion_um2_per_min: Annotated[float, Field(ge=0, le=1e8)] = 1000.0
+    """Diffusion coefficient, um^2/min (0: the field does not diffuse)."""
     decay_per_min: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    """First-order decay, 1/min."""
     initial: Level = 0.0
+    """Initial value everywhere, field units."""
     vessel_value: Level | None = None
     """Value held at vessel sites (null: vessels do not fix this field)."""
     perfused: bool = False
@@ -201,14 +215,20 @@ class ModulatorConfig(Strict):
     """
 
     enabled: bool = True
+    """false switches a default modulator off."""
     signal: str
     """A field name (value at the cell's site), ``contact:<type>`` (Moore neighbours of
     tumor, car_t, car_t_engaged, monocyte or granulocyte) or a cell-state signal."""
     direction: Literal["up", "down"]
+    """up: the factor is ``1 + max_effect * H``; down: ``1 - max_effect * H``."""
     low: bool = False
+    """true: H falls as the signal rises (``1 - H``), so the effect grows as the signal falls."""
     half_max: Annotated[float, Field(ge=1e-12, le=1e12)]
+    """Signal at which H is one half (the signal's units)."""
     hill_power: Annotated[float, Field(gt=0, le=64)] = 1.0
+    """Hill power n of ``H = s^n / (K^n + s^n)``."""
     max_effect: Annotated[float, Field(ge=0, le=1e4)]
+    """Fold increase - 1 at saturation (up), or the share removed at saturation (down, at most 1)."""
 
     @model_validator(mode="after")
     def _effect_range(self):
@@ -224,7 +244,9 @@ class EditConfig(Strict):
     """A gene edit: modulator names removed from, or changed in, every CAR T behaviour."""
 
     remove: list[str] = []
+    """Names of CAR T modulators removed from every behaviour."""
     change: dict[str, dict[str, Any]] = {}
+    """Modulator name -> keys set on it in every behaviour (e.g. ``{hypoxia: {max_effect: 0.1}}``)."""
 
 
 class _Population(Strict):
@@ -281,6 +303,18 @@ class AntigenConfig(Strict):
     loss_per_division: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.loss_per_division")
     """Probability that a daughter loses the antigen (antigen escape; docs/model.md
     derives the clinical timescale of months from it)."""
+    negative_below: Fraction = parameter("tumor.antigen.negative_below")
+    """Antigen density below which an alive cell is antigen-negative (bystander killing
+    takes such cells; the ``tumor_antigen_negative`` count)."""
+    high_from: Fraction = parameter("tumor.antigen.high_from")
+    """Antigen density from which an alive cell counts as antigen-high (between the two:
+    antigen-low; the ``tumor_antigen_*`` counts)."""
+
+    @model_validator(mode="after")
+    def _classes_ordered(self):
+        if not self.negative_below <= self.high_from:
+            raise ValueError(f"negative_below {self.negative_below:g} must not exceed high_from {self.high_from:g}")
+        return self
 
 
 class TumorConfig(_Population):
@@ -364,6 +398,7 @@ class CarTConfig(_Population):
 class MonocyteConfig(_Population):
     kind: ClassVar[str] = "monocyte"
     initial_cells: Annotated[int, Field(ge=0)] = 0
+    """Cells placed at random free sites at the start."""
     recruit_per_vessel_per_min: NonNegFloat = parameter("monocyte.recruit_per_vessel_per_min")
     move: MonocyteMove = Field(default_factory=MonocyteMove)
     activate_per_min: NonNegFloat = parameter("monocyte.activate_per_min")
@@ -376,6 +411,7 @@ class MonocyteConfig(_Population):
 class GranulocyteConfig(_Population):
     kind: ClassVar[str] = "granulocyte"
     initial_cells: Annotated[int, Field(ge=0)] = 0
+    """Cells placed at random free sites at the start."""
     recruit_per_vessel_per_min: NonNegFloat = parameter("granulocyte.recruit_per_vessel_per_min")
     move: GranulocyteMove = Field(default_factory=GranulocyteMove)
     death_per_min: NonNegFloat = parameter("granulocyte.death_per_min")
@@ -496,6 +532,7 @@ class _Event(Strict):
 class InfusionEvent(_Event):
     kind: Literal["infusion"]
     dose_cells: Annotated[float, Field(gt=0, le=1e13)]
+    """CAR T cells infused into the blood."""
     product: ProductConfig = Field(default_factory=ProductConfig)
 
 
@@ -522,6 +559,7 @@ class ResectionEvent(_Event):
     (the mass is taken and its margin left), the outermost first when ``order:
     outside`` (the core is left), at random when ``order: random``."""
     order: Literal["inside", "outside", "random"] = "inside"
+    """Which cells a fraction takes first: inside (from the centre out), outside (the outermost) or random."""
     region: ResectionRegion | None = None
     """Remove the tumor cells inside this ball instead of a fraction."""
     wound_cytokine: NonNegFloat = parameter("therapy.resection.wound_cytokine")
@@ -531,8 +569,11 @@ class ResectionEvent(_Event):
 class RadiotherapyEvent(_Event):
     kind: Literal["radiotherapy"]
     fractions: Annotated[int, Field(ge=1, le=100)] = 1
+    """Radiotherapy fractions, ``interval_days`` apart."""
     interval_days: PosFloat = 1.0
+    """Days between fractions."""
     dose_gy: Annotated[float, Field(gt=0, le=30)] = 2.0
+    """Physical dose per fraction, Gy."""
     alpha_per_gy: NonNegFloat = parameter("therapy.radiotherapy.alpha_per_gy")
     beta_per_gy2: NonNegFloat = parameter("therapy.radiotherapy.beta_per_gy2")
     oer_max: Annotated[float, Field(ge=1)] = parameter("therapy.radiotherapy.oer_max")
@@ -608,9 +649,14 @@ class Config(Strict):
     """A complete, validated run configuration."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "run"
+    """Run name: the default output file is runs/<name>.h5."""
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    """The seed of every random draw of the run (docs/model.md, "Time, probabilities, random numbers")."""
     backend: Literal["auto", "numpy", "cupy"] = "auto"
+    """Array backend: auto (CuPy when a GPU is usable and the run large enough, else NumPy), numpy or cupy (the
+    environment variable TME_ABM_BACKEND overrides it)."""
     dtype: Literal["float32", "float64"] = "float32"
+    """Dtype of the field arrays."""
     lattice: LatticeConfig = LatticeConfig()
     time: TimeConfig = TimeConfig()
     fields: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], FieldConfig] = {}

@@ -69,10 +69,6 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cupy"
 
-    def asarray(self, a, dtype=None):
-        """Move ``a`` onto this backend's device."""
-        return self.xp.asarray(a, dtype=dtype)
-
     def to_host(self, a) -> np.ndarray:
         """Return ``a`` as a NumPy array (a copy from the device for CuPy)."""
         self.host_copies += 1

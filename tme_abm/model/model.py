@@ -14,7 +14,6 @@ from ..biology.patient import Lesion, Product, Systemic
 from ..biology.perfusion import microvessel_map
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, Population, TumorCells
 from ..biology.populations.car_t import car_t_rules
-from ..biology.populations.tumor import ANTIGEN_NEGATIVE
 from ..biology.rules import RuleSet
 from ..config import ConfigError, check_memory, resolve_config, run_work
 from ..engine import rng as crng
@@ -289,7 +288,7 @@ class TMEModel(mesa.Model):
         t, c = self.tumor, self.car_t
         alive = t.data["state"] == 0
         return self.host_counts(self.count(t, alive), self.count(c, c.engaged), self.count(c), c.killed_now(),
-                                self.count(t, alive & (t.data["antigen"] < ANTIGEN_NEGATIVE)))
+                                self.count(t, t.antigen_negative()))
 
     def burden(self) -> np.ndarray:
         """(R,) tumor burden of each replicate's patient on the lattice: alive lattice

@@ -132,9 +132,10 @@ _COLUMN_ATTRS = {
     "tumor_necrotic": ("1", "necrotic tumor cells on the lattice (not yet cleared)"),
     "tumor_apoptotic": ("1", "apoptotic tumor cells on the lattice (not yet cleared)"),
     "tumor_killed": ("1", "tumor cells killed by CAR T cells on the lattice (not yet cleared)"),
-    "tumor_antigen_negative": ("1", "alive tumor cells with antigen density below 0.05"),
-    "tumor_antigen_low": ("1", "alive tumor cells with antigen density from 0.05 to 0.3"),
-    "tumor_antigen_high": ("1", "alive tumor cells with antigen density of 0.3 or more"),
+    "tumor_antigen_negative": ("1", "alive tumor cells with antigen density below tumor.antigen.negative_below"),
+    "tumor_antigen_low": ("1", "alive tumor cells with antigen density from tumor.antigen.negative_below to "
+                               "tumor.antigen.high_from"),
+    "tumor_antigen_high": ("1", "alive tumor cells with antigen density of tumor.antigen.high_from or more"),
     "car_t_effector": ("1", "CAR T cells on the lattice, not exhausted"),
     "car_t_exhausted": ("1", "CAR T cells on the lattice, exhausted"),
     "car_t_engaged": ("1", "CAR T cells on the lattice engaged with a tumor cell"),

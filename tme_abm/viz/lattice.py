@@ -5,14 +5,30 @@ and a field as a heatmap, x across and y up in micrometres. Shared by the report
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 
-ANTIGEN_LOW = 0.05
-ANTIGEN_HIGH = 0.3
-"""Antigen class bounds of alive tumor cells (the ``tumor_antigen_*`` columns)."""
+
+@dataclass(frozen=True)
+class Geometry:
+    """What drawing a run's lattice needs from its config: the shape (C order, sites),
+    the site spacing (um) and the antigen densities that bound the antigen classes of
+    alive tumor cells (``tumor.antigen.negative_below`` and ``high_from``)."""
+
+    shape: tuple[int, ...]
+    spacing_um: float
+    negative_below: float
+    high_from: float
+
+    @classmethod
+    def of(cls, cfg) -> Geometry:
+        """The geometry of a :class:`~tme_abm.config.Config`."""
+        a = cfg.tumor.antigen
+        return cls(tuple(cfg.lattice.shape), cfg.lattice.spacing_um, a.negative_below, a.high_from)
 
 CELL_CLASSES: list[tuple[str, str, int, int | None]] = [
     # (label, colour, type code, state code or None for any state)
@@ -34,35 +50,31 @@ CELL_CLASSES: list[tuple[str, str, int, int | None]] = [
 COLOURS = {label: colour for label, colour, _, _ in CELL_CLASSES}
 
 
-def _members(cells: pd.DataFrame, label: str, code: int, state: int | None) -> np.ndarray:
+def _members(cells: pd.DataFrame, label: str, code: int, state: int | None, geometry: Geometry) -> np.ndarray:
     """Boolean mask of the rows of ``cells`` in one class of :data:`CELL_CLASSES`."""
     m = cells["type"].to_numpy() == code
     if state is not None:
         m &= cells["state"].to_numpy() == state
     if label.startswith("tumor, antigen"):
         ag = cells["antigen"].to_numpy()
-        m &= {"high": ag >= ANTIGEN_HIGH, "low": (ag >= ANTIGEN_LOW) & (ag < ANTIGEN_HIGH),
-              "negative": ag < ANTIGEN_LOW}[label.rsplit(" ", 1)[1]]
+        lo, hi = geometry.negative_below, geometry.high_from
+        m &= {"high": ag >= hi, "low": (ag >= lo) & (ag < hi), "negative": ag < lo}[label.rsplit(" ", 1)[1]]
     return m
 
 
-def cell_image(cells: pd.DataFrame, ny: int, nx: int) -> np.ndarray:
+def cell_image(cells: pd.DataFrame, geometry: Geometry) -> np.ndarray:
     """(ny, nx, 3) RGB raster of one plane of cells, indexed [y, x] (white: empty).
 
     Args:
         cells: a cell table (:meth:`tme_abm.Run.cells` columns ``y``, ``x``, ``type``,
             ``state``, ``antigen``) of one plane."""
+    ny, nx = geometry.shape[-2:]
     img = np.ones((ny, nx, 3))
     y, x = cells["y"].to_numpy(), cells["x"].to_numpy()
     for label, colour, code, state in CELL_CLASSES:
-        m = _members(cells, label, code, state)
+        m = _members(cells, label, code, state, geometry)
         img[y[m], x[m]] = to_rgb(colour)
     return img
-
-
-def class_counts(cells: pd.DataFrame) -> dict[str, int]:
-    """Cells per class of :data:`CELL_CLASSES`."""
-    return {label: int(_members(cells, label, code, state).sum()) for label, _, code, state in CELL_CLASSES}
 
 
 def legend_handles() -> list[Patch]:
@@ -84,17 +96,15 @@ def label_axes(ax, bottom: bool = True, left: bool = True) -> None:
         ax.set_ylabel("y (um)", fontsize=7)
 
 
-def draw_cells(ax, cells: pd.DataFrame, shape, spacing_um: float, z: int | None = None) -> None:
+def draw_cells(ax, cells: pd.DataFrame, geometry: Geometry, z: int | None = None) -> None:
     """Draw the cells of one plane on ``ax``: the plane ``z`` of a 3D lattice (default its
-    middle), the whole lattice in 2D.
-
-    Args:
-        shape: the lattice shape, C order ([nz,] ny, nx); spacing_um: its site spacing."""
+    middle), the whole lattice in 2D."""
+    shape, spacing_um = geometry.shape, geometry.spacing_um
     if len(shape) == 3:
         z = shape[0] // 2 if z is None else z
         cells = cells[cells["z"] == z]
     ny, nx = shape[-2], shape[-1]
-    ax.imshow(cell_image(cells, ny, nx), origin="lower", interpolation="nearest",
+    ax.imshow(cell_image(cells, geometry), origin="lower", interpolation="nearest",
               extent=extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um))
     label_axes(ax)
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..io.readers import Run, open_run
 from ..io.runfile import RunFileError
 from ..studies.measures import summarize_run
-from .lattice import ANTIGEN_HIGH, ANTIGEN_LOW, COLOURS, draw_cells, extent, label_axes, legend_handles
+from .lattice import COLOURS, Geometry, draw_cells, extent, label_axes, legend_handles
 
 
 def mark_events(ax, events: list[dict]) -> None:
@@ -128,18 +128,16 @@ def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
     return fig
 
 
-def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, path: Path) -> Figure:
+def cells_figure(run: Run, start_day: float, days, geometry: Geometry, path: Path) -> Figure:
     """The lattice with cells coloured by type and state (alive tumor by antigen class) at
-    the chosen snapshot days (the middle z slice in 3D): x across, y up, in micrometres.
-
-    Args:
-        shape: the lattice shape, C order; spacing_um: its site spacing."""
+    the chosen snapshot days (the middle z slice in 3D): x across, y up, in micrometres."""
+    shape = geometry.shape
     idx = _snapshot_indices(run.cell_times, start_day, days)
     fig = Figure(figsize=(3.6 * len(idx) + 1.6, 3.9))
     axes = np.atleast_1d(fig.subplots(1, len(idx), squeeze=False)[0])
     for k, (ax, i) in enumerate(zip(axes, idx)):
         cells = run.cells(i)
-        draw_cells(ax, cells, shape, spacing_um)
+        draw_cells(ax, cells, geometry)
         if k:
             ax.set_ylabel("")
         if "z" in cells:
@@ -158,8 +156,9 @@ def cells_figure(run: Run, start_day: float, days, shape, spacing_um: float, pat
 def antigen_figure(run: Run, ts, start_day: float, path: Path) -> None:
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
-    classes = [("tumor_antigen_negative", f"negative (< {ANTIGEN_LOW})"),
-               ("tumor_antigen_low", f"low (< {ANTIGEN_HIGH})"), ("tumor_antigen_high", "high")]
+    a = run.config.tumor.antigen
+    classes = [("tumor_antigen_negative", f"negative (< {a.negative_below:g})"),
+               ("tumor_antigen_low", f"low (< {a.high_from:g})"), ("tumor_antigen_high", "high")]
     alive = ts["tumor_alive"].to_numpy()
     fractions = [np.divide(ts[c].to_numpy(), alive, out=np.zeros_like(alive), where=alive > 0) for c, _ in classes]
     left.stackplot(ts["day"], *fractions, labels=[lab for _, lab in classes],
@@ -206,7 +205,7 @@ def write_report(run_path, out_dir, days=None) -> list[Path]:
     populations_figure(run, ts, files["populations"])
     systemic_figure(run, ts, files["systemic"])
     fields_figure(run, cfg.start_day, days, files["fields"])
-    cells_figure(run, cfg.start_day, days, cfg.lattice.shape, cfg.lattice.spacing_um, files["cells"])
+    cells_figure(run, cfg.start_day, days, Geometry.of(cfg), files["cells"])
     antigen_figure(run, ts, cfg.start_day, files["antigen"])
     _, text = summarize_run(run)
     (out / "summary.txt").write_text(text + "\n")

@@ -43,7 +43,7 @@ from ...engine.lattice import VESSEL
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
 from ..rules import RuleSet, apply_edits
 from .population import Population, index_mask, rate_to_prob
-from .tumor import ALIVE, ANTIGEN_NEGATIVE
+from .tumor import ALIVE
 
 
 def days_to_exhaustion(engagements_per_day: float, increment: float, irreversible: float,
@@ -257,7 +257,7 @@ class CarTCells(Population):
         tix = m.site_owner(tumor)[xp.maximum(nb, 0)]
         tix = xp.where(nb >= 0, tix, -1).reshape(-1)
         safe = xp.maximum(tix, 0)
-        hit = (tix >= 0) & (d["state"][safe] == ALIVE) & (d["antigen"][safe] < ANTIGEN_NEGATIVE)
+        hit = (tix >= 0) & (d["state"][safe] == ALIVE) & (d["antigen"][safe] < tumor.params.antigen.negative_below)
         n_dirs = nb.shape[1]
         # the direction from the bystander to its victim: Moore offsets are symmetric, so
         # column c of the victim's row is column M - 1 - c seen from the bystander

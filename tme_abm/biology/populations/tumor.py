@@ -28,8 +28,6 @@ from .population import Population
 
 ALIVE, NECROTIC, APOPTOTIC, KILLED = 0, 1, 2, 3
 STATE_NAMES = {ALIVE: "alive", NECROTIC: "necrotic", APOPTOTIC: "apoptotic", KILLED: "killed"}
-ANTIGEN_NEGATIVE = 0.05
-"""Antigen density below which a cell counts as antigen-negative."""
 
 
 class TumorCells(Population):
@@ -89,10 +87,15 @@ class TumorCells(Population):
         out = {f"tumor_{name}": count(self, st == code) for code, name in STATE_NAMES.items()}
         alive = st == ALIVE
         ag = self.data["antigen"]
-        out["tumor_antigen_negative"] = count(self, alive & (ag < ANTIGEN_NEGATIVE))
-        out["tumor_antigen_low"] = count(self, alive & (ag >= ANTIGEN_NEGATIVE) & (ag < 0.3))
-        out["tumor_antigen_high"] = count(self, alive & (ag >= 0.3))
+        a = self.params.antigen
+        out["tumor_antigen_negative"] = count(self, alive & (ag < a.negative_below))
+        out["tumor_antigen_low"] = count(self, alive & (ag >= a.negative_below) & (ag < a.high_from))
+        out["tumor_antigen_high"] = count(self, alive & (ag >= a.high_from))
         return out
+
+    def antigen_negative(self):
+        """(n,) bool: alive cells below ``antigen.negative_below``."""
+        return (self.data["state"] == ALIVE) & (self.data["antigen"] < self.params.antigen.negative_below)
 
     # ---- stages --------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ...studies.experiments.analysis import arm_table, per_run, timecourse
 from ...studies.experiments.spec import arm_names, experiment_config
 from ...studies.sweep import SweepSpec, read_manifest
 from ...studies.table import read_table
+from ..lattice import Geometry
 
 SERIES = ("burden_relative", "blood_car_t", "systemic_cytokine", "car_t_on_lattice")
 """Time courses a folder view draws per arm (columns of :func:`timecourse`)."""
@@ -54,15 +55,16 @@ class RunFrames:
     and outcomes. :meth:`refresh` re-reads what a run still being written has added.
 
     Attributes:
-        shape: lattice shape, C order ([nz,] ny, nx); spacing_um: site spacing (um);
-        start_day: the run's first day relative to infusion.
+        shape: lattice shape, C order ([nz,] ny, nx); geometry: what drawing its lattice
+        needs (:class:`~tme_abm.viz.lattice.Geometry`); start_day: the run's first day
+        relative to infusion.
     """
 
     def __init__(self, path: Path):
         self.run: Run = open_run(path)
         cfg = self.run.config
-        self.shape = tuple(cfg.lattice.shape)
-        self.spacing_um = float(cfg.lattice.spacing_um)
+        self.geometry = Geometry.of(cfg)
+        self.shape = self.geometry.shape
         self.start_day = float(cfg.start_day)
         self.refresh()
 

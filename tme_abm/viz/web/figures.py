@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..lattice import draw_cells, draw_field, legend_handles
+from ..lattice import Geometry, draw_cells, draw_field, legend_handles
 from ..report import mark_events
 
 MARKER = "#e377c2"
@@ -15,15 +15,16 @@ MARKER = "#e377c2"
 
 
 def frame_figure(cells: pd.DataFrame | None, cells_title: str, plane: np.ndarray | None, field_title: str,
-                 units: str, shape, spacing_um: float, z: int | None = None) -> Figure:
+                 units: str, geometry: Geometry, z: int | None = None) -> Figure:
     """The lattice (cells by type and state) and one field plane side by side.
 
     Args:
         cells: a cell table (:meth:`tme_abm.Run.cells` columns), or None before the
-            first snapshot; plane: ``(ny, nx)`` field values, or None; shape: the lattice
-            shape, C order; spacing_um: its site spacing; z: the plane of a 3D lattice
-            (default its middle).
+            first snapshot; plane: ``(ny, nx)`` field values, or None; geometry: the
+            run's lattice (:class:`~tme_abm.viz.lattice.Geometry`); z: the plane of a 3D
+            lattice (default its middle).
     """
+    shape = geometry.shape
     if len(shape) == 3 and z is None:
         z = shape[0] // 2
     fig = Figure(figsize=(10.5, 4.2))
@@ -34,9 +35,9 @@ def frame_figure(cells: pd.DataFrame | None, cells_title: str, plane: np.ndarray
             ax.text(0.5, 0.5, "no snapshot yet", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
     if cells is not None:
-        draw_cells(left, cells, shape, spacing_um, z)
+        draw_cells(left, cells, geometry, z)
     if plane is not None:
-        im = draw_field(right, plane, spacing_um)
+        im = draw_field(right, plane, geometry.spacing_um)
         fig.colorbar(im, ax=right, shrink=0.85).set_label(units, fontsize=8)
     fig.legend(handles=legend_handles(), loc="center left", fontsize=6.5, bbox_to_anchor=(0.0, 0.5))
     fig.subplots_adjust(left=0.2, right=0.95, wspace=0.3)

@@ -28,6 +28,7 @@ from mesa.visualization.utils import update_counter
 from ...config import Config, load_config, validate_config
 from ...model import TMEModel
 from ...model.readouts import cell_table
+from ..lattice import Geometry
 from .pages import FieldControls, FramePanel, OutcomesTable, TimeSeriesPanel
 
 
@@ -116,7 +117,7 @@ def LiveLattice(model: LiveModel):
         FieldControls(fields.names, field, set_field, shape, z, set_z)
         FramePanel(pd.DataFrame(cell_table(model)), f"cells, day {model.day:.2f}",
                    values[zz] if zz is not None else values, f"{field}, day {model.day:.2f}",
-                   fields.units[fields.index[field]], shape, model.lattice.spacing_um, zz)
+                   fields.units[fields.index[field]], Geometry.of(model.config), zz)
 
 
 @solara.component

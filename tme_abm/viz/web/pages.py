@@ -18,6 +18,7 @@ import solara
 from ...io.readers import fmt_value
 from ...io.runfile import RunFileError
 from ...studies.errors import SweepError
+from ..lattice import Geometry
 from .data import FolderRuns, RunFrames, ViewError, is_run_file, resolve_under
 from .figures import frame_figure, timecourse_figure, timeseries_figure
 
@@ -40,10 +41,9 @@ def ErrorLine(message: str):
 
 
 @solara.component
-def FramePanel(cells, cells_title: str, plane, field_title: str, units: str, shape, spacing_um: float,
-               z: int | None):
+def FramePanel(cells, cells_title: str, plane, field_title: str, units: str, geometry: Geometry, z: int | None):
     """The lattice and one field plane side by side (:func:`frame_figure`)."""
-    fig = frame_figure(cells, cells_title, plane, field_title, units, shape, spacing_um, z)
+    fig = frame_figure(cells, cells_title, plane, field_title, units, geometry, z)
     solara.Div(children=[solara.FigureMatplotlib(fig, format="png")], classes=["tme-lattice"])
 
 
@@ -113,7 +113,7 @@ def RunView(path: Path):
                    f"cells, day {frames.day(cells[1]):.2f}" if cells else "cells",
                    plane[0] if plane else None,
                    f"{field}, day {frames.day(plane[1]):.2f}" if plane else field,
-                   frames.field_units.get(field, ""), frames.shape, frames.spacing_um, zz)
+                   frames.field_units.get(field, ""), frames.geometry, zz)
         TimeSeriesPanel(frames.timeseries, frames.events, frames.day(t))
         Heading("therapy events", 4)
         if frames.events:
