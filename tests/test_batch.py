@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_io import BASELINE, SMALL, assert_same_run, cli, fail_at_tick
+from helpers import BASELINE, EVENTS, SMALL, assert_same_run, cli, fail_at_tick
 
 import tme_abm
 from tme_abm.config import load_config
@@ -16,16 +16,11 @@ from tme_abm.io import run
 from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 
+
 # the small baseline (lymphodepletion, infusion; 4 days, 960 ticks) on a bulky lesion
 # (solid core plus dispersed cells) with CAR T cells from the start, a resection of the
 # outermost cells, two radiotherapy fractions with their CXCL10 pulse and an MRD cut, so
 # every therapy event acts per replicate
-EVENTS = ["tumor.archetype=bulky", "tumor.initial_cells=30", "car_t.initial_cells=20", "time.duration_days=4",
-          "therapy=[{kind: lymphodepletion, day: -3}, {kind: resection, day: -2.5, fraction: 0.2, order: outside},"
-          " {kind: radiotherapy, day: -2, dose_gy: 2.0, fractions: 2, interval_days: 0.5},"
-          " {kind: infusion, day: 0, dose_cells: 1.0e8}, {kind: mrd, day: 0.5, residual_cells: 60}]"]
-
-
 def batch_config(*extra):
     return load_config(BASELINE, [*SMALL, *EVENTS, *extra])
 

@@ -13,15 +13,10 @@ from pathlib import Path
 
 import h5py
 import pytest
+from helpers import cli
 
 ROOT = Path(__file__).parent.parent
 QUICK = ROOT / "configs" / "quickstart.yaml"
-
-
-def cli(*args, cwd=None):
-    env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
-    return subprocess.run([sys.executable, "-m", "tme_abm.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_run_writes_a_run_file_and_refuses_to_overwrite(tmp_path):
@@ -103,12 +98,6 @@ def test_bench_model_with_replicates_compares_the_batch_per_replicate_with_the_s
     assert res["speedup"] == pytest.approx(res["wall_s"] / b["wall_s_per_replicate"])
     r = cli("bench", "model", QUICK, "--days", "0.02", "--replicates", "2")
     assert r.returncode == 0 and "batch of 2 replicates" in r.stdout and "per replicate" in r.stdout
-
-
-@pytest.mark.parametrize("name", ["quickstart", "baseline", "heme_marrow", "solid_3d"])
-def test_shipped_configs_are_valid(name):
-    r = cli("validate", ROOT / "configs" / f"{name}.yaml")
-    assert r.returncode == 0, r.stderr
 
 
 def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path):

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import DX, UPTAKE_COLUMN, host, uptake_column
 
 from tme_abm.engine.backend import make_backend
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
 from tme_abm.engine.diffusion.thomas import axis_coefficients, rotate_numpy, thomas_sweep_numpy, thomas_sweep_sink_numpy
-
-DX = 20.0
-
-
-def host(solver):
-    """(F, *shape) host copy of a single solver's fields (its only replicate)."""
-    return solver.backend.to_host(solver.values[:, 0])
 
 
 def test_scaled_thomas_matches_dense_solve():
@@ -127,22 +121,6 @@ def test_sink_sweep_matches_dense_solve():
     v = d.reshape(n, 1).copy()
     thomas_sweep_sink_numpy(v, extra.reshape(n, 1).copy(), c.b[0], c.r[0], c.rhs_lo[0], c.rhs_hi[0])
     np.testing.assert_allclose(v[:, 0] * c.scale[0], np.linalg.solve(A, rhs), rtol=1e-12)
-
-
-UPTAKE_COLUMN = (1e5, 10.0, 38.0)
-"""D (um^2/min), uptake U (1/min) and the fixed value c of :func:`uptake_column`."""
-
-
-def uptake_column(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A column of ``n`` voxels held at c at y=0, no flux at y=L, cells taking up at U on
-    every site: its face values (1, 2, 2) and steady state c cosh((L-y)/l)/cosh(L/l),
-    l = sqrt(D/U) = 100 um, on the voxel centres."""
-    D, U, c0 = UPTAKE_COLUMN
-    faces = np.full((1, 2, 2), NOFLUX)
-    faces[0, 0, 0] = c0
-    y = (np.arange(n) + 0.5) * DX
-    ell, L = np.sqrt(D / U), n * DX
-    return faces, c0 * np.cosh((L - y) / ell) / np.cosh(L / ell)
 
 
 def test_uptake_steady_state_converges_at_long_field_steps(backend64):

@@ -12,8 +12,7 @@ import types
 
 import numpy as np
 import pytest
-from test_batch import EVENTS
-from test_io import BASELINE, SMALL
+from helpers import BASELINE, EVENTS, SMALL
 
 from tme_abm.config import load_config
 from tme_abm.engine.backend import Backend

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from test_io import assert_same_run, fail_at_tick
+from helpers import assert_same_run, cli, fail_at_tick
 
 import tme_abm
 from tme_abm.config import load_config
@@ -34,11 +34,6 @@ SMALL = ["time.burn_in_days=0", "lattice.shape=[30, 30]", "tumor.radius_sites=6"
          "monocyte.initial_cells=3",
          "granulocyte.initial_cells=3", "output.snapshot_every_min=720", "output.cell_snapshot_every_min=1440",
          "output.checkpoint_every_min=1440", "backend=numpy"]
-
-
-def cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tme_abm.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=600, **kw)
 
 
 def start(*args) -> subprocess.Popen:

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import BASELINE, ROOT, SMALL, assert_same_run, cli, fail_at_tick, small
 from matplotlib.image import imread
 
 import tme_abm
@@ -21,43 +22,6 @@ from tme_abm.config import load_config
 from tme_abm.io import RunFileError, run
 from tme_abm.io.runfile import CELL_COLUMNS, RunFile
 from tme_abm.model import TMEModel, cell_table
-
-ROOT = Path(__file__).parent.parent
-BASELINE = ROOT / "configs" / "baseline.yaml"
-# A small baseline: lymphodepletion on day -3, infusion on day 0, 3.5 days on 40 x 40.
-SMALL = ["time.burn_in_days=0", "lattice.shape=[40, 40]", "tumor.radius_sites=8", "time.duration_days=3.5",
-         "monocyte.initial_cells=5",
-         "granulocyte.initial_cells=5", "output.snapshot_every_min=240", "output.cell_snapshot_every_min=480",
-         "output.checkpoint_every_min=360", "backend=numpy"]
-COMPARED = ("timeseries", "fields", "cells", "events", "event")
-
-
-def small(*extra):
-    return load_config(BASELINE, [*SMALL, *extra])
-
-
-def datasets(path, groups=COMPARED) -> dict[str, np.ndarray]:
-    """Every dataset under ``groups`` of a file, by path."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        for g in groups:
-            if isinstance(f[g], h5py.Dataset):
-                out[g] = f[g][()]
-            else:
-                f[g].visititems(lambda k, o, g=g: out.__setitem__(f"{g}/{k}", o[()])
-                                if isinstance(o, h5py.Dataset) else None)
-        out["outcomes"] = dict(f["outcomes"].attrs) if "outcomes" in f else {}
-    return out
-
-
-def assert_same_run(a, b):
-    da, db = datasets(a), datasets(b)
-    assert da.keys() == db.keys()
-    for k in da:
-        if k == "outcomes":
-            assert json.dumps(da[k], default=str, sort_keys=True) == json.dumps(db[k], default=str, sort_keys=True)
-        else:
-            assert np.array_equal(da[k], db[k], equal_nan=da[k].dtype.kind == "f"), k
 
 
 @pytest.fixture(scope="module")
@@ -170,18 +134,6 @@ def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
         ds.close()
 
 
-def fail_at_tick(monkeypatch, tick: int) -> None:
-    """Make every model's step raise at ``tick`` (``monkeypatch.undo()`` ends it)."""
-    original = TMEModel.step
-
-    def failing(self):
-        if self.steps == tick:
-            raise RuntimeError(f"simulated fault at tick {tick}")
-        original(self)
-
-    monkeypatch.setattr(TMEModel, "step", failing)
-
-
 def test_failure_records_status_and_error_then_resume_completes_it(tmp_path, monkeypatch, reference):
     path = tmp_path / "f.h5"
     fail_at_tick(monkeypatch, 500)
@@ -205,12 +157,6 @@ def test_resume_refuses_another_config_and_a_complete_run(tmp_path, reference):
         run(small("car_t.initial_cells=3"), path, quiet=True, resume=True)
     with pytest.raises(RunFileError, match="complete; nothing to resume"):
         run(small(), reference, quiet=True, resume=True)
-
-
-def cli(*args, **kw):
-    env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
-    return subprocess.run([sys.executable, "-m", "tme_abm.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600, **kw)
 
 
 def _checkpoint_tick(path) -> int:

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import BE, OFF, SEEDS, grid_sites, pairs_model, scenario, within
 from scipy import integrate
-from test_rules import BE, OFF, SEEDS, grid_sites, pairs_model, scenario, within
 
 import tme_abm
 from tme_abm.biology import therapy

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
+from helpers import DX, UPTAKE_COLUMN, host, uptake_column
 from scipy.special import i0, i1, k0, k1
-from test_diffusion import DX, UPTAKE_COLUMN, host, uptake_column
 
 from tme_abm.config import ConfigError, load_config
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources

@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 import pytest
+from helpers import fixed
 from scipy.integrate import solve_ivp
-from test_rules import fixed
 
 from tme_abm.biology.outcomes import OUTCOME_KEYS, classify_response
 from tme_abm.biology.patient import BLOOD, DISEASE, MEMORY, Lesion, Pulse, Systemic

@@ -8,54 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import BE, OFF, SEEDS, fixed, grid_sites, pairs_model, scenario, within
 
-from tme_abm.biology.populations import CELL_TYPES
 from tme_abm.biology.populations.population import occurs
 from tme_abm.biology.rules import RuleSet, apply_edits
 from tme_abm.biology.rules import hill as hill_impl
 from tme_abm.config import validate_config
-from tme_abm.engine.backend import make_backend
 from tme_abm.model import TMEModel
-
-BE = make_backend("numpy", "float64")
-SEEDS = range(5)
-OFF = {"enabled": False}
-
-
-def fixed(value: float) -> dict:
-    """A field that stays at ``value`` everywhere."""
-    zero = {t: 0.0 for t in CELL_TYPES}
-    return {"initial": value, "vessel_value": value, "diffusion_um2_per_min": 0.0, "decay_per_min": 0.0,
-            "secretion_per_min": zero, "uptake_per_min": zero, "perfused": False}
-
-
-def scenario(fields=None, shape=(60, 60), vessels=None, **sections):
-    data = {
-        "seed": 0, "lattice": {"shape": list(shape), "vessels": vessels or {"layout": "none"}},
-        "time": {"tick_min": 6, "duration_days": 10, "field_substeps": 1},
-        "tumor": {"archetype": "dispersed", "initial_cells": 0, "apoptosis_per_min": 0.0, "divide_per_min": 0.0},
-        "car_t": {"move": {"speed_um_per_min": 0.0}, "death_per_min": 0.0},
-        "fields": {"oxygen": fixed(38.0), "adenosine": fixed(0.0), "protons": fixed(0.0), "cxcl10": fixed(0.0),
-                   "ccl2": fixed(0.0), "cxcl8": fixed(0.0), "cytokine": fixed(0.0), **(fields or {})},
-    }
-    return validate_config(merge(data, sections))
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def grid_sites(shape, spacing, offset=(1, 1)):
-    ys, xs = np.meshgrid(np.arange(offset[0], shape[0] - 1, spacing), np.arange(offset[1], shape[1] - 2, spacing),
-                         indexing="ij")
-    return ys.ravel(), xs.ravel()
-
-
-def within(observed: float, n: int, p: float, k: float = 4.0) -> bool:
-    return abs(observed / n - p) <= k * np.sqrt(p * (1 - p) / n) + 1e-12
 
 
 def hill(s, K, n):
@@ -123,22 +82,6 @@ def test_necrosis_below_the_threshold_only(o2, expect_rate):
 
 
 # ---- CAR T engagement and killing --------------------------------------------------------
-
-def pairs_model(seed=0, antigen=1.0, fields=None, car_t=None, kill_rules=None):
-    """Isolated (tumor, CAR T) pairs, side by side; engagement is immediate and lasts one tick."""
-    rules = {"engage": {"antigen": {"half_max": 1e-3}},
-             "kill": kill_rules if kill_rules is not None else {n: OFF for n in
-                                                                 ("adenosine", "acidity", "hypoxia",
-                                                                  "monocyte_contact", "granulocyte_contact")}}
-    ct = {"engage_per_min": 100.0, "engagement_min": 6.0, "kill_probability": 0.6, "divide_probability": 0.0,
-          "rules": rules, **(car_t or {})}
-    m = TMEModel(scenario(fields=fields, car_t=ct, seed=seed), backend=BE)
-    ys, xs = grid_sites(m.lattice.shape, 4)
-    m.tumor.add(np.ravel_multi_index((ys, xs), m.lattice.shape), antigen=np.full(len(ys), antigen))
-    sites = np.ravel_multi_index((ys, xs + 1), m.lattice.shape)
-    m.car_t.add(sites, **m.car_t.new_cell_state(sites))
-    return m, len(ys)
-
 
 def kills_after_one_engagement(**kw) -> tuple[int, int]:
     kills = trials = 0

@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 from dask.distributed import Client
-from test_io import assert_same_run
+from helpers import assert_same_run
 
 import tme_abm
 from tme_abm.engine.backend import _cupy_device_usable
-from tme_abm.studies.statistics import wilson
 from tme_abm.studies.summary import summarize_sweep
 from tme_abm.studies.sweep import (
     Executor,
@@ -195,12 +194,6 @@ def test_summary_statistics_and_figures(two_workers):
     g = table[table["point"] == 0]
     assert points["response_rate"][0] == g["response_at_end"].isin(["CR", "PR"]).mean()
     assert written["outcomes_vs_car_t_initial_cells"].stat().st_size > 10_000
-
-
-def test_wilson_interval_known_values():
-    lo, hi = wilson(8, 10)  # a standard textbook value
-    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
 
 
 def test_morris_design_gives_salib_indices(tmp_path):
