@@ -16,6 +16,8 @@ from tme_abm.io import run
 from tme_abm.io.runner import replicates_of, run_batch
 from tme_abm.model import TMEModel
 
+pytestmark = pytest.mark.slow  # every test here runs models (or a browser)
+
 
 # the small baseline (lymphodepletion, infusion; 4 days, 960 ticks) on a bulky lesion
 # (solid core plus dispersed cells) with CAR T cells from the start, a resection of the

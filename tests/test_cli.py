@@ -19,6 +19,7 @@ ROOT = Path(__file__).parent.parent
 QUICK = ROOT / "configs" / "quickstart.yaml"
 
 
+@pytest.mark.slow
 def test_run_writes_a_run_file_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "q.h5"
     r = cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "--seed", "9", "-q")
@@ -41,6 +42,7 @@ def test_run_writes_a_run_file_and_refuses_to_overwrite(tmp_path):
     assert out.read_bytes() == before  # nothing already written is lost
 
 
+@pytest.mark.slow
 def test_validate_accepts_good_and_names_typo(tmp_path):
     assert cli("validate", QUICK).returncode == 0
     bad = tmp_path / "bad.yaml"
@@ -52,6 +54,7 @@ def test_validate_accepts_good_and_names_typo(tmp_path):
     assert r.returncode != 0 and not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow
 def test_bad_override_and_missing_file_fail_clearly(tmp_path):
     r = cli("validate", QUICK, "--set", "time.tick_min=-5")
     assert r.returncode != 0 and "time.tick_min: value -5" in r.stderr
@@ -59,6 +62,7 @@ def test_bad_override_and_missing_file_fail_clearly(tmp_path):
     assert r.returncode != 0 and "config file not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_diffusion_json():
     r = cli("bench", "diffusion", "--shape", "24", "20", "16", "--fields", "2", "--repeats", "2",
             "--backend", "numpy", "--json")
@@ -68,6 +72,7 @@ def test_bench_diffusion_json():
     assert res["voxel_field_updates_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_explicit_cupy_without_device_is_a_clear_error(has_cuda):
     if has_cuda:
         pytest.skip("a CUDA device is present")
@@ -77,6 +82,7 @@ def test_explicit_cupy_without_device_is_a_clear_error(has_cuda):
     assert r.returncode != 0 and "backend 'cupy' was requested" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_model_reports_throughput_and_stages():
     r = cli("bench", "model", QUICK, "--days", "0.02", "--set", "car_t.initial_cells=30", "--json")
     assert r.returncode == 0, r.stderr
@@ -89,6 +95,7 @@ def test_bench_model_reports_throughput_and_stages():
     assert r.returncode != 0 and "car_t.rules.kil" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_model_with_replicates_compares_the_batch_per_replicate_with_the_single_run():
     r = cli("bench", "model", QUICK, "--days", "0.02", "--replicates", "3", "--json")
     assert r.returncode == 0, r.stderr
@@ -100,6 +107,7 @@ def test_bench_model_with_replicates_compares_the_batch_per_replicate_with_the_s
     assert r.returncode == 0 and "batch of 2 replicates" in r.stdout and "per replicate" in r.stdout
 
 
+@pytest.mark.slow
 def test_core_install_runs_without_the_extras_and_names_the_missing_one(tmp_path):
     """With dask, SALib and matplotlib unimportable (a core install), a run works and the
     commands that need an extra say which one in one line."""
@@ -132,6 +140,7 @@ def error_lines(r: subprocess.CompletedProcess) -> list[str]:
     return [x for x in r.stderr.splitlines() if not x.startswith(("warning:", "WARNING:"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup, args, expected", [
     (lambda d: (d / "bin.yaml").write_bytes(bytes(range(256)) * 4), ["run", "{d}/bin.yaml"],
      "{d}/bin.yaml: not a text file"),
@@ -147,7 +156,7 @@ def error_lines(r: subprocess.CompletedProcess) -> list[str]:
     (lambda d: None, ["validate", str(QUICK), "--set", "fields.oxygn.initial=3"],
      "fields.oxygn: not a default field (did you mean oxygen?)"),
     (lambda d: None, ["validate", str(QUICK), "--set", "car_t.initial_cells=14000"],
-     "car_t.initial_cells 14000: only 13084 free lattice sites are left"),
+     "car_t.initial_cells 14000: only 13086 free lattice sites are left"),
 ])
 def test_user_errors_are_one_line(tmp_path, setup, args, expected):
     setup(tmp_path)
@@ -157,6 +166,7 @@ def test_user_errors_are_one_line(tmp_path, setup, args, expected):
     assert line.startswith("error: ") and expected.format(d=tmp_path) in line, line
 
 
+@pytest.mark.slow
 def test_report_refuses_a_file_as_folder_and_days_the_run_lacks(tmp_path):
     out = tmp_path / "q.h5"
     assert cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "-q").returncode == 0
@@ -169,6 +179,7 @@ def test_report_refuses_a_file_as_folder_and_days_the_run_lacks(tmp_path):
         assert line.startswith(f"error: {expected}"), line
 
 
+@pytest.mark.slow
 def test_summarize_json_is_strict_json(tmp_path):
     out = tmp_path / "q.h5"
     assert cli("run", QUICK, "--out", out, "--set", "time.duration_days=0.1", "-q").returncode == 0
@@ -182,6 +193,7 @@ def test_summarize_json_is_strict_json(tmp_path):
     assert "day" in cli("summarize", out).stdout  # units in the text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, what", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_an_interrupted_run_says_how_to_resume_and_that_command_finishes_it(tmp_path, sig, code, what):
@@ -212,6 +224,7 @@ def tme_abm_status(path) -> str:
         return f.attrs["status"]
 
 
+@pytest.mark.slow
 def test_version_and_unexpected_errors_in_one_line_unless_debug(tmp_path):
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("tme-abm ")

@@ -51,6 +51,7 @@ def lesion_run(request, tmp_path_factory):
     return les, path, cfg
 
 
+@pytest.mark.slow
 def test_fields_are_written_with_c_order_dimension_names(lesion_run):
     les, path, _ = lesion_run
     names = ("z", "y", "x")[3 - len(les["shape"]):]
@@ -62,6 +63,7 @@ def test_fields_are_written_with_c_order_dimension_names(lesion_run):
             assert f["fields"][a].shape == (n,)
 
 
+@pytest.mark.slow
 def test_xarray_finds_the_lesion_where_the_config_put_it(lesion_run):
     les, path, _ = lesion_run
     with xr.open_dataset(path, engine="h5netcdf", group="fields") as fs:
@@ -78,6 +80,7 @@ def test_xarray_finds_the_lesion_where_the_config_put_it(lesion_run):
         assert tumor[a].max() - tumor[a].min() == 2 * les["radius"], a
 
 
+@pytest.mark.slow
 def test_report_figures_draw_x_across_and_y_up_in_micrometres(lesion_run, tmp_path):
     les, path, cfg = lesion_run
     r = tme_abm.open_run(path)
@@ -114,6 +117,7 @@ def _tool(name: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_ncdump_reads_the_header_with_c_order_axes_and_cf_attributes(lesion_run):
     les, path, _ = lesion_run
     out = subprocess.run([_tool("ncdump"), "-h", str(path)], capture_output=True, text=True, timeout=60)
@@ -126,6 +130,7 @@ def test_ncdump_reads_the_header_with_c_order_axes_and_cf_attributes(lesion_run)
     assert 'type:flag_meanings = "tumor car_t monocyte granulocyte" ;' in out.stdout
 
 
+@pytest.mark.slow
 def test_every_variable_has_a_long_name_and_udunits_units(lesion_run):
     """Every variable of the data groups has a long_name; every one but the cell type,
     state and ids has units that UDUNITS-2 parses."""
@@ -149,6 +154,7 @@ def test_every_variable_has_a_long_name_and_udunits_units(lesion_run):
         assert r.returncode == 0, f"{units!r} is not UDUNITS-2: {r.stderr.strip()}"
 
 
+@pytest.mark.slow
 def test_xarray_reads_cf_units_and_keeps_numbers_as_numbers(lesion_run):
     """CF-aware decoding leaves the time series numeric (no unit is a time unit xarray
     would turn into timedeltas) and shows units and long names."""

@@ -143,6 +143,7 @@ def test_uptake_steady_state_converges_at_long_field_steps(backend64):
     assert errs[0] < 0.10 and errs[1] < 0.03 and errs[1] < errs[0] / 2, errs
 
 
+@pytest.mark.slow
 def test_steady_state_1d_with_decay_matches_cosh_profile(backend64):
     """Fixed value c at y=0, no flux at y=L, decay lambda: u = c cosh((L-y)/l)/cosh(L/l).
 
@@ -251,6 +252,7 @@ def test_stable_far_beyond_explicit_limit(backend64):
     assert u.std() < init.std() * 1e-2
 
 
+@pytest.mark.slow
 def test_observed_convergence_order_in_dt_is_one(backend64):
     """Errors against a fine-dt reference fall by ~2x per halving of dt (backward Euler)."""
     shape, T = (40, 30), 8.0

@@ -55,6 +55,7 @@ def quick_runs(scheduler, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_shipped_experiment_is_listed_and_loads():
     assert available() == NAMES
     for name in NAMES:
@@ -67,6 +68,7 @@ def test_every_shipped_experiment_is_listed_and_loads():
         assert quick.name == f"{name}-quick" and quick.replicates == exp.quick.replicates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
     w = quick_runs[name]
@@ -122,6 +124,7 @@ def test_quick_experiment_writes_tables_figures_and_report(quick_runs, name):
             assert (math.isnan(r["auc"]) and math.isnan(expected)) or r["auc"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_rerun_runs_nothing_and_the_analysis_is_reproduced(quick_runs, scheduler):
     w = quick_runs["solid_vs_heme"]
     before = {k: w[k].read_bytes() for k in ("arms", "comparisons", "expectations", "timecourse")}
@@ -231,6 +234,7 @@ def test_bad_experiment_blocks_are_refused_with_the_file_and_key(tmp_path, chang
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_lists_experiments_and_names_an_unknown_one():
     r = subprocess.run([sys.executable, "-m", "tme_abm.cli", "experiment", "--list"], capture_output=True, text=True,
                        timeout=300)
@@ -240,6 +244,7 @@ def test_cli_lists_experiments_and_names_an_unknown_one():
     assert r.returncode == 2 and "no experiment 'no_such_thing'" in r.stderr and "burden" in r.stderr
 
 
+@pytest.mark.slow
 def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tmp_path):
     """calibration(run) reads kills from the tumor_killed count (cleared after 1440 min);
     checked against kills tracked cell by cell in a model stepped by hand."""
@@ -264,6 +269,7 @@ def test_calibration_kills_per_car_t_per_day_counts_each_kill_of_the_last_day(tm
         assert kills > 5 and value * eff == pytest.approx(kills, abs=1.0)
 
 
+@pytest.mark.slow
 def test_calibration_table_summarizes_the_runs_of_a_folder(tmp_path):
     """Each row is the median and quartiles of that measure over the folder's runs (CRS
     measures over the runs with CRS), checked against the runs read one by one; the CLI
@@ -354,6 +360,7 @@ def _edit_experiment(folder, change) -> None:
     (folder / "sweep.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_an_undeclared_test_is_refused_and_an_exploratory_one_reported_apart(quick_runs, scheduler, tmp_path):
     folder = tmp_path / "escape"
     shutil.copytree(quick_runs["antigen_escape"]["out"], folder)
@@ -389,6 +396,7 @@ def test_an_undeclared_test_is_refused_and_an_exploratory_one_reported_apart(qui
     assert len(result["expectations"]) == 1 and result["exploratory"][0]["claim"] == "added after the runs"
 
 
+@pytest.mark.slow
 def test_an_ensemble_grows_without_rerunning_finished_replicates(quick_runs, scheduler, tmp_path):
     folder = tmp_path / "escape"
     shutil.copytree(quick_runs["antigen_escape"]["out"], folder)

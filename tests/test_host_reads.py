@@ -18,6 +18,8 @@ from tme_abm.config import load_config
 from tme_abm.engine.backend import Backend
 from tme_abm.model import TMEModel
 
+pytestmark = pytest.mark.slow  # every test here runs models (or a browser)
+
 
 class HostRead(AssertionError):
     """A device value was read on the host outside ``Backend.to_host``."""

@@ -24,6 +24,8 @@ from tme_abm.io import RunFileError, run
 from tme_abm.io.runner import RunTerminated, pending_path
 from tme_abm.model import TMEModel
 
+pytestmark = pytest.mark.slow  # every test here runs models (or a browser)
+
 ROOT = Path(__file__).parent.parent
 QUICK = ROOT / "configs" / "quickstart.yaml"
 BASELINE = ROOT / "configs" / "baseline.yaml"

@@ -32,6 +32,7 @@ def reference(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_round_trip_of_every_array_written_by_the_model(reference):
     """Step the same config by hand and compare every row, snapshot and outcome the
     file holds with what the model produced."""
@@ -66,6 +67,7 @@ def test_round_trip_of_every_array_written_by_the_model(reference):
     assert json.dumps(r.outcomes, sort_keys=True) == json.dumps(m.outcomes(), sort_keys=True)
 
 
+@pytest.mark.slow
 def test_output_writers_follow_their_schedules(tmp_path):
     """Rows every 7 ticks, field and cell snapshots every 10 and 20 ticks, checkpoints every
     10: each at tick 0 and, but for the checkpoint, at the last tick (24) as well."""
@@ -115,6 +117,7 @@ def test_writer_round_trip_of_synthetic_arrays(tmp_path):
     assert o["response_at_end"] == "PR" and np.isnan(o["time_to_progression_days"]) and o["max_crs_grade"] == 2
 
 
+@pytest.mark.slow
 def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
     ts = xr.open_dataset(reference, engine="h5netcdf", group="timeseries")
     assert ts["tumor_alive"].dims == ("time",) and ts["time"].attrs["units"] == "min"
@@ -134,6 +137,7 @@ def test_xarray_opens_groups_with_named_dimensions_and_units(reference):
         ds.close()
 
 
+@pytest.mark.slow
 def test_failure_records_status_and_error_then_resume_completes_it(tmp_path, monkeypatch, reference):
     path = tmp_path / "f.h5"
     fail_at_tick(monkeypatch, 500)
@@ -148,6 +152,7 @@ def test_failure_records_status_and_error_then_resume_completes_it(tmp_path, mon
     assert_same_run(path, reference)
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_config_and_a_complete_run(tmp_path, reference):
     path = tmp_path / "r.h5"
     path.write_bytes(reference.read_bytes())
@@ -167,6 +172,7 @@ def _checkpoint_tick(path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_leaves_a_readable_file_and_resume_matches(tmp_path, reference):
     path = tmp_path / "k.h5"
     sets = [a for s in SMALL for a in ("--set", s)]
@@ -195,6 +201,7 @@ def test_sigkill_mid_run_leaves_a_readable_file_and_resume_matches(tmp_path, ref
     assert_same_run(path, reference)
 
 
+@pytest.mark.slow
 def test_bad_files_give_a_clear_error(tmp_path, reference):
     text = tmp_path / "notes.h5"
     text.write_text("not a run\n")
@@ -225,6 +232,7 @@ def test_bad_files_give_a_clear_error(tmp_path, reference):
         assert str(bad) in res.stderr
 
 
+@pytest.mark.slow
 def test_open_runs_table_and_summarize(tmp_path, reference):
     folder = tmp_path / "runs"
     folder.mkdir()
@@ -243,6 +251,7 @@ def test_open_runs_table_and_summarize(tmp_path, reference):
     assert info["status"] == "complete" and info["seed"] == 5 and info["outcomes"]["max_crs_grade"] >= 0
 
 
+@pytest.mark.slow
 def test_report_writes_figures_that_differ_between_runs(tmp_path, reference):
     other = tmp_path / "other.h5"
     run(small("seed=5", "car_t.initial_cells=60"), other, quiet=True)

@@ -37,6 +37,7 @@ def test_birth_rate_is_gompertz_with_loss_capped_at_the_low_density_rate():
     assert gompertz_birth_per_min(0.0, k, alpha, loss, r_max) == r_max
 
 
+@pytest.mark.slow
 def test_lone_cells_grow_as_the_gompertz_closed_form():
     """Sparse cells in full oxygen, with apoptosis as the only loss: the mean count over
     seeds follows exponential growth at r_max - delta, then Gompertzian deceleration."""
@@ -77,6 +78,7 @@ def test_normal_marrow_cells_share_the_capacity():
     assert float(m.tumor.birth_per_min(m.tumor.alive)[0]) == pytest.approx(loss + alpha * math.log(1000 / 500))
 
 
+@pytest.mark.slow
 def test_the_burn_in_brings_a_lesion_to_its_steady_state():
     """A small baseline lesion, no therapy: over the last day of a 7-day burn-in the alive
     count and the necrotic fraction change by no more than their noise, and the lesion
@@ -342,6 +344,7 @@ def test_the_microvessels_and_the_marrow_niche_survive_a_checkpoint():
     np.testing.assert_equal(a.current_row(), b.current_row())
 
 
+@pytest.mark.slow
 def test_the_lesion_calibration_reads_the_first_event_row(tmp_path):
     cfg = load_config(BASELINE, ["backend=numpy", "lattice.shape=[40, 40]", "tumor.radius_sites=10",
                                  "time.burn_in_days=0.5", "time.duration_days=3.2", "monocyte.initial_cells=5",

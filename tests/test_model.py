@@ -6,6 +6,7 @@ import inspect
 
 import mesa
 import numpy as np
+import pytest
 
 from tme_abm.bench import bench_model
 from tme_abm.biology.populations import CarTCells, Granulocytes, Monocytes, TumorCells
@@ -90,6 +91,7 @@ def _final_state(cfg, permute=False):
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_identical_different_seed_differs_and_memory_order_is_irrelevant():
     a, b, c = _final_state(busy(seed=5)), _final_state(busy(seed=5)), _final_state(busy(seed=6))
     d = _final_state(busy(seed=5), permute=True)

@@ -141,6 +141,7 @@ def test_extreme_uptake_stays_non_negative(backend64):
     assert np.median(v.ravel()[sites]) < 1.0
 
 
+@pytest.mark.slow
 def test_lod_holds_vessels_only_to_first_order_and_implicit_exactly(backend64):
     """Vessel voxels as the only sources (no-flux faces, decay): the LOD step resets them
     between sweeps, so their supply errs by O(D dt / dx^2); its result approaches the

@@ -35,6 +35,7 @@ def test_kernels_live_at_the_top_and_a_checkout_finds_them():
         kernel_source("nowhere")
 
 
+@pytest.mark.slow
 def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
     pytest.importorskip("hatchling")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",

@@ -322,6 +322,7 @@ def test_lattice_arrivals_follow_the_blood_concentration():
     assert m.event_log[0]["kind"] == "infusion" and m.event_log[0]["day"] == 0.0
 
 
+@pytest.mark.slow
 def test_events_fire_at_their_time_and_change_what_they_should():
     cfg = small_patient([{"kind": "resection", "day": -1.0, "fraction": 0.5, "order": "outside"},
                          {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
@@ -382,6 +383,7 @@ def test_mrd_leaves_the_residual_cells():
     assert m.tumor.counts()["tumor_alive"] == 7
 
 
+@pytest.mark.slow
 def test_outcomes_are_reported_at_the_end():
     m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 300}],
                                patient={"assessment_day": 1.0}), backend=BE)

@@ -59,6 +59,7 @@ def two_workers(tmp_path_factory):
     return spec, d / "out", run_sweep(spec, d / "out", Executor(workers=2, progress=False))
 
 
+@pytest.mark.slow
 def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_workers, tmp_path):
     spec, out, table = two_workers
     assert len(table) == 4 and list(table["status"]) == ["complete"] * 4
@@ -73,6 +74,7 @@ def test_two_workers_one_run_file_and_row_per_task_and_one_worker_agrees(two_wor
     pd.testing.assert_frame_equal(without_timing(one), without_timing(table))
 
 
+@pytest.mark.slow
 def test_replicates_run_in_batches_write_what_they_write_alone(two_workers, tmp_path):
     """The fixture ran each point's 2 replicates as one batch (the default); run one at a
     time, every file and row is the same."""
@@ -84,6 +86,7 @@ def test_replicates_run_in_batches_write_what_they_write_alone(two_workers, tmp_
         assert_same_run(tmp_path / "alone" / row["path"], out / row["path"])
 
 
+@pytest.mark.slow
 def test_failed_task_is_recorded_others_finish_and_rerun_runs_nothing_new(tmp_path):
     spec = spec_file(tmp_path, design={"kind": "grid", "parameters": {"car_t.initial_cells": [5, -3]}},
                      replicates=1)
@@ -97,6 +100,7 @@ def test_failed_task_is_recorded_others_finish_and_rerun_runs_nothing_new(tmp_pa
     assert list(again["status"]) == ["complete", "failed"]  # the failure was retried, and failed again
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_completes(tmp_path):
     spec = spec_file(tmp_path, design={"kind": "list", "points": [{"car_t.initial_cells": n} for n in (5, 10, 15)]},
                      replicates=2, )
@@ -182,6 +186,7 @@ def test_gpu_workers_are_one_single_threaded_local_cuda_worker_per_listed_device
         gpu_cluster([0, 1])
 
 
+@pytest.mark.slow
 def test_summary_statistics_and_figures(two_workers):
     _, out, table = two_workers
     written = summarize_sweep(out)
@@ -196,6 +201,7 @@ def test_summary_statistics_and_figures(two_workers):
     assert written["outcomes_vs_car_t_initial_cells"].stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_morris_design_gives_salib_indices(tmp_path):
     design = {"kind": "morris", "samples": 2, "levels": 4,
               "parameters": {"car_t.initial_cells": [5, 40], "tumor.radius_sites": [3, 7]},
@@ -210,6 +216,7 @@ def test_morris_design_gives_salib_indices(tmp_path):
     assert sens.loc[sens["outcome"] == "burden_ratio_at_end", "mu_star"].notna().all()
 
 
+@pytest.mark.slow
 def test_bad_specs_name_the_problem(tmp_path):
     bad = spec_file(tmp_path, name="b1", design={"kind": "grid", "parameters": {"car_t.no_such_key": [1]}})
     with pytest.raises(SweepError, match="car_t.no_such_key"):

@@ -34,6 +34,8 @@ from tme_abm.viz.web.figures import MARKER
 from tme_abm.viz.web.live import LiveModel, live_config
 from tme_abm.viz.web.server import free_port
 
+pytestmark = pytest.mark.slow  # every test here runs models (or a browser)
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = {"lattice": {"dims": 2, "shape": [40, 40], "spacing_um": 20, "vessels": {"layout": "random", "density": 0.006}},
         "tumor": {"archetype": "solid", "radius_sites": 8},
@@ -379,7 +381,6 @@ def _marker_column(img: np.ndarray) -> float:
     return float(np.median(cols))
 
 
-@pytest.mark.slow
 def test_run_page_slider_moves_the_picture_and_the_time_marker(site, browser):
     from selenium.webdriver.common.action_chains import ActionChains  # noqa: PLC0415
 
@@ -403,7 +404,6 @@ def test_run_page_slider_moves_the_picture_and_the_time_marker(site, browser):
         s.close()
 
 
-@pytest.mark.slow
 def test_experiment_page_shows_arms_and_refuses_paths_outside(site, browser):
     from selenium.webdriver.common.by import By  # noqa: PLC0415
 
@@ -430,7 +430,6 @@ def test_experiment_page_shows_arms_and_refuses_paths_outside(site, browser):
         s.close()
 
 
-@pytest.mark.slow
 def test_live_page_steps_the_model(site, browser):
     from selenium.webdriver.common.by import By  # noqa: PLC0415
 
