@@ -150,13 +150,15 @@ from tme_abm.engine.diffusion import DiffusionSolver, FieldGrid
 s = DiffusionSolver(FieldGrid((8, 8), 20.0, [100.0, 1e4], [0.01, 0.1], [[[1.0, 1.0], [1.0, 1.0]]] * 2), 1.0,
                     initial=1.0, schemes=["lod", "steady"])
 s.step()
+assert s.mg.fused is None  # without Numba, the array code
 print(tme_abm.__version__, sorted(m for m in ("mesa", "pydantic", "h5py", "scipy", "pandas") if m in sys.modules))
 """
 
 
 def test_the_engine_imports_and_solves_with_numpy_alone():
     """``import tme_abm.engine...`` loads no third-party module but NumPy (the package's
-    public names are imported lazily), so the solver can be used on its own."""
+    public names are imported lazily), so the solver can be used on its own (without
+    Numba its multigrid runs the array code)."""
     out = subprocess.run([sys.executable, "-c", ONLY_NUMPY], capture_output=True, text=True, timeout=120,
                          cwd=PACKAGE.parent)
     assert out.returncode == 0, out.stderr

@@ -192,8 +192,8 @@ class FieldConfig(Strict):
     uptake and vessels), or ``auto``: steady when the field relaxes by 95% within one
     field solve (decay plus the slowest diffusive mode, D (pi/L)^2 if vessels or faces
     fix it, L the mean vessel spacing or the lattice's extent, times tick_min x
-    fields_every_ticks >= 3); else implicit when vessels fix it or cells take it up;
-    else lod."""
+    fields_every_ticks >= 3); else implicit when it diffuses (the LOD step errs by
+    percents at point sources after one field solve); else (D = 0) lod."""
 
     @model_validator(mode="after")
     def _diffuses_or_not(self):
@@ -931,7 +931,7 @@ class Config(Strict):
                 if quasi_steady(fc.diffusion_um2_per_min, fc.decay_per_min, self._field_is_fixed(fc), fixed_at,
                                 interval):
                     out[name] = "steady"
-                elif fc.diffusion_um2_per_min > 0 and (self._has_vessels(fc) or any(fc.uptake_per_min.values())):
+                elif fc.diffusion_um2_per_min > 0:
                     out[name] = "implicit"
                 else:
                     out[name] = "lod"

@@ -48,6 +48,11 @@ import numpy as np
 from ..backend import Array, Backend
 from .grid import FieldGrid
 
+try:
+    from .fused import FusedMultigrid
+except ImportError:  # without Numba the array code solves on the CPU too (slower)
+    FusedMultigrid = None  # type: ignore[assignment, misc]
+
 # The coarsest level, at most this many voxels, is solved exactly (a dense inverse per
 # solve): below it, NumPy's per-call overhead, not arithmetic, sets the cost of a level.
 _DENSE_MAX = 64
@@ -125,12 +130,15 @@ class MultigridSolver:
             the fields whose ``vessel_values`` are not NaN.
         backend: where the arrays live.
         tol: relative residual at which a solve stops.
-        check_every: iterations between convergence checks (host synchronisations).
+        check_every: iterations between convergence checks (host synchronisations) of
+            the array code.
         max_iter: iterations after which a solve gives up (raises).
+        fused: on NumPy, solve with the compiled loops of :mod:`.fused` (the default);
+            False runs the array code, their twin.
     """
 
     def __init__(self, grid: FieldGrid, backend: Backend, tol: float = 1e-6, check_every: int = 2,
-                 max_iter: int = 200):
+                 max_iter: int = 200, fused: bool = True):
         xp = backend.xp
         self.backend = backend
         self.replicates = n_rep = grid.replicates
@@ -152,26 +160,29 @@ class MultigridSolver:
         self.has_steady_state = np.array([self.decay[f] > 0 or fixed[f].any() or not np.isnan(faces[f]).all()
                                           for f in range(nf)])
 
-        self.levels: list[_Level] = []
-        shape_l, h = self.shape, float(spacing_um)
+        shapes, spacings = [self.shape], [float(spacing_um)]
+        while int(np.prod(shapes[-1])) > _DENSE_MAX:
+            shapes.append(tuple((n + 1) // 2 for n in shapes[-1]))
+            spacings.append(spacings[-1] * 2.0)
         face_w = np.where(np.isnan(faces), 0.0, 2.0)
-        while True:
-            self.levels.append(_Level(xp, shape_l, h, self.diffusion, face_w))
-            if int(np.prod(shape_l)) <= _DENSE_MAX:
-                break
-            shape_l = self.levels[-1].coarse_shape
-            h *= 2.0
-        fine = self.levels[0]
-        coarsest = self.levels[-1]
-        n_c = int(np.prod(coarsest.shape))
-        adj = np.zeros((n_c, n_c))
-        idx = np.arange(n_c).reshape(coarsest.shape)
-        for a in range(self.ndim):
-            i = idx[_sl(self.ndim, a, slice(None, -1))].ravel()
-            j = idx[_sl(self.ndim, a, slice(1, None))].ravel()
-            adj[i, j] = adj[j, i] = 1.0
-        self._coarse_adj = xp.asarray(adj)
+        self.fused = FusedMultigrid(shapes, spacings, self.diffusion, face_w) \
+            if fused and not backend.is_gpu and FusedMultigrid is not None else None
+        """The compiled CPU solve (:mod:`.fused`), or None: the array code below (CuPy, or
+        NumPy when ``fused=False``, the twin the tests compare it with)."""
+        self.levels: list[_Level] = [] if self.fused is not None else \
+            [_Level(xp, sh, h, self.diffusion, face_w) for sh, h in zip(shapes, spacings)]
+        if self.levels:
+            coarsest = self.levels[-1]
+            n_c = int(np.prod(coarsest.shape))
+            adj = np.zeros((n_c, n_c))
+            idx = np.arange(n_c).reshape(coarsest.shape)
+            for a in range(self.ndim):
+                i = idx[_sl(self.ndim, a, slice(None, -1))].ravel()
+                j = idx[_sl(self.ndim, a, slice(1, None))].ravel()
+                adj[i, j] = adj[j, i] = 1.0
+            self._coarse_adj = xp.asarray(adj)
         self.free = xp.asarray(~fixed, dtype=xp.float64)
+        self._fixed_value = values
         self._fixed_mask = xp.asarray(fixed)
         self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
         # constant part of the right-hand side: fixed faces (2 k g on the face voxels)
@@ -184,7 +195,13 @@ class MultigridSolver:
                     g = faces[f, a, side]
                     if not np.isnan(g):
                         b0[f][_sl(self.ndim, a, slice(s, s + 1 if s == 0 else None))] += 2 * k[f] * g
-        b0 = xp.asarray(b0) + fine.k * self._neighbour_sum(fine, self._fixed_vals, xp.empty_like(b0))
+        fixed_nb = np.zeros_like(b0)  # each voxel's fixed neighbours' values, summed
+        held = np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0)
+        for a in range(self.ndim):
+            if self.shape[a] > 1:
+                fixed_nb[_sl(self.ndim + 1, a + 1, slice(1, None))] += held[_sl(self.ndim + 1, a + 1, slice(None, -1))]
+                fixed_nb[_sl(self.ndim + 1, a + 1, slice(None, -1))] += held[_sl(self.ndim + 1, a + 1, slice(1, None))]
+        b0 = xp.asarray(b0 + k.reshape((nf,) + (1,) * self.ndim) * fixed_nb)
         self._b_const = b0 * self.free
         self._decay = xp.asarray(self.decay.reshape((nf,) + (1,) * self.ndim))
         self._fixed_coupling = xp.asarray(
@@ -283,7 +300,10 @@ class MultigridSolver:
         guess) with the solution for per-voxel ``uptake`` (1/min) and ``secretion``
         (field units/min), both (Fs, *shape) float64: the steady state where ``inv_dt``
         ((Fs, 1, ...) 1/min) is 0 or None, one backward-Euler step of dt from ``u``
-        where it is 1/dt. Returns the iterations taken."""
+        where it is 1/dt. Returns the iterations taken (the most any slab took): each
+        slab (a field of a replicate) stops at its own tolerance."""
+        if self.fused is not None:
+            return self._solve_fused(self.fused, u, uptake, secretion, inv_dt)
         xp = self.backend.xp
         self._setup(uptake, inv_dt)
         fine = self.levels[0]
@@ -310,7 +330,7 @@ class MultigridSolver:
                 alpha = rz / xp.where(pap > 0, pap, 1.0)
                 if frozen is None:
                     x += alpha * p
-                else:  # converged replicates keep the iterate they stopped at
+                else:  # converged slabs keep the iterate they stopped at
                     x = xp.where(frozen, x, x + alpha * p)
                 r -= alpha * ap
                 it += 1
@@ -334,18 +354,32 @@ class MultigridSolver:
         self.iterations.append(it)
         return it
 
+    def _solve_fused(self, fused: FusedMultigrid, u, uptake, secretion, inv_dt) -> int:
+        """:meth:`solve` by the compiled loops of :mod:`.fused`, one slab after another."""
+        c = self._decay + uptake
+        most = 0
+        for f in range(self.n_fields):
+            it = fused.solve(f, u[f], c[f], secretion[f], self._b_const[f], self._fixed_mask[f],
+                                  self._fixed_value[f], 0.0 if inv_dt is None else float(inv_dt[f].reshape(-1)[0]),
+                                  self.tol, self.max_iter)
+            if it < 0:
+                raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
+                                   f"{self.max_iter} iterations")
+            most = max(most, it)
+        self.iterations.append(most)
+        return most
+
     def _frozen(self, done: np.ndarray):
-        """(Fs, 1, ...) device bool of the slabs of ``done`` replicates, or None if none is."""
+        """(Fs, 1, ...) device bool of the ``done`` slabs, or None if none is."""
         if not done.any():
             return None
-        mask = np.tile(done, self.n_fields // self.replicates).reshape((-1,) + (1,) * self.ndim)
-        return self.backend.xp.asarray(mask)
+        return self.backend.xp.asarray(done.reshape((-1,) + (1,) * self.ndim))
 
     def _converged(self, r, target: np.ndarray, axes) -> np.ndarray:
-        """(R,) host bool: replicates whose every field meets its residual target."""
+        """(Fs,) host bool: slabs that meet their residual target."""
         xp = self.backend.xp
         norms = self.backend.to_host(xp.sqrt((r * r).sum(axis=axes)))
-        return np.asarray((norms <= target).reshape(-1, self.replicates).all(axis=0))
+        return np.asarray(norms <= target)
 
 
 def relaxation_rate_per_min(diffusion_um2_per_min: float, decay_per_min: float, extent_um: float,
