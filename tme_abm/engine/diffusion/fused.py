@@ -25,6 +25,11 @@ import numpy as np
 from numba import njit
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
+_U = np.uint64
+_ONE = np.uint64(1)
+# Indices are computed as unsigned integers where they are offsets (i - 1, i + nx, ...):
+# a signed index is checked for wrapping around (negative indexing) at every access,
+# which made the stencils 5x slower and kept them from being vectorised.
 NOT_FIXED = np.zeros(0, dtype=np.bool_)
 """No voxel fixed (the coarse levels' residual)."""
 
@@ -58,26 +63,26 @@ def _wsum(z, y, x, nz, ny, nx, fw):
 def _half_sweep(E, R, INV, o, nz, ny, nx, k, parity):
     """Gauss-Seidel on the voxels of one colour (``(z + y + x) % 2 == parity``) of the level
     at ``o``: ``e = (r + k * neighbours(e)) / diag``, in place."""
-    sz = ny * nx
+    sz, snx, base = _U(ny * nx), _U(nx), _U(o)
     for z in range(nz):
         for y in range(ny):
-            row = o + (z * ny + y) * nx
+            row = base + _U((z * ny + y) * nx)
             zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
             for x in range((parity + z + y) % 2, nx, 2):
-                i = row + x
+                i = row + _U(x)
                 s = 0.0
                 if zl:
                     s += E[i - sz]
                 if yl:
-                    s += E[i - nx]
+                    s += E[i - snx]
                 if x > 0:
-                    s += E[i - 1]
+                    s += E[i - _ONE]
                 if zh:
                     s += E[i + sz]
                 if yh:
-                    s += E[i + nx]
+                    s += E[i + snx]
                 if x < nx - 1:
-                    s += E[i + 1]
+                    s += E[i + _ONE]
                 E[i] = (s * k + R[i]) * INV[i]
 
 
@@ -87,31 +92,32 @@ def _apply_rows(U, DIAG, o, nz, ny, nx, k, out, sign, base, fixed):
     on the level at ``o``, ``(A u)_i = diag_i u_i - k neighbours(u)_i``, zero where
     ``fixed`` (when it is not empty: level 0). Returns the sum of ``out * out`` (-1) or of
     ``u * out`` (1)."""
-    sz = ny * nx
+    sz, snx, first = _U(ny * nx), _U(nx), _U(o)
     acc = 0.0
     check = fixed.size > 0
     for z in range(nz):
         for y in range(ny):
-            row = (z * ny + y) * nx
+            row = _U((z * ny + y) * nx)
             zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
             for x in range(nx):
-                i = o + row + x
-                if check and fixed[row + x]:
+                j = row + _U(x)
+                i = first + j
+                if check and fixed[j]:
                     out[i] = 0.0
                     continue
                 s = 0.0
                 if zl:
                     s += U[i - sz]
                 if yl:
-                    s += U[i - nx]
+                    s += U[i - snx]
                 if x > 0:
-                    s += U[i - 1]
+                    s += U[i - _ONE]
                 if zh:
                     s += U[i + sz]
                 if yh:
-                    s += U[i + nx]
+                    s += U[i + snx]
                 if x < nx - 1:
-                    s += U[i + 1]
+                    s += U[i + _ONE]
                 au = DIAG[i] * U[i] - s * k
                 if sign < 0:
                     v = base[i] - au
@@ -136,9 +142,9 @@ def _restrict(F, fo, nz, ny, nx, C, co, cz, cy, cx, scale):
                     for oy in range(2):
                         for ox in range(2):
                             z, y, x = 2 * Z + oz, 2 * Y + oy, 2 * X + ox
-                            v = F[fo + (z * ny + y) * nx + x] if (z < nz and y < ny and x < nx) else 0.0
+                            v = F[_U(fo + (z * ny + y) * nx + x)] if (z < nz and y < ny and x < nx) else 0.0
                             s = v if (oz == 0 and oy == 0 and ox == 0) else s + v
-                C[co + (Z * cy + Y) * cx + X] = s * scale
+                C[_U(co + (Z * cy + Y) * cx + X)] = s * scale
 
 
 @_jit
@@ -186,7 +192,7 @@ def _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol):
         for z in range(nz):
             for y in range(ny):
                 for x in range(nx):
-                    i = o + (z * ny + y) * nx + x
+                    i = _U(o + (z * ny + y) * nx + x)
                     E[i] = R[i] * INV[i] if (z + y + x) % 2 == 0 else 0.0
         _half_sweep(E, R, INV, o, nz, ny, nx, k, 1)
         _apply_rows(E, DIAG, o, nz, ny, nx, k, RES, -1, R, NOT_FIXED)
@@ -199,7 +205,7 @@ def _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol):
         for z in range(nz):
             for y in range(ny):
                 for x in range(nx):
-                    E[o + (z * ny + y) * nx + x] += E[co + ((z // 2) * cy + y // 2) * cx + x // 2]
+                    E[_U(o + (z * ny + y) * nx + x)] += E[_U(co + ((z // 2) * cy + y // 2) * cx + x // 2)]
         _half_sweep(E, R, INV, o, nz, ny, nx, k, 1)
         _half_sweep(E, R, INV, o, nz, ny, nx, k, 0)
 
@@ -243,7 +249,8 @@ def _setup(c, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol):
 
 
 @_jit
-def solve_slab(u, c, secretion, b_const, fixed, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work):
+def solve_slab(u, c, secretion, b_const, fixed, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work, levels,
+               setup):
     """Solve one slab: ``(c + inv_dt - D lap) x = b`` on its free voxels, ``b = b_const +
     secretion [+ inv_dt u]``, warm-started from ``u``, to ``||b - A x|| <= tol ||b||``;
     writes the solution (clipped at 0, vessel voxels at ``fixed_value``) into ``u`` and
@@ -258,14 +265,19 @@ def solve_slab(u, c, secretion, b_const, fixed, fixed_value, inv_dt, ndim, fw, k
         inv_dt: 1/dt for a backward-Euler step, 0 for the steady state.
         ndim: the lattice's dimensions (2 or 3); fw: (3, 2) face weights (2 fixed, 0 no-flux).
         ks: (levels,) D / h^2 per level; tol, max_iter: the stopping rule.
-        work: the flat per-level buffers (:class:`FusedMultigrid`).
+        work: the flat per-level scratch buffers (:class:`FusedMultigrid`).
+        levels: the levels' diagonals, their inverses and the coarsest level's Cholesky
+            factor; setup: compute them (else they hold this slab's from an earlier solve
+            with the same ``c`` and ``inv_dt``).
     """
-    (x, p, ap, b, ceff, R, E, RES, DIAG, INV, EFF, CNT, offs, shapes, chol) = work
+    (x, p, ap, b, ceff, R, E, RES, EFF, CNT, offs, shapes) = work
+    DIAG, INV, chol = levels
     nz, ny, nx, k = shapes[0, 0], shapes[0, 1], shapes[0, 2], ks[0]
     n = nz * ny * nx
-    for i in range(n):
-        ceff[i] = c[i] + inv_dt
-    _setup(ceff, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol)
+    if setup:
+        for i in range(n):
+            ceff[i] = c[i] + inv_dt
+        _setup(ceff, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol)
     bb = 0.0
     for i in range(n):
         if fixed[i]:
@@ -344,18 +356,34 @@ class FusedMultigrid:
         for lv in range(1, len(shapes3)):
             (fz, fy, fx), (cz, cy, cx) = shapes3[lv - 1], shapes3[lv]
             _restrict(np.ones(sizes[lv - 1]), 0, fz, fy, fx, counts, offs[lv], cz, cy, cx, 1.0)
-        n, n_c = int(sizes[0]), int(sizes[-1])
-        self.work = (*(np.zeros(n) for _ in range(5)), *(np.zeros(offs[-1]) for _ in range(6)), counts, offs,
-                     shapes3, np.zeros((n_c, n_c)))
+        n = int(sizes[0])
+        self._level_size, self._coarsest = int(offs[-1]), int(sizes[-1])
+        self.work = (*(np.zeros(n) for _ in range(5)), *(np.zeros(offs[-1]) for _ in range(4)), counts, offs,
+                     shapes3)
+        self._scratch = self._new_levels()
+        self._kept: dict[int, tuple[float, tuple]] = {}
+        """Slab -> (1/dt, levels) of the slabs whose reaction holds no uptake (their levels
+        are reused from one solve to the next)."""
+
+    def _new_levels(self) -> tuple:
+        return np.zeros(self._level_size), np.zeros(self._level_size), np.zeros((self._coarsest, self._coarsest))
 
     def solve(self, slab: int, u, c, secretion, b_const, fixed, fixed_value: float, inv_dt: float, tol: float,
-              max_iter: int) -> int:
+              max_iter: int, steady_reaction: bool = False) -> int:
         """Solve slab ``slab`` (its arrays in the lattice's shape; ``u`` is overwritten);
-        returns the iterations taken (-1: not converged in ``max_iter``)."""
+        returns the iterations taken (-1: not converged in ``max_iter``).
+        ``steady_reaction``: ``c`` is the slab's decay alone (no cell takes the field up),
+        the same at every solve, so the levels computed for it are kept and reused."""
+        setup, levels = True, self._scratch
+        if steady_reaction:
+            kept = self._kept.get(slab)
+            setup = kept is None or kept[0] != inv_dt
+            levels = self._new_levels() if kept is None else kept[1]
+            self._kept[slab] = (inv_dt, levels)
         x = np.ascontiguousarray(u, dtype=np.float64).reshape(-1)  # a float32 field: a float64 copy
         it = solve_slab(x, c.reshape(-1), secretion.reshape(-1), b_const.reshape(-1), fixed.reshape(-1),
                         float(fixed_value), float(inv_dt), self.ndim, self.fw[slab], self.ks[slab], float(tol),
-                        int(max_iter), self.work)
+                        int(max_iter), self.work, levels, setup)
         if not np.shares_memory(x, u):
             u[...] = x.reshape(u.shape)
         return it

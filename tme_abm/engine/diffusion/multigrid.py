@@ -360,8 +360,8 @@ class MultigridSolver:
         most = 0
         for f in range(self.n_fields):
             it = fused.solve(f, u[f], c[f], secretion[f], self._b_const[f], self._fixed_mask[f],
-                                  self._fixed_value[f], 0.0 if inv_dt is None else float(inv_dt[f].reshape(-1)[0]),
-                                  self.tol, self.max_iter)
+                             self._fixed_value[f], 0.0 if inv_dt is None else float(inv_dt[f].reshape(-1)[0]),
+                             self.tol, self.max_iter, steady_reaction=not uptake[f].any())
             if it < 0:
                 raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
                                    f"{self.max_iter} iterations")
