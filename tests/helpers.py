@@ -27,7 +27,7 @@ BASELINE = ROOT / "configs" / "baseline.yaml"
 SMALL = ["time.burn_in_days=0", "lattice.shape=[40, 40]", "tumor.radius_sites=8", "time.duration_days=3.5",
          "monocyte.initial_cells=5",
          "granulocyte.initial_cells=5", "output.snapshot_every_min=240", "output.cell_snapshot_every_min=480",
-         "output.checkpoint_every_min=360", "backend=numpy"]
+         "output.checkpoint_every_min=360", "output.record_every_ticks=1", "backend=numpy"]
 COMPARED = ("timeseries", "fields", "cells", "events", "event")
 
 

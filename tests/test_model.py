@@ -47,6 +47,21 @@ def test_model_is_a_mesa_model_with_population_agents():
     assert list(df.columns) == list(REPORTED) and len(df) == 3  # the initial state and the state after each tick
     assert df["car_t_effector"].iloc[0] == 60 and df["hypoxic_fraction"].between(0, 1).all()
     assert df.iloc[-1].to_dict() == {k: m.current_row()[k] for k in REPORTED}  # the final state is recorded
+    assert df["tick"].tolist() == [0, 1, 2]
+
+
+def test_the_datacollector_records_on_the_time_series_schedule_and_rows_are_made_only_then(monkeypatch):
+    """With ``record_every_ticks: 4`` the DataCollector keeps ticks 0, 4, 8 and the last
+    one, and the rows (the medians among them) are computed for those ticks only."""
+    made = []
+    original = TMEModel.current_rows
+    monkeypatch.setattr(TMEModel, "current_rows", lambda self: made.append(self.steps) or original(self))
+    m = TMEModel(busy(output={"record_every_ticks": 4}, time={"duration_days": 0.11}), backend=BE)
+    while m.running:
+        m.step()
+    df = m.datacollector.get_model_vars_dataframe()
+    assert df["tick"].tolist() == [0, 4, 8, 12, 16, 20, 24, 27]  # 0.11 days: 27 ticks of 6 min
+    assert sorted(set(made)) == [0, 4, 8, 12, 16, 20, 24, 27]
 
 
 def _sites_ok(m):

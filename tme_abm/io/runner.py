@@ -244,7 +244,7 @@ def _advance(model: TMEModel, run_files: list[RunFile], cfgs: list[Config], quie
             for w in writers:
                 if w.due(model, last):
                     w.write(model)
-            if show:
+            if show and model.recorded():  # the rows of recorded ticks only: they are made then anyway
                 row = model.current_rows()[0]
                 bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
                                 car_t=int(row["car_t_effector"] + row["car_t_exhausted"]), refresh=False)

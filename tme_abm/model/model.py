@@ -69,10 +69,10 @@ class TMEModel(mesa.Model):
     Each population (tumor, CAR T, monocytes, granulocytes) is one ``mesa.Agent``
     holding its cells as arrays, so ``model.agents`` and ``model.agents_by_type`` list
     populations and ``model.datacollector`` (a ``mesa.DataCollector``) records the
-    :data:`~tme_abm.model.readouts.REPORTED` scalars as Mesa's examples do: once when the
-    model is built and at the end of every step, so its row k is the state after k ticks
-    and the last row is the final state (in a batch, each value is a tuple with one entry
-    per replicate). A tick is the staged schedule in ``model.scheduler``
+    :data:`~tme_abm.model.readouts.REPORTED` scalars as Mesa's examples do, on the time
+    series' schedule: once when the model is built and at the end of every
+    ``output.record_every_ticks``-th step and of the last (each row's ``tick`` says which;
+    in a batch, each value is a tuple with one entry per replicate). A tick is the staged schedule in ``model.scheduler``
     (``model.scheduler.describe()`` lists it).
 
     Replicates share arrays: the lattice, the fields and every population hold all
@@ -410,7 +410,13 @@ class TMEModel(mesa.Model):
         self.scheduler.step()
         if self.steps >= self.n_ticks:
             self.running = False
-        self.datacollector.collect(self)
+        if self.recorded():
+            self.datacollector.collect(self)
+
+    def recorded(self) -> bool:
+        """Whether this tick's state is a time-series row: every ``output.record_every_ticks``
+        ticks and the last (its rows, the medians among them, are computed only then)."""
+        return self.steps % self.config.output.record_every_ticks == 0 or not self.running
 
     def current_rows(self) -> list[dict[str, float]]:
         """The current state as host scalars, one time-series row per replicate
