@@ -14,6 +14,7 @@ from tme_abm.biology.populations.population import occurs
 from tme_abm.biology.rules import RuleSet, apply_edits
 from tme_abm.biology.rules import hill as hill_impl
 from tme_abm.config import validate_config
+from tme_abm.engine import moves
 from tme_abm.model import TMEModel
 
 
@@ -178,6 +179,31 @@ def test_chemotaxis_drifts_up_a_fixed_gradient_at_the_expected_speed():
     se = shift[:, 1].std() / np.sqrt(len(shift))
     assert abs(shift[:, 1].mean() - expect_x) < 4 * se + 0.02 * expect_x, (shift[:, 1].mean(), expect_x)
     assert abs(shift[:, 0].mean()) < 4 * shift[:, 0].std() / np.sqrt(len(shift))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_compiled_walk_makes_the_moves_of_its_array_twin(dims, monkeypatch):
+    """The compiled walk (engine/fused_walk.py) and the array code move every cell to the
+    same site, tick after tick, with CAR T (chemotaxis up cxcl10), monocytes and
+    granulocytes (five sub-moves per tick) crowding each other, in 2D and 3D."""
+    shape = (40, 40) if dims == 2 else (14, 14, 14)
+    cfg = validate_config({
+        "seed": 4, "lattice": {"dims": dims, "shape": list(shape), "vessels": {"layout": "random", "density": 0.02}},
+        "time": {"duration_days": 1}, "tumor": {"archetype": "solid", "radius_sites": 5},
+        "car_t": {"initial_cells": 300, "arrival_per_vessel_per_min": 0.002},
+        "monocyte": {"initial_cells": 100}, "granulocyte": {"initial_cells": 100}})
+    sites = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(moves, "walk_cells", None)
+        m = TMEModel(cfg, backend=BE)
+        for _ in range(40):
+            m.step()
+        sites.append([m.backend.to_host(p.site).copy() for p in m.populations])
+    moved = sum(len(s) for s in sites[0])
+    assert moved > 400
+    for a, b in zip(*sites):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("ccl2", [0.0, 10.0])

@@ -116,6 +116,11 @@ class FieldSet:
         """(R, *shape) view of one field."""
         return self.solver.field(self.index[name])
 
+    def canonical(self, name: str):
+        """(R * n_grid,) field ``name`` in canonical flat order (a view where the solver
+        holds it so, else a copy)."""
+        return self.backend.xp.ascontiguousarray(self.field(name)).reshape(-1)
+
     def at(self, name: str, sites):
         """Values of field ``name`` at flat ``sites`` ((k,) device array)."""
         return self.solver.sample(sites, self.index[name])

@@ -16,10 +16,19 @@ from . import rng as crng
 from .backend import Array, Backend
 from .lattice import Lattice
 
+try:
+    from .fused_walk import walk_cells
+except ImportError:  # without Numba the array code walks on the CPU too
+    walk_cells = None  # type: ignore[assignment]
+
 
 class FieldSampler(Protocol):
     def at(self, name: str, sites: Array) -> Array:
         """(k,) values of field ``name`` at flat ``sites`` ((k,))."""
+        ...
+
+    def canonical(self, name: str) -> Array:
+        """(n_sites,) field ``name`` in canonical flat order (a view where it can be)."""
         ...
 
 
@@ -45,10 +54,15 @@ class Walker(Protocol):
     ``id``), its random-number streams and how it moves cells."""
 
     model: Grid
+    code: int
     data: dict[str, Any]
     streams: crng.Streams
 
     def move_to(self, idx: Array, sites: Array) -> None: ...
+
+    def moved(self, sites: Array) -> None:
+        """Take ``sites`` ((n,), a new array) as the cells' sites (the occupancy grid is updated)."""
+        ...
 
 
 def free_neighbours(model: Grid, sites: Array) -> Array:
@@ -124,13 +138,16 @@ def gradient_direction(model: Grid, field: str, sites: Array) -> Array:
     return xp.where(norm > 1e-12, g / xp.maximum(norm, 1e-300), 0.0)
 
 
-def walk(pop: Walker, movers: Array, speed_um_per_min: float, field: str | None, bias: float, purpose: str) -> None:
+def walk(pop: Walker, movers: Array, speed_um_per_min: float, field: str | None, bias: float, purpose: str,
+         fused: bool = True) -> None:
     """Biased random walk of cells ``movers`` ((k,) indices) over one tick.
 
     A cell makes on average ``speed * dt / (dx * mean step)`` Moore moves per tick, in
     sub-moves where every mover tries once (each with the same probability). A try
     picks a free neighbour with weight ``exp(bias * cos(angle to the gradient of
-    field))``; cells wanting the same site are resolved by random priority.
+    field))``; cells wanting the same site are resolved by random priority. On NumPy the
+    compiled loops of :mod:`.fused_walk` run it (``fused=False``: the array code below,
+    their twin and the CuPy path).
     """
     model = pop.model
     xp = model.backend.xp
@@ -141,6 +158,9 @@ def walk(pop: Walker, movers: Array, speed_um_per_min: float, field: str | None,
     n_sub = int(np.ceil(rate))
     p_try = rate / n_sub
     unit = lat.offsets / np.linalg.norm(lat.offsets, axis=1, keepdims=True)
+    if walk_cells is not None and not model.backend.is_gpu and fused:
+        _walk_compiled(pop, movers, n_sub, p_try, unit, field if bias > 0 else None, bias, purpose)
+        return
     unit = xp.asarray(unit)
     for sub in range(n_sub):
         ids = pop.data["id"][movers]
@@ -152,9 +172,37 @@ def walk(pop: Walker, movers: Array, speed_um_per_min: float, field: str | None,
         weights = None
         if field is not None and bias > 0:
             ghat = gradient_direction(model, field, sites)
+            cos = ghat[:, 0:1] * unit[:, 0]  # cos(angle) to each direction, summed axis by axis (no BLAS)
+            for a in range(1, lat.ndim):
+                cos = cos + ghat[:, a:a + 1] * unit[:, a]
             # float32 exp is vectorised in NumPy (float64 is ~10x slower); ample for weights
-            weights = xp.exp((bias * (ghat @ unit.T)).astype(xp.float32))
+            weights = xp.exp((bias * cos).astype(xp.float32))
         ids = pop.data["id"][tries]
         target = choose(model, cand, ids, pop.streams(purpose, sub, 1), weights)
         win = resolve_conflicts(model, target, ids, pop.streams(purpose, sub, 2))
         pop.move_to(tries[win], target[win])
+
+
+_SCRATCH: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+"""Lattice size -> the compiled walk's per-site scratch (kept between calls)."""
+
+
+def _walk_compiled(pop: Walker, movers: Array, n_sub: int, p_try: float, unit: np.ndarray, field: str | None,
+                   bias: float, purpose: str) -> None:
+    """:func:`walk` by the compiled loops of :mod:`.fused_walk` (NumPy backend)."""
+    model = pop.model
+    lat = model.lattice
+    keys = [[crng.replicate_keys(model.seeds, model.steps, pop.streams(purpose, sub, part)) for sub in range(n_sub)]
+            for part in range(3)]
+    scratch = _SCRATCH.get(lat.n_sites)
+    if scratch is None:
+        scratch = _SCRATCH[lat.n_sites] = (np.full(lat.n_sites, np.inf), np.zeros(lat.n_sites, dtype=np.int64))
+    values = np.zeros(0) if field is None else model.fields.canonical(field)
+    site = pop.data["site"].copy()  # a new array: samplers may key caches on identity
+    best, winner = scratch
+    moved = walk_cells(site, pop.data["id"], np.asarray(movers, dtype=np.int64), model.occupancy, pop.code,
+                       np.asarray(lat.shape, dtype=np.int64), lat.strides, lat.n_grid, lat.offsets,
+                       lat.offsets @ lat.strides, unit, values, float(bias), float(p_try), np.array(keys[0]),
+                       np.array(keys[1]), np.array(keys[2]), best, winner)
+    if moved:
+        pop.moved(site)

@@ -84,6 +84,16 @@ def stream_keys(seeds: tuple[int, ...], tick: int, stream: int) -> np.ndarray:
     return _mix(_tick_keys(seeds, tick) ^ np.uint64(_mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64)), np)
 
 
+def replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
+    """(R,) uint64 key of (seed, tick, stream) per replicate (``seed``: an int or a tuple
+    of one per replicate): what :func:`uniform` hashes a cell's id with (the compiled
+    kernels take these)."""
+    seeds = seed if isinstance(seed, tuple) else (seed,)
+    if len(seeds) > 1:
+        return stream_keys(seeds, tick, stream)
+    return np.array([stream_key(seeds[0], tick, stream)], dtype=np.uint64)
+
+
 def uniform(xp, seed, tick: int, stream: int, ids, n_slots: int | None = None):
     """Uniform floats in [0, 1): (k,) for ``ids`` (k,), or (k, n_slots) with one number
     per (id, slot).

@@ -72,8 +72,8 @@ class TMEModel(mesa.Model):
     :data:`~tme_abm.model.readouts.REPORTED` scalars as Mesa's examples do, on the time
     series' schedule: once when the model is built and at the end of every
     ``output.record_every_ticks``-th step and of the last (each row's ``tick`` says which;
-    in a batch, each value is a tuple with one entry per replicate). A tick is the staged schedule in ``model.scheduler``
-    (``model.scheduler.describe()`` lists it).
+    in a batch, each value is a tuple with one entry per replicate). A tick is the staged
+    schedule in ``model.scheduler`` (``model.scheduler.describe()`` lists it).
 
     Replicates share arrays: the lattice, the fields and every population hold all
     replicates, with the replicate as a leading axis that no neighbourhood, diffusion or

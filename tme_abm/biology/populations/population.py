@@ -184,6 +184,12 @@ class Population(mesa.Agent):
         win = resolve_conflicts(m, target, keys, self.streams(purpose, part=2))
         return target[win]
 
+    def moved(self, sites: Array) -> None:
+        """Take ``sites`` ((n,), a new array) as the cells' sites; the caller has updated
+        the occupancy grid (the compiled walk)."""
+        self.data["site"] = sites
+        self._version += 1
+
     def move_to(self, idx: Array, sites: Array) -> None:
         """Move cells ``idx`` to free ``sites`` (both (k,))."""
         occ = self.model.occupancy
