@@ -238,3 +238,28 @@ def test_version_and_unexpected_errors_in_one_line_unless_debug(tmp_path):
     assert line.startswith("error: AttributeError: ") and "--debug" in line
     r = cli("--debug", "summarize", odd)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+BLAS_CHECK = """
+import json, sys
+from tme_abm.cli import main  # sets the thread counts before NumPy loads
+import threadpoolctl
+sys.argv = ["tme-abm", *sys.argv[1:]]
+try:
+    main()
+finally:
+    blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    print("BLAS", json.dumps([i["num_threads"] for i in blas]))
+"""
+
+
+@pytest.mark.slow
+def test_run_uses_one_blas_thread(tmp_path):
+    """``tme-abm run`` starts no second BLAS thread (the 4 x 4 matrix exponentials of the
+    patient cost 2.7x a run's CPU with two), whatever the environment did not say."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", BLAS_CHECK, "run", str(QUICK), "--out", str(tmp_path / "q.h5"),
+                        "--set", "time.duration_days=0.05", "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    counts = json.loads(r.stdout.split("BLAS")[-1])
+    assert counts and set(counts) == {1}
