@@ -117,6 +117,13 @@ def test_a_model_tick_never_draws_one_stream_twice(monkeypatch):
         return real(xp, seed, tick, stream, ids, n_slots)
 
     monkeypatch.setattr(crng, "uniform", spy)
+    real_keys = crng.replicate_keys
+
+    def spy_keys(seed, tick, stream):  # the streams the compiled kernels draw from
+        drawn[(tick, stream)] = drawn.get((tick, stream), 0) + 1
+        return real_keys(seed, tick, stream)
+
+    monkeypatch.setattr(crng, "replicate_keys", spy_keys)
     m = TMEModel({"seed": 4, "backend": "numpy", "lattice": {"dims": 2, "shape": [40, 40],
                                                              "vessels": {"layout": "random", "density": 0.01}},
                   "time": {"tick_min": 30, "duration_days": 1},

@@ -65,10 +65,21 @@ def key_of(replicate, ids, xp=np):
 
 
 @functools.lru_cache(maxsize=4096)
+def _stream_word(stream: int) -> int:
+    """The stream's half of :func:`stream_key` (the same in every tick: cached)."""
+    return _mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64)
+
+
+@functools.lru_cache(maxsize=256)
+def _seed_tick_word(seed: int, tick: int) -> int:
+    """The seed and tick's half of :func:`stream_key` (shared by every stream of a tick)."""
+    return _mix_int(int(seed) ^ _mix_int((int(tick) * _GOLDEN + 1) & _M64))
+
+
+@functools.lru_cache(maxsize=4096)
 def stream_key(seed: int, tick: int, stream: int) -> int:
     """64-bit key of one (seed, tick, stream) triple."""
-    k = _mix_int(int(seed) ^ _mix_int((int(tick) * _GOLDEN + 1) & _M64))
-    return _mix_int(k ^ _mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64))
+    return _mix_int(_seed_tick_word(seed, tick) ^ _stream_word(stream))
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,7 +92,7 @@ def _tick_keys(seeds: tuple[int, ...], tick: int) -> np.ndarray:
 def stream_keys(seeds: tuple[int, ...], tick: int, stream: int) -> np.ndarray:
     """(R,) uint64 :func:`stream_key` of each seed, computed as arrays (a batch draws with
     one key per replicate in every call)."""
-    return _mix(_tick_keys(seeds, tick) ^ np.uint64(_mix_int((int(stream) * 0xD1B54A32D192ED03 + 7) & _M64)), np)
+    return _mix(_tick_keys(seeds, tick) ^ np.uint64(_stream_word(stream)), np)
 
 
 def replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
