@@ -3,20 +3,27 @@ compiled loops (Numba): the CPU implementation. The array code of :mod:`.multigr
 its twin (and the CuPy path); ``tests/test_multigrid.py`` holds the two to the same
 iterates.
 
-One call solves one slab (a field of one replicate) to its tolerance: the smoother,
+One call solves one field in every replicate of a batch to its tolerance: the smoother,
 residual, restriction, prolongation, the coarsest level's direct solve and the CG
-updates run in one compiled function over that slab's arrays, which stay in cache, with
-no Python and no temporary array per step. Every operation follows the array code's
-order (neighbour sums in the same order, red-black half-sweeps, the same coarse-level
-coefficients), so the two agree to rounding; sums over the slab are sequential here and
-pairwise in NumPy, which is where they differ (~1e-16 relative).
+updates run in one compiled function, with no Python and no temporary array per step.
+The replicates are *lanes*: every array holds a voxel's R values side by side (index
+``voxel * R + r``), so each stencil operation runs over R contiguous numbers, which the
+compiler vectorises, and a batch costs much less per replicate than a single run. Each
+lane is its own CG (its own step lengths and stopping test), so lane r computes exactly
+what a single run of replicate r computes; a lane that has converged keeps its iterate
+while the others go on.
 
-Arrays are flat, C order over (nz, ny, nx); a 2D lattice is one z plane (its z faces are
-no-flux and it has no z neighbours). Every level's arrays lie one after another in one
-buffer per kind (``offs`` the start of each level, ``shapes`` its extents), so one
-compiled function serves every lattice. Kernels are compiled on first use and cached on
-disk (``cache=True``): a fresh install pays the compile once (docs/architecture.md gives
-the time).
+Every operation follows the array code's order (neighbour sums in the same order,
+red-black half-sweeps, the same coarse-level coefficients), so the two agree to
+rounding; sums over the lattice are sequential here and pairwise in NumPy, which is where
+they differ (~1e-16 relative).
+
+Arrays are flat, C order over (nz, ny, nx) and then the lanes; a 2D lattice is one z
+plane (its z faces are no-flux and it has no z neighbours). Every level's arrays lie one
+after another in one buffer per kind (``offs`` the first voxel of each level, ``shapes``
+its extents), so one compiled function serves every lattice and batch. Kernels are
+compiled on first use and cached on disk (``cache=True``): a fresh install pays the
+compile once (docs/architecture.md gives the time).
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from numba import njit
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
 _U = np.uint64
-_ONE = np.uint64(1)
-# Indices are computed as unsigned integers where they are offsets (i - 1, i + nx, ...):
-# a signed index is checked for wrapping around (negative indexing) at every access,
-# which made the stencils 5x slower and kept them from being vectorised.
-NOT_FIXED = np.zeros(0, dtype=np.bool_)
-"""No voxel fixed (the coarse levels' residual)."""
+# Indices are unsigned where they are offsets (i - 1, i + nx, ...): a signed index is
+# checked for wrapping around (negative indexing) at every access, which made the
+# stencils 4-5x slower and kept them from being vectorised.
+# The neighbour sum is written out in each kernel that needs it (the sweeps and the
+# operator): a helper function called per voxel costs more than the arithmetic (array
+# arguments are reference-counted at every call). Its order is the array code's: the
+# lower neighbour along each axis, then the upper one along each axis.
 
 
 @_jit
@@ -53,100 +61,6 @@ def _wsum(z, y, x, nz, ny, nx, fw):
     return w
 
 
-# The neighbour sum is written out in each kernel that needs it (the sweeps and the
-# operator): a helper function called per voxel costs three times the arithmetic here
-# (array arguments are reference-counted at every call). Its order is the array code's:
-# the lower neighbour along each axis, then the upper one along each axis.
-
-
-@_jit
-def _half_sweep(E, R, INV, o, nz, ny, nx, k, parity):
-    """Gauss-Seidel on the voxels of one colour (``(z + y + x) % 2 == parity``) of the level
-    at ``o``: ``e = (r + k * neighbours(e)) / diag``, in place."""
-    sz, snx, base = _U(ny * nx), _U(nx), _U(o)
-    for z in range(nz):
-        for y in range(ny):
-            row = base + _U((z * ny + y) * nx)
-            zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
-            for x in range((parity + z + y) % 2, nx, 2):
-                i = row + _U(x)
-                s = 0.0
-                if zl:
-                    s += E[i - sz]
-                if yl:
-                    s += E[i - snx]
-                if x > 0:
-                    s += E[i - _ONE]
-                if zh:
-                    s += E[i + sz]
-                if yh:
-                    s += E[i + snx]
-                if x < nx - 1:
-                    s += E[i + _ONE]
-                E[i] = (s * k + R[i]) * INV[i]
-
-
-@_jit
-def _apply_rows(U, DIAG, o, nz, ny, nx, k, out, sign, base, fixed):
-    """``out = base - A u`` (``sign`` -1) or ``out = A u`` (``sign`` 1; ``base`` unused)
-    on the level at ``o``, ``(A u)_i = diag_i u_i - k neighbours(u)_i``, zero where
-    ``fixed`` (when it is not empty: level 0). Returns the sum of ``out * out`` (-1) or of
-    ``u * out`` (1)."""
-    sz, snx, first = _U(ny * nx), _U(nx), _U(o)
-    acc = 0.0
-    check = fixed.size > 0
-    for z in range(nz):
-        for y in range(ny):
-            row = _U((z * ny + y) * nx)
-            zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
-            for x in range(nx):
-                j = row + _U(x)
-                i = first + j
-                if check and fixed[j]:
-                    out[i] = 0.0
-                    continue
-                s = 0.0
-                if zl:
-                    s += U[i - sz]
-                if yl:
-                    s += U[i - snx]
-                if x > 0:
-                    s += U[i - _ONE]
-                if zh:
-                    s += U[i + sz]
-                if yh:
-                    s += U[i + snx]
-                if x < nx - 1:
-                    s += U[i + _ONE]
-                au = DIAG[i] * U[i] - s * k
-                if sign < 0:
-                    v = base[i] - au
-                    out[i] = v
-                    acc += v * v
-                else:
-                    out[i] = au
-                    acc += U[i] * au
-    return acc
-
-
-@_jit
-def _restrict(F, fo, nz, ny, nx, C, co, cz, cy, cx, scale):
-    """Level ``co`` of ``C`` = the sum of each 2x2(x2) block of level ``fo`` of ``F``
-    (voxels outside the fine lattice count 0) times ``scale``, in the array code's order
-    of the block's voxels."""
-    for Z in range(cz):
-        for Y in range(cy):
-            for X in range(cx):
-                s = 0.0
-                for oz in range(2):
-                    for oy in range(2):
-                        for ox in range(2):
-                            z, y, x = 2 * Z + oz, 2 * Y + oy, 2 * X + ox
-                            v = F[_U(fo + (z * ny + y) * nx + x)] if (z < nz and y < ny and x < nx) else 0.0
-                            s = v if (oz == 0 and oy == 0 and ox == 0) else s + v
-                C[_U(co + (Z * cy + Y) * cx + X)] = s * scale
-
-
 @_jit
 def _cholesky(m):
     """Factorise the SPD matrix ``m`` in place (its lower triangle becomes L, m = L L^T)."""
@@ -165,120 +79,241 @@ def _cholesky(m):
 
 
 @_jit
-def _cholesky_solve(m, rhs, ro, out, oo):
-    """Solve ``L L^T out = rhs`` with the factor of :func:`_cholesky` (vectors from ``ro``
-    and ``oo``)."""
-    n = m.shape[0]
-    for i in range(n):
-        s = rhs[ro + i]
-        for q in range(i):
-            s -= m[i, q] * out[oo + q]
-        out[oo + i] = s / m[i, i]
-    for i in range(n - 1, -1, -1):
-        s = out[oo + i]
-        for q in range(i + 1, n):
-            s -= m[q, i] * out[oo + q]
-        out[oo + i] = s / m[i, i]
+def _half_sweep(E, R, INV, o, nz, ny, nx, k, parity, L):
+    """Gauss-Seidel on the voxels of one colour (``(z + y + x) % 2 == parity``) of the level
+    whose first voxel is ``o``, in every lane: ``e = (r + k * neighbours(e)) / diag``."""
+    lz, ly, lx = _U(ny * nx * L), _U(nx * L), _U(L)
+    for z in range(nz):
+        for y in range(ny):
+            row = _U((o + (z * ny + y) * nx) * L)
+            zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
+            for x in range((parity + z + y) % 2, nx, 2):
+                i = row + _U(x * L)
+                xl, xh = x > 0, x < nx - 1
+                for r in range(L):
+                    j = i + _U(r)
+                    s = 0.0
+                    if zl:
+                        s += E[j - lz]
+                    if yl:
+                        s += E[j - ly]
+                    if xl:
+                        s += E[j - lx]
+                    if zh:
+                        s += E[j + lz]
+                    if yh:
+                        s += E[j + ly]
+                    if xh:
+                        s += E[j + lx]
+                    E[j] = (s * k + R[j]) * INV[j]
 
 
 @_jit
-def _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol):
-    """One symmetric V-cycle for ``A e = r`` (level 0 of ``R``) from e = 0, into level 0 of
-    ``E``: down the levels (red from zero, black, the residual restricted), the coarsest
-    solved directly, up the levels (the correction prolonged, black, red)."""
+def _apply_rows(U, DIAG, o, nz, ny, nx, k, out, sign, base, free, L):
+    """``out = base - A u`` (``sign`` -1) or ``out = A u`` (``sign`` 1; ``base`` unused)
+    on the level whose first voxel is ``o``, ``(A u)_i = diag_i u_i - k neighbours(u)_i``,
+    times ``free`` (0.0 at vessel voxels, when it is not empty: level 0)."""
+    lz, ly, lx = _U(ny * nx * L), _U(nx * L), _U(L)
+    masked = free.size > 0
+    first = _U(o * L)
+    for z in range(nz):
+        for y in range(ny):
+            row = _U((z * ny + y) * nx * L)
+            zl, yl, zh, yh = z > 0, y > 0, z < nz - 1, y < ny - 1
+            for x in range(nx):
+                xl, xh = x > 0, x < nx - 1
+                v0 = row + _U(x * L)
+                for r in range(L):
+                    j = first + v0 + _U(r)
+                    s = 0.0
+                    if zl:
+                        s += U[j - lz]
+                    if yl:
+                        s += U[j - ly]
+                    if xl:
+                        s += U[j - lx]
+                    if zh:
+                        s += U[j + lz]
+                    if yh:
+                        s += U[j + ly]
+                    if xh:
+                        s += U[j + lx]
+                    au = DIAG[j] * U[j] - s * k
+                    v = base[j] - au if sign < 0 else au
+                    if masked:
+                        v = v * free[v0 + _U(r)]
+                    out[j] = v
+
+
+@_jit
+def _dots(a, b, n, L, out):
+    """``out[r] = sum over the n voxels of a * b`` in lane r, in voxel order."""
+    if L == 1:  # a register, not the array, holds the sum
+        s = 0.0
+        for v in range(n):
+            s += a[v] * b[v]
+        out[0] = s
+        return
+    out[:L] = 0.0
+    for v in range(n):
+        for r in range(L):
+            j = _U(v * L + r)
+            out[r] += a[j] * b[j]
+
+
+@_jit
+def _restrict(F, fo, nz, ny, nx, C, co, cz, cy, cx, scale, L):
+    """Level ``co`` of ``C`` = the sum of each 2x2(x2) block of level ``fo`` of ``F``
+    (voxels outside the fine lattice count 0) times ``scale``, per lane, in the array
+    code's order of the block's voxels."""
+    for Z in range(cz):
+        for Y in range(cy):
+            for X in range(cx):
+                c0 = _U((co + (Z * cy + Y) * cx + X) * L)
+                for r in range(L):
+                    s = 0.0
+                    for oz in range(2):
+                        for oy in range(2):
+                            for ox in range(2):
+                                z, y, x = 2 * Z + oz, 2 * Y + oy, 2 * X + ox
+                                inside = z < nz and y < ny and x < nx
+                                v = F[_U((fo + (z * ny + y) * nx + x) * L + r)] if inside else 0.0
+                                s = v if (oz == 0 and oy == 0 and ox == 0) else s + v
+                    C[c0 + _U(r)] = s * scale
+
+
+@_jit
+def _cholesky_solve(m, rhs, ro, out, r, L, tmp):
+    """Solve ``L L^T out = rhs`` for lane ``r`` with the factor of :func:`_cholesky`
+    (the level's voxels from ``ro``; ``tmp``: scratch of the level's size)."""
+    n = m.shape[0]
+    for i in range(n):
+        s = rhs[_U((ro + i) * L + r)]
+        for q in range(i):
+            s -= m[i, q] * tmp[q]
+        tmp[i] = s / m[i, i]
+    for i in range(n - 1, -1, -1):
+        s = tmp[i]
+        for q in range(i + 1, n):
+            s -= m[q, i] * tmp[q]
+        tmp[i] = s / m[i, i]
+    for i in range(n):
+        out[_U((ro + i) * L + r)] = tmp[i]
+
+
+@_jit
+def _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol, L, tmp):
+    """One symmetric V-cycle for ``A e = r`` (level 0 of ``R``) from e = 0 in every lane,
+    into level 0 of ``E``: down the levels (red from zero, black, the residual
+    restricted), the coarsest solved directly, up the levels (the correction prolonged,
+    black, red)."""
     last = shapes.shape[0] - 1
+    none = np.zeros(0)
     for lv in range(last):
         o, nz, ny, nx, k = offs[lv], shapes[lv, 0], shapes[lv, 1], shapes[lv, 2], ks[lv]
         for z in range(nz):
             for y in range(ny):
                 for x in range(nx):
-                    i = _U(o + (z * ny + y) * nx + x)
-                    E[i] = R[i] * INV[i] if (z + y + x) % 2 == 0 else 0.0
-        _half_sweep(E, R, INV, o, nz, ny, nx, k, 1)
-        _apply_rows(E, DIAG, o, nz, ny, nx, k, RES, -1, R, NOT_FIXED)
+                    red = (z + y + x) % 2 == 0
+                    i = _U((o + (z * ny + y) * nx + x) * L)
+                    for r in range(L):
+                        E[i + _U(r)] = R[i + _U(r)] * INV[i + _U(r)] if red else 0.0
+        _half_sweep(E, R, INV, o, nz, ny, nx, k, 1, L)
+        _apply_rows(E, DIAG, o, nz, ny, nx, k, RES, -1, R, none, L)
         _restrict(RES, o, nz, ny, nx, R, offs[lv + 1], shapes[lv + 1, 0], shapes[lv + 1, 1], shapes[lv + 1, 2],
-                  scale)
-    _cholesky_solve(chol, R, offs[last], E, offs[last])
+                  scale, L)
+    for r in range(L):
+        _cholesky_solve(chol[r], R, offs[last], E, r, L, tmp)
     for lv in range(last - 1, -1, -1):
         o, nz, ny, nx, k = offs[lv], shapes[lv, 0], shapes[lv, 1], shapes[lv, 2], ks[lv]
         co, cy, cx = offs[lv + 1], shapes[lv + 1, 1], shapes[lv + 1, 2]
         for z in range(nz):
             for y in range(ny):
                 for x in range(nx):
-                    E[_U(o + (z * ny + y) * nx + x)] += E[_U(co + ((z // 2) * cy + y // 2) * cx + x // 2)]
-        _half_sweep(E, R, INV, o, nz, ny, nx, k, 1)
-        _half_sweep(E, R, INV, o, nz, ny, nx, k, 0)
+                    i = _U((o + (z * ny + y) * nx + x) * L)
+                    c = _U((co + ((z // 2) * cy + y // 2) * cx + x // 2) * L)
+                    for r in range(L):
+                        E[i + _U(r)] += E[c + _U(r)]
+        _half_sweep(E, R, INV, o, nz, ny, nx, k, 1, L)
+        _half_sweep(E, R, INV, o, nz, ny, nx, k, 0, L)
 
 
 @_jit
-def _setup(c, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol):
-    """Every level's diagonal for this solve's reaction ``c`` (decay + uptake [+ 1/dt])
-    and the coarsest level's matrix, factorised: the reaction averaged onto coarse voxels,
-    a fixed voxel counting with the coupling of a voxel fixed on every side."""
+def _setup(c, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol, L):
+    """Every level's diagonal, per lane, for this solve's reaction ``c`` (decay + uptake
+    [+ 1/dt]) and the coarsest level's matrices, factorised: the reaction averaged onto
+    coarse voxels, a fixed voxel counting with the coupling of a voxel fixed on every side."""
     nz, ny, nx, k = shapes[0, 0], shapes[0, 1], shapes[0, 2], ks[0]
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                i = (z * ny + y) * nx + x
-                DIAG[i] = c[i] + k * _wsum(z, y, x, nz, ny, nx, fw)
-                INV[i] = 1.0 / DIAG[i]
-                EFF[i] = 2 * ndim * k if fixed[i] else c[i]
+                w = k * _wsum(z, y, x, nz, ny, nx, fw)
+                i = ((z * ny + y) * nx + x) * L
+                for r in range(L):
+                    DIAG[i + r] = c[i + r] + w
+                    INV[i + r] = 1.0 / DIAG[i + r]
+                    EFF[i + r] = 2 * ndim * k if fixed[i + r] else c[i + r]
     n_levels = shapes.shape[0]
     for lv in range(1, n_levels):
         o, lz, ly, lx, k = offs[lv], shapes[lv, 0], shapes[lv, 1], shapes[lv, 2], ks[lv]
-        _restrict(EFF, offs[lv - 1], shapes[lv - 1, 0], shapes[lv - 1, 1], shapes[lv - 1, 2], EFF, o, lz, ly, lx, 1.0)
+        _restrict(EFF, offs[lv - 1], shapes[lv - 1, 0], shapes[lv - 1, 1], shapes[lv - 1, 2], EFF, o, lz, ly, lx,
+                  1.0, L)
         for z in range(lz):
             for y in range(ly):
                 for x in range(lx):
-                    i = o + (z * ly + y) * lx + x
-                    e = EFF[i] / CNT[i]
-                    EFF[i] = e
-                    DIAG[i] = e + k * _wsum(z, y, x, lz, ly, lx, fw)
-                    INV[i] = 1.0 / DIAG[i]
+                    v = o + (z * ly + y) * lx + x
+                    w = k * _wsum(z, y, x, lz, ly, lx, fw)
+                    for r in range(L):
+                        i = v * L + r
+                        e = EFF[i] / CNT[v]
+                        EFF[i] = e
+                        DIAG[i] = e + w
+                        INV[i] = 1.0 / DIAG[i]
     last = n_levels - 1
     o, lz, ly, lx, k = offs[last], shapes[last, 0], shapes[last, 1], shapes[last, 2], ks[last]
-    chol[:] = 0.0
-    for i in range(lz * ly * lx):
-        chol[i, i] = DIAG[o + i]
-        x, y, z = i % lx, (i // lx) % ly, i // (lx * ly)
-        for step, inside in ((ly * lx, z + 1 < lz), (lx, y + 1 < ly), (1, x + 1 < lx)):
-            if inside:
-                chol[i, i + step] = -k
-                chol[i + step, i] = -k
-    _cholesky(chol)
+    for r in range(L):
+        m = chol[r]
+        m[:] = 0.0
+        for i in range(lz * ly * lx):
+            m[i, i] = DIAG[(o + i) * L + r]
+            x, y, z = i % lx, (i // lx) % ly, i // (lx * ly)
+            for step, inside in ((ly * lx, z + 1 < lz), (lx, y + 1 < ly), (1, x + 1 < lx)):
+                if inside:
+                    m[i, i + step] = -k
+                    m[i + step, i] = -k
+        _cholesky(m)
 
 
 @_jit
-def solve_slab(u, c, secretion, b_const, fixed, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work, levels,
-               setup):
-    """Solve one slab: ``(c + inv_dt - D lap) x = b`` on its free voxels, ``b = b_const +
-    secretion [+ inv_dt u]``, warm-started from ``u``, to ``||b - A x|| <= tol ||b||``;
-    writes the solution (clipped at 0, vessel voxels at ``fixed_value``) into ``u`` and
-    returns the iterations taken (-1 when ``max_iter`` did not reach the tolerance).
+def solve_lanes(u, c, secretion, b_const, fixed, free, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work,
+                levels, setup, iterations, L):
+    """Solve one field in every lane: ``(c + inv_dt - D lap) x = b`` on its free voxels,
+    ``b = b_const + secretion [+ inv_dt u]``, warm-started from ``u``, until each lane
+    meets ``||b - A x|| <= tol ||b||`` on its own; writes the solutions (clipped at 0,
+    vessel voxels at ``fixed_value``) into ``u`` and each lane's iterations into
+    ``iterations`` ((L,); -1 where ``max_iter`` did not reach the tolerance).
 
     Args:
-        u: (n,) float64, the field (flat, C order over (nz, ny, nx)), overwritten.
-        c: (n,) float64 decay + uptake, 1/min.
-        secretion: (n,) float64, field units/min.
-        b_const: (n,) float64 the faces' and fixed neighbours' part of b.
-        fixed: (n,) bool vessel voxels; fixed_value: their value.
+        u: (n * L,) float64, the field (flat, voxel-major, lanes innermost), overwritten.
+        c: decay + uptake, 1/min; secretion: field units/min; b_const: the faces' and
+            fixed neighbours' part of b; fixed: vessel voxels (bool), free: 1.0 - fixed
+            (all (n * L,) in the layout of ``u``); fixed_value: their value.
         inv_dt: 1/dt for a backward-Euler step, 0 for the steady state.
         ndim: the lattice's dimensions (2 or 3); fw: (3, 2) face weights (2 fixed, 0 no-flux).
         ks: (levels,) D / h^2 per level; tol, max_iter: the stopping rule.
         work: the flat per-level scratch buffers (:class:`FusedMultigrid`).
         levels: the levels' diagonals, their inverses and the coarsest level's Cholesky
-            factor; setup: compute them (else they hold this slab's from an earlier solve
-            with the same ``c`` and ``inv_dt``).
+            factors; setup: compute them (else they hold these lanes' from an earlier
+            solve with the same ``c`` and ``inv_dt``).
     """
-    (x, p, ap, b, ceff, R, E, RES, EFF, CNT, offs, shapes) = work
+    (x, p, ap, b, ceff, R, E, RES, EFF, CNT, offs, shapes, tmp) = work
     DIAG, INV, chol = levels
     nz, ny, nx, k = shapes[0, 0], shapes[0, 1], shapes[0, 2], ks[0]
-    n = nz * ny * nx
+    n = nz * ny * nx * L
     if setup:
         for i in range(n):
             ceff[i] = c[i] + inv_dt
-        _setup(ceff, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol)
-    bb = 0.0
+        _setup(ceff, fixed, ndim, fw, DIAG, INV, EFF, CNT, offs, shapes, ks, chol, L)
     for i in range(n):
         if fixed[i]:
             x[i] = 0.0
@@ -289,101 +324,129 @@ def solve_slab(u, c, secretion, b_const, fixed, fixed_value, inv_dt, ndim, fw, k
             if inv_dt != 0.0:
                 bv = bv + inv_dt * u[i]
             b[i] = bv
-            bb += bv * bv
-    target = tol * np.sqrt(bb)
-    rr = _apply_rows(x, DIAG, 0, nz, ny, nx, k, R, -1, b, fixed)
-    it = 0
-    if np.sqrt(rr) > target:
+    nv = nz * ny * nx
+    bb = np.zeros(L)
+    _dots(b, b, nv, L, bb)
+    target = np.sqrt(bb) * tol
+    rr = np.zeros(L)
+    _apply_rows(x, DIAG, 0, nz, ny, nx, k, R, -1, b, free, L)
+    _dots(R, R, nv, L, rr)
+    active = np.sqrt(rr) > target
+    iterations[:] = 0
+    if active.any():
         scale = 0.5 ** ndim
-        _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol)
-        rz = 0.0
+        _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol, L, tmp)
         for i in range(n):
-            v = 0.0 if fixed[i] else E[i]
-            p[i] = v
-            rz += R[i] * v
+            p[i] = E[i] * free[i]
+        rz, pap, rz_new = np.zeros(L), np.zeros(L), np.zeros(L)
+        alpha = np.zeros(L)
+        _dots(R, p, nv, L, rz)
+        it = 0
         while True:
-            pap = _apply_rows(p, DIAG, 0, nz, ny, nx, k, ap, 1, p, fixed)
-            alpha = rz / (pap if pap > 0 else 1.0)
-            rr = 0.0
-            for i in range(n):
-                if not fixed[i]:
-                    x[i] += alpha * p[i]
-                    rv = R[i] - alpha * ap[i]
-                    R[i] = rv
-                    rr += rv * rv
+            _apply_rows(p, DIAG, 0, nz, ny, nx, k, ap, 1, p, free, L)
+            _dots(p, ap, nv, L, pap)
+            for r in range(L):
+                alpha[r] = rz[r] / (pap[r] if pap[r] > 0 else 1.0)
+            for v in range(nv):
+                for r in range(L):
+                    i = v * L + r
+                    if active[r]:  # a converged lane keeps its iterate
+                        x[i] += alpha[r] * p[i]
+                    R[i] = R[i] - alpha[r] * ap[i]
+            _dots(R, R, nv, L, rr)
             it += 1
-            if np.sqrt(rr) <= target:
+            for r in range(L):
+                if active[r]:
+                    iterations[r] = it
+                    if np.sqrt(rr[r]) <= target[r]:
+                        active[r] = False
+            if not active.any():
                 break
             if it >= max_iter:
-                return -1
-            _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol)
-            rz_new = 0.0
+                for r in range(L):
+                    if active[r]:
+                        iterations[r] = -1
+                break
+            _vcycle(R, E, RES, DIAG, INV, offs, shapes, ks, scale, chol, L, tmp)
             for i in range(n):
-                if not fixed[i]:
-                    rz_new += R[i] * E[i]
-            beta = rz_new / (rz if rz > 0 else 1.0)
-            for i in range(n):
-                p[i] = p[i] * beta + (0.0 if fixed[i] else E[i])
-            rz = rz_new
+                E[i] = E[i] * free[i]  # the preconditioned residual, zero at vessel voxels
+            _dots(R, E, nv, L, rz_new)
+            for v in range(nv):
+                for r in range(L):
+                    i = v * L + r
+                    p[i] = p[i] * (rz_new[r] / (rz[r] if rz[r] > 0 else 1.0)) + E[i]
+            rz[:] = rz_new
     for i in range(n):
         u[i] = fixed_value if fixed[i] else max(x[i], 0.0)
-    return it
+
+
+@_jit
+def solve_single(u, c, secretion, b_const, fixed, free, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work,
+                 levels, setup, iterations):
+    """:func:`solve_lanes` of a single run: the constant lane count 1 reaches every kernel
+    as a compile-time constant, so their loops are those of one replicate."""
+    solve_lanes(u, c, secretion, b_const, fixed, free, fixed_value, inv_dt, ndim, fw, ks, tol, max_iter, work, levels,
+                setup, iterations, 1)
 
 
 class FusedMultigrid:
-    """The per-level buffers of :func:`solve_slab` for the levels of a
-    :class:`~.multigrid.MultigridSolver` (shared by its slabs, which are solved one after
-    another), and the per-slab constants: face weights and D / h^2 per level.
+    """The per-level buffers of :func:`solve_lanes` for the levels of a
+    :class:`~.multigrid.MultigridSolver`, whose fields are solved one after another, each
+    in all its replicates (lanes) at once; and the per-field constants: face weights and
+    D / h^2 per level.
 
     Args:
         shapes: each level's shape (C order, 2 or 3 ints), finest first.
         spacings: each level's spacing, um.
-        diffusion: (S,) D per slab, um^2/min.
-        face_weights: (S, ndim, 2) 2.0 for a fixed face, 0.0 for a no-flux one.
+        diffusion: (F,) D per field, um^2/min.
+        face_weights: (F, ndim, 2) 2.0 for a fixed face, 0.0 for a no-flux one.
+        lanes: the replicates R.
     """
 
-    def __init__(self, shapes, spacings, diffusion, face_weights):
+    def __init__(self, shapes, spacings, diffusion, face_weights, lanes: int):
         ndim = len(shapes[0])
-        self.ndim = ndim
+        self.ndim, self.lanes = ndim, int(lanes)
         shapes3 = np.array([(1,) * (3 - ndim) + tuple(s) for s in shapes], dtype=np.int64)
-        n_slabs = len(diffusion)
-        self.fw = np.zeros((n_slabs, 3, 2))
+        self.fw = np.zeros((len(diffusion), 3, 2))
         self.fw[:, 3 - ndim:] = face_weights
         self.ks = np.asarray(diffusion, float)[:, None] / np.asarray(spacings, float)[None, :] ** 2
         sizes = shapes3.prod(axis=1)
         offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         counts = np.zeros(offs[-1])  # children inside the lattice per voxel (unused on the finest level)
-        for lv in range(1, len(shapes3)):
-            (fz, fy, fx), (cz, cy, cx) = shapes3[lv - 1], shapes3[lv]
-            _restrict(np.ones(sizes[lv - 1]), 0, fz, fy, fx, counts, offs[lv], cz, cy, cx, 1.0)
-        n = int(sizes[0])
-        self._level_size, self._coarsest = int(offs[-1]), int(sizes[-1])
-        self.work = (*(np.zeros(n) for _ in range(5)), *(np.zeros(offs[-1]) for _ in range(4)), counts, offs,
-                     shapes3)
+        for lv in range(1, len(shapes3)):  # per axis, the 1 or 2 finer voxels a coarse one covers
+            per_axis = [np.minimum(2, f - 2 * np.arange(c)) for f, c in zip(shapes3[lv - 1], shapes3[lv])]
+            counts[offs[lv]:offs[lv + 1]] = np.einsum("i,j,k->ijk", *per_axis).reshape(-1)
+        n, total, L = int(sizes[0]) * self.lanes, int(offs[-1]) * self.lanes, self.lanes
+        self._total, self._coarsest = total, int(sizes[-1])
+        self.work = (*(np.zeros(n) for _ in range(5)), *(np.zeros(total) for _ in range(4)), counts, offs, shapes3,
+                     np.zeros(max(self._coarsest, L)))
         self._scratch = self._new_levels()
         self._kept: dict[int, tuple[float, tuple]] = {}
-        """Slab -> (1/dt, levels) of the slabs whose reaction holds no uptake (their levels
+        """Field -> (1/dt, levels) of the fields whose reaction holds no uptake (their levels
         are reused from one solve to the next)."""
+        self._iterations = np.zeros(L, dtype=np.int64)
 
     def _new_levels(self) -> tuple:
-        return np.zeros(self._level_size), np.zeros(self._level_size), np.zeros((self._coarsest, self._coarsest))
+        return (np.zeros(self._total), np.zeros(self._total),
+                np.zeros((self.lanes, self._coarsest, self._coarsest)))
 
-    def solve(self, slab: int, u, c, secretion, b_const, fixed, fixed_value: float, inv_dt: float, tol: float,
-              max_iter: int, steady_reaction: bool = False) -> int:
-        """Solve slab ``slab`` (its arrays in the lattice's shape; ``u`` is overwritten);
-        returns the iterations taken (-1: not converged in ``max_iter``).
-        ``steady_reaction``: ``c`` is the slab's decay alone (no cell takes the field up),
-        the same at every solve, so the levels computed for it are kept and reused."""
+    def solve(self, field: int, u, c, secretion, b_const, fixed, free, fixed_value: float, inv_dt: float,
+              tol: float, max_iter: int, steady_reaction: bool = False) -> np.ndarray:
+        """Solve field ``field`` in every lane: ``u``, ``c``, ``secretion``, ``b_const``,
+        ``fixed`` and ``free`` are (n * R,) in the lanes' layout (``u`` is overwritten).
+        Returns the iterations of each lane ((R,), -1: not converged in ``max_iter``).
+        ``steady_reaction``: ``c`` is the field's decay alone (no cell takes it up), the
+        same at every solve, so the levels computed for it are kept and reused."""
         setup, levels = True, self._scratch
         if steady_reaction:
-            kept = self._kept.get(slab)
+            kept = self._kept.get(field)
             setup = kept is None or kept[0] != inv_dt
             levels = self._new_levels() if kept is None else kept[1]
-            self._kept[slab] = (inv_dt, levels)
-        x = np.ascontiguousarray(u, dtype=np.float64).reshape(-1)  # a float32 field: a float64 copy
-        it = solve_slab(x, c.reshape(-1), secretion.reshape(-1), b_const.reshape(-1), fixed.reshape(-1),
-                        float(fixed_value), float(inv_dt), self.ndim, self.fw[slab], self.ks[slab], float(tol),
-                        int(max_iter), self.work, levels, setup)
-        if not np.shares_memory(x, u):
-            u[...] = x.reshape(u.shape)
-        return it
+            self._kept[field] = (inv_dt, levels)
+        args = (u, c, secretion, b_const, fixed, free, float(fixed_value), float(inv_dt), self.ndim, self.fw[field],
+                self.ks[field], float(tol), int(max_iter), self.work, levels, setup, self._iterations)
+        if self.lanes == 1:
+            solve_single(*args)
+        else:
+            solve_lanes(*args, self.lanes)
+        return self._iterations.copy()

@@ -165,7 +165,7 @@ class MultigridSolver:
             shapes.append(tuple((n + 1) // 2 for n in shapes[-1]))
             spacings.append(spacings[-1] * 2.0)
         face_w = np.where(np.isnan(faces), 0.0, 2.0)
-        self.fused = FusedMultigrid(shapes, spacings, self.diffusion, face_w) \
+        self.fused = FusedMultigrid(shapes, spacings, self.diffusion[::n_rep], face_w[::n_rep], n_rep) \
             if fused and not backend.is_gpu and FusedMultigrid is not None else None
         """The compiled CPU solve (:mod:`.fused`), or None: the array code below (CuPy, or
         NumPy when ``fused=False``, the twin the tests compare it with)."""
@@ -183,6 +183,7 @@ class MultigridSolver:
             self._coarse_adj = xp.asarray(adj)
         self.free = xp.asarray(~fixed, dtype=xp.float64)
         self._fixed_value = values
+        self._lane_consts: list | None = None  # the compiled solve's constant arrays, per field
         self._fixed_mask = xp.asarray(fixed)
         self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
         # constant part of the right-hand side: fixed faces (2 k g on the face voxels)
@@ -354,18 +355,32 @@ class MultigridSolver:
         self.iterations.append(it)
         return it
 
+    def _lanes(self, slabs):
+        """A field's R slabs ((R, *shape)) in the compiled solve's layout: (n * R,) float64,
+        each voxel's R values side by side (no copy for one replicate)."""
+        return np.ascontiguousarray(slabs.reshape(self.replicates, -1).T, dtype=np.float64).reshape(-1)
+
     def _solve_fused(self, fused: FusedMultigrid, u, uptake, secretion, inv_dt) -> int:
-        """:meth:`solve` by the compiled loops of :mod:`.fused`, one slab after another."""
-        c = self._decay + uptake
+        """:meth:`solve` by the compiled loops of :mod:`.fused`: one field after another,
+        each in all its replicates at once (lanes)."""
+        n_rep = self.replicates
+        if self._lane_consts is None:  # the faces' and vessels' part of b, the vessel masks
+            fields = [slice(f * n_rep, (f + 1) * n_rep) for f in range(self.n_fields // n_rep)]
+            self._lane_consts = [(self._lanes(self._b_const[f]), self._lanes(self._fixed_mask[f]) > 0,
+                                  self._lanes(self.free[f])) for f in fields]
         most = 0
-        for f in range(self.n_fields):
-            it = fused.solve(f, u[f], c[f], secretion[f], self._b_const[f], self._fixed_mask[f],
-                             self._fixed_value[f], 0.0 if inv_dt is None else float(inv_dt[f].reshape(-1)[0]),
-                             self.tol, self.max_iter, steady_reaction=not uptake[f].any())
-            if it < 0:
+        for f, (b_const, fixed, free) in enumerate(self._lane_consts):
+            field = slice(f * n_rep, (f + 1) * n_rep)
+            x = self._lanes(u[field])
+            its = fused.solve(f, x, self._lanes(self._decay[field] + uptake[field]), self._lanes(secretion[field]),
+                              b_const, fixed, free, self._fixed_value[f * n_rep],
+                              0.0 if inv_dt is None else float(inv_dt[f * n_rep].reshape(-1)[0]), self.tol,
+                              self.max_iter, steady_reaction=not uptake[field].any())
+            if (its < 0).any():
                 raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
                                    f"{self.max_iter} iterations")
-            most = max(most, it)
+            u[field] = x.reshape(-1, n_rep).T.reshape(u[field].shape)
+            most = max(most, int(its.max()))
         self.iterations.append(most)
         return most
 
