@@ -111,7 +111,8 @@ def test_nothing_crosses_between_replicates():
     for p in m.populations:
         assert (p.data["id"] >> crng.ID_BITS == p.data["site"] // n).all(), p.kind
         p.remove(p.data["site"] >= n, how="cleared")  # empty replicate 1
-    m.fields.solver.lod.values[:, 1] = 0.0  # and clear its LOD fields
+    for f in range(m.fields.solver.n_fields):  # and clear its fields
+        m.fields.solver.field(f)[1] = 0.0
     single = TMEModel(cfg, backend=be, seed=3)
     for _ in range(40):
         m.step()

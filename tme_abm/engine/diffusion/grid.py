@@ -86,3 +86,23 @@ class FieldGrid:
         if len(self.vessel_sites):
             fixed[:, self.vessel_sites] = ~np.isnan(self.vessel_values)[:, None]
         return fixed
+
+
+def neighbour_weights(shape: Sequence[int], face_weights: np.ndarray) -> np.ndarray:
+    """(F, *shape) each voxel's neighbour weight in the diagonal of the discrete operator
+    (in units of D / h^2): 1 per neighbour inside the lattice, 2 for a fixed face (the
+    ghost value 2g - u0), 0 for a no-flux face. ``face_weights``: (F, ndim, 2), 2.0 for
+    a fixed face and 0.0 for a no-flux one, per axis and side."""
+    nf, nd = len(face_weights), len(shape)
+    w = np.zeros((nf, *shape))
+    for a in range(nd):
+        inner = np.full(shape[a], 2.0)
+        inner[0] = inner[-1] = 1.0
+        if shape[a] == 1:
+            inner[0] = 0.0
+        lo, hi = np.zeros(shape[a]), np.zeros(shape[a])
+        lo[0] = hi[-1] = 1.0
+        for f in range(nf):
+            line = inner + face_weights[f, a, 0] * lo + face_weights[f, a, 1] * hi
+            w[f] += line.reshape([-1 if b == a else 1 for b in range(nd)])
+    return w

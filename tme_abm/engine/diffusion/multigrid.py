@@ -46,7 +46,7 @@ import math
 import numpy as np
 
 from ..backend import Array, Backend
-from .grid import FieldGrid
+from .grid import FieldGrid, neighbour_weights
 
 try:
     from .fused import FusedMultigrid
@@ -72,22 +72,7 @@ class _Level:
         nf, nd = len(diffusion), len(shape)
         self.shape = shape
         self.k = xp.asarray((diffusion / spacing**2).reshape((nf,) + (1,) * nd), dtype=xp.float64)
-        # weight of each voxel's neighbours in the diagonal: 1 per neighbour inside the
-        # lattice, 2 for a fixed face (ghost 2g - u0), 0 for a no-flux face
-        w = np.zeros((nf, *shape))
-        for a in range(nd):
-            inner = np.full(shape[a], 2.0)
-            inner[0] = inner[-1] = 1.0
-            if shape[a] == 1:
-                inner[0] = 0.0
-            lo = np.zeros(shape[a])
-            hi = np.zeros(shape[a])
-            lo[0] = 1.0
-            hi[-1] = 1.0
-            for f in range(nf):
-                line = inner + face_weights[f, a, 0] * lo + face_weights[f, a, 1] * hi
-                w[f] += line.reshape([-1 if b == a else 1 for b in range(nd)])
-        self.wsum = xp.asarray(w, dtype=xp.float64)
+        self.wsum = xp.asarray(neighbour_weights(shape, face_weights), dtype=xp.float64)
         grids = np.indices(shape).sum(axis=0)
         self.red = xp.asarray(grids % 2 == 0)
         self.black = xp.asarray(grids % 2 == 1)
@@ -183,7 +168,6 @@ class MultigridSolver:
             self._coarse_adj = xp.asarray(adj)
         self.free = xp.asarray(~fixed, dtype=xp.float64)
         self._fixed_value = values
-        self._lane_consts: list | None = None  # the compiled solve's constant arrays, per field
         self._fixed_mask = xp.asarray(fixed)
         self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
         # constant part of the right-hand side: fixed faces (2 k g on the face voxels)
@@ -355,31 +339,26 @@ class MultigridSolver:
         self.iterations.append(it)
         return it
 
-    def _lanes(self, slabs):
-        """A field's R slabs ((R, *shape)) in the compiled solve's layout: (n * R,) float64,
-        each voxel's R values side by side (no copy for one replicate)."""
-        return np.ascontiguousarray(slabs.reshape(self.replicates, -1).T, dtype=np.float64).reshape(-1)
-
     def _solve_fused(self, fused: FusedMultigrid, u, uptake, secretion, inv_dt) -> int:
         """:meth:`solve` by the compiled loops of :mod:`.fused`: one field after another,
-        each in all its replicates at once (lanes)."""
+        each in one replicate after another."""
         n_rep = self.replicates
-        if self._lane_consts is None:  # the faces' and vessels' part of b, the vessel masks
-            fields = [slice(f * n_rep, (f + 1) * n_rep) for f in range(self.n_fields // n_rep)]
-            self._lane_consts = [(self._lanes(self._b_const[f]), self._lanes(self._fixed_mask[f]) > 0,
-                                  self._lanes(self.free[f])) for f in fields]
         most = 0
-        for f, (b_const, fixed, free) in enumerate(self._lane_consts):
+        for f in range(self.n_fields // n_rep):
             field = slice(f * n_rep, (f + 1) * n_rep)
-            x = self._lanes(u[field])
-            its = fused.solve(f, x, self._lanes(self._decay[field] + uptake[field]), self._lanes(secretion[field]),
-                              b_const, fixed, free, self._fixed_value[f * n_rep],
-                              0.0 if inv_dt is None else float(inv_dt[f * n_rep].reshape(-1)[0]), self.tol,
-                              self.max_iter, steady_reaction=not uptake[field].any())
+            view = u[field]
+            slabs = (view if view.flags.c_contiguous else view.copy()).reshape(n_rep, -1)  # the field's own memory
+            up = uptake[field].reshape(n_rep, -1)
+            its = fused.solve(f, slabs, self.decay[f * n_rep], up, secretion[field].reshape(n_rep, -1),
+                              self._b_const[field].reshape(n_rep, -1), self._fixed_mask[field].reshape(n_rep, -1),
+                              self._fixed_value[f * n_rep], 0.0 if inv_dt is None else float(inv_dt[f * n_rep].flat[0]),
+                              self.tol, self.max_iter,
+                              steady_reaction=not self.backend.to_host(up.any()))
             if (its < 0).any():
                 raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
                                    f"{self.max_iter} iterations")
-            u[field] = x.reshape(-1, n_rep).T.reshape(u[field].shape)
+            if not view.flags.c_contiguous:
+                view[...] = slabs.reshape(view.shape)
             most = max(most, int(its.max()))
         self.iterations.append(most)
         return most
