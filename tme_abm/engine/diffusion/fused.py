@@ -228,11 +228,11 @@ def _setup(decay, uptake, inv_dt, fixed, ndim, geo, ks, WSUM, CNT, EFF, DIAG, IN
         for z in range(g[0]):
             for y in range(g[1]):
                 row = first + _U(z) * sz + _U(y) * sy
-                for j in range(row, row + _U(g[2])):
-                    e = EFF[j] / CNT[j]
-                    EFF[j] = e
-                    DIAG[j] = e + k * WSUM[j]
-                    INV[j] = 1.0 / DIAG[j]
+                for i in range(row, row + _U(g[2])):
+                    e = EFF[i] / CNT[i]
+                    EFF[i] = e
+                    DIAG[i] = e + k * WSUM[i]
+                    INV[i] = 1.0 / DIAG[i]
     g, k = geo[last], ks[last]
     lz, ly, lx = g[0], g[1], g[2]
     first, sz, sy = _U(g[3]), _U(g[4]), _U(g[5])
