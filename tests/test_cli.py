@@ -91,6 +91,8 @@ def test_bench_model_reports_throughput_and_stages():
     assert set(res["stage_seconds"]) == {"therapy", "fields", "sensing", "engagement", "movement",
                                          "division_recruitment", "death_clearance", "systemic", "secretion"}
     assert res["host_copies_per_tick"] > 0
+    assert res["cpu_s"] > 0 and res["warm_up_s"] > 0  # CPU seconds beside wall; kernels loaded before the timing
+    assert res["cpu_s_per_simulated_day"] == pytest.approx(res["cpu_s"] / res["simulated_days"])
     r = cli("bench", "model", QUICK, "--set", "car_t.rules.kil.x=1")
     assert r.returncode != 0 and "car_t.rules.kil" in r.stderr
 
@@ -103,6 +105,9 @@ def test_bench_model_with_replicates_compares_the_batch_per_replicate_with_the_s
     b = res["batch"]
     assert b["replicates"] == 3 and b["wall_s_per_replicate"] == pytest.approx(b["wall_s"] / 3)
     assert res["speedup"] == pytest.approx(res["wall_s"] / b["wall_s_per_replicate"])
+    assert b["cpu_s_per_replicate"] == pytest.approx(b["cpu_s"] / 3)
+    assert b["cpu_s_per_replicate_day"] == pytest.approx(b["cpu_s"] / 3 / res["simulated_days"])
+    assert res["cpu_speedup"] == pytest.approx(res["cpu_s"] / b["cpu_s_per_replicate"])
     r = cli("bench", "model", QUICK, "--days", "0.02", "--replicates", "2")
     assert r.returncode == 0 and "batch of 2 replicates" in r.stdout and "per replicate" in r.stdout
 

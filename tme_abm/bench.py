@@ -9,6 +9,7 @@ import numpy as np
 
 from .biology.defaults import default_fields
 from .biology.fields import FieldSet
+from .config import resolve_config
 from .engine import rng as crng
 from .engine.backend import make_backend
 from .engine.diffusion import DiffusionSolver, FieldGrid, Sources
@@ -81,28 +82,47 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
 def bench_model(config, replicates: int = 1) -> dict:
     """Run a config (a Config, path or mapping) to its end and time it; with
     ``replicates`` R > 1, also a batch of R replicates of it (seeds seed .. seed + R - 1)
-    in one model, right after the single run, and compare the wall time per replicate.
+    in one model, right after the single run, and compare the time per replicate.
 
-    Agent-updates are cells x ticks summed over the run (every living cell is updated
-    once per tick); reported with the wall time per simulated day and per stage (of the
-    single run), and the explicit device-to-host copies per tick (``Backend.to_host``;
-    scalar reads with ``int()``/``float()`` and boolean-mask indexing, which also wait
-    for a GPU, are not counted). With R > 1: ``batch`` holds the batch's wall time, wall time per
-    replicate and agent-updates per second, and ``speedup`` is the single run's wall
-    time over the batch's wall time per replicate.
+    First a model of the config is built and stepped twice, untimed (``warm_up_s``):
+    that loads the compiled kernels from Numba's cache, or compiles them on a fresh
+    install, which the timed runs then do not pay. Agent-updates are cells x ticks
+    summed over the run (every living cell is updated once per tick); reported with the
+    wall and CPU seconds (the process's, all its threads) in all and per simulated day,
+    per stage (of the single run), and the explicit device-to-host copies per tick
+    (``Backend.to_host``; scalar reads with ``int()``/``float()`` and boolean-mask
+    indexing, which also wait for a GPU, are not counted). With R > 1: ``batch`` holds
+    the batch's wall and CPU seconds, in all, per replicate and per replicate-day, and
+    its agent-updates per second; ``speedup`` is the single run's wall time over the
+    batch's wall time per replicate (``cpu_speedup`` the same in CPU seconds).
     """
-    single = TMEModel(config)
-    cfg = single.config
-    out = _time_model(single)
+    cfg = resolve_config(config)
+    out = {"warm_up_s": _warm_up(cfg)}
+    out.update(_time_model(TMEModel(cfg)))
     if replicates > 1:
         batch = _time_model(TMEModel(cfg, seeds=[cfg.seed + r for r in range(replicates)]))
-        per = batch["wall_s"] / replicates
+        per, cpu_per = batch["wall_s"] / replicates, batch["cpu_s"] / replicates
         out["batch"] = {"replicates": replicates, "backend": batch["backend"], "wall_s": batch["wall_s"],
-                        "wall_s_per_replicate": per,
+                        "cpu_s": batch["cpu_s"], "wall_s_per_replicate": per, "cpu_s_per_replicate": cpu_per,
+                        "cpu_s_per_replicate_day": cpu_per / batch["simulated_days"],
                         "agent_updates_per_s": batch["agent_updates_per_s"], "stage_seconds": batch["stage_seconds"],
                         "host_copies_per_tick": batch["host_copies_per_tick"]}
         out["speedup"] = out["wall_s"] / per
+        out["cpu_speedup"] = out["cpu_s"] / cpu_per
     return out
+
+
+def _warm_up(cfg) -> float:
+    """Wall seconds to build a model of ``cfg`` and step it twice (its kernels loaded or
+    compiled); the model is then dropped."""
+    t0 = time.perf_counter()
+    model = TMEModel(cfg)
+    try:
+        for _ in range(2):
+            model.step()
+    finally:
+        model.fields.solver.close()
+    return time.perf_counter() - t0
 
 
 def _time_model(model: TMEModel) -> dict:
@@ -112,7 +132,7 @@ def _time_model(model: TMEModel) -> dict:
     copies0, ticks0 = model.backend.host_copies, model.steps
     updates = 0
     cells_max = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         while model.running:
             n = sum(len(p) for p in model.populations)
@@ -120,7 +140,7 @@ def _time_model(model: TMEModel) -> dict:
             cells_max = max(cells_max, n)
             model.step()
         model.backend.synchronize()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         model.fields.solver.close()
     sim_days = model.time_min / 1440.0
@@ -136,6 +156,8 @@ def _time_model(model: TMEModel) -> dict:
         "simulated_days": sim_days,
         "wall_s": wall,
         "wall_s_per_simulated_day": wall / sim_days,
+        "cpu_s": cpu,
+        "cpu_s_per_simulated_day": cpu / sim_days,
         "agent_updates": updates,
         "max_cells": cells_max,
         "agent_updates_per_s": updates / wall,

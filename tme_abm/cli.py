@@ -459,16 +459,20 @@ def bench_model_cmd(
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["stage_seconds"].items())
     typer.echo(
         f"model {config} on {res['backend']} ({res['device']}), lattice {'x'.join(map(str, res['lattice']))}: "
-        f"{res['simulated_days']:.2f} days in {res['wall_s']:.1f} s ({res['wall_s_per_simulated_day']:.2f} s/day), "
+        f"{res['simulated_days']:.2f} days in {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU "
+        f"({res['wall_s_per_simulated_day']:.2f} and {res['cpu_s_per_simulated_day']:.2f} s/day; warm-up, which "
+        f"loads or compiles the kernels, {res['warm_up_s']:.1f} s), "
         f"{res['agent_updates_per_s']:.3g} agent-updates/s overall, {res['agent_updates_per_agent_s']:.3g} in the "
         f"agent stages (max {res['max_cells']} cells), {res['host_copies_per_tick']:.1f} host copies per tick"
         f"\n  stages: {stages}"
     )
     if replicates > 1:
         b = res["batch"]
-        typer.echo(f"  batch of {replicates} replicates: {b['wall_s']:.1f} s, {b['wall_s_per_replicate']:.2f} s per "
-                   f"replicate against {res['wall_s']:.2f} s for the single run: speedup {res['speedup']:.2f}x, "
-                   f"{b['agent_updates_per_s']:.3g} agent-updates/s")
+        typer.echo(f"  batch of {replicates} replicates: {b['wall_s']:.1f} s wall, {b['cpu_s']:.1f} s CPU; per "
+                   f"replicate {b['wall_s_per_replicate']:.2f} s wall, {b['cpu_s_per_replicate']:.2f} s CPU "
+                   f"({b['cpu_s_per_replicate_day']:.3f} CPU-s per replicate-day) against {res['wall_s']:.2f} and "
+                   f"{res['cpu_s']:.2f} s for the single run: speedup {res['speedup']:.2f}x wall, "
+                   f"{res['cpu_speedup']:.2f}x CPU, {b['agent_updates_per_s']:.3g} agent-updates/s")
 
 
 @bench_app.command("fields")
