@@ -264,3 +264,51 @@ def test_the_compiled_solve_equals_its_array_twin(shape, implicit):
             assert s.solve(u.copy(), uptake, secretion, inv_dt) == 0
     assert solvers[0].iterations == solvers[1].iterations
     np.testing.assert_allclose(u64[0], u64[1], rtol=1e-12, atol=1e-12 * 46)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_solve_of_some_slabs_leaves_the_others_and_solves_each_as_alone(fused):
+    """``slabs`` solves only the named (field, replicate) slabs: the others keep their
+    values, and each solved one comes out as a solve of its field alone."""
+    be = make_backend("numpy", "float64")
+    rng = np.random.default_rng(3)
+    shape, n = (24, 30), 24 * 30
+    grid = FieldGrid(shape, DX, [1e4, 555.0], [0.2, 0.01], np.full((2, 2, 2), 1.0), rng.choice(n, 6, replace=False),
+                     [2.0, np.nan])
+    cells = rng.random((2, *shape)) < 0.2
+    uptake, secretion = np.where(cells, 5.0, 0.0), np.where(cells, 3.0, 0.0)
+    inv_dt = np.full((2, 1, 1), 1 / 6.0)
+    start = rng.random((2, *shape)) * 3
+    both = MultigridSolver(grid, be, tol=1e-8, fused=fused)
+    u = start.copy()
+    both.solve(u, uptake, secretion, inv_dt, slabs=np.array([False, True]))
+    assert np.array_equal(u[0], start[0])
+    alone = MultigridSolver(grid.subset([1]), be, tol=1e-8, fused=fused)
+    v = start[1:].copy()
+    alone.solve(v, uptake[1:], secretion[1:], inv_dt[1:])
+    np.testing.assert_allclose(u[1], v[0], rtol=1e-13, atol=1e-13)
+
+
+def test_an_implicit_field_with_substeps_takes_its_own_shorter_steps():
+    """A field with ``substeps`` k in a set steps exactly as that field alone over k steps
+    of dt / k; the steady and single-step fields beside it are untouched by it."""
+    be = make_backend("numpy", "float64")
+    rng = np.random.default_rng(5)
+    shape, n = (20, 26), 20 * 26
+    grid = FieldGrid(shape, DX, [1e5, 1000.0, 2000.0], [0.1, 0.016, 0.05], np.full((3, 2, 2), NOFLUX),
+                     rng.choice(n, 5, replace=False), [46.0, np.nan, np.nan])
+    sites = np.flatnonzero(rng.random(n) < 0.3)
+    src = Sources(sites, rng.random((3, len(sites))), rng.random((3, len(sites))) * 0.5)
+    schemes, dt = ["steady", "implicit", "implicit"], 12.0
+    mixed = DiffusionSolver(grid, dt, initial=[46.0, 0.1, 0.2], backend=be, schemes=schemes, substeps=[1, 3, 1])
+    mixed.step(src)
+    mixed.step(src)
+    for f, k in enumerate([1, 3, 1]):
+        alone = DiffusionSolver(grid.subset([f]), dt / k, initial=[[46.0, 0.1, 0.2][f]], backend=be,
+                                schemes=[schemes[f]])
+        one = Sources(sites, src.secretion[f:f + 1], src.uptake[f:f + 1])
+        alone.step(one, n_steps=k)
+        alone.step(one, n_steps=k)
+        assert np.array_equal(mixed.field(f), alone.field(0)), f
+    with pytest.raises(ValueError, match="substeps"):
+        DiffusionSolver(grid, dt, backend=be, schemes=schemes, substeps=[1, 0, 1])

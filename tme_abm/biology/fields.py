@@ -59,7 +59,8 @@ class FieldSet:
                          lattice.replicates)
         self.solver = DiffusionSolver(grid, dt_min, initial=np.array([fields[n].initial for n in self.names]),
                                       backend=backend, schemes=[(schemes or {}).get(n, "lod") for n in self.names],
-                                      tolerance=tolerance)
+                                      tolerance=tolerance, substeps=[getattr(fields[n], "substeps", 1)
+                                                                     for n in self.names])
         self._rates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.perfused = [i for i, n in enumerate(self.names) if getattr(fields[n], "perfused", False)]
         self.capillary_radius_um = capillary_radius_um

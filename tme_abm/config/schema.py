@@ -194,6 +194,11 @@ class FieldConfig(Strict):
     fix it, L the mean vessel spacing or the lattice's extent, times tick_min x
     fields_every_ticks >= 3); else implicit when it diffuses (the LOD step errs by
     percents at point sources after one field solve); else (D = 0) lod."""
+    substeps: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Backward-Euler steps the field takes per field step when its scheme is implicit
+    (the other schemes take one): more for a field whose sources switch on and off
+    faster than the field step, like the cytokine of engaged CAR T (``tme-abm bench
+    fields`` measures each field's error against a converged reference)."""
 
     @model_validator(mode="after")
     def _diffuses_or_not(self):

@@ -280,15 +280,16 @@ class MultigridSolver:
         m[:, xp.arange(n_c), xp.arange(n_c)] = last.diag.reshape(nf, n_c)
         last.inverse = xp.linalg.inv(m)
 
-    def solve(self, u, uptake, secretion, inv_dt=None) -> int:
+    def solve(self, u, uptake, secretion, inv_dt=None, slabs=None) -> int:
         """Overwrite ``u`` ((Fs, *shape), any float dtype, its current values the first
         guess) with the solution for per-voxel ``uptake`` (1/min) and ``secretion``
         (field units/min), both (Fs, *shape) float64: the steady state where ``inv_dt``
         ((Fs, 1, ...) 1/min) is 0 or None, one backward-Euler step of dt from ``u``
-        where it is 1/dt. Returns the iterations taken (the most any slab took): each
-        slab (a field of a replicate) stops at its own tolerance."""
+        where it is 1/dt. ``slabs``: (Fs,) host bool, the slabs to solve (None: all;
+        the others keep their values). Returns the iterations taken (the most any slab
+        took): each slab (a field of a replicate) stops at its own tolerance."""
         if self.fused is not None:
-            return self._solve_fused(self.fused, u, uptake, secretion, inv_dt)
+            return self._solve_fused(self.fused, u, uptake, secretion, inv_dt, slabs)
         xp = self.backend.xp
         self._setup(uptake, inv_dt)
         fine = self.levels[0]
@@ -303,6 +304,8 @@ class MultigridSolver:
         target = self.tol * b_norm
         it = 0
         done = self._converged(r, target, axes)
+        if slabs is not None:
+            done |= ~np.asarray(slabs)
         if not done.all():
             frozen = self._frozen(done)
             z = self._vcycle(r) * free
@@ -335,21 +338,27 @@ class MultigridSolver:
                 rz = rz_new
         xp.maximum(x, 0.0, out=x)
         x += self._fixed_vals
-        u[...] = x
+        if slabs is None:
+            u[...] = x
+        else:
+            solved = xp.asarray(np.flatnonzero(slabs))
+            u[solved] = x[solved]
         self.iterations.append(it)
         return it
 
-    def _solve_fused(self, fused: FusedMultigrid, u, uptake, secretion, inv_dt) -> int:
+    def _solve_fused(self, fused: FusedMultigrid, u, uptake, secretion, inv_dt, slabs) -> int:
         """:meth:`solve` by the compiled loops of :mod:`.fused`: one field after another,
         each in one replicate after another."""
         n_rep = self.replicates
         most = 0
         for f in range(self.n_fields // n_rep):
+            if slabs is not None and not slabs[f * n_rep]:  # a field's replicates are solved together
+                continue
             field = slice(f * n_rep, (f + 1) * n_rep)
             view = u[field]
-            slabs = (view if view.flags.c_contiguous else view.copy()).reshape(n_rep, -1)  # the field's own memory
+            own = (view if view.flags.c_contiguous else view.copy()).reshape(n_rep, -1)  # the field's own memory
             up = uptake[field].reshape(n_rep, -1)
-            its = fused.solve(f, slabs, self.decay[f * n_rep], up, secretion[field].reshape(n_rep, -1),
+            its = fused.solve(f, own, self.decay[f * n_rep], up, secretion[field].reshape(n_rep, -1),
                               self._b_const[field].reshape(n_rep, -1), self._fixed_mask[field].reshape(n_rep, -1),
                               self._fixed_value[f * n_rep], 0.0 if inv_dt is None else float(inv_dt[f * n_rep].flat[0]),
                               self.tol, self.max_iter,
@@ -358,7 +367,7 @@ class MultigridSolver:
                 raise RuntimeError(f"steady-state solve did not reach tolerance {self.tol:g} in "
                                    f"{self.max_iter} iterations")
             if not view.flags.c_contiguous:
-                view[...] = slabs.reshape(view.shape)
+                view[...] = own.reshape(view.shape)
             most = max(most, int(its.max()))
         self.iterations.append(most)
         return most

@@ -52,10 +52,13 @@ class DiffusionSolver:
         backend: a :class:`~tme_abm.engine.backend.Backend`; default NumPy float64.
         schemes: (F,) ``steady``, ``implicit`` or ``lod`` per field (default all lod).
         tolerance: relative residual at which a multigrid solve stops.
+        substeps: (F,) backward-Euler steps an implicit field takes per field step of
+            ``dt_min`` (each of ``dt_min / substeps``; default 1); the other schemes
+            ignore it.
     """
 
     def __init__(self, grid: FieldGrid, dt_min: float, *, initial=0.0, backend: Backend | None = None,
-                 schemes=None, tolerance: float = TOLERANCE):
+                 schemes=None, tolerance: float = TOLERANCE, substeps=None):
         self.backend = backend or make_backend("numpy", "float64")
         self.grid = grid
         self.replicates = n_rep = grid.replicates
@@ -93,6 +96,10 @@ class DiffusionSolver:
                 f = int(st[steady & ~has_steady][0])
                 raise ValueError(f"field {f}: no steady state (no decay, no fixed voxels, no fixed face)")
             self._implicit = np.repeat(~steady, n_rep)
+            sub = np.ones(nf, dtype=np.int64) if substeps is None else np.asarray(substeps, dtype=np.int64)
+            if sub.shape != (nf,) or (sub < 1).any():
+                raise ValueError(f"substeps must give an int >= 1 per field ({nf}), got {substeps}")
+            self._substeps = np.repeat(np.where(steady, 1, sub[st]), n_rep)
             self._inv_dt: Array = None
             self._inv_dt_for: float | None = None
             start = np.broadcast_to(
@@ -184,11 +191,12 @@ class DiffusionSolver:
             mg.solve(self._mg_values, uptake, secretion)
             return
         if self._inv_dt_for != self._dt:  # 1/dt per field, rebuilt when dt changes
-            self._inv_dt = xp.asarray((self._implicit / self._dt).reshape(-1, *[1] * self.ndim))
+            inv_dt = self._implicit * self._substeps / self._dt
+            self._inv_dt = xp.asarray(inv_dt.reshape(-1, *[1] * self.ndim))
             self._inv_dt_for = self._dt
-        inv_dt = self._inv_dt
         for _ in range(n_steps):
-            mg.solve(self._mg_values, uptake, secretion, inv_dt)
+            for k in range(int(self._substeps.max())):  # the fields with more substeps go on alone
+                mg.solve(self._mg_values, uptake, secretion, self._inv_dt, None if k == 0 else self._substeps > k)
 
     def total_mass(self):
         """(F,) sum of each field over the lattice times voxel volume (host float64)."""
