@@ -12,8 +12,13 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from helpers import cli
+
+from tme_abm.bench import reference_lod_step
+from tme_abm.engine.backend import make_backend
+from tme_abm.engine.diffusion import DiffusionSolver, FieldGrid
 
 ROOT = Path(__file__).parent.parent
 QUICK = ROOT / "configs" / "quickstart.yaml"
@@ -70,6 +75,28 @@ def test_bench_diffusion_json():
     res = json.loads(r.stdout)
     assert res["shape"] == [24, 20, 16] and res["fields"] == 2
     assert res["voxel_field_updates_per_s"] > 0
+    r = cli("bench", "diffusion", "--shape", "16", "12", "--fields", "2", "--repeats", "2", "--backend", "numpy",
+            "--reference", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["speedup_vs_reference"] == pytest.approx(res["reference_step_s"] / res["median_step_s"])
+    r = cli("bench", "diffusion", "--shape", "16", "12", "--scheme", "steady", "--reference")
+    assert r.returncode != 0 and "--reference times an LOD step" in r.stderr
+
+
+def test_the_benchmarks_reference_lod_step_is_an_lod_step():
+    """``bench diffusion --reference`` times a real LOD step: the same step as the
+    solver's (2D and 3D, several fields, decay, no-flux faces)."""
+    for shape in [(12, 10, 9), (14, 11)]:
+        diff, decay, dt = np.array([1e5, 1e3, 30.0]), np.array([0.1, 0.0, 0.02]), 6.0
+        init = np.random.default_rng(4).random((3, *shape))
+        solver = DiffusionSolver(FieldGrid(shape, 20.0, diff, decay), dt, initial=init,
+                                 backend=make_backend("numpy", "float64"))
+        solver.step()
+        u = init.copy()
+        reference_lod_step(u, diff * dt / 20.0**2, decay * dt / len(shape))
+        np.testing.assert_allclose(u, solver.values[:, 0], rtol=1e-10, atol=1e-12)
+        solver.close()
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ _STREAMS = crng.streams(10, "bench", ("inputs",))
 """The benchmarks' random inputs (fields, cell sites)."""
 
 def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str = "auto",
-                    dt_min: float = 6.0, repeats: int = 5, warmup: int = 2, scheme: str = "lod") -> dict:
+                    dt_min: float = 6.0, repeats: int = 5, warmup: int = 2, scheme: str = "lod",
+                    reference: bool = False) -> dict:
     """Time one step of ``n_fields`` fields on a lattice of ``shape`` with one scheme.
 
     Fields cycle through the default fields' D and decay (oxygen, adenosine, ...),
@@ -29,7 +30,9 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
     up at 10/min on a random 30% of voxels, the steady solve warm-started from the
     previous step's solution with 1% of those cells moved between steps. Returns a dict
     with the median seconds per step and voxel-field updates per second (voxels *
-    fields / median step time).
+    fields / median step time). ``reference`` (lod only): also time
+    :func:`reference_lod_step` on the same fields in the same run (``reference_step_s``)
+    and give ``speedup_vs_reference``, its median over the solver's.
     """
     be = make_backend(backend, dtype)
     defaults = list(default_fields().values())
@@ -62,7 +65,23 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
             times.append(time.perf_counter() - t0)
     finally:
         solver.close()
+    del solver  # its buffers leave the cache to the reference
     med = statistics.median(times)
+    extra = {}
+    if reference:
+        if scheme != "lod":
+            raise ValueError("the reference is an LOD step: use it with scheme lod")
+        r = np.asarray(diff) * dt_min / 20.0**2
+        kappa = np.asarray(decay) * dt_min / len(shape)
+        u = init.astype(dtype)
+        ref_times = []
+        for k in range(warmup + repeats):
+            t0 = time.perf_counter()
+            reference_lod_step(u, r, kappa)
+            if k >= warmup:
+                ref_times.append(time.perf_counter() - t0)
+        ref = statistics.median(ref_times)
+        extra = {"reference_step_s": ref, "speedup_vs_reference": ref / med}
     return {
         "benchmark": "diffusion",
         "scheme": scheme,
@@ -76,7 +95,41 @@ def bench_diffusion(shape, n_fields: int, dtype: str = "float32", backend: str =
         "median_step_s": med,
         "min_step_s": min(times),
         "voxel_field_updates_per_s": n_vox * n_fields / med,
+        **extra,
     }
+
+
+def reference_lod_step(u: np.ndarray, r: np.ndarray, kappa: np.ndarray) -> None:
+    """A straightforward NumPy LOD step, the yardstick of ``bench diffusion
+    --reference``: fields ``u`` ((F, *shape), in place) with no-flux faces, backward
+    Euler along each axis in turn by the Thomas algorithm along every line at once, the
+    axis brought to the front by a contiguous copy (the leading one is swept in place),
+    in-place plane operations in the fields' dtype. ``r``: (F,) D dt / h^2; ``kappa``:
+    (F,) decay dt / ndim."""
+    nf, ex = u.shape[0], (slice(None),) + (None,) * (u.ndim - 2)
+    for axis in range(1, u.ndim):
+        v = u if axis == 1 else np.ascontiguousarray(np.moveaxis(u, axis, 1))  # (F, n, ...)
+        n = v.shape[1]
+        b = np.repeat((1.0 + kappa + 2.0 * r)[:, None], n, axis=1)
+        b[:, 0] -= r
+        b[:, -1] -= r
+        m, cp = np.empty((nf, n)), np.empty((nf, n))
+        m[:, 0], cp[:, 0] = b[:, 0], -r / b[:, 0]
+        for i in range(1, n):
+            m[:, i] = b[:, i] + r * cp[:, i - 1]
+            cp[:, i] = -r / m[:, i]
+        rr, inv_m, cpf = r.astype(u.dtype)[ex], (1.0 / m).astype(u.dtype), cp.astype(u.dtype)
+        tmp = np.empty(v[:, 0].shape, u.dtype)
+        v[:, 0] *= inv_m[:, 0][ex]
+        for i in range(1, n):  # d'_i = (d_i + r d'_{i-1}) / m_i
+            np.multiply(v[:, i - 1], rr, out=tmp)
+            v[:, i] += tmp
+            v[:, i] *= inv_m[:, i][ex]
+        for i in range(n - 2, -1, -1):  # u_i = d'_i - c'_i u_{i+1}
+            np.multiply(v[:, i + 1], cpf[:, i][ex], out=tmp)
+            v[:, i] -= tmp
+        if axis != 1:
+            np.copyto(np.moveaxis(u, axis, 1), v)
 
 
 def bench_model(config, replicates: int = 1) -> dict:

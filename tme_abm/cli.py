@@ -410,6 +410,8 @@ def bench_diffusion_cmd(
     repeats: int = typer.Option(5, min=1, metavar="N", help="timed steps (median reported)"),
     warmup: int = typer.Option(2, min=0, metavar="N", help="untimed steps first"),
     scheme: str = typer.Option("lod", metavar="lod|steady|implicit", help="field scheme"),
+    reference: bool = typer.Option(False, "--reference", help="also time a straightforward NumPy LOD step in the "
+                                   "same run and print the ratio (scheme lod)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Voxel-field updates per second of one field step (LOD, steady or implicit)."""
@@ -419,9 +421,11 @@ def bench_diffusion_cmd(
         _fail(f"--dtype {dtype!r} is not one of float32, float64")
     if scheme not in ("lod", "steady", "implicit"):
         _fail(f"--scheme {scheme!r} is not one of lod, steady, implicit")
+    if reference and scheme != "lod":
+        _fail(f"--reference times an LOD step: use it with --scheme lod, not {scheme}")
     try:
         res = bench_diffusion(_parse_shape(shape), fields, dtype, backend, repeats=repeats, warmup=warmup,
-                              scheme=scheme)
+                              scheme=scheme, reference=reference)
     except BackendError as exc:
         _fail(str(exc))
     if as_json:
@@ -431,6 +435,8 @@ def bench_diffusion_cmd(
             f"diffusion ({scheme}) {'x'.join(map(str, res['shape']))} x {fields} fields {dtype} on {res['backend']} "
             f"({res['device']}): {res['median_step_s'] * 1e3:.1f} ms/step, "
             f"{res['voxel_field_updates_per_s']:.3g} voxel-field updates/s"
+            + (f"; a straightforward NumPy LOD step {res['reference_step_s'] * 1e3:.1f} ms: "
+               f"{res['speedup_vs_reference']:.2f}x" if reference else "")
         )
 
 

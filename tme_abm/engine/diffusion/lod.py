@@ -62,6 +62,11 @@ import numpy as np
 from ..backend import Array, Backend, make_backend
 from .cuda import SKIP, cuda_rotate, cuda_sweep, cuda_sweep_sink
 from .grid import FieldGrid
+
+try:
+    from .fused_lod import thomas_columns
+except ImportError:  # without Numba, the NumPy twin sweeps on the CPU too (slower)
+    thomas_columns = None
 from .thomas import (
     AxisCoefficients,
     axis_coefficients,
@@ -417,10 +422,12 @@ class LODSolver:
             while g < f1 and g not in sinks:
                 g += 1
             block = src[f:g, :, :, w0:w1]
-            if c.diffusing[f]:
-                thomas_sweep_numpy(block, c.cp[f:g], c.rhs_lo[f:g], c.rhs_hi[f:g])
-            else:
+            if not c.diffusing[f]:
                 block *= c.invb[f:g, None, None, None]
+            elif thomas_columns is not None:
+                thomas_columns(src, c.cp, c.rhs_lo, c.rhs_hi, f, g, w0, w1)
+            else:
+                thomas_sweep_numpy(block, c.cp[f:g], c.rhs_lo[f:g], c.rhs_hi[f:g])
             f = g
 
     def _sweeps_cpu(self, order: list[int], plan: dict) -> None:
