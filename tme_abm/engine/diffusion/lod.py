@@ -66,7 +66,7 @@ from .grid import FieldGrid
 try:
     from .fused_lod import thomas_columns
 except ImportError:  # without Numba, the NumPy twin sweeps on the CPU too (slower)
-    thomas_columns = None
+    thomas_columns = None  # type: ignore[assignment]
 from .thomas import (
     AxisCoefficients,
     axis_coefficients,
