@@ -81,26 +81,29 @@ def _half_sweep(E, R, INV, g, k, parity, three_d):
 def _operator(U, DIAG, g, k, B, OUT, residual, three_d):
     """``OUT = B - A u`` (``residual``) or ``OUT = A u`` on level ``g``, with
     ``(A u)_i = diag_i u_i - k neighbours(u)_i``."""
-    first, sz, sy = _U(g[3]), _U(g[4]), _U(g[5])
+    first, sz, sy, nx = _U(g[3]), _U(g[4]), _U(g[5]), g[2]
     for z in range(g[0]):
         for y in range(g[1]):
             row = first + _U(z) * sz + _U(y) * sy
-            end = row + _U(g[2])
             if three_d:
                 if residual:
-                    for j in range(row, end):
+                    for x in range(nx):
+                        j = row + _U(x)
                         s = U[j - sz] + U[j - sy] + U[j - _ONE] + U[j + sz] + U[j + sy] + U[j + _ONE]
                         OUT[j] = B[j] - (DIAG[j] * U[j] - s * k)
                 else:
-                    for j in range(row, end):
+                    for x in range(nx):
+                        j = row + _U(x)
                         s = U[j - sz] + U[j - sy] + U[j - _ONE] + U[j + sz] + U[j + sy] + U[j + _ONE]
                         OUT[j] = DIAG[j] * U[j] - s * k
             elif residual:
-                for j in range(row, end):
+                for x in range(nx):
+                    j = row + _U(x)
                     s = U[j - sy] + U[j - _ONE] + U[j + sy] + U[j + _ONE]
                     OUT[j] = B[j] - (DIAG[j] * U[j] - s * k)
             else:
-                for j in range(row, end):
+                for x in range(nx):
+                    j = row + _U(x)
                     s = U[j - sy] + U[j - _ONE] + U[j + sy] + U[j + _ONE]
                     OUT[j] = DIAG[j] * U[j] - s * k
 
@@ -228,7 +231,8 @@ def _setup(decay, uptake, inv_dt, fixed, ndim, geo, ks, WSUM, CNT, EFF, DIAG, IN
         for z in range(g[0]):
             for y in range(g[1]):
                 row = first + _U(z) * sz + _U(y) * sy
-                for i in range(row, row + _U(g[2])):
+                for x in range(g[2]):
+                    i = row + _U(x)
                     e = EFF[i] / CNT[i]
                     EFF[i] = e
                     DIAG[i] = e + k * WSUM[i]
