@@ -232,11 +232,11 @@ def _setup(decay, uptake, inv_dt, fixed, ndim, geo, ks, WSUM, CNT, EFF, DIAG, IN
             for y in range(g[1]):
                 row = first + _U(z) * sz + _U(y) * sy
                 for x in range(g[2]):
-                    i = row + _U(x)
-                    e = EFF[i] / CNT[i]
-                    EFF[i] = e
-                    DIAG[i] = e + k * WSUM[i]
-                    INV[i] = 1.0 / DIAG[i]
+                    q = row + _U(x)
+                    e = EFF[q] / CNT[q]
+                    EFF[q] = e
+                    DIAG[q] = e + k * WSUM[q]
+                    INV[q] = 1.0 / DIAG[q]
     g, k = geo[last], ks[last]
     lz, ly, lx = g[0], g[1], g[2]
     first, sz, sy = _U(g[3]), _U(g[4]), _U(g[5])
