@@ -158,6 +158,31 @@ def test_fields_every_k_ticks_solves_over_k_ticks_at_once():
                                rtol=1e-12)
 
 
+def test_sources_are_collected_only_before_a_solve_and_the_run_is_the_same(monkeypatch):
+    """With time.fields_every_ticks = 3 the secretion stage collects the sources at the end
+    of ticks 3, 6, ... only (the ticks before a solve; plus once when the model is built),
+    and the run equals one that collects them at the end of every tick."""
+    cfg = busy(time={"duration_days": 0.1, "fields_every_ticks": 3})  # 24 ticks
+    m = TMEModel(cfg, backend=BE)
+    collected = []
+    sources = m.fields.sources
+    monkeypatch.setattr(m.fields, "sources", lambda pops: collected.append(m.steps) or sources(pops))
+    while m.running:
+        m.step()
+    assert collected == [3, 6, 9, 12, 15, 18, 21, 24]
+
+    def every_tick(model):
+        model.sources = model.fields.sources(model.populations)
+
+    monkeypatch.setattr(TMEModel, "collect_sources", every_tick)
+    every = TMEModel(cfg, backend=BE)
+    while every.running:
+        every.step()
+    np.testing.assert_array_equal(BE.to_host(every.fields.values), BE.to_host(m.fields.values))
+    a, b = m.datacollector.get_model_vars_dataframe(), every.datacollector.get_model_vars_dataframe()
+    assert a.equals(b)
+
+
 def test_stage_timers_wait_for_the_device_only_when_benchmarking(monkeypatch):
     """A run never waits for the device between stages; ``bench model`` makes every stage
     wait, so its stage seconds include the GPU's work and not only the launches."""

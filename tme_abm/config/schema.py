@@ -921,7 +921,7 @@ class Config(Strict):
 
     @property
     def field_schemes(self) -> dict[str, str]:
-        """``steady`` or ``lod`` per enabled field, with ``auto`` decided (FieldConfig.scheme)."""
+        """``steady``, ``implicit`` or ``lod`` per enabled field, with ``auto`` decided (FieldConfig.scheme)."""
         interval = self.time.tick_min * self.time.fields_every_ticks
         lat = self.lattice
         extent = max(lat.shape) * lat.spacing_um

@@ -398,8 +398,11 @@ class TMEModel(mesa.Model):
         self.engaged_map[self.car_t.data["site"][self.car_t.engaged]] = 1
 
     def collect_sources(self) -> None:
-        """The secretion stage: every cell's secretion and uptake for the next field solve."""
-        self.sources = self.fields.sources(self.populations)
+        """The secretion stage: every cell's secretion and uptake for the next field solve,
+        collected only at the end of a tick whose next tick solves the fields (with
+        ``time.fields_every_ticks = k``, every k-th tick: the others' would never be used)."""
+        if self.steps % self.config.time.fields_every_ticks == 0:
+            self.sources = self.fields.sources(self.populations)
 
     def step(self) -> None:
         """Advance one tick (``config.time.tick_min`` minutes) through the staged schedule,

@@ -27,7 +27,7 @@ in float64 whatever the model's dtype (the residual tolerance is below float32's
 resolution).
 
 Multigrid (written once over ``xp``, so NumPy and CuPy run the same code): coarse
-levels halve every axis (ceil for odd sizes) down to at most 200 voxels, and
+levels halve every axis (ceil for odd sizes) down to at most 64 voxels, and
 re-discretise the operator at twice the spacing, with the reaction term averaged over
 the fine voxels a coarse voxel covers (a vessel voxel counts with the coupling of a
 voxel fixed on every side, ``2 * ndim * D / h^2``, so a coarse voxel holding a vessel
@@ -35,7 +35,7 @@ is held there as well). Smoothing: one red-black Gauss-Seidel sweep before (red,
 black) and after (black, then red) the coarse correction, which keeps the V-cycle
 symmetric, as conjugate gradients needs; restriction is the sum over the block / 2^ndim
 and prolongation piecewise constant (its transpose, up to that factor); the coarsest
-level (at most 200 voxels) is solved exactly.
+level is solved exactly (a dense inverse here, a Cholesky factor in the compiled code).
 """
 
 from __future__ import annotations
