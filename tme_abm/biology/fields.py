@@ -156,7 +156,7 @@ class FieldSet:
         dense_sec, dense_upt = self._supply.copy(), self._exchange.copy()
         dense_sec[:, sites] += sec
         dense_upt[:, sites] += upt
-        return Sources(xp.arange(self.lattice.n_sites, dtype=xp.int64), dense_sec, dense_upt)
+        return Sources(xp.arange(self.lattice.n_sites, dtype=xp.int64), dense_sec, dense_upt, every_site=True)
 
     def step(self, sources: Sources, n_steps: int) -> None:
         self.solver.step(sources, n_steps=n_steps)

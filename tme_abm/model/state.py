@@ -90,7 +90,8 @@ def set_state(model: TMEModel, states: list[tuple[dict[str, np.ndarray], dict]])
     model.sources = Sources(
         xp.asarray(np.concatenate([a["sources/sites"] + r * n_grid for r, (a, _) in enumerate(states)])),
         *(xp.asarray(np.concatenate([a[f"sources/{k}"] for a, _ in states], axis=1), dtype=model.backend.dtype)
-          for k in ("secretion", "uptake")))
+          for k in ("secretion", "uptake")),
+        every_site=bool(model.fields.perfused))
     rows = [a["datacollector/rows"] for a, _ in states]
     columns = meta0["datacollector_columns"]
     model.datacollector.model_vars = {

@@ -95,11 +95,14 @@ class Sources:
         sites: (k,) int flat indices into the lattice (C order), one cell per site.
         secretion: (F, k) secretion rates, field units per minute.
         uptake: (F, k) uptake rates, 1/minute (first-order consumption).
+        every_site: the sources list every site in order (``sites`` is ``arange(k)``, e.g.
+            with a perfused field), so a solver copies them instead of scattering them.
     """
 
     sites: Array
     secretion: Array
     uptake: Array
+    every_site: bool = False
 
 
 # --------------------------------------------------------------------------------------
