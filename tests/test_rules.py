@@ -132,6 +132,30 @@ def test_rule_factor_and_edits_touch_named_car_t_modulators_only():
     assert cfg.tumor.rules["secrete_adenosine"]["hypoxia"].enabled  # tumor rules untouched
 
 
+def test_products_factor_as_their_own_rules_and_alike_modulators_as_one_product():
+    """With a wild-type and an A2AR-knockout product, each cell's factor is its product's
+    own rule set's; modulators every product has alike are evaluated as for one product,
+    bit for bit (two unedited products are one product)."""
+    cfg = validate_config({"car_t": {"product": {"edits": ["a2ar_ko"]}}})
+    rng = np.random.default_rng(3)
+    k = 500
+    signals = {"adenosine": rng.random(k) * 40, "protons": rng.random(k) * 0.3, "oxygen": rng.random(k) * 40,
+               "contact:monocyte": rng.integers(0, 3, k), "contact:granulocyte": rng.integers(0, 3, k),
+               "exhaustion": rng.random(k)}
+    product = rng.integers(0, 2, k)
+    wt_rules = cfg.car_t.rules
+    ko_rules = apply_edits(wt_rules, [cfg.edits["a2ar_ko"]])
+    both = RuleSet([wt_rules, ko_rules], np)
+    for behaviour in ("kill", "divide", "exhaust"):
+        mixed = both.factor(behaviour, signals, product)
+        for p, rules in enumerate((wt_rules, ko_rules)):
+            own = RuleSet([rules], np).factor(behaviour, signals)
+            np.testing.assert_allclose(mixed[product == p], own[product == p], rtol=1e-13)
+        np.testing.assert_array_equal(RuleSet([wt_rules, wt_rules], np).factor(behaviour, signals, product),
+                                      RuleSet([wt_rules], np).factor(behaviour, signals))
+    ko_cells = both.factor("kill", signals, product)[product == 1]
+    assert not np.allclose(ko_cells, RuleSet([wt_rules], np).factor("kill", signals)[product == 1])  # the edit acts
+
 def test_exhausted_car_t_do_not_kill():
     for exhaustion, expect_kills in ((1.0, False), (0.9, True)):
         kills, n = kills_after_one_engagement(car_t={"product": {"initial_exhaustion": exhaustion}})

@@ -98,9 +98,12 @@ class RuleSet:
                     else (0.0, 0.0, 0.0, 1.0, 1.0, 0.0) for m in rows
                 ])  # (n_products, 6), host
                 # per-product columns on the device (indexed by each cell's product), and the
-                # first product's values as host floats (a single product needs no device read)
+                # first product's values as host floats: enough, with no per-cell gather, when
+                # every product has the modulator alike (a single product, or products whose
+                # edits leave it as it is)
+                same = bool((params == params[0]).all() and params[0, 0] > 0)
                 mods.append((name, signal, {k: xp.asarray(params[:, i]) for i, k in enumerate(self._KEYS)},
-                             {k: float(params[0, i]) for i, k in enumerate(self._KEYS)}))
+                             {k: float(params[0, i]) for i, k in enumerate(self._KEYS)}, same))
                 bound *= float(np.max(np.where(params[:, 1] > 0, 1.0 + params[:, 5], 1.0)))
             self._compiled[beh] = mods
             self._max_factor[beh] = bound
@@ -129,13 +132,13 @@ class RuleSet:
             signals: signal name -> (k,) values for the cells evaluated.
             product: (k,) int product index per cell (None: product 0).
             cache: reuses Hill values of identical (signal, K, n) between behaviours
-                evaluated on the same cells (single-product rule sets).
+                evaluated on the same cells (modulators every product has alike).
         """
         xp = self.xp
         out = None
-        for _name, sig, dev, host in self._compiled.get(behaviour, []):
+        for _name, sig, dev, host, same in self._compiled.get(behaviour, []):
             s = xp.asarray(signals[sig], dtype=xp.float64)
-            if self.n_products == 1:
+            if same:
                 hkey = (sig, host["half_max"], host["power"])
                 h = None if cache is None else cache.get(hkey)
                 if h is None:
