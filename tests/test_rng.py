@@ -153,3 +153,21 @@ def test_a_batch_keys_each_replicate_as_its_single_run():
     batch = crng.uniform(np, seeds, 9, 3, crng.key_of(np.repeat(np.arange(5), 50), np.tile(ids, 5)))
     for r, s in enumerate(seeds):
         np.testing.assert_array_equal(batch[50 * r:50 * (r + 1)], crng.uniform(np, s, 9, 3, ids))
+
+
+def test_the_compiled_uniform_draws_the_array_codes_numbers(monkeypatch):
+    """engine/fused_rng.py (the CPU's draws) and the array code of rng.uniform (its twin and
+    the CuPy path) give the same numbers bit for bit: one seed (ids of any size, in a
+    1-tuple or not), and a batch's keys with their replicates' seeds."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([np.arange(100), rng.integers(0, 2**62, 100)])  # ids past ID_BITS too
+    keys = crng.key_of(rng.integers(0, 3, 200), rng.integers(0, 2**40, 200))
+    draws = [(5, ids), ((5,), ids), ((5, 9, 2**63 - 1), keys), (5, ids.astype(np.int32)[:100]),
+             (5, np.arange(0))]
+    compiled = [crng.uniform(np, seed, 12, 77, x) for seed, x in draws]
+    monkeypatch.setattr(crng, "uniform_of_ids", None)
+    for (seed, x), c in zip(draws, compiled):
+        array = crng.uniform(np, seed, 12, 77, x)
+        assert c.dtype == array.dtype and c.shape == array.shape
+        np.testing.assert_array_equal(c, array)

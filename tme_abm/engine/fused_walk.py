@@ -17,28 +17,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .fused_rng import hashed
 from .rng import ID_BITS
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
 _MASK = np.uint64((1 << ID_BITS) - 1)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_SCALE = 1.0 / 9007199254740992.0
 
 
 @_jit
 def _uniform(key, cell_key):
     """:func:`tme_abm.engine.rng.uniform` of one id (``cell_key``: replicate << 40 | id)
     under the stream key ``key`` of its replicate."""
-    x = np.uint64(cell_key) & _MASK
-    x = x * _GOLDEN + key
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return float(x >> np.uint64(11)) * _SCALE
+    return hashed(key, np.uint64(cell_key) & _MASK)
 
 
 @_jit

@@ -29,6 +29,11 @@ import functools
 
 import numpy as np
 
+try:
+    from .fused_rng import uniform_of_ids
+except ImportError:  # without Numba the array code below draws on the CPU too
+    uniform_of_ids = None  # type: ignore[assignment]
+
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
@@ -99,6 +104,10 @@ def replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
     """(R,) uint64 key of (seed, tick, stream) per replicate (``seed``: an int or a tuple
     of one per replicate): what :func:`uniform` hashes a cell's id with (the compiled
     kernels take these)."""
+    return _replicate_keys(seed, tick, stream)
+
+
+def _replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
     seeds = seed if isinstance(seed, tuple) else (seed,)
     if len(seeds) > 1:
         return stream_keys(seeds, tick, stream)
@@ -117,8 +126,12 @@ def uniform(xp, seed, tick: int, stream: int, ids, n_slots: int | None = None):
             seeds, keys (:func:`key_of`) that name the replicate of each id.
         n_slots: several independent numbers per id.
     """
+    by_replicate = isinstance(seed, tuple) and len(seed) > 1
+    if xp is np and n_slots is None and uniform_of_ids is not None and isinstance(ids, np.ndarray) and ids.ndim == 1:
+        keys = _replicate_keys(seed, tick, stream)  # the compiled twin of the lines below
+        return uniform_of_ids(np.ascontiguousarray(ids, dtype=np.uint64), keys, ID_BITS if by_replicate else 0)
     x = xp.asarray(ids).astype(xp.uint64)  # a fresh array: the steps below work in place
-    if isinstance(seed, tuple) and len(seed) > 1:
+    if by_replicate:
         keys = stream_keys(seed, tick, stream)
         replicate = (x >> xp.uint64(ID_BITS)).astype(xp.int64)
         x &= xp.uint64(_ID_MASK)
