@@ -166,10 +166,8 @@ class MultigridSolver:
                 j = idx[_sl(self.ndim, a, slice(1, None))].ravel()
                 adj[i, j] = adj[j, i] = 1.0
             self._coarse_adj = xp.asarray(adj)
-        self.free = xp.asarray(~fixed, dtype=xp.float64)
         self._fixed_value = values
         self._fixed_mask = xp.asarray(fixed)
-        self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
         # constant part of the right-hand side: fixed faces (2 k g on the face voxels)
         # and fixed neighbours (k * value per fixed neighbour), zero on fixed voxels
         b0 = np.zeros((nf, *self.shape))
@@ -187,10 +185,13 @@ class MultigridSolver:
                 fixed_nb[_sl(self.ndim + 1, a + 1, slice(1, None))] += held[_sl(self.ndim + 1, a + 1, slice(None, -1))]
                 fixed_nb[_sl(self.ndim + 1, a + 1, slice(None, -1))] += held[_sl(self.ndim + 1, a + 1, slice(1, None))]
         b0 = xp.asarray(b0 + k.reshape((nf,) + (1,) * self.ndim) * fixed_nb)
-        self._b_const = b0 * self.free
+        self._b_const = xp.where(self._fixed_mask, 0.0, b0)
         self._decay = xp.asarray(self.decay.reshape((nf,) + (1,) * self.ndim))
-        self._fixed_coupling = xp.asarray(
-            (2 * self.ndim * k).reshape((nf,) + (1,) * self.ndim)) * (1.0 - self.free)
+        if self.fused is None:  # field-sized arrays only the array code reads (24 B per voxel)
+            self.free = xp.asarray(~fixed, dtype=xp.float64)
+            self._fixed_vals = xp.asarray(np.where(fixed, values.reshape((nf,) + (1,) * self.ndim), 0.0))
+            self._fixed_coupling = xp.asarray(
+                (2 * self.ndim * k).reshape((nf,) + (1,) * self.ndim)) * (1.0 - self.free)
 
     # ---- stencil pieces --------------------------------------------------------------
 
