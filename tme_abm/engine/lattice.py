@@ -60,7 +60,9 @@ class Lattice:
         """(k,) int64 replicate of each flat site."""
         return xp.asarray(sites, dtype=xp.int64) // self.n_grid
 
-    def _consts(self, xp):
+    def constants(self, xp=np):
+        """(shape, strides, offsets, flat_offsets) as int64 arrays of module ``xp``
+        ((ndim,), (ndim,), (m, ndim), (m,); built once per module)."""
         c = self._dev.get(xp.__name__)
         if c is None:
             c = self._dev[xp.__name__] = (
@@ -75,7 +77,7 @@ class Lattice:
 
         Lattices whose neighbour table fits in ``_TABLE_MAX_BYTES`` look it up (one
         gather); larger ones compute it from coordinates."""
-        shape, strides, offsets, flat_offsets = self._consts(xp)
+        shape, strides, offsets, flat_offsets = self.constants(xp)
         sites = xp.asarray(sites, dtype=xp.int64)
         key = ("table", xp.__name__)
         table = self._dev.get(key)
@@ -87,7 +89,7 @@ class Lattice:
         return self._compute_neighbours(sites, xp)
 
     def _compute_neighbours(self, sites, xp):
-        shape, strides, offsets, flat_offsets = self._consts(xp)
+        shape, strides, offsets, flat_offsets = self.constants(xp)
         inside = None
         for a in range(self.ndim):
             c = (sites // int(self.strides[a])) % self.shape[a]  # (k,) coordinate along a

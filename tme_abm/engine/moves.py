@@ -200,9 +200,9 @@ def _walk_compiled(pop: Walker, movers: Array, n_sub: int, p_try: float, unit: n
     values = np.zeros(0) if field is None else model.fields.canonical(field)
     site = pop.data["site"].copy()  # a new array: samplers may key caches on identity
     best, winner = scratch
+    shape, strides, offsets, flat_offsets = lat.constants(np)
     moved = walk_cells(site, pop.data["id"], np.asarray(movers, dtype=np.int64), model.occupancy, pop.code,
-                       np.asarray(lat.shape, dtype=np.int64), lat.strides, lat.n_grid, lat.offsets,
-                       lat.offsets @ lat.strides, unit, values, float(bias), float(p_try), np.array(keys[0]),
-                       np.array(keys[1]), np.array(keys[2]), best, winner)
+                       shape, strides, lat.n_grid, offsets, flat_offsets, unit, values, float(bias), float(p_try),
+                       np.array(keys[0]), np.array(keys[1]), np.array(keys[2]), best, winner)
     if moved:
         pop.moved(site)

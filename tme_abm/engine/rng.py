@@ -108,6 +108,8 @@ def replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
 
 
 def _replicate_keys(seed, tick: int, stream: int) -> np.ndarray:
+    # apart from replicate_keys, which the compiled kernels' callers use: uniform's own
+    # keys then count once where a test watches the streams drawn
     seeds = seed if isinstance(seed, tuple) else (seed,)
     if len(seeds) > 1:
         return stream_keys(seeds, tick, stream)
