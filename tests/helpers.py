@@ -105,6 +105,7 @@ def scenario(fields=None, shape=(60, 60), vessels=None, **sections):
         "time": {"tick_min": 6, "duration_days": 10, "field_substeps": 1},
         "tumor": {"archetype": "dispersed", "initial_cells": 0, "apoptosis_per_min": 0.0, "divide_per_min": 0.0},
         "car_t": {"move": {"speed_um_per_min": 0.0}, "death_per_min": 0.0},
+        "patient": {"burden_scale": 1.0},  # one patient cell per agent: the rules of single cells
         "fields": {"oxygen": fixed(38.0), "adenosine": fixed(0.0), "protons": fixed(0.0), "cxcl10": fixed(0.0),
                    "ccl2": fixed(0.0), "cxcl8": fixed(0.0), "cytokine": fixed(0.0), **(fields or {})},
     }

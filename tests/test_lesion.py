@@ -70,7 +70,8 @@ def test_normal_marrow_cells_share_the_capacity():
     assert n == pytest.approx(float(gompertz_cells(2000 * dt, 500.0, k, alpha, loss, r_max)), rel=2e-3)
     assert niche_step(3000.0, 2000.0, k, alpha, loss, r_max, dt) == pytest.approx(3000.0)
     cfg = scenario(tumor={"archetype": "dispersed", "initial_cells": 300, "marrow_normal_cells": 700,
-                          "divide_per_min": r_max, "apoptosis_per_min": loss, "gompertz_per_min": alpha})
+                          "divide_per_min": r_max, "apoptosis_per_min": loss, "gompertz_per_min": alpha,
+                          "capacity_fold": 1})
     m = TMEModel(cfg, backend=BE)
     assert m.capacity[0] == 1000
     assert float(m.tumor.birth_per_min(m.tumor.alive)[0]) == pytest.approx(loss)
@@ -80,12 +81,13 @@ def test_normal_marrow_cells_share_the_capacity():
 
 @pytest.mark.slow
 def test_the_burn_in_brings_a_lesion_to_its_steady_state():
-    """A small baseline lesion, no therapy: over the last day of a 7-day burn-in the alive
-    count and the necrotic fraction change by no more than their noise, and the lesion
-    keeps most of its cells."""
+    """A small baseline lesion at its carrying capacity, no therapy: over the last day of a
+    7-day burn-in the alive count and the necrotic fraction change by no more than their
+    noise, and the lesion keeps most of its cells."""
     cfg = load_config(BASELINE, ["backend=numpy", "lattice.shape=[50, 50]", "tumor.radius_sites=12",
                                  "therapy=[]", "time.duration_days=7", "monocyte.initial_cells=10",
-                                 "granulocyte.initial_cells=10"])
+                                 "granulocyte.initial_cells=10", "tumor.capacity_fold=1",
+                                 f"tumor.gompertz_per_min={0.1 / 1440}"])
     m = TMEModel(cfg, backend=BE)
     n0 = m.current_row()["tumor_alive"]
     alive, necrotic = [], []
@@ -358,7 +360,6 @@ def test_the_lesion_calibration_reads_the_first_event_row(tmp_path):
         assert cal[k] == first[k]
     assert cal["lesion_kept"] == first["tumor_alive"] / ts["tumor_alive"].iloc[0]
     t = cfg.tumor
-    assert cal["doubling_days_at_tenth_capacity"] == pytest.approx(math.log(2) / (t.gompertz_per_min * math.log(10))
-                                                                   / 1440)
+    assert cal["doubling_days_at_tenth_capacity"] == pytest.approx(t.doubling_days)  # a tenth of K at the start
     assert cal["tumor_po2_median"] < cal["normal_po2_median"]  # the lesion consumes oxygen
 

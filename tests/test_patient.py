@@ -14,8 +14,9 @@ import pytest
 from helpers import fixed
 from scipy.integrate import solve_ivp
 
+from tme_abm.biology.coupling import Lesion
 from tme_abm.biology.outcomes import OUTCOME_KEYS, classify_response
-from tme_abm.biology.patient import BLOOD, DISEASE, MEMORY, Lesion, Pulse, Systemic
+from tme_abm.biology.patient import BLOOD, MEMORY, Pulse, Systemic
 from tme_abm.biology.therapy import lq_survival, oxygen_dose_factor
 from tme_abm.config import ConfigError, validate_config
 from tme_abm.config.schema import PatientConfig
@@ -33,9 +34,9 @@ QUIET = dict(distribution_out_per_min=0.0, distribution_in_per_min=0.0, egress_p
 """Every rate off: a test switches on the mechanism it checks."""
 
 
-def patient(lattice_vessels=0, seed=0, **kw):
+def patient(seed=0, **kw):
     """A patient with only the rates in ``kw`` on."""
-    return Systemic.for_patient(PatientConfig(**{**QUIET, **kw}), seed, lattice_vessels)
+    return Systemic.for_patient(PatientConfig(**{**QUIET, **kw}), seed)
 
 
 NO_LESION = Lesion()
@@ -72,44 +73,60 @@ def test_contraction_and_memory_give_the_biphasic_decline():
     assert s.blood_total == pytest.approx(eff + memory, rel=1e-9)
 
 
-def test_expansion_in_the_disease_follows_the_lattice_encounters_up_to_the_replicative_capacity():
-    """Effectors in the disease grow at rho x fitness x (share of lattice CAR T engaged) x
-    (1 - n / N): each tick's growth adds its divisions to the mean generation n, so the
-    pool is 2^n times its start and n approaches the product's divisions N geometrically."""
+def test_expansion_in_blood_follows_the_encounters_up_to_the_replicative_capacity():
+    """Effectors meeting antigen in blood grow at rho x fitness x encounter x (1 - n / N):
+    each tick's growth adds its divisions to the mean generation n, so the pool is 2^n
+    times its start and n approaches the product's divisions N geometrically."""
     rho = 2.0 / 1440
-    for encounter in (0.0, 0.25, 1.0):
-        s = patient(expansion_per_min=rho)
-        s.infuse(0.0, [], 0.0, 8)
-        s.cells[0][DISEASE] = 1e6
-        s.products[0].fitness = 0.8
-        run(s, 1, Lesion(encounter=encounter))
-        assert s.cells[0][DISEASE] == pytest.approx(1e6 * math.exp(rho * 0.8 * encounter * 6), rel=1e-12)
-        assert s.cells[0][BLOOD] == 0.0  # no encounter in blood, no flows on
-        run(s, 2399, Lesion(encounter=encounter), t0=6.0)  # 10 days
-        c = rho * 0.8 * encounter * 6 / (8 * math.log(2))
-        assert s.generations[0] == pytest.approx(8 * (1 - (1 - c) ** 2400), rel=1e-9)
-        assert s.cells[0][DISEASE] == pytest.approx(1e6 * 2 ** s.generations[0], rel=1e-9)
+    s = patient(expansion_per_min=rho, normal_antigen_cells=1e12, encounter_half_ratio=1e-30)  # encounter 1
+    s.infuse(1e6, [], 0.0, 8)
+    s.products[0].fitness = 0.8
+    run(s, 1)
+    assert s.blood_encounter() == pytest.approx(1.0, abs=1e-12)
+    assert s.cells[0][BLOOD] == pytest.approx(1e6 * math.exp(rho * 0.8 * 6), rel=1e-12)
+    run(s, 2399, t0=6.0)  # 10 days
+    c = rho * 0.8 * 6 / (8 * math.log(2))
+    assert s.generations[0] == pytest.approx(8 * (1 - (1 - c) ** 2400), rel=1e-9)
+    assert s.cells[0][BLOOD] == pytest.approx(1e6 * 2 ** s.generations[0], rel=1e-9)
     assert s.generations[0] > 0.9 * 8  # the capacity is nearly spent: expansion is ending
+    # the ledger: every cell made is counted as born
+    assert s.ledger["blood_born"] == pytest.approx(s.cells[0][BLOOD] - 1e6, rel=1e-9)
 
 
-def test_disease_takes_blood_cells_in_proportion_to_its_vessels():
+def test_the_disease_takes_and_returns_blood_effectors_of_each_product():
+    """A lattice vessel site receives each product's blood effectors at their
+    concentration x the extravasation volume x homing (memory cells do not enter); what
+    enters leaves blood, what leaves the disease returns to it."""
     q = 1e-4
-    for scale in (1e5, 1e6):
-        s = patient(lattice_vessels=50, extravasation_ul_per_min=q, burden_scale=scale)
-        s.infuse(1e8, [], 0.0, 10)
-        run(s, 10)
-        k = q * 50 * scale / 5e6
-        assert s.disease_entry_per_min() == pytest.approx(k)
-        assert s.cells[0][BLOOD] == pytest.approx(1e8 * math.exp(-k * 60), rel=1e-10)
-        # a lattice vessel site receives the blood concentration x the extravasation volume
-        assert s.arrival_rate_per_vessel() == pytest.approx(s.blood_total / 5e6 * q)
+    s = patient(extravasation_ul_per_min=q, marrow_homing=3.0)
+    s.infuse(1e8, [], 0.0, 10)
+    s.infuse(2e8, ["a2ar_ko"], 0.0, 10)
+    s.cells[0][MEMORY] = 5e8
+    assert s.arrival_rate_per_vessel() == pytest.approx([1e8 / 5e6 * q * 3, 2e8 / 5e6 * q * 3])
+    s.take(1, 5e7)
+    s.give(0, 1e6)
+    assert s.effectors() == pytest.approx([1e8 + 1e6, 1.5e8])
+    assert s.ledger["entered"] == 5e7 and s.ledger["returned"] == 1e6
+    with pytest.raises(ValueError, match="cannot leave"):
+        s.take(0, 2e8)
+
+
+def test_the_kinetics_ledger_counts_every_birth_and_death():
+    """Every rate on: over a month, infused + born = alive + dead to rounding."""
+    s = Systemic.for_patient(PatientConfig(normal_antigen_cells=5e9), 3)
+    s.infuse(1e8, [], 0.0, 12)
+    s.lymphodeplete(1.0, 0.0, 7 * 1440.0)
+    run(s, 240 * 30)
+    g = s.ledger
+    assert g["blood_born"] > 1e8 and g["blood_died"] > 1e8
+    assert g["infused"] + g["blood_born"] - g["blood_died"] == pytest.approx(s.car_t_total(), rel=1e-12)
 
 
 def test_blood_encounter_is_a_saturating_function_of_antigen_per_effector():
     s = patient(normal_antigen_cells=1e9, encounter_half_ratio=2.0)
     s.infuse(1e8, [], 0.0, 10)
     for effectors in (1e7, 5e8, 1e10):
-        s.cells[0] = [effectors, 0.0, 0.0, 0.0]
+        s.cells[0] = [effectors, 0.0, 0.0]
         assert s.blood_encounter() == pytest.approx(1e9 / (1e9 + 2.0 * effectors))
     s.normal_antigen = 0.0
     assert s.blood_encounter() == 0.0
@@ -147,7 +164,7 @@ def test_antigen_sink_is_depleted_by_car_t_and_drives_their_expansion():
     peak = s.blood_total
     no_sink = run(patient(**{**kw, "normal_antigen_cells": 0.0}), 1)
     assert no_sink.blood_total == 0.0 and peak > 100 * 1e7
-    s.cells[0] = [0.0] * 4  # CAR T gone: the sink renews
+    s.cells[0] = [0.0] * 3  # CAR T gone: the sink renews
     run(s, 240 * 30)
     assert s.normal_antigen == pytest.approx(1e9 * (1 - math.exp(-1)), rel=0.02)
 
@@ -166,24 +183,23 @@ def test_circulating_tumor_follows_the_marrow_and_is_killed_by_car_t():
     assert killed.circulating_tumor < 0.2 * 5e7
 
 
-ACTIVE = Lesion(encounter=0.5)
-"""Half the disease's CAR T meet antigen."""
+ACTIVE = Lesion(encounter=0.5, activated=1e9)
+"""Half the disease's CAR T meet antigen: 1e9 activated CAR T there."""
 
 
 def with_activated_car_t(s, n):
-    """``s`` with a product whose ``n`` activated CAR T sit in the disease (2n there; at
-    encounter 0.5 and no capacity spent, n are activated; every kinetic rate is off)."""
+    """``s`` with a product and no cell outside the disease (every kinetic rate is off);
+    the disease's ``n`` activated CAR T come with :data:`ACTIVE`."""
     s.infuse(0.0, [], 0.0, 10)
-    s.cells[0][DISEASE] = 2 * n
     return s
 
 
 def test_activated_car_t_are_effectors_meeting_antigen_with_capacity_left():
     s = with_activated_car_t(patient(normal_antigen_cells=1e9), 1e9)
     s.cells[0][BLOOD] = 1e9  # meets the sink with A_b = 1/2
-    assert s.activated_car_t(s.blood_encounter(), 0.5) == pytest.approx(1.5e9)
-    s.generations[0] = 7.5  # a quarter of the product's 10 divisions left
-    assert s.activated_car_t(s.blood_encounter(), 0.5) == pytest.approx(0.25 * 1.5e9)
+    assert s.activated_car_t(s.blood_encounter(), ACTIVE) == pytest.approx(1.5e9)
+    s.generations[0] = 7.5  # a quarter of the product's 10 divisions left (in blood)
+    assert s.activated_car_t(s.blood_encounter(), ACTIVE) == pytest.approx(0.25 * 0.5e9 + 1e9)
 
 
 def test_no_car_t_no_crs_and_the_cytokine_follows_activation_in_closed_form():
@@ -270,20 +286,21 @@ def test_tocilizumab_blocks_signalling_and_steroids_suppress_production():
 def test_patients_vary_by_seed_with_the_configured_spread():
     cfg = PatientConfig(variability={"expansion": 0.3, "cytokine": 0.6})
     f = np.array([[s.expansion_factor, s.cytokine_factor]
-                  for s in (Systemic.for_patient(cfg, seed, 0) for seed in range(4000))])
+                  for s in (Systemic.for_patient(cfg, seed) for seed in range(4000))])
     logs = np.log(f)
     assert abs(logs.mean(axis=0)).max() < 0.05 and logs.std(axis=0) == pytest.approx([0.3, 0.6], rel=0.05)
-    assert Systemic.for_patient(cfg, 7, 0).cytokine_factor == Systemic.for_patient(cfg, 7, 0).cytokine_factor
-    none = Systemic.for_patient(PatientConfig(variability={"expansion": 0.0, "cytokine": 0.0}), 7, 0)
+    assert Systemic.for_patient(cfg, 7).cytokine_factor == Systemic.for_patient(cfg, 7).cytokine_factor
+    none = Systemic.for_patient(PatientConfig(variability={"expansion": 0.0, "cytokine": 0.0}), 7)
     assert none.expansion_factor == none.cytokine_factor == 1.0
 
 
-@pytest.mark.parametrize("burden, alive, expect", [
-    (100.0, 10, "SD"), (35.0, 10, "PR"), (35.01, 10, "SD"), (173.0, 10, "PD"), (172.99, 10, "SD"),
-    (0.0, 0, "CR"), (1.0, 1, "PR"),
+@pytest.mark.parametrize("burden, expect", [
+    (100.0, "SD"), (35.0, "PR"), (35.01, "SD"), (173.0, "PD"), (172.99, "SD"), (0.0, "CR"), (1.99, "CR"),
+    (2.0, "PR"),
 ])
-def test_response_classes_at_their_boundaries(burden, alive, expect):
-    assert classify_response(100.0, burden, alive) == expect
+def test_response_classes_at_their_boundaries(burden, expect):
+    """CR below the detection threshold (2 cells here); PR, SD, PD by the burden ratio."""
+    assert classify_response(100.0, burden, 2.0) == expect
 
 
 def small_patient(therapy, **over):
@@ -300,32 +317,34 @@ def small_patient(therapy, **over):
     return validate_config(data)
 
 
-def test_lattice_arrivals_follow_the_blood_concentration():
-    """Each vessel site releases CAR T at the blood concentration x the extravasation
-    volume; the lattice is a sample of the disease, so arrivals leave the blood as it is."""
+def test_lattice_arrivals_follow_the_blood_concentration_and_leave_blood():
+    """Each vessel site releases CAR T at the blood effector concentration x the
+    extravasation volume; each arrival takes the lattice's weight in cells from blood."""
     q = 2e-4
     m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 1e8}],
-                               patient={"burden_scale": 1.0, "extravasation_ul_per_min": q}), backend=BE)
+                               patient={"burden_scale": 1e3, "extravasation_ul_per_min": q}), backend=BE)
     while m.day < 1e-9:
         m.step()
     n_vessels = len(m.lattice.vessel_sites)
     expected = arrived = 0.0
     for _ in range(100):
         rate = m.systemic.arrival_rate_per_vessel()
-        assert rate == pytest.approx(m.systemic.blood_total / 5e6 * q)
-        expected += n_vessels * -math.expm1(-rate * m.dt_min)
+        assert rate == pytest.approx([0.0, m.systemic.effectors()[1] / 5e6 * q])  # product 1: the infused one
+        expected += n_vessels * -math.expm1(-rate.sum() * m.dt_min)
+        blood = m.systemic.blood_total
         m.step()
         arrived += m.car_t.events["arrived"]
+        moved = m.car_t.events["arrived"] - m.car_t.events["left"]
+        assert m.systemic.blood_total == pytest.approx(blood - 1e3 * moved, rel=1e-12)
     assert abs(arrived - expected) < 4 * math.sqrt(expected) and expected > 100
-    # 101 ticks into the disease: the infusion tick and the 100 above
-    assert m.systemic.blood_total == pytest.approx(1e8 * math.exp(-m.systemic.disease_entry_per_min() * 606), rel=1e-9)
+    assert len(m.car_t) * 1e3 + m.systemic.blood_total == pytest.approx(1e8, rel=1e-12)
     assert m.event_log[0]["kind"] == "infusion" and m.event_log[0]["day"] == 0.0
 
 
 @pytest.mark.slow
 def test_events_fire_at_their_time_and_change_what_they_should():
     cfg = small_patient([{"kind": "resection", "day": -1.0, "fraction": 0.5, "order": "outside"},
-                         {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
+                         {"kind": "infusion", "day": 0.0, "dose_cells": 1e7}],
                         time={"tick_min": 6, "duration_days": 3, "field_substeps": 1},
                         fields={"oxygen": fixed(38.0)})  # no necrosis: the counts below are the events' only
     m = TMEModel(cfg, backend=BE)
@@ -341,13 +360,13 @@ def test_events_fire_at_their_time_and_change_what_they_should():
         assert len(m.event_log) == 1
     m.step()
     assert [e["kind"] for e in m.event_log] == ["resection", "infusion"]
-    assert m.systemic.baseline_burden == pytest.approx(len(m.tumor) * 1e6)
+    assert m.systemic.baseline_burden == m.burden()[0] == m.tumor.weight.sum()
 
 
 def test_resection_of_a_region_removes_exactly_the_cells_inside_it():
     cfg = small_patient([{"kind": "resection", "day": -0.5, "region": {"center_sites": [19.5, 12], "radius_sites": 4},
                           "wound_cytokine": 30.0},
-                         {"kind": "infusion", "day": 0.0, "dose_cells": 10}])
+                         {"kind": "infusion", "day": 0.0, "dose_cells": 1e7}])
     m = TMEModel(cfg, backend=BE)
     coords = m.lattice.coords(m.backend.to_host(m.tumor.site))
     inside = ((coords - np.array([19.5, 12])) ** 2).sum(axis=1) <= 16
@@ -364,7 +383,8 @@ def test_radiotherapy_kills_the_lq_fraction_and_spares_hypoxic_cells():
     def killed(o2):
         cfg = small_patient([{"kind": "radiotherapy", "day": 0.0, "dose_gy": 4.0}],
                             tumor={"archetype": "dispersed", "initial_cells": 1200},
-                            fields={"oxygen": fixed(o2)}, lattice={"shape": [60, 60], "vessels": {"layout": "none"}})
+                            fields={"oxygen": fixed(o2)}, lattice={"shape": [60, 60], "vessels": {"layout": "none"}},
+                            patient={"burden_scale": 1.0})  # one cell per agent: each dies or not
         m = TMEModel(cfg, backend=BE)
         m.step()
         return m.tumor.counts()["tumor_apoptotic"], len(m.tumor)
@@ -376,16 +396,18 @@ def test_radiotherapy_kills_the_lq_fraction_and_spares_hypoxic_cells():
     assert killed(0.5)[0] < 0.7 * killed(38.0)[0]
 
 
-def test_mrd_leaves_the_residual_cells():
-    m = TMEModel(small_patient([{"kind": "mrd", "day": -0.5, "residual_cells": 7},
-                                {"kind": "infusion", "day": 0.0, "dose_cells": 10}]), backend=BE)
+def test_mrd_leaves_the_residual_cells_in_whole_agents_and_one_trimmed():
+    m = TMEModel(small_patient([{"kind": "mrd", "day": -0.5, "residual_cells": 2.5e6},
+                                {"kind": "infusion", "day": 0.0, "dose_cells": 1e7}]), backend=BE)
+    n0 = len(m.tumor) * 1e6
     m.step()
-    assert m.tumor.counts()["tumor_alive"] == 7
+    assert m.burden()[0] == 2.5e6 and sorted(m.tumor.weight.tolist()) == [5e5, 1e6, 1e6]
+    assert m.event_log[0]["tumor_removed"] == n0 - 2.5e6 == m.systemic.ledger["tumor_removed"]
 
 
 @pytest.mark.slow
 def test_outcomes_are_reported_at_the_end():
-    m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 300}],
+    m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 3e8}],
                                patient={"assessment_day": 1.0}), backend=BE)
     while m.running:
         m.step()
@@ -393,7 +415,7 @@ def test_outcomes_are_reported_at_the_end():
     assert tuple(out) == OUTCOME_KEYS  # the columns a sweep's outcome table declares
     assert out["response_at_assessment"] in ("CR", "PR", "SD", "PD")
     # no expansion: the pool peaks in the infusion tick and only falls (into the disease)
-    assert 250 < out["peak_blood_car_t"] <= 300 and out["peak_blood_car_t_day"] <= 0.01
+    assert 2.5e8 < out["peak_blood_car_t"] <= 3e8 and out["peak_blood_car_t_day"] <= 0.01
     assert out["baseline_burden"] > 0 and 0 <= out["icans_score"] < 1
     assert out["max_crs_grade"] in range(5)
 
@@ -414,7 +436,7 @@ def test_bad_timelines_are_refused_with_a_clear_message(therapy, needle):
 def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
     cfg = small_patient([{"kind": "lymphodepletion", "day": -1.0, "myeloid_kill_fraction": 0.6,
                           "expansion_boost": 2.0, "boost_days": 5.0},
-                         {"kind": "infusion", "day": 0.0, "dose_cells": 10}],
+                         {"kind": "infusion", "day": 0.0, "dose_cells": 1e7}],
                         monocyte={"initial_cells": 300}, granulocyte={"initial_cells": 300})
     m = TMEModel(cfg, backend=BE)
     n0 = len(m.monocytes) + len(m.granulocytes)
@@ -425,7 +447,7 @@ def test_lymphodepletion_removes_myeloid_cells_and_boosts_expansion():
 
 
 def test_tocilizumab_and_corticosteroid_events_fire_at_their_time():
-    cfg = small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 10},
+    cfg = small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 1e7},
                          {"kind": "tocilizumab", "day": 0.5, "effect": 0.7, "half_life_days": 4.0},
                          {"kind": "corticosteroid", "day": 0.75, "effect": 0.6}])
     m = TMEModel(cfg, backend=BE)
@@ -447,7 +469,19 @@ def test_tocilizumab_and_corticosteroid_events_fire_at_their_time():
     ({"crs": {"hypoxia": [200, 800]}}, "hypoxia [200.0, 800.0] must be 3 increasing values"),
     ({"variability": {"cytokine": -1}}, "variability.cytokine"),
     ({"lattice_share": 0.1}, "lattice_share"),
+    ({"burden_scale": 0.5}, "patient.burden_scale: value 0.5"),
 ])
 def test_bad_patient_settings_are_refused_with_the_key(patient, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         validate_config({"patient": patient})
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"patient": {"burden_scale": 1e7}, "therapy": [{"kind": "infusion", "day": 0, "dose_cells": 1e6}]},
+     "therapy.0.dose_cells 1e+06 is below patient.burden_scale 1e+07"),
+    ({"tumor": {"antigen": {"negative_fraction": 1.5}}}, "tumor.antigen.negative_fraction"),
+    ({"tumor": {"capacity_fold": 1}}, "tumor.capacity_fold 1: a disease at its carrying capacity"),
+])
+def test_a_sample_that_cannot_hold_the_patient_is_refused_with_the_key(data, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate_config(data)

@@ -4,6 +4,7 @@ are uniform and independent across cells and streams."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -171,3 +172,20 @@ def test_the_compiled_uniform_draws_the_array_codes_numbers(monkeypatch):
         array = crng.uniform(np, seed, 12, 77, x)
         assert c.dtype == array.dtype and c.shape == array.shape
         np.testing.assert_array_equal(c, array)
+
+
+@pytest.mark.parametrize("n, p", [(1.0, 0.3), (5.0, 0.3), (40.0, 0.5), (1e6, 1e-5), (1e6, 1e-3), (1e6, 0.9999),
+                                  (2.0, 1.0), (7.0, 0.0)])
+def test_binomial_draws_have_the_binomial_mean_and_variance(n, p):
+    """The counter-based binomial (super-individuals' deaths): exact inverse CDF for small
+    tails, the normal approximation for large; mean and variance those of Binomial(n, p),
+    counts in [0, n]; for n = 1 exactly ``u < p``, the draw of a single cell."""
+    ids = np.arange(100_000)
+    k = crng.binomial(np, 3, 7, 16, ids, np.full(len(ids), n), p)
+    assert k.min() >= 0 and k.max() <= n and (k == np.round(k)).all()
+    mean, var = n * p, n * p * (1 - p)
+    assert abs(k.mean() - mean) <= 5 * math.sqrt(var / len(ids)) + 1e-12
+    if var > 0:
+        assert k.var() == pytest.approx(var, rel=0.05)
+    if n == 1:
+        assert (k == (crng.uniform(np, 3, 7, 16, ids) < p)).all()

@@ -20,6 +20,16 @@ import math
 import numpy as np
 
 
+def gompertz_rate_per_min(tumor) -> float:
+    """The Gompertz rate alpha (1/min) of a ``tumor`` config section: its
+    ``gompertz_per_min``, or, where null, the rate at which the disease doubles in
+    ``doubling_days`` at the start, a ``capacity_fold`` below its capacity:
+    ``ln 2 / (T_d ln(capacity_fold))`` (net of cell loss, below the division cap)."""
+    if tumor.gompertz_per_min is not None:
+        return float(tumor.gompertz_per_min)
+    return math.log(2.0) / (tumor.doubling_days * 1440.0 * math.log(tumor.capacity_fold))
+
+
 def gompertz_birth_per_min(n_cells, capacity, alpha_per_min: float, loss_per_min: float, r_max_per_min: float,
                            xp=np):
     """(R,) per-cell birth rate b(N) for (R,) cell counts ``n_cells`` and capacities."""

@@ -9,7 +9,7 @@ each replicate; nothing else of the model is theirs to use.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,7 +31,8 @@ class Patient(Protocol):
 class Host(Protocol):
     """The model, as the populations and the therapy timeline see it.
 
-    Attributes: the backend, lattice and fields; ``occupancy`` and ``engaged_map``
+    Attributes: the config (its ``patient.burden_scale`` is the sample's weight), the
+    backend, lattice and fields; ``occupancy`` and ``engaged_map``
     ((n_sites,) int8: codes of the cells at each site, engaged CAR T); ``vessels_dev`` and
     ``vessel_keys`` ((k,) vessel sites and their random-number keys); ``capacity_dev``
     ((R,) carrying capacity of each replicate's niche); the clock (``steps`` ticks done,
@@ -39,6 +40,7 @@ class Host(Protocol):
     replicate's patient); the four populations.
     """
 
+    config: Any
     backend: Backend
     lattice: Lattice
     fields: FieldSet
@@ -64,6 +66,15 @@ class Host(Protocol):
         """(R,) cells of ``pop`` per replicate (where ``mask``; or the sum of ``weights``)."""
         ...
 
+    def weighted_count(self, pop: Population, weights: Array) -> Array:
+        """(R,) float64 sum of ``weights`` over the cells of ``pop`` per replicate."""
+        ...
+
+    @property
+    def gompertz_per_min(self) -> float:
+        """The disease's Gompertz rate alpha (1/min)."""
+        ...
+
     def host_counts(self, *counts: Array) -> np.ndarray:
         """(len(counts), R) host copy of (R,) device counts, in one copy."""
         ...
@@ -81,7 +92,7 @@ class Host(Protocol):
         ...
 
     def burden(self) -> np.ndarray:
-        """(R,) tumor burden of each replicate's patient that the lattice stands for (host)."""
+        """(R,) tumor cells of each replicate's disease: the weights of its alive tumor agents (host)."""
         ...
 
     def myeloid_per_tumor(self) -> np.ndarray:

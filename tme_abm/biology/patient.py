@@ -6,17 +6,18 @@ not (docs/model.md, "Patient", gives every equation and the source or assumption
 behind every parameter):
 
 * **CAR T kinetics** (Stein 2019, Mueller 2017), one set of compartments per infused
-  product: effectors in blood ``P``, in other tissues ``T`` (the distribution phase), in
-  the disease ``D``, and memory cells ``M`` (the persistence phase). Effectors in the
-  disease proliferate as often as CAR T on the lattice meet antigen (the engaged share
-  of lattice CAR T); effectors in blood and tissues as often as they meet circulating
-  antigen (normal antigen-positive cells, the antigen sink, and circulating tumor
-  cells), a saturating function of antigen cells per effector. Proliferation slows as
-  the effectors' mean generation nears the product's divisions (replicative capacity:
-  expansion ends, contraction follows, even while antigen lasts). Lymphodepletion adds
-  antigen-independent homeostatic proliferation. The disease takes CAR T from blood in
-  proportion to its perfusion: the lattice's vessels x ``burden_scale``; the lattice
-  itself receives CAR T at the blood concentration, as a sample of the disease.
+  product: effectors in blood ``P``, in other tissues ``T`` (the distribution phase) and
+  memory cells ``M`` (the persistence phase). The CAR T in the disease are the lattice's
+  (x ``burden_scale``; :mod:`~tme_abm.biology.coupling`): they enter from ``P`` as the
+  lattice's arrivals (:meth:`Systemic.take`), return to ``P`` as its egress
+  (:meth:`Systemic.give`), and expand and die there as the lattice's cells do. Effectors
+  in blood and tissues proliferate as often as they meet circulating antigen (normal
+  antigen-positive cells, the antigen sink, and circulating tumor cells), a saturating
+  function of antigen cells per effector. Proliferation slows as the effectors' mean
+  generation nears the product's divisions (replicative capacity: expansion ends,
+  contraction follows, even while antigen lasts). Lymphodepletion adds
+  antigen-independent homeostatic proliferation. Memory cells do not enter the disease:
+  they return to blood as effectors when antigen is met (recall).
 * **Blood compartment**: normal antigen-positive cells ``S`` (renewed, killed by
   engaged effectors) and circulating tumor cells ``L`` (following the marrow disease,
   killed by engaged effectors) for hematologic disease.
@@ -34,6 +35,8 @@ the CAR T compartments by a matrix exponential (homeostatic proliferation acts o
 compartment alike, so its time course enters as a scalar factor in closed form), the
 blood cells and myeloid activation as exponential relaxations, and the cytokine in
 closed form over the activation's relaxation. Tests compare each with its closed form.
+The CAR T integration carries two more states, the cells born and the cells dead over
+the tick, so that the patient's ledger (:mod:`~tme_abm.biology.coupling`) is exact.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ import numpy as np
 from scipy.linalg import expm
 
 from ..engine import rng as crng
+from .coupling import Lesion, new_ledger
 
-BLOOD, TISSUE, DISEASE, MEMORY = range(4)
+BLOOD, TISSUE, MEMORY = range(3)
 """Indices of a product's compartments."""
 PULSES = ("boost", "blockade", "suppression")
 """The :class:`Pulse` fields of a patient (checkpointed as dicts)."""
@@ -68,19 +72,6 @@ class Product:
     """Multiplier of antigen-driven expansion, in (0, 1] (1: unaffected by inflammation)."""
     initial_exhaustion: float
     divisions: int
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """What the lattice tells the patient over one tick, scaled to the patient
-    (lattice counts x ``burden_scale``)."""
-
-    burden: float = 0.0
-    """Alive tumor cells of the disease (cells)."""
-    kills_per_min: float = 0.0
-    """Tumor cells killed by CAR T in the disease per minute."""
-    encounter: float = 0.0
-    """Share of the lattice's CAR T engaged with a target, in [0, 1] (0 without CAR T)."""
 
 
 def _decay(tau_min: float, since_min: float, t_min: float) -> float:
@@ -120,11 +111,12 @@ class Systemic:
 
     cfg: Any
     """The ``patient`` config section (rates, thresholds; docs/config.md)."""
-    disease_vessels: float = 0.0
-    """Vessel sites of the disease: the lattice's x ``burden_scale``."""
     products: list[Product] = field(default_factory=list)
     cells: list[list[float]] = field(default_factory=list)
-    """Per product: CAR T in blood, tissue, disease, memory (indices :data:`BLOOD` ... :data:`MEMORY`)."""
+    """Per product: CAR T in blood, tissue, memory (indices :data:`BLOOD`, :data:`TISSUE`,
+    :data:`MEMORY`); those in the disease are the lattice's."""
+    ledger: dict[str, float] = field(default_factory=new_ledger)
+    """Every flow of cells between compartments so far (:mod:`~tme_abm.biology.coupling`)."""
     generations: list[float] = field(default_factory=list)
     """Per product: antigen-driven divisions its effectors have made on average."""
     normal_antigen: float = 0.0
@@ -132,7 +124,7 @@ class Systemic:
     circulating_tumor: float = 0.0
     """Circulating tumor cells L."""
     lattice_burden: float = 0.0
-    """Alive lattice tumor cells x burden_scale at the last update."""
+    """Tumor cells of the disease (the weights of the lattice's alive tumor agents) at the last update."""
     activation: float = 0.0
     """Share of the patient's monocytes/macrophages activated, in [0, 1]."""
     cytokine: float = 0.0
@@ -157,12 +149,12 @@ class Systemic:
     """End of the last :meth:`advance`."""
 
     @classmethod
-    def for_patient(cls, cfg, seed: int, lattice_vessels: int) -> Systemic:
+    def for_patient(cls, cfg, seed: int) -> Systemic:
         """The patient of the replicate with ``seed``: its variability drawn from its own
         generator, the normal antigen-positive cells at their normal number."""
         z = crng.generator(seed, _STREAMS("variability")).standard_normal(2)
         v = cfg.variability
-        return cls(cfg, disease_vessels=lattice_vessels * cfg.burden_scale, normal_antigen=cfg.normal_antigen_cells,
+        return cls(cfg, normal_antigen=cfg.normal_antigen_cells,
                    expansion_factor=math.exp(v.expansion * z[0]), cytokine_factor=math.exp(v.cytokine * z[1]))
 
     # ---- what the rest of the model reads ----------------------------------------
@@ -174,7 +166,7 @@ class Systemic:
 
     def circulating(self) -> np.ndarray:
         """(products,) CAR T in the circulation of each product: blood effectors and memory."""
-        c = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        c = np.asarray(self.cells, dtype=float).reshape(-1, 3)
         return c[:, BLOOD] + c[:, MEMORY]
 
     @property
@@ -182,17 +174,35 @@ class Systemic:
         """Circulating CAR T (cells): what a blood count measures."""
         return float(self.circulating().sum())
 
-    def arrival_rate_per_vessel(self) -> float:
-        """Expected CAR T arrivals per minute at one lattice vessel site: the blood
-        concentration (cells/uL) x the extravasation volume x marrow homing."""
-        c = self.cfg
-        return self.blood_total / (c.blood_volume_ml * 1000.0) * c.extravasation_ul_per_min * c.marrow_homing
+    def car_t_total(self) -> float:
+        """CAR T in blood, tissues and memory, all products (cells; the disease's are the lattice's)."""
+        return float(np.asarray(self.cells, dtype=float).sum())
 
-    def disease_entry_per_min(self) -> float:
-        """Rate constant (1/min) at which blood CAR T enter the disease: the lattice's
-        arrivals per blood cell x its vessels x ``burden_scale``."""
+    def effectors(self) -> np.ndarray:
+        """(products,) blood effectors P of each product: the cells that can enter the disease."""
+        return np.asarray(self.cells, dtype=float).reshape(-1, 3)[:, BLOOD]
+
+    def arrival_rate_per_vessel(self) -> np.ndarray:
+        """(products,) expected CAR T entering the disease per minute at one of the
+        patient's vessel sites: each product's blood effector concentration (cells/uL) x
+        the extravasation volume x marrow homing. A lattice vessel stands for s of them
+        and a lattice CAR T for s cells, so agents arrive at a lattice vessel at this
+        rate, each taking s effectors from blood (:meth:`take`)."""
         c = self.cfg
-        return c.extravasation_ul_per_min * c.marrow_homing * self.disease_vessels / (c.blood_volume_ml * 1000.0)
+        return self.effectors() / (c.blood_volume_ml * 1000.0) * c.extravasation_ul_per_min * c.marrow_homing
+
+    def take(self, product: int, cells: float) -> None:
+        """Blood effectors of ``product`` entering the disease (the lattice's arrivals x s)."""
+        if cells > self.cells[product][BLOOD] * (1 + 1e-12):
+            raise ValueError(f"product {product}: {cells:g} cells cannot leave a blood pool of "
+                             f"{self.cells[product][BLOOD]:g}")
+        self.cells[product][BLOOD] = max(self.cells[product][BLOOD] - cells, 0.0)
+        self.ledger["entered"] += cells
+
+    def give(self, product: int, cells: float) -> None:
+        """CAR T of ``product`` returning from the disease to blood (the lattice's egress x s)."""
+        self.cells[product][BLOOD] += cells
+        self.ledger["returned"] += cells
 
     def blood_encounter(self) -> float:
         """Share of blood and tissue effectors meeting antigen, ``Ag / (Ag + K (P + T))``
@@ -200,7 +210,7 @@ class Systemic:
         ag = self.normal_antigen + self.circulating_tumor
         if ag <= 0:
             return 0.0
-        c = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        c = np.asarray(self.cells, dtype=float).reshape(-1, 3)
         e = float(c[:, BLOOD].sum() + c[:, TISSUE].sum())
         return ag / (ag + self.cfg.encounter_half_ratio * e)
 
@@ -228,6 +238,7 @@ class Systemic:
                        initial_exhaustion=min(1.0, exhaustion + loss),
                        divisions=max(0, int(round(divisions * (1.0 - loss)))))
         self.infused += dose
+        self.ledger["infused"] += dose
         if self.first_infusion_min is None:
             self.first_infusion_min = minute
         return self.add_product(prod, dose)
@@ -235,7 +246,7 @@ class Systemic:
     def add_product(self, product: Product, blood: float = 0.0) -> int:
         """Add a product with ``blood`` cells in blood; returns its index."""
         self.products.append(product)
-        self.cells.append([float(blood), 0.0, 0.0, 0.0])
+        self.cells.append([float(blood), 0.0, 0.0])
         self.generations.append(0.0)
         return len(self.products) - 1
 
@@ -263,32 +274,36 @@ class Systemic:
         prod = self.products[p]
         return max(1.0 - self.generations[p] / prod.divisions, 0.0) if prod.divisions > 0 else 0.0
 
-    def activated_car_t(self, blood_encounter: float, lesion_encounter: float) -> float:
-        """Activated CAR T in the patient (cells): effectors meeting antigen, in blood and
-        tissues (A_b (P + T)) and in the disease (phi D), that can still proliferate,
-        weighted by their product's capacity left ``1 - n_p / N_p``. They make the
-        GM-CSF and IFN-gamma that activate myeloid cells."""
-        total = 0.0
+    def activated_car_t(self, blood_encounter: float, lesion: Lesion) -> float:
+        """Activated CAR T in the patient (cells): effectors meeting antigen in blood and
+        tissues (A_b (P + T)), weighted by their product's capacity left
+        ``1 - n_p / N_p``, and the disease's engaged CAR T that can still divide. They make
+        the GM-CSF and IFN-gamma that activate myeloid cells."""
+        total = lesion.activated
         for p in range(len(self.products)):
             x = self.cells[p]
-            total += self.capacity_left(p) * (blood_encounter * (x[BLOOD] + x[TISSUE]) + lesion_encounter * x[DISEASE])
+            total += self.capacity_left(p) * blood_encounter * (x[BLOOD] + x[TISSUE])
         return total
 
-    def kinetics_matrix(self, rho: float, blood_encounter: float, lesion_encounter: float) -> np.ndarray:
-        """(4, 4) rate matrix K (1/min) of one product, ``dx/dt = K x`` over
-        x = (blood, tissue, disease, memory), with proliferation ``rho`` (1/min) at full
-        encounter and without homeostatic proliferation."""
+    def kinetics_matrix(self, rho: float, blood_encounter: float, lesion_encounter: float,
+                        homeostatic_per_min: float = 0.0) -> np.ndarray:
+        """(5, 5) rate matrix K (1/min) of one product, ``dx/dt = K x`` over
+        x = (blood, tissue, memory, born, dead): the three compartments, with
+        proliferation ``rho`` (1/min) at full encounter and homeostatic proliferation
+        ``homeostatic_per_min`` in every compartment, and the cells born and dead so far
+        (rows that only accumulate)."""
         c = self.cfg
-        g_b, g_d = rho * blood_encounter, rho * lesion_encounter
+        g_b, h = rho * blood_encounter, homeostatic_per_min
         either = 1.0 - (1.0 - blood_encounter) * (1.0 - lesion_encounter)
-        k_out, k_in, k_d, k_egr = (c.distribution_out_per_min, c.distribution_in_per_min,
-                                   self.disease_entry_per_min(), c.egress_per_min)
-        die, mem, rec = c.contraction_per_min, c.memory_per_min, c.recall_per_min * either
+        k_out, k_in = c.distribution_out_per_min, c.distribution_in_per_min
+        die, mem, rec, decay = c.contraction_per_min, c.memory_per_min, c.recall_per_min * either, \
+            c.memory_decay_per_min
         return np.array([
-            [g_b - k_out - k_d - die - mem, k_in, k_egr, rec],
-            [k_out, g_b - k_in - die - mem, 0.0, 0.0],
-            [k_d, 0.0, g_d - k_egr - die - mem, 0.0],
-            [mem, mem, mem, -c.memory_decay_per_min - rec],
+            [g_b + h - k_out - die - mem, k_in, rec, 0.0, 0.0],
+            [k_out, g_b + h - k_in - die - mem, 0.0, 0.0, 0.0],
+            [mem, mem, h - decay - rec, 0.0, 0.0],
+            [g_b + h, g_b + h, h, 0.0, 0.0],
+            [die, die, decay, 0.0, 0.0],
         ])
 
     def homeostatic_integral(self, t0_min: float, dt_min: float) -> float:
@@ -301,7 +316,7 @@ class Systemic:
         c = self.cfg
         self.lattice_burden = lesion.burden
         a_blood = self.blood_encounter()
-        cells = np.asarray(self.cells, dtype=float).reshape(-1, 4)
+        cells = np.asarray(self.cells, dtype=float).reshape(-1, 3)
         engaged_blood = a_blood * float(cells[:, BLOOD].sum() + cells[:, TISSUE].sum())
         # blood cells: renewal / following the marrow, minus killing by engaged effectors
         ag = self.normal_antigen + self.circulating_tumor
@@ -315,19 +330,23 @@ class Systemic:
         rate = k_x + kill_hazard
         target = k_x * c.circulating_tumor_fraction * lesion.burden / rate if rate > 0 else 0.0
         self.circulating_tumor = _relax(self.circulating_tumor, target, rate, dt_min)
-        # CAR T: exact for constant coefficients; homeostatic proliferation is a scalar factor
-        growth = math.exp(self.homeostatic_integral(t0_min, dt_min))
+        # CAR T: exact for constant coefficients; homeostatic proliferation acts on every
+        # compartment alike, so its mean over the tick gives its exact growth factor
+        h = self.homeostatic_integral(t0_min, dt_min) / dt_min
         for p in range(len(self.products)):
             rho = self.proliferation_per_min(p)
-            k = self.kinetics_matrix(rho, a_blood, lesion.encounter)
             x = cells[p]
-            effectors = x[BLOOD] + x[TISSUE] + x[DISEASE]
-            if effectors > 0:  # the mean division rate of the effectors, held over the tick
-                rate = rho * (a_blood * (x[BLOOD] + x[TISSUE]) + lesion.encounter * x[DISEASE]) / effectors
-                self.generations[p] += rate * dt_min / math.log(2)
-            self.cells[p] = [float(v) for v in growth * (expm(k * dt_min) @ x)]
+            if not x.any():
+                continue
+            if x[BLOOD] + x[TISSUE] > 0:  # the mean division rate of the effectors, held over the tick
+                self.generations[p] += rho * a_blood * dt_min / math.log(2)
+            k = self.kinetics_matrix(rho, a_blood, lesion.encounter, h)
+            y = expm(k * dt_min) @ np.concatenate([x, [0.0, 0.0]])
+            self.cells[p] = [float(v) for v in y[:3]]
+            self.ledger["blood_born"] += float(y[3])
+            self.ledger["blood_died"] += float(y[4])
         # CRS: stimulus -> myeloid activation (relaxes exactly) -> IL-6 (closed form)
-        active = self.activated_car_t(a_blood, lesion.encounter)
+        active = self.activated_car_t(a_blood, lesion)
         kills = lesion.kills_per_min + blood_kills
         stim = 1.0 - (1.0 - active / (active + c.activation_half_car_t)) * \
             (1.0 - kills / (kills + c.activation_half_kills_per_min))

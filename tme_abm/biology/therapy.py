@@ -12,14 +12,16 @@ run file. What each event does (docs/model.md, "Therapy"):
 * ``resection``: removes the tumor cells inside a region (a ball), or a fraction of
   them (from the centre out, leaving the margin; outermost first; or at random), with a
   systemic cytokine pulse from the wound;
-* ``radiotherapy``: each fraction kills alive tumor cells with linear-quadratic survival
+* ``radiotherapy``: each fraction kills tumor cells (a binomial number of each agent's
+  members) with linear-quadratic survival
   ``exp(-a D_eff - b D_eff^2)``, ``D_eff = D * OER(pO2) / OER_max``,
   ``OER(p) = (OER_max p + K) / (p + K)`` (Alper-Howard-Flanders), so hypoxic cells
   resist; its immunogenic effects: a CXCL10 pulse at the surviving tumor cells, which
   also become more susceptible to bystander killing (DeSelm 2018), vascular
   normalisation (more microvessels at the lesion's sites) and the death of a share of
   the lattice's monocytes and granulocytes;
-* ``mrd``: minimal residual disease: all but ``residual_cells`` tumor cells are removed;
+* ``mrd``: minimal residual disease: all but ``residual_cells`` patient tumor cells are
+  removed (whole agents in random order, the last one trimmed to the count);
 * ``tocilizumab`` and ``corticosteroid`` (one event type, a drug against CRS): its
   ``effect`` decays with its half-life; tocilizumab blocks that share of IL-6 signalling
   (CRS signs fall; the cytokine itself is not cleared faster), a corticosteroid
@@ -34,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..engine import rng as crng
+from . import coupling
 from .host import Host
-from .populations.population import index_mask
 from .populations.tumor import ALIVE, APOPTOTIC
 
 _STREAMS = crng.streams(5, "therapy", ("lymphodepletion", "resection_order", "resection_tie", "radiotherapy", "mrd",
@@ -150,13 +152,22 @@ def _resection(model: Host, e, item) -> list[dict]:
                 remove_idx = xp.argsort(sign * (d2 + tie))[:k]
             mask[sel[remove_idx]] = True
             removed[r] = k
-    t.remove(mask, how="cleared")
+    _remove_tumor(model, mask)
     out = []
     for rep, k in zip(model.replicas, removed):
         if e.region is not None or k:
             rep.systemic.add_cytokine(e.wound_cytokine)
         out.append({"tumor_removed": int(k)})
     return out
+
+
+def _remove_tumor(model: Host, mask) -> None:
+    """Remove the tumor agents where ``mask`` ((n,) bool) holds, recording their alive
+    members as removed from the patient."""
+    t = model.tumor
+    coupling.record_lattice(model, "tumor_removed", model.weighted_count(t, model.backend.xp.where(
+        mask, t.alive_weight(), 0.0)))
+    t.remove(mask, how="cleared")
 
 
 def oxygen_dose_factor(po2, oer_max: float, k_mmHg: float, xp=np):
@@ -173,42 +184,48 @@ def _radiotherapy(model: Host, e, item) -> list[dict]:
     xp = model.backend.xp
     t = model.tumor
     alive = xp.flatnonzero(t.data["state"] == ALIVE)
-    dead = alive[:0]
+    before = t.alive_weight()
     if alive.size:
         po2 = model.fields.at("oxygen", t.data["site"][alive]).astype(xp.float64)
         surv = lq_survival(e.dose_gy * oxygen_dose_factor(po2, e.oer_max, e.oer_k_mmHg, xp),
                            e.alpha_per_gy, e.beta_per_gy2, xp)
-        u = crng.uniform(xp, model.seeds, model.steps, _STREAMS("radiotherapy", item.index), t.data["id"][alive])
-        dead = alive[u >= surv]
-        t.data["state"][dead] = APOPTOTIC
-        t.data["death_min"][dead] = model.time_min
-        t.events["died"] += int(dead.shape[0])
-        survivors = alive[u < surv]
+        cells = crng.binomial(xp, model.seeds, model.steps, _STREAMS("radiotherapy", item.index),
+                              t.data["id"][alive], t.data["weight"][alive], 1.0 - surv)
+        some = cells > 0
+        t.thin(alive[some], cells[some], APOPTOTIC)
+        survivors = xp.flatnonzero(t.alive)
         if e.chemokine_pulse > 0 and "cxcl10" in model.fields.index:
             model.fields.add_at("cxcl10", t.data["site"][survivors], e.chemokine_pulse)
         t.data["bystander"][survivors] = xp.maximum(t.data["bystander"][survivors], e.bystander_sensitization)
     if e.perfusion_gain != 1.0 and len(t):
         model.fields.scale_microvessels(np.unique(model.backend.to_host(t.data["site"])), e.perfusion_gain)
-    killed = model.host_counts(model.count(t, index_mask(xp, len(t), dead)))[0]
+    killed = model.host_counts(model.weighted_count(t, before - t.alive_weight()))[0]
     myeloid = _kill_myeloid(model, e.myeloid_kill_fraction, "radiotherapy_myeloid")
-    return [{"tumor_killed": int(k), "dose_gy": e.dose_gy, "myeloid_killed": int(n)} for k, n in zip(killed, myeloid)]
+    return [{"tumor_killed": float(k), "dose_gy": e.dose_gy, "myeloid_killed": int(n)}
+            for k, n in zip(killed, myeloid)]
 
 
 def _mrd(model: Host, e, item) -> list[dict]:
+    """Keep ``residual_cells`` patient tumor cells per replicate (or all it has): alive
+    agents in a random order, whole while they fit, the last one trimmed."""
     xp = model.backend.xp
     t = model.tumor
-    alive = xp.flatnonzero(t.data["state"] == ALIVE)
+    alive = xp.flatnonzero(t.alive)
+    total = model.host_counts(model.weighted_count(t, t.alive_weight()))[0]
     mask = xp.ones(len(t), dtype=bool)
-    kept = []
     for sel in _by_replicate(model, t, alive):
         mine = alive[sel]
-        keep_n = min(e.residual_cells, int(mine.shape[0]))
         key = crng.uniform(xp, model.seeds, model.steps, _STREAMS("mrd"), t.data["id"][mine])
-        mask[mine[xp.argsort(key)[:keep_n]]] = False
-        kept.append(keep_n)
-    removed = model.host_counts(model.count(t, mask))[0]
+        order = mine[xp.argsort(key)]
+        w = t.data["weight"][order]
+        ahead = xp.cumsum(w) - w  # cells kept before each agent
+        keep = ahead < e.residual_cells
+        t.data["weight"][order[keep]] = xp.minimum(w[keep], e.residual_cells - ahead[keep])
+        mask[order[keep]] = False
     t.remove(mask, how="cleared")
-    return [{"tumor_removed": int(k), "residual_cells": n} for k, n in zip(removed, kept)]
+    kept = model.host_counts(model.weighted_count(t, t.alive_weight()))[0]
+    coupling.record(model, "tumor_removed", total - kept)
+    return [{"tumor_removed": float(a - k), "residual_cells": float(k)} for a, k in zip(total, kept)]
 
 
 def _drug(model: Host, e, item) -> list[dict]:

@@ -301,8 +301,10 @@ class AntigenConfig(Strict):
     mean: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.mean")
     sd: NonNegFloat = parameter("tumor.antigen.sd")
     negative_fraction: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.negative_fraction")
-    """Fraction of initial cells with no antigen (pre-existing antigen-negative subclones;
-    none by default: escape variants arise by loss at division, docs/model.md)."""
+    """Frequency of pre-existing antigen-negative cells in the patient's disease at the
+    start: this x the patient's tumor cells are antigen-negative, placed in the sample
+    as agents of its weight (and one agent for the remainder), so their number grows
+    with burden (docs/model.md, "Rare cells")."""
     inheritance_sd: NonNegFloat = parameter("tumor.antigen.inheritance_sd")
     """Noise added to a daughter's antigen density."""
     loss_per_division: Annotated[float, Field(ge=0, le=1)] = parameter("tumor.antigen.loss_per_division")
@@ -340,13 +342,21 @@ class TumorConfig(_Population):
     divide_per_min: NonNegFloat = parameter("tumor.divide_per_min")
     """Division rate at low density in full oxygen (~1/day): the cap of the Gompertz birth
     rate (biology/growth.py)."""
-    gompertz_per_min: NonNegFloat = parameter("tumor.gompertz_per_min")
+    doubling_days: PosFloat = parameter("tumor.doubling_days")
+    """Doubling time of the disease at the start (net of cell loss), which sets the
+    Gompertz rate where ``gompertz_per_min`` is null."""
+    capacity_fold: Annotated[float, Field(ge=1, le=1e6)] = parameter("tumor.capacity_fold")
+    """Carrying capacity K over the niche's cells at the start (tumor plus normal
+    marrow): the disease grows towards K (1: a disease at its steady state)."""
+    gompertz_per_min: NonNegFloat | None = None
     """Gompertz rate alpha: the birth rate is ``apoptosis + alpha ln(K/N)``, capped at
-    ``divide_per_min`` (Norton 1988; docs/model.md, "Growth")."""
+    ``divide_per_min`` (Norton 1988; docs/model.md, "Growth"); null: ``ln 2 /
+    (doubling_days ln(capacity_fold))``, the disease doubling in ``doubling_days`` at
+    the start."""
     carrying_capacity_cells: Annotated[int, Field(gt=0)] | None = None
-    """Carrying capacity K of a replicate's lattice, cells (tumor plus normal marrow);
-    null: the initial tumor cells plus ``marrow_normal_cells``, a lesion at its steady
-    state (with neither, no limit but space)."""
+    """Carrying capacity K of a replicate's lattice, in cells of the lattice's weight
+    (tumor plus normal marrow); null: ``capacity_fold`` x the initial tumor agents plus
+    ``marrow_normal_cells`` (with neither, no limit but space)."""
     marrow_normal_cells: NonNegFloat = 0.0
     """Normal marrow cells sharing the niche (and K) with the tumor, per lattice: they
     grow by the same Gompertz law of the niche's total, so dispersed disease competes
@@ -459,14 +469,17 @@ class PatientConfig(Strict):
     the CAR T kinetics, the blood compartment, CRS, toxicity and response thresholds.
     Rates are per minute."""
 
-    burden_scale: Annotated[float, Field(gt=0, le=1e14)] = 1e5
-    """Tumor cells in the patient per tumor cell on the lattice."""
+    burden_scale: Annotated[float, Field(ge=1, le=1e14)] = 1e5
+    """The lattice's weight s: its volume stands for s times its volume of the patient's
+    disease, each CAR T, monocyte and granulocyte on it for s patient cells, and each
+    tumor agent for s cells at the start (docs/model.md, "The patient and its sample")."""
     # -- CAR T kinetics: effectors in blood (P), tissues (T) and the disease (D); memory (M)
     blood_volume_ml: PosFloat = parameter("patient.blood_volume_ml")
     extravasation_ul_per_min: Annotated[float, Field(ge=0, le=1)] = parameter("patient.extravasation_ul_per_min")
     """Blood volume per vessel site per minute whose CAR T enter the tissue: arrivals at a
     lattice vessel = this x the blood concentration (cells/uL); the disease takes
-    P x this x (lattice vessels x burden_scale) / blood volume."""
+    P x this x (lattice vessels x burden_scale) / blood volume: the lattice's arrivals,
+    each taking burden_scale effectors from blood."""
     marrow_homing: Annotated[float, Field(gt=0, le=100)] = parameter("patient.marrow_homing")
     """Multiplier of entry into the disease (CXCR4/CXCL12 homing to marrow: > 1)."""
     distribution_out_per_min: NonNegFloat = parameter("patient.distribution_out_per_min")
@@ -527,6 +540,12 @@ class PatientConfig(Strict):
     icans_half_car_t: PosFloat = parameter("patient.icans_half_car_t")
     assessment_day: PosFloat = 28.0
     """Day after infusion at which the response is classified (also at the end)."""
+    cr_below_cells: PosFloat = parameter("patient.cr_below_cells")
+    """Complete response (by imaging or morphology): the disease below this many cells."""
+    marrow_cells: PosFloat = parameter("patient.marrow_cells")
+    """Nucleated marrow cells, the denominator of an MRD assay."""
+    mrd_sensitivity: Annotated[float, Field(gt=0, lt=1)] = parameter("patient.mrd_sensitivity")
+    """MRD-negative: tumor cells below this share of ``marrow_cells``."""
 
 
 class _Event(Strict):
@@ -600,8 +619,9 @@ class RadiotherapyEvent(_Event):
 
 class MRDEvent(_Event):
     kind: Literal["mrd"]
-    residual_cells: Annotated[int, Field(ge=0)] = 10
-    """Tumor cells left on the lattice (chosen at random) when minimal residual disease starts."""
+    residual_cells: Annotated[float, Field(ge=0)] = 1e7
+    """Patient tumor cells left when minimal residual disease starts: whole tumor agents
+    chosen at random, the last one trimmed to the count."""
 
 
 DRUG_DEFAULTS = {drug: {k: parameter(f"therapy.{drug}.{k}") for k in ("effect", "half_life_days")}
@@ -716,6 +736,7 @@ class Config(Strict):
             raise ValueError(f"{shown}: more cells than the {n_sites} lattice sites")
         self._check_rules()
         self._check_therapy()
+        self._check_sample()
         for key in ("snapshot_every_min", "cell_snapshot_every_min", "checkpoint_every_min"):
             if getattr(self.output, key) < self.time.tick_min:
                 raise ValueError(
@@ -733,6 +754,19 @@ class Config(Strict):
                                  + f"; the defaults are {', '.join(defaults)}; declare a new field with new: true")
             if name in defaults and fc.new:
                 raise ValueError(f"fields.{name}.new: {name} is a default field; new: true declares other names")
+
+    def _check_sample(self) -> None:
+        """The sample must be able to hold what the patient sends it, and the disease must
+        have a growth law."""
+        t, scale = self.tumor, self.patient.burden_scale
+        if t.gompertz_per_min is None and t.capacity_fold == 1:
+            raise ValueError("tumor.capacity_fold 1: a disease at its carrying capacity has no doubling time; "
+                             "set tumor.gompertz_per_min, or a capacity_fold above 1")
+        for i, e in enumerate(self.therapy):
+            if e.kind == "infusion" and e.dose_cells < scale:
+                raise ValueError(f"therapy.{i}.dose_cells {e.dose_cells:g} is below patient.burden_scale {scale:g}: "
+                                 f"each CAR T of the sample stands for burden_scale cells, so it could hold none "
+                                 f"of the dose (lower burden_scale)")
 
     @property
     def tumor_center_sites(self) -> list[float]:

@@ -3,14 +3,16 @@ the patient and the therapy timeline, and steps them through the staged schedule
 
 from __future__ import annotations
 
+import math
+
 import mesa
 import numpy as np
 
-from ..biology import therapy
+from ..biology import coupling, therapy
 from ..biology.fields import FieldSet
-from ..biology.growth import niche_step
+from ..biology.growth import gompertz_rate_per_min, niche_step
 from ..biology.outcomes import History, compute_outcomes
-from ..biology.patient import Lesion, Product, Systemic
+from ..biology.patient import Product, Systemic
 from ..biology.perfusion import microvessel_map
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, Population, TumorCells
 from ..biology.populations.car_t import car_t_rules
@@ -25,6 +27,32 @@ from .readouts import REPORTED, rows
 _SETUP = crng.streams(6, "setup", ("vessels", "cells"))
 """The setup draws of a replicate: its vessel layout and its initial cells, each from a
 generator of its own seeded by the replicate's seed (a change to one moves no draw of the other)."""
+
+
+def rare_cells(antigen: np.ndarray, weight: float, frequency: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-existing antigen-negative cells at the patient's scale: of the ``k`` initial
+    agents of ``weight`` cells each (antigen densities ``antigen``, (k,)), ``frequency``
+    x the patient's cells (rounded at random to a whole number) are antigen-negative.
+    Whole agents become antigen-negative, and one more carries the remainder (the cells
+    it gives up join another agent). Returns (antigen, weight), (k,) each (host)."""
+    k = len(antigen)
+    w = np.full(k, float(weight))
+    if k == 0 or frequency <= 0:
+        return antigen, w
+    exact = frequency * k * weight
+    cells = math.floor(exact) + (rng.random() < exact - math.floor(exact))
+    full, rest = divmod(cells, weight)
+    chosen = rng.permutation(k)[:int(full) + (rest > 0) + 1]
+    antigen = antigen.copy()
+    antigen[chosen[:int(full) + (rest > 0)]] = 0.0
+    if rest > 0:
+        w[chosen[int(full)]] = rest
+        if len(chosen) > int(full) + 1:
+            w[chosen[-1]] += weight - rest
+        else:  # every agent was needed: the last holds the rest, nothing is given up
+            w[chosen[int(full)]] = weight
+    return antigen, w
 
 
 def _check_room(key: str, wanted: int, free: int) -> None:
@@ -135,7 +163,7 @@ class TMEModel(mesa.Model):
         prod = cfg.car_t.product
         self.replicas = []
         for r, s in enumerate(self.seeds):
-            patient = Systemic.for_patient(cfg.patient, s, int(self.vessels_per_replicate[r]))
+            patient = Systemic.for_patient(cfg.patient, s)
             # product 0: the cells a config places on the lattice (car_t.initial_cells), none in blood
             patient.add_product(Product(edits=list(prod.edits), fitness=1.0,
                                         initial_exhaustion=prod.initial_exhaustion, divisions=prod.divisions))
@@ -170,7 +198,7 @@ class TMEModel(mesa.Model):
             Stage("secretion", [("fields.sources", self.collect_sources)]),
         ])
         for rep, b in zip(self.replicas, self.burden()):
-            rep.systemic.start(b)
+            rep.systemic.start(float(b))
         self._remember()
         self.collect_sources()
         for p in self.populations:
@@ -225,7 +253,7 @@ class TMEModel(mesa.Model):
         t = cfg.tumor
         lat = self.lattice
         occ = self.backend.to_host(self.occupancy).reshape(self.replicates, lat.n_grid)
-        tumor_sites, antigen, lineage = [], [], []
+        tumor_sites, antigen, lineage, weight = [], [], [], []
         for r, rng in enumerate(setup):
             sites = np.zeros(0, dtype=np.int64)
             if t.archetype in ("solid", "bulky"):
@@ -237,14 +265,19 @@ class TMEModel(mesa.Model):
                 extra = rng.choice(free, size=t.initial_cells, replace=False)
                 sites = np.sort(np.concatenate([sites, extra]))
             tumor_sites.append(r * lat.n_grid + sites)
-            antigen.append(self.tumor.initial_antigen(len(sites), rng))
+            a, w = rare_cells(self.tumor.initial_antigen(len(sites), rng), coupling.scale(self),
+                              t.antigen.negative_fraction, rng)
+            antigen.append(a)
+            weight.append(w)
             lineage.append(self.tumor.next_id[r] + np.arange(len(sites)))
-        self.tumor.seed_cells(np.concatenate(tumor_sites), np.concatenate(antigen), np.concatenate(lineage))
+        self.tumor.seed_cells(np.concatenate(tumor_sites), np.concatenate(antigen), np.concatenate(lineage),
+                              np.concatenate(weight))
         capacity = t.carrying_capacity_cells
         self.capacity = np.array([float(capacity) if capacity is not None else
-                                  (len(s) + t.marrow_normal_cells) or np.inf for s in tumor_sites])
-        """(R,) carrying capacity of each replicate's niche, cells (host): the config's, or
-        the initial tumor and normal marrow cells (a lesion at its steady state); infinite
+                                  t.capacity_fold * (len(s) + t.marrow_normal_cells) or np.inf for s in tumor_sites])
+        """(R,) carrying capacity of each replicate's niche, in cells of the lattice's weight
+        (host): the config's, or ``tumor.capacity_fold`` x the initial tumor and normal
+        marrow cells (a disease that grows towards a ceiling well above it); infinite
         (space alone limits growth) when a lattice starts with neither."""
         self.capacity_dev = self.backend.xp.asarray(self.capacity)
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
@@ -259,6 +292,8 @@ class TMEModel(mesa.Model):
                 sites = np.concatenate(sites)
                 extra = pop.new_cell_state(sites) if pop is self.car_t else {}
                 pop.add(sites, how="arrived", **extra)
+                if pop is self.car_t:  # from outside the patient's blood
+                    coupling.record(self, "placed", np.full(self.replicates, n * coupling.scale(self)))
 
     # ---- the patient ------------------------------------------------------------------
 
@@ -278,23 +313,43 @@ class TMEModel(mesa.Model):
         rep = self.lattice.replicate_of(pop.data["site"], xp)
         return xp.bincount(rep, weights=w, minlength=self.replicates).astype(xp.int64)
 
+    def weighted_count(self, pop: Population, weights: Array) -> Array:
+        """(R,) float64 device array: the sum of ``weights`` ((n,) floats, e.g. tumor
+        weights: patient cells) over the cells of ``pop`` per replicate."""
+        xp = self.backend.xp
+        if self.replicates == 1:
+            return weights.sum(keepdims=True).astype(xp.float64)
+        rep = self.lattice.replicate_of(pop.data["site"], xp)
+        return xp.bincount(rep, weights=weights, minlength=self.replicates).astype(xp.float64)
+
     def host_counts(self, *counts) -> np.ndarray:
-        """(len(counts), R) host int64 of device count arrays, in one copy."""
-        return self.backend.to_host(self.backend.xp.stack(counts))
+        """(len(counts), R) host array of device count arrays, in one copy."""
+        xp = self.backend.xp
+        return self.backend.to_host(xp.stack([xp.asarray(c) for c in counts]))
 
     def _patient_counts(self) -> np.ndarray:
-        """(5, R) host int64 per replicate: alive tumor cells, engaged CAR T, all CAR T,
-        tumor cells killed by CAR T this tick and antigen-negative alive tumor cells (one copy)."""
+        """(6, R) host float64 per replicate (one copy), in patient cells (sums of
+        weights): the disease's alive tumor cells, its engaged CAR T, all its CAR T, the
+        tumor cells killed by CAR T this tick, the antigen-negative alive tumor cells and
+        the engaged CAR T with divisions left (:func:`~tme_abm.biology.coupling.lesion`)."""
         t, c = self.tumor, self.car_t
-        alive = t.data["state"] == 0
-        return self.host_counts(self.count(t, alive), self.count(c, c.engaged), self.count(c), c.killed_now(),
-                                self.count(t, t.antigen_negative()))
+        xp = self.backend.xp
+        engaged, w = c.engaged, c.data["weight"]
+        return self.host_counts(self.weighted_count(t, t.alive_weight()),
+                                self.weighted_count(c, xp.where(engaged, w, 0.0)), self.weighted_count(c, w),
+                                xp.asarray(c.killed_now(), dtype=xp.float64),
+                                self.weighted_count(t, xp.where(t.antigen_negative(), t.data["weight"], 0.0)),
+                                self.weighted_count(c, xp.where(engaged & (c.data["divisions_left"] > 0), w, 0.0)))
 
     def burden(self) -> np.ndarray:
-        """(R,) tumor burden of each replicate's patient on the lattice: alive lattice
-        tumor cells x burden_scale (the patient adds circulating tumor cells)."""
-        alive = self.host_counts(self.count(self.tumor, self.tumor.data["state"] == 0))[0]
-        return alive.astype(np.float64) * self.config.patient.burden_scale
+        """(R,) tumor cells of each replicate's disease (the weights of the lattice's alive
+        tumor agents; the patient adds circulating tumor cells)."""
+        return coupling.burden(self)
+
+    @property
+    def gompertz_per_min(self) -> float:
+        """The disease's Gompertz rate alpha (1/min; :func:`~tme_abm.biology.growth.gompertz_rate_per_min`)."""
+        return gompertz_rate_per_min(self.config.tumor)
 
     def marrow_normal(self) -> np.ndarray:
         """(R,) normal marrow cells of each replicate's niche (host)."""
@@ -303,7 +358,7 @@ class TMEModel(mesa.Model):
     def myeloid_per_tumor(self) -> np.ndarray:
         """(R,) lattice myeloid cells per alive tumor cell."""
         mono, gran, alive = self.host_counts(self.count(self.monocytes), self.count(self.granulocytes),
-                                       self.count(self.tumor, self.tumor.data["state"] == 0))
+                                             self.count(self.tumor, self.tumor.alive))
         return (mono + gran) / np.maximum(alive, 1)
 
     def update_products(self) -> None:
@@ -325,29 +380,27 @@ class TMEModel(mesa.Model):
     def advance_systemic(self) -> None:
         """Advance each replicate's patient over this tick with its lattice's inputs
         (scaled to the patient; :class:`~tme_abm.biology.patient.Lesion`)."""
-        scale = self.config.patient.burden_scale
         counts = self._patient_counts()
-        alive, engaged, car_t, killed = counts[:4].astype(np.float64)
         t = self.config.tumor
+        s = coupling.scale(self)
         for r, rep in enumerate(self.replicas):
-            lesion = Lesion(burden=alive[r] * scale, kills_per_min=killed[r] * scale / self.dt_min,
-                            encounter=engaged[r] / car_t[r] if car_t[r] > 0 else 0.0)
+            lesion = coupling.lesion(self, counts, r)
             rep.systemic.advance(self.time_min - self.dt_min, self.dt_min, lesion)
-            rep.marrow_normal = niche_step(rep.marrow_normal, alive[r], self.capacity[r], t.gompertz_per_min,
-                                           t.apoptosis_per_min, t.divide_per_min, self.dt_min)
+            rep.marrow_normal = niche_step(rep.marrow_normal, lesion.burden / s, self.capacity[r],
+                                           self.gompertz_per_min, t.apoptosis_per_min, t.divide_per_min, self.dt_min)
         self._remember(counts)
 
     def _remember(self, counts: np.ndarray | None = None) -> None:
         """Append each replicate's patient-level state of this tick to its ``history``
         (``counts``: :meth:`_patient_counts` of this tick, if read already)."""
         counts = self._patient_counts() if counts is None else counts
-        alive, neg = counts[0], counts[4]
+        alive, car_t, neg = counts[0], counts[2], counts[4]
         for r, rep in enumerate(self.replicas):
             s = rep.systemic
-            a = int(alive[r])
+            a = float(alive[r])
             rep.history.append(day=self.day, burden=s.burden, tumor_alive=a, circulating_tumor=s.circulating_tumor,
-                               blood_car_t=s.blood_total, cytokine=s.cytokine, crs_grade=s.crs_grade(),
-                               antigen_negative_fraction=int(neg[r]) / a if a else 0.0)
+                               blood_car_t=s.blood_total, disease_car_t=float(car_t[r]), cytokine=s.cytokine,
+                               crs_grade=s.crs_grade(), antigen_negative_fraction=float(neg[r]) / a if a else 0.0)
 
     # ---- helpers used by the populations ---------------------------------------------
 

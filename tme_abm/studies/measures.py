@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..biology.growth import gompertz_birth_per_min
+from ..biology.growth import gompertz_birth_per_min, gompertz_rate_per_min
 from ..biology.populations.car_t import days_to_exhaustion
 from ..biology.rules import RuleSet
 from ..config import Config
@@ -72,12 +72,13 @@ def _lesion_calibration(cfg: Config, ts: pd.DataFrame) -> dict:
     start = ts.iloc[0]
     out["lesion_kept"] = float(row["tumor_alive"] / start["tumor_alive"]) if start["tumor_alive"] else math.nan
     t = cfg.tumor
-    capacity = t.carrying_capacity_cells or start["tumor_alive"] + start.get("marrow_normal", 0.0)
+    alpha = gompertz_rate_per_min(t)
+    capacity = t.carrying_capacity_cells or t.capacity_fold * (start["tumor_alive"] + start.get("marrow_normal", 0.0))
     niche = row["tumor_alive"] + row.get("marrow_normal", 0.0)
-    birth = float(gompertz_birth_per_min(niche, capacity, t.gompertz_per_min, t.apoptosis_per_min,
+    birth = float(gompertz_birth_per_min(niche, capacity, alpha, t.apoptosis_per_min,
                                          t.divide_per_min)) if niche > 0 else math.nan
     out["antigen_loss_per_cell_per_day"] = t.antigen.loss_per_division * birth * 1440.0
-    net = min(t.divide_per_min - t.apoptosis_per_min, t.gompertz_per_min * math.log(10.0))
+    net = min(t.divide_per_min - t.apoptosis_per_min, alpha * math.log(10.0))
     out["doubling_days_at_tenth_capacity"] = math.log(2.0) / net / 1440.0 if net > 0 else math.inf
     c = cfg.car_t
     rules = RuleSet([c.rules], np)

@@ -3,33 +3,44 @@
 Rules (rates per minute, times the ``car_t.rules`` modulators; gene edits of the
 product remove or change named modulators, for CAR T cells only):
 
-* arrive at vessel sites at the blood concentration of CAR T times the extravasation
-  volume (``patient.extravasation_ul_per_min``, marrow homing), plus a constant
-  ``arrival_per_vessel_per_min``;
+* arrive at vessel sites at the blood effector concentration of their product times the
+  extravasation volume (``patient.extravasation_ul_per_min``, marrow homing): a lattice
+  vessel stands for s of the patient's and an agent for s cells, so agents arrive at
+  that rate, each taking s effectors from the patient's blood (the last one what is
+  left, when the pool holds less); plus a constant ``arrival_per_vessel_per_min`` of
+  agents from outside the patient (tests, ablations);
 * move by a random walk biased up the CXCL10-like gradient (``move``); engaged cells
   stay;
 * engage: a free, non-exhausted cell next to alive, unengaged tumor cells picks one at
   random and engages it at ``engage_per_min`` x rules (the ``antigen`` modulator reads
   the target's antigen density: antigen-negative cells are never engaged); one CAR T
   per target, conflicts by random priority;
-* an engagement lasts ``engagement_min``; at its end the target (if still alive) is
-  killed with ``kill_probability`` x ``kill`` rules (adenosine, acidity, hypoxia,
-  myeloid contact, ...), exhaustion rises by ``exhaustion_per_engagement`` x
-  ``exhaust`` rules, and the cell is primed to divide with ``divide_probability`` x
-  ``divide`` rules while it has divisions left;
+* an engagement lasts ``engagement_min``; at its end each of the target's members met
+  by one of the cell's (``min(s, weight)`` pairs: a super-individual of s CAR T meets
+  at most s of its target's cells) is killed with ``kill_probability`` x ``kill`` rules
+  (adenosine, acidity, hypoxia, myeloid contact, ...; a binomial number), exhaustion
+  rises by ``exhaustion_per_engagement`` x ``exhaust`` rules and the cell is primed to
+  divide with ``divide_probability`` x ``divide`` rules while it has divisions left,
+  both x the share of its members that met a target, ``min(1, weight / s)``;
 * a share ``exhaustion_irreversible`` of each engagement's exhaustion is permanent; the
   rest decays at ``exhaustion_recovery_per_min`` while the cell is not engaged; a cell
   whose exhaustion reaches 1 is exhausted until rest brings it below
   ``exhaustion_recovered`` (rest restores function, Weber 2021);
-* when a target is killed, each alive antigen-negative tumor neighbour of it dies too
-  with ``bystander_kill_probability`` times its susceptibility (FAS / IFN-gamma
-  bystander killing, Upadhyay 2021; radiotherapy raises the susceptibility, DeSelm 2018);
+* where target cells are killed, each member of an alive antigen-negative tumor agent
+  next to it dies too with ``bystander_kill_probability`` times its susceptibility
+  (FAS / IFN-gamma bystander killing, Upadhyay 2021; radiotherapy raises the
+  susceptibility, DeSelm 2018);
 * exhausted cells neither engage nor divide, and die faster (the
-  ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days);
+  ``death`` rule on exhaustion); base death ``death_per_min`` (lifespan ~9.5 days), a
+  binomial number of an agent's members (the agent goes with its last);
 * engaged cells secrete the IFN-gamma-like cytokine (``secrete_cytokine`` rules);
 * free cells next to a vessel site leave the lattice at ``egress_per_min`` x
-  ``egress`` rules (the patient's disease-to-blood flow is ``patient.egress_per_min``:
-  the lattice is a sample of the disease, not its ledger).
+  ``egress`` rules and return to the patient's blood as s effectors of their product.
+
+Each agent is a super-individual of ``weight`` patient cells that move, engage, exhaust
+and divide together (a division doubles them into a daughter agent). Every arrival,
+division, death and egress is a flow of its cells in the patient's ledger
+(:mod:`tme_abm.biology.coupling`).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import numpy as np
 from ...engine import rng as crng
 from ...engine.lattice import VESSEL
 from ...engine.moves import choose, free_neighbours, resolve_conflicts, walk
+from .. import coupling
 from ..rules import RuleSet, apply_edits
 from .population import Population, index_mask, rate_to_prob
 from .tumor import ALIVE
@@ -87,7 +99,8 @@ class CarTCells(Population):
     int16; ``kills`` int32; ``engaged_until`` float64 minute the current engagement
     ends (NaN when free); ``target`` int64 id of the engaged tumor cell (-1);
     ``primed`` int8, 1 when an engagement triggered a division not yet made;
-    ``product`` int8 index of the product (its edits); ``birth_min`` float64.
+    ``product`` int8 index of the product (its edits); ``birth_min`` float64;
+    ``weight`` float64 patient cells the agent stands for (an integer).
     """
 
     key_columns = ("target",)
@@ -96,7 +109,7 @@ class CarTCells(Population):
     kind = "car_t"
     code = 2
     streams = crng.streams(code, kind, ("arrive", "move", "pick", "engage", "kill", "prime", "divide", "egress",
-                                        "death", "bystander"))
+                                        "death", "bystander", "arrive_outside"))
     behaviours = ("arrive", "move", "engage", "kill", "divide", "exhaust", "death", "egress")
     state_signals_named = ("exhaustion", "antigen")  # antigen: the engaged target's
     supplied_signals = frozenset({"antigen"})  # the engaged target's antigen density
@@ -111,12 +124,14 @@ class CarTCells(Population):
         "primed": ("int8", 0),
         "product": ("int8", 0),
         "birth_min": ("float64", 0.0),
+        "weight": ("float64", 1.0),
     }
 
-    def new_cell_state(self, sites, product=0) -> dict:
-        """Columns of new cells at ``sites`` ((k,) host) of ``product`` (an int, or (k,)
-        ints): the initial exhaustion and divisions of that product in each cell's
-        replicate (they depend on the patient at infusion, see systemic.Product)."""
+    def new_cell_state(self, sites, product=0, weight=None) -> dict:
+        """Columns of new agents at ``sites`` ((k,) host) of ``product`` (an int, or (k,)
+        ints): the initial exhaustion and divisions of that product in each agent's
+        replicate (they depend on the patient at infusion, see systemic.Product), and
+        ``weight`` ((k,), default the lattice's weight s)."""
         m = self.model
         sites = np.asarray(sites)
         k = len(sites)
@@ -128,7 +143,8 @@ class CarTCells(Population):
         return {"exhaustion": exhaustion[rep, product], "exhaustion_fixed": exhaustion[rep, product],
                 "exhausted": (exhaustion[rep, product] >= 1.0 - 1e-9).astype(np.int8),
                 "divisions_left": divisions[rep, product],
-                "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min)}
+                "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min),
+                "weight": np.full(k, coupling.scale(m)) if weight is None else np.asarray(weight, dtype=float)}
 
     @property
     def engaged(self):
@@ -151,8 +167,9 @@ class CarTCells(Population):
     def state_signals(self) -> dict:
         return {"exhaustion": self.data["exhaustion"]}
 
-    def emitting(self):
-        return self.xp.ones(len(self), dtype=bool)
+    def emission(self):
+        """Agents secrete and take up as their weight in cells of the lattice's weight."""
+        return self.data["weight"] / coupling.scale(self.model)
 
     def secretion_gate(self, field: str):
         if field == "cytokine":
@@ -176,36 +193,58 @@ class CarTCells(Population):
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        """Arrivals at vessel sites: at each replicate's blood concentration of CAR T
-        (``Systemic.arrival_rate_per_vessel``; the lattice is a sample of the disease, so
-        the blood pool loses its cells through the disease's entry rate, not cell by
-        cell here) plus the config's constant ``arrival_per_vessel_per_min`` (product 0).
-        A cell from blood is of product p with p's share of circulating CAR T."""
+        """Arrivals at vessel sites: from blood, agents of weight s at each replicate's
+        blood effector rate per vessel (``Systemic.arrival_rate_per_vessel``), of product
+        p with p's share of blood effectors and taken from blood (agents beyond what a
+        product's pool holds are trimmed, the last ones in key order first, to what is
+        left); plus the config's constant ``arrival_per_vessel_per_min`` (agents of
+        weight s, product 0, from outside the patient)."""
         m = self.model
+        xp = self.xp
+        s = coupling.scale(m)
         systemic = [rep.systemic for rep in m.replicas]
-        blood_rate = np.array([s.arrival_rate_per_vessel() for s in systemic])
-        rate = self.params.arrival_per_vessel_per_min + blood_rate
-        sites = self.arrivals_at_vessels(rate, "arrive", "arrive")
-        k = int(sites.shape[0])
-        if k == 0:
-            return
+        blood_rate = np.array([x.arrival_rate_per_vessel().sum() for x in systemic])
+        constant = self.params.arrival_per_vessel_per_min
+        parts = []
+        if (blood_rate > 0).any():
+            sites = self.arrivals_at_vessels(blood_rate, "arrive", "arrive")
+            parts.append(self._from_blood(sites, s, systemic))
+        if constant > 0:
+            sites = self.arrivals_at_vessels(constant, "arrive", "arrive_outside")
+            host = m.backend.to_host(sites)
+            coupling.record(m, "placed", np.bincount(host // m.lattice.n_grid, minlength=m.replicates) * s)
+            parts.append((sites, host, np.zeros(len(host), dtype=np.int64), np.full(len(host), s)))
+        for sites, host, product, weight in parts:
+            if len(host):
+                self.add(xp.asarray(sites), how="arrived", **self.new_cell_state(host, product, weight))
+
+    def _from_blood(self, sites, weight: float, systemic):
+        """(sites, host sites, products, weights) of the agents arriving from blood at
+        ``sites`` ((k,)), of ``weight`` cells each but what a product's pool holds, each
+        product's pool debited by their cells."""
+        m = self.model
         host_sites = m.backend.to_host(sites)
-        n_grid = m.lattice.n_grid
-        rep = host_sites // n_grid
-        keys = crng.key_of(rep, host_sites % n_grid)
+        k = len(host_sites)
+        cells = np.full(k, float(weight))
+        rep = host_sites // m.lattice.n_grid
+        keys = crng.key_of(rep, host_sites % m.lattice.n_grid)
         product = np.zeros(k, dtype=np.int64)
         for r in np.unique(rep):
-            if not blood_rate[r] > 0:
-                continue
-            pools = systemic[r].circulating()
             mine = np.flatnonzero(rep == r)
-            u = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=3), keys[mine])
-            from_blood = u < blood_rate[r] / rate[r]
+            pools = systemic[r].effectors()
             v = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=4), keys[mine])
-            cum = np.cumsum(pools) / pools.sum()
-            product[mine[from_blood]] = np.minimum(np.searchsorted(cum, v[from_blood], side="right"),
-                                                   len(pools) - 1)
-        self.add(sites, how="arrived", **self.new_cell_state(host_sites, product))
+            product[mine] = np.minimum(np.searchsorted(np.cumsum(pools) / pools.sum(), v, side="right"),
+                                       len(pools) - 1)
+            for p in range(len(pools)):
+                wanted = mine[product[mine] == p]
+                if not len(wanted):
+                    continue
+                wanted = wanted[np.argsort(keys[wanted])]
+                ahead = np.cumsum(cells[wanted]) - cells[wanted]
+                cells[wanted] = np.clip(np.floor(pools[p]) - ahead, 0.0, cells[wanted])  # what the pool holds
+                systemic[r].take(p, float(cells[wanted].sum()))
+        keep = cells > 0
+        return (sites[m.backend.xp.asarray(keep)], host_sites[keep], product[keep], cells[keep])
 
     def move(self) -> None:
         mv = self.params.move
@@ -223,32 +262,39 @@ class CarTCells(Population):
         ids = d["id"][ending]
         pos = tumor.index_of(d["target"][ending])  # the target, if it still exists
         alive = (pos >= 0) & (tumor.data["state"][xp.maximum(pos, 0)] == 0)
+        safe = xp.maximum(pos, 0)
+        # the pairs a super-individual of s CAR T forms with its target's members, and
+        # the share of its members that met one
+        weight = d["weight"][ending]
+        pairs = xp.where(alive, xp.minimum(tumor.data["weight"][safe], weight), 0.0)
+        met = xp.where(alive, pairs / weight, 1.0)
         p_kill = p.kill_probability * self.factor("kill", ending)
-        kill = alive & (self.uniform("kill", ids) < p_kill)
-        victims = pos[kill]
-        dead = index_mask(xp, len(tumor), victims)
+        killed = crng.binomial(xp, m.seeds, m.steps, self.streams("kill"), ids, pairs, xp.minimum(p_kill, 1.0))
+        kill = killed > 0
+        victims, cells = pos[kill], killed[kill]
+        before = tumor.alive_weight()
+        tumor.kill(victims, cells)
         if p.bystander_kill_probability > 0 and victims.size:
-            dead |= self.bystanders(victims)
-        self._killed = m.count(tumor, dead)
-        tumor.kill(xp.flatnonzero(dead))
+            self.bystanders(victims)
+        self._killed = m.weighted_count(tumor, before - tumor.alive_weight())
         d["kills"][ending[kill]] += 1
-        inc = p.exhaustion_per_engagement * self.factor("exhaust", ending)
+        inc = p.exhaustion_per_engagement * self.factor("exhaust", ending) * met
         d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
         d["exhaustion_fixed"][ending] = xp.minimum(d["exhaustion_fixed"][ending] + p.exhaustion_irreversible * inc,
                                                    d["exhaustion"][ending])
         d["exhausted"][ending] = xp.where(d["exhaustion"][ending] >= 1.0 - 1e-9, 1, d["exhausted"][ending])
-        p_div = p.divide_probability * self.factor("divide", ending)
+        p_div = p.divide_probability * self.factor("divide", ending) * met
         prime = (self.uniform("prime", ids) < p_div) & (d["divisions_left"][ending] > 0)
         d["primed"][ending[prime]] = 1
         d["engaged_until"][ending] = np.nan
         d["target"][ending] = -1
 
-    def bystanders(self, victims):
-        """(n_tumor,) bool: alive antigen-negative tumor cells killed as bystanders of the
-        targets ``victims`` ((k,) tumor indices killed now), each with probability ``p s``
-        per adjacent victim (p the bystander probability, s its susceptibility
-        ``tumor.bystander``), so ``1 - (1 - p s)^j`` next to j victims. Each (cell,
-        direction to the victim) draws its own number; nothing here waits for the device."""
+    def bystanders(self, victims) -> None:
+        """Bystander killing around the agents ``victims`` ((k,) tumor indices, distinct)
+        whose cells were killed now: each member of an alive antigen-negative tumor agent
+        next to j of them dies with probability ``1 - (1 - p s)^j`` (p the bystander
+        probability, s its susceptibility ``tumor.bystander``), a binomial number per
+        agent; nothing here waits for the device."""
         xp, m = self.xp, self.model
         tumor = m.tumor
         d = tumor.data
@@ -258,15 +304,16 @@ class CarTCells(Population):
         tix = xp.where(nb >= 0, tix, -1).reshape(-1)
         safe = xp.maximum(tix, 0)
         hit = (tix >= 0) & (d["state"][safe] == ALIVE) & (d["antigen"][safe] < tumor.params.antigen.negative_below)
-        n_dirs = nb.shape[1]
-        # the direction from the bystander to its victim: Moore offsets are symmetric, so
-        # column c of the victim's row is column M - 1 - c seen from the bystander
-        back = xp.tile(xp.arange(n_dirs - 1, -1, -1), int(nb.shape[0]))
-        u = self.uniform("bystander", d["id"][safe], n_slots=n_dirs)[xp.arange(tix.shape[0]), back]
-        p_one = xp.minimum(self.params.bystander_kill_probability * d["bystander"][safe], 1.0)
-        out = xp.zeros(n + 1, dtype=bool)
-        out[xp.where(hit & (u < p_one), safe, n)] = True  # slot n takes the misses
-        return out[:n]
+        j = xp.bincount(xp.where(hit, safe, n), minlength=n + 1)[:n]  # adjacent victims per agent
+        near = xp.flatnonzero(j > 0)
+        if near.size == 0:
+            return
+        p_one = xp.minimum(self.params.bystander_kill_probability * d["bystander"][near], 1.0)
+        p_any = 1.0 - (1.0 - p_one) ** j[near]
+        dead = crng.binomial(xp, m.seeds, m.steps, self.streams("bystander"), d["id"][near], d["weight"][near],
+                             p_any)
+        some = dead > 0
+        tumor.kill(near[some], dead[some])
 
     def rest(self) -> None:
         """Free cells recover the reversible part of their exhaustion: it decays by
@@ -326,10 +373,13 @@ class CarTCells(Population):
             return
         d["divisions_left"][par] -= 1
         d["primed"][par] = 0
+        born = xp.zeros(len(self), dtype=xp.float64)
+        born[par] = d["weight"][par]
+        coupling.record_lattice(m, "lattice_born", m.weighted_count(self, born))
         self.add(target, exhaustion=d["exhaustion"][par], exhaustion_fixed=d["exhaustion_fixed"][par],
                  exhausted=d["exhausted"][par],
-                 divisions_left=d["divisions_left"][par],
-                 product=d["product"][par], birth_min=xp.full(par.shape, m.time_min))
+                 divisions_left=d["divisions_left"][par], product=d["product"][par],
+                 birth_min=xp.full(par.shape, m.time_min), weight=d["weight"][par])
 
     def egress(self) -> None:
         """Free cells next to a vessel leave the lattice for the blood pool."""
@@ -341,14 +391,33 @@ class CarTCells(Population):
         leaving = self.draw(xp.flatnonzero(at_vessel), p.egress_per_min, "egress", "egress")
         if leaving.size == 0:
             return
-        leave = xp.zeros(len(self), dtype=bool)
-        leave[leaving] = True
+        leave = index_mask(xp, len(self), leaving)
+        reps = m.backend.to_host(m.lattice.replicate_of(self.data["site"][leaving], xp)) \
+            if m.replicates > 1 else np.zeros(int(leaving.shape[0]), dtype=np.int64)
+        products = m.backend.to_host(self.data["product"][leaving])
+        weights = m.backend.to_host(self.data["weight"][leaving])
+        for r, p, w in zip(reps.tolist(), products.tolist(), weights.tolist()):
+            m.replicas[r].systemic.give(int(p), float(w))
         self.remove(leave, how="left")
 
     def die(self) -> None:
-        xp, p = self.xp, self.params
+        """A binomial number of each agent's members die at ``death_per_min`` x the death
+        rules; an agent of one cell dies when ``u < p`` (as :meth:`draw` decides), and
+        an agent goes with its last member."""
+        xp, p, m = self.xp, self.params, self.model
         if len(self) == 0:
             return
-        dead = xp.zeros(len(self), dtype=bool)
-        dead[self.draw(xp.arange(len(self)), p.death_per_min, "death", "death")] = True
-        self.remove(dead, how="died")
+        w = self.data["weight"]
+        u = self.uniform("death")
+        bound = p.death_per_min * self.rules.max_factor("death") * m.dt_min
+        cand = xp.flatnonzero((u < bound * (1.0 + 1e-12)) | (w > 1))
+        if cand.size == 0:
+            return
+        prob = -xp.expm1(-p.death_per_min * self.factor("death", cand) * m.dt_min)
+        dead = crng.binomial(xp, m.seeds, m.steps, self.streams("death"), self.data["id"][cand], w[cand], prob,
+                             u=u[cand])
+        lost = xp.zeros(len(self), dtype=xp.float64)
+        lost[cand] = dead
+        coupling.record_lattice(m, "lattice_died", m.weighted_count(self, lost))
+        w -= lost
+        self.remove(w <= 0, how="died")

@@ -353,7 +353,7 @@ class Population(mesa.Agent):
             secretion, uptake: (F,) base rates of this cell type per field.
         """
         names = self.model.fields.names
-        on = self.emitting().astype(sec.dtype)  # cells that do not emit get zero rates
+        on = self.emission().astype(sec.dtype)  # cells that do not emit get zero rates
         cache: dict = {}  # e.g. the hypoxia Hill value behind several secretion rules
         for f, name in enumerate(names):
             if secretion[f] > 0:
@@ -362,9 +362,10 @@ class Population(mesa.Agent):
             if uptake[f] > 0:
                 upt[f] = (uptake[f] * on) * self.factor(f"uptake_{name}", cache=cache)
 
-    def emitting(self):
-        """(n,) bool: cells that secrete and take up (all, unless overridden)."""
-        return self.xp.ones(len(self), dtype=bool)
+    def emission(self):
+        """(n,) float64: each cell's secretion and uptake in units of one cell of the
+        lattice's weight (1 for every cell, unless overridden; 0: none)."""
+        return self.xp.ones(len(self), dtype=self.xp.float64)
 
     def secretion_gate(self, field: str):
         """Multiplier (n,) or scalar gating a field's secretion (1: always secreted)."""
