@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tme_abm.studies.statistics import auc_table, mean_ci, roc_auc, wilson
+from tme_abm.studies.experiments.analysis import same_verdict
+from tme_abm.studies.statistics import auc_table, mean_ci, median_difference_ci, rate_difference_ci, roc_auc, wilson
 
 Z95 = 1.959963984540054
 
@@ -72,3 +73,20 @@ def test_bootstrap_needs_two_runs_per_class():
     runs = pd.DataFrame({"responded": [True, False, False, False], "s": [1.0, 0.0, 0.5, 0.2]})
     auc, diffs = auc_table(runs, ["s", "s"], seed=0, n_boot=200)
     assert auc["auc"].iloc[0] == 1.0 and math.isnan(auc["ci_low"].iloc[0])
+
+
+def test_newcombe_interval_of_a_difference_of_rates_matches_the_published_example():
+    """Newcombe (1998), Stat Med 17:873, example (a), method 10: 56/70 - 48/80 = 0.2,
+    95% interval 0.0524 to 0.3339."""
+    lo, hi = rate_difference_ci(56, 70, 48, 80)
+    assert (lo, hi) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+
+
+def test_median_difference_interval_covers_a_shift_and_a_claim_of_no_difference_reads_the_p():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(3.0, 1.0, 40), rng.normal(0.0, 1.0, 40)
+    lo, hi = median_difference_ci(a, b, seed=5)
+    assert lo < 3.0 < hi and hi - lo < 2.0
+    assert median_difference_ci(a, b, seed=5) == (lo, hi)  # seeded
+    assert same_verdict(0.2) == "agree (no difference found)" and same_verdict(0.01) == "differ"
+    assert same_verdict(float("nan")).startswith("inconclusive")

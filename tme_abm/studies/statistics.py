@@ -15,8 +15,29 @@ from scipy import stats
 from ..engine import rng as crng
 
 CONFIDENCE = 0.95
-_STREAMS = crng.streams(9, "statistics", ("bootstrap",))
+_STREAMS = crng.streams(9, "statistics", ("bootstrap", "median_bootstrap"))
 """The bootstrap's resamples, from the study's seed."""
+
+
+def rate_difference_ci(ka: int, na: int, kb: int, nb: int) -> tuple[float, float]:
+    """95% interval of the difference of two proportions ``ka/na - kb/nb``: Newcombe's
+    hybrid score interval from the two Wilson intervals (Newcombe 1998, method 10)."""
+    pa, pb = ka / na, kb / nb
+    la, ua = wilson(ka, na)
+    lb, ub = wilson(kb, nb)
+    d = pa - pb
+    return d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2), d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+
+
+def median_difference_ci(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``median(a) - median(b)`` (each arm resampled
+    apart, ``n_boot`` times, from a generator of ``seed``'s own stream)."""
+    rng = crng.generator(seed, _STREAMS("median_bootstrap"))
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    d = np.median(a[ia], axis=1) - np.median(b[ib], axis=1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -121,13 +142,16 @@ def auc_table(runs: pd.DataFrame, predictors: list[str], seed: int, n_boot: int 
 
 def adjusted_p(p, method: str) -> np.ndarray:
     """p values adjusted for a family of tests: ``holm`` (Holm's step-down, the
-    family-wise error) or ``fdr_bh`` (Benjamini-Hochberg, the false-discovery rate). A
+    family-wise error), ``fdr_bh`` (Benjamini-Hochberg, the false-discovery rate) or
+    ``none`` (as they are). A
     test is significant at level alpha where its adjusted p is below alpha. A NaN p (a
     test without data) counts in the family as p = 1 and stays NaN."""
     p = np.asarray(p, float)
     filled = np.where(np.isfinite(p), p, 1.0)
     if method == "fdr_bh":
         out = stats.false_discovery_control(filled, method="bh") if len(p) else filled
+    elif method == "none":
+        out = filled
     elif method == "holm":
         m = len(p)
         order = np.argsort(filled, kind="stable")
@@ -135,5 +159,5 @@ def adjusted_p(p, method: str) -> np.ndarray:
         out = np.empty(m)
         out[order] = np.minimum(steps, 1.0)
     else:
-        raise ValueError(f"unknown correction {method!r}: expected holm or fdr_bh")
+        raise ValueError(f"unknown correction {method!r}: expected holm, fdr_bh or none")
     return np.where(np.isfinite(p), out, np.nan)

@@ -19,7 +19,7 @@ from ...biology.patient import Systemic
 from ...config import ConfigError, load_config
 from ...io import open_run
 from ..errors import SweepError
-from ..statistics import adjusted_p, auc_table, mean_ci, wilson
+from ..statistics import adjusted_p, auc_table, mean_ci, median_difference_ci, rate_difference_ci, wilson
 from ..sweep import SweepSpec, read_manifest, task_overrides
 from ..table import read_table
 from .report import report_markdown
@@ -36,6 +36,9 @@ def per_run(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     t["complete_response"] = resp == "CR"
     t["severe_crs"] = t["max_crs_grade"] >= 3
     t["any_crs"] = t["max_crs_grade"] >= 1
+    t["mrd_negative"] = t["mrd_negative_at_assessment"] == 1
+    t["relapsed"] = np.isfinite(t["relapse_day"].to_numpy(float))
+    t["extinct"] = t["extinct_at_end"] == 1
     return t
 
 
@@ -85,6 +88,17 @@ def compare(runs: pd.DataFrame, metric: str, a: str, b: str) -> dict:
     return {**out, "p_value": p, "test": "fisher_exact" if metric in RATES else "mann_whitney_u"}
 
 
+def difference_ci(runs: pd.DataFrame, metric: str, a: str, b: str, seed: int = 0) -> tuple[float, float]:
+    """95% interval of arm ``a`` minus arm ``b`` on ``metric``: Newcombe's interval for a
+    rate, a bootstrap interval of the difference of medians otherwise (NaN without data)."""
+    xa, xb = _per_run_values(runs, metric, a), _per_run_values(runs, metric, b)
+    if not (len(xa) and len(xb)):
+        return math.nan, math.nan
+    if metric in RATES:
+        return rate_difference_ci(int(xa.sum()), len(xa), int(xb.sum()), len(xb))
+    return median_difference_ci(xa, xb, seed)
+
+
 def _per_run_values(runs: pd.DataFrame, metric: str, arm: str) -> np.ndarray:
     """The arm's finite per-run values of ``metric`` (0/1 for a rate)."""
     g = runs[runs["arm"] == arm]
@@ -113,6 +127,13 @@ def trend(runs: pd.DataFrame, metric: str, increasing: list[str]) -> tuple[float
         return (0.0, 1.0) if len(set(pos)) >= 2 else (math.nan, math.nan)
     res = stats.kendalltau(pos, val)
     return float(res.statistic), float(res.pvalue)
+
+
+def same_verdict(p: float, alpha: float = 0.05) -> str:
+    """A claim of no difference against the measurement."""
+    if not np.isfinite(p):
+        return "inconclusive (no data)"
+    return "agree (no difference found)" if p >= alpha else "differ"
 
 
 def verdict(difference: float, p: float, alpha: float = 0.05) -> str:
@@ -256,8 +277,9 @@ def expectations(runs: pd.DataFrame, exp, auc: pd.DataFrame | None = None, diffs
     adjusted = adjusted_p([r["p_value"] for r in rows[:n]], exp.correction)
     for i, (r, e) in enumerate(zip(rows, (*exp.expect, *exp.exploratory))):
         p = adjusted[i] if i < n else math.nan
+        held = p if i < n else r["p_value"]
         r.update(declared=i < n, alpha=e.alpha, correction=exp.correction if i < n else "none", p_adjusted=p,
-                 verdict=verdict(r["difference"], p if i < n else r["p_value"], e.alpha))
+                 verdict=same_verdict(held, e.alpha) if e.equal else verdict(r["difference"], held, e.alpha))
     return pd.DataFrame(rows, columns=EXPECTATION_COLUMNS).astype({"declared": bool})
 
 
@@ -270,13 +292,15 @@ def _expectation(runs: pd.DataFrame, e: Expectation, auc, diffs) -> dict:
         vh, vl = by_predictor[hi_arm], by_predictor[lo_arm]
         d, ci_low, ci_high, p = diffs[(hi_arm, lo_arm)]
     else:
-        hi_arm, lo_arm = (e.increasing[-1], e.increasing[0]) if e.increasing else (e.higher, e.lower)
+        hi_arm, lo_arm = (e.increasing[-1], e.increasing[0]) if e.increasing else \
+            tuple(e.equal) if e.equal else (e.higher, e.lower)
         vh, vl = _arm_value(runs, e.metric, hi_arm), _arm_value(runs, e.metric, lo_arm)
         if e.increasing:
             d, p = trend(runs, e.metric, e.increasing)
         else:
-            c = compare(runs, e.metric, e.higher, e.lower)
+            c = compare(runs, e.metric, hi_arm, lo_arm)
             d, p = c["difference"], c["p_value"]
+            ci_low, ci_high = difference_ci(runs, e.metric, hi_arm, lo_arm)
     test = f"{e.test} over {' < '.join(e.increasing)}" if e.increasing else e.test
     return {"claim": e.claim, "metric": e.metric, "higher": hi_arm, "lower": lo_arm, "value_higher": float(vh),
             "value_lower": float(vl), "difference": float(d), "ci_low": ci_low, "ci_high": ci_high, "p_value": p,

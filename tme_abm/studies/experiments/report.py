@@ -68,7 +68,8 @@ def report_markdown(spec: SweepSpec, manifest: dict, exp: ExperimentConfig, name
         lines.append("")
     decl, explo = exps[exps["declared"]], exps[~exps["declared"]]
     lines += [f"**Declared before the runs** ({len(decl)} tests, two-sided, p adjusted across them by "
-              f"{CORRECTIONS[exp.correction]}; a verdict needs the adjusted p below the test's alpha):", "",
+              f"{CORRECTIONS[exp.correction]}; a direction is reproduced where the adjusted p is below the "
+              f"test's alpha, a claim of no difference (=) holds where it is not):", "",
               "| expected | measured | test | p | adjusted p | alpha | verdict |", "|---|---|---|---|---|---|---|"]
     lines += [_expectation_row(e, corrected=True) for _, e in decl.iterrows()]
     lines.append("")

@@ -16,10 +16,12 @@ from ..sweep import SweepSpec, design_points, load_spec, task_overrides
 
 EXPERIMENTS_DIR = Path("configs") / "experiments"
 RATES = {"response_rate": "responded", "cr_rate": "complete_response", "severe_crs_rate": "severe_crs",
-         "any_crs_rate": "any_crs"}
+         "any_crs_rate": "any_crs", "mrd_negative_rate": "mrd_negative", "relapse_rate": "relapsed",
+         "extinct_rate": "extinct"}
 """Per-arm rates -> the per-run boolean column they count (compared by Fisher's exact test)."""
 CONTINUOUS = ("peak_blood_car_t", "peak_expansion_over_baseline_burden", "burden_ratio_at_end", "baseline_burden",
-              "max_crs_grade", "peak_cytokine", "antigen_negative_fraction_end", "peak_blood_car_t_day")
+              "max_crs_grade", "peak_cytokine", "antigen_negative_fraction_end", "peak_blood_car_t_day",
+              "time_to_cr_days", "peak_disease_car_t")
 """Per-run outcomes summarised by median and compared by Mann-Whitney U."""
 SERIES = {
     "burden_relative": "tumor burden / baseline",
@@ -41,7 +43,8 @@ TESTS = {"rate": "fisher_exact", "continuous": "mann_whitney_u", "trend": "kenda
 """The one test for each kind of expectation (all two-sided): a rate between two arms,
 a continuous outcome between two arms, a trend along ordered arms, a difference of ROC
 AUCs (surrogate analysis)."""
-CORRECTIONS = {"holm": "Holm (family-wise error)", "fdr_bh": "Benjamini-Hochberg (false-discovery rate)"}
+CORRECTIONS = {"holm": "Holm (family-wise error)", "fdr_bh": "Benjamini-Hochberg (false-discovery rate)",
+               "none": "none (each test at its own alpha: the strict choice for claims of no difference)"}
 
 
 class QuickConfig(Strict):
@@ -58,21 +61,30 @@ class Expectation(Strict):
     """An expected direction: ``metric`` is higher in arm ``higher`` than in ``lower``
     (surrogate analysis: metric ``auc`` and two predictor names), or, with ``increasing``,
     rises along that ordered list of arms (Kendall's tau-b over every run of those arms,
-    the arm's position against the run's value). ``test`` names the test (:data:`TESTS`,
-    the one for its kind) and ``alpha`` the level its corrected p value is held to."""
+    the arm's position against the run's value); or, with ``equal`` (two arms), no
+    difference between them (the same two-sided test, the claim holding where it finds
+    none; the difference's 95% interval is reported). ``test`` names the test
+    (:data:`TESTS`, the one for its kind) and ``alpha`` the level its corrected p value
+    is held to."""
 
     metric: str
     higher: str | None = None
     lower: str | None = None
     increasing: list[str] = []
+    equal: list[str] = []
     test: Literal[tuple(TESTS.values())]
     alpha: float = Field(gt=0, le=0.2)
     claim: str = ""
 
     @model_validator(mode="after")
     def _pair_or_trend(self):
+        if self.equal:
+            if len(self.equal) != 2 or self.increasing or self.higher is not None or self.lower is not None:
+                raise ValueError("equal takes two arms, and neither higher, lower nor increasing")
+            return self
         if bool(self.increasing) == (self.higher is not None or self.lower is not None):
-            raise ValueError("give either higher and lower, or increasing (an ordered list of arms)")
+            raise ValueError("give either higher and lower, increasing (an ordered list of arms), or equal "
+                             "(two arms)")
         if self.increasing and len(self.increasing) < 2:
             raise ValueError("increasing needs at least two arms")
         if not self.increasing and (self.higher is None or self.lower is None):
@@ -81,7 +93,7 @@ class Expectation(Strict):
 
     @property
     def arms(self) -> list[str]:
-        return self.increasing or [self.higher, self.lower]
+        return self.increasing or self.equal or [self.higher, self.lower]
 
     @property
     def kind(self) -> str:
@@ -244,15 +256,17 @@ def load(name, quick: bool = False,
 
 
 def _check_assessment(spec: SweepSpec, base: Path, exp: ExperimentConfig, path) -> None:
-    """Every point's runs read response on ``exp.assessment_day`` and end on it, so the
-    outcomes at the end (burden ratio, antigen-negative fraction) are read that day too."""
+    """Every point's runs read response on ``exp.assessment_day`` and end on it or later
+    (the outcomes at the end, the burden ratio and antigen-negative fraction, are read
+    on the last day; relapse needs the days after)."""
     day = exp.assessment_day
     for i, point in enumerate(design_points(spec)):
         try:
             cfg = load_config(base, task_overrides(spec, point))
         except ConfigError as exc:
             raise SweepError(f"{path}: point {i} does not validate: {exc}") from None
-        if abs(cfg.patient.assessment_day - day) > 1e-9 or abs(cfg.end_day - day) > 1e-9:
+        if abs(cfg.patient.assessment_day - day) > 1e-9 or cfg.end_day < day - 1e-9:
             raise SweepError(f"{path}: experiment.assessment_day {day:g}: point {i} has patient.assessment_day "
                              f"{cfg.patient.assessment_day:g} and ends on day {cfg.end_day:g}; set "
-                             f"patient.assessment_day to {day:g} and time.duration_days so that its runs end then")
+                             f"patient.assessment_day to {day:g} and time.duration_days so that its runs end then "
+                             f"or later")
