@@ -318,11 +318,14 @@ def small_patient(therapy, **over):
 
 
 def test_lattice_arrivals_follow_the_blood_concentration_and_leave_blood():
-    """Each vessel site releases CAR T at the blood effector concentration x the
-    extravasation volume; each arrival takes the lattice's weight in cells from blood."""
-    q = 2e-4
+    """Each lattice vessel site stands for s of the patient's, each receiving CAR T at the
+    blood effector concentration x the extravasation volume: a Poisson number of cells of
+    s times that mean arrives there as one agent (or joins an agent that arrived before
+    it), and leaves blood; the agents hold about s cells each."""
+    q, s = 2e-4, 1e3
     m = TMEModel(small_patient([{"kind": "infusion", "day": 0.0, "dose_cells": 1e8}],
-                               patient={"burden_scale": 1e3, "extravasation_ul_per_min": q}), backend=BE)
+                               patient={"burden_scale": s, "extravasation_ul_per_min": q},
+                               tumor={"archetype": "dispersed", "initial_cells": 0}), backend=BE)  # room at vessels
     while m.day < 1e-9:
         m.step()
     n_vessels = len(m.lattice.vessel_sites)
@@ -330,14 +333,16 @@ def test_lattice_arrivals_follow_the_blood_concentration_and_leave_blood():
     for _ in range(100):
         rate = m.systemic.arrival_rate_per_vessel()
         assert rate == pytest.approx([0.0, m.systemic.effectors()[1] / 5e6 * q])  # product 1: the infused one
-        expected += n_vessels * -math.expm1(-rate.sum() * m.dt_min)
-        blood = m.systemic.blood_total
+        expected += n_vessels * s * rate.sum() * m.dt_min
+        blood, entered, returned = m.systemic.blood_total, m.systemic.ledger["entered"], m.systemic.ledger["returned"]
         m.step()
-        arrived += m.car_t.events["arrived"]
-        moved = m.car_t.events["arrived"] - m.car_t.events["left"]
-        assert m.systemic.blood_total == pytest.approx(blood - 1e3 * moved, rel=1e-12)
-    assert abs(arrived - expected) < 4 * math.sqrt(expected) and expected > 100
-    assert len(m.car_t) * 1e3 + m.systemic.blood_total == pytest.approx(1e8, rel=1e-12)
+        came = m.systemic.ledger["entered"] - entered
+        arrived += came
+        assert m.systemic.blood_total == pytest.approx(blood - came + m.systemic.ledger["returned"] - returned,
+                                                       rel=1e-12)
+    assert abs(arrived - expected) < 4 * math.sqrt(expected) and expected > 1000
+    assert m.car_t.weight.sum() + m.systemic.blood_total == pytest.approx(1e8, rel=1e-12)
+    assert m.car_t.weight.mean() > 0.25 * s  # ~24 cells a tick at each vessel, pooled into agents of <= s
     assert m.event_log[0]["kind"] == "infusion" and m.event_log[0]["day"] == 0.0
 
 

@@ -229,10 +229,10 @@ def sampled_patient(scale: int, seeds: list[int]):
 def test_a_patient_sampled_at_weight_10_matches_the_patient_simulated_whole():
     """Marrow disease of 1000 cells on a 60 x 60 lattice against the same marrow at a
     tenth of its sites and cells (weight 10), 12 patients each (seeds fixed): the
-    burden on days 3 and 10 and the disease's CAR T peak do not differ (two-sided
-    Mann-Whitney U, p > 0.01), while a lattice that took no cells from blood would have
-    received ten times the CAR T. The full experiment: ``tme-abm experiment
-    scale_consistency``."""
+    burden on days 3 and 10, the worst CRS grade and the blood CAR T peak do not differ
+    (two-sided Mann-Whitney U, p > 0.01). Three or so CAR T enter the whole disease in
+    ten days and clear it: the sample must count its founders one by one. The full
+    experiment: ``tme-abm experiment scale_consistency``."""
     seeds = list(range(40, 52))
     whole, sample = sampled_patient(1, seeds), sampled_patient(10, seeds)
 
@@ -244,6 +244,7 @@ def test_a_patient_sampled_at_weight_10_matches_the_patient_simulated_whole():
     for day in (3.0, 10.0):
         a, b = series(whole, "burden", day), series(sample, "burden", day)
         assert stats.mannwhitneyu(a, b).pvalue > 0.01, (day, np.median(a), np.median(b))
-    peak = [np.array([r.outcomes()["peak_disease_car_t"] for r in m.replicas]) for m in (whole, sample)]
-    assert stats.mannwhitneyu(*peak).pvalue > 0.01, [np.median(p) for p in peak]
+    for key in ("max_crs_grade", "peak_blood_car_t"):
+        out = [np.array([r.outcomes()[key] for r in m.replicas]) for m in (whole, sample)]
+        assert np.array_equal(*out) or stats.mannwhitneyu(*out).pvalue > 0.01, (key, [np.median(x) for x in out])
     assert series(whole, "burden", 10.0).mean() < 0.5 * series(whole, "burden", 0.0).mean()  # the CAR T act

@@ -217,6 +217,37 @@ def binomial(xp, seed, tick: int, stream: int, ids, n, p, u=None):
     return out
 
 
+def poisson(xp, seed, tick: int, stream: int, ids, lam):
+    """(k,) float64 Poisson counts of means ``lam`` ((k,) or a scalar) for ``ids`` (k,),
+    counter-based like :func:`binomial`: the exact inverse CDF of one uniform per id
+    from ``stream`` (at least one event exactly when ``u < 1 - exp(-lam)``) while the
+    mean is below :data:`BINOMIAL_EXACT_BELOW`, the normal approximation with continuity
+    correction above it (its normal from ``stream + 1``)."""
+    ids = xp.asarray(ids)
+    lam = xp.broadcast_to(xp.asarray(lam, dtype=xp.float64), ids.shape)
+    u = uniform(xp, seed, tick, stream, ids)
+    out = xp.zeros(ids.shape, dtype=xp.float64)
+    small = xp.flatnonzero((lam > 0) & (lam < BINOMIAL_EXACT_BELOW))
+    if small.size:  # k is the first count whose CDF reaches 1 - u
+        m, v = lam[small], 1.0 - u[small]
+        pmf = xp.exp(-m)
+        cdf = pmf.copy()
+        k = xp.zeros_like(m)
+        for j in range(1, int(BINOMIAL_EXACT_BELOW + 12 * BINOMIAL_EXACT_BELOW ** 0.5) + 2):
+            more = cdf < v
+            if not bool(more.any()):
+                break
+            pmf = pmf * m / j
+            cdf = cdf + pmf
+            k = k + more
+        out[small] = k
+    large = xp.flatnonzero(lam >= BINOMIAL_EXACT_BELOW)
+    if large.size:
+        z = normal(xp, seed, tick, stream + 1, ids[large])
+        out[large] = xp.maximum(xp.floor(lam[large] + xp.sqrt(lam[large]) * z + 0.5), 0.0)
+    return out
+
+
 def seed_sequence(seed: int, stream: int, *words: int) -> np.random.SeedSequence:
     """The SeedSequence of (``seed``, a registered ``stream``, ``words``...): the entropy of
     every draw made once rather than per cell and tick."""

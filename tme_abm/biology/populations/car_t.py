@@ -5,10 +5,11 @@ product remove or change named modulators, for CAR T cells only):
 
 * arrive at vessel sites at the blood effector concentration of their product times the
   extravasation volume (``patient.extravasation_ul_per_min``, marrow homing): a lattice
-  vessel stands for s of the patient's and an agent for s cells, so agents arrive at
-  that rate, each taking s effectors from the patient's blood (the last one what is
-  left, when the pool holds less); plus a constant ``arrival_per_vessel_per_min`` of
-  agents from outside the patient (tests, ablations);
+  vessel stands for s of the patient's, so a Poisson number of cells of s times that
+  mean arrives there in a tick, as one agent that holds them (its ``weight``; the
+  founders of the disease's CAR T are counted one by one), taken from the patient's
+  blood (never more than it has); plus a constant ``arrival_per_vessel_per_min`` of
+  agents of weight s from outside the patient (tests, ablations);
 * move by a random walk biased up the CXCL10-like gradient (``move``); engaged cells
   stay;
 * engage: a free, non-exhausted cell next to alive, unengaged tumor cells picks one at
@@ -38,7 +39,10 @@ product remove or change named modulators, for CAR T cells only):
   ``egress`` rules and return to the patient's blood as s effectors of their product.
 
 Each agent is a super-individual of ``weight`` patient cells that move, engage, exhaust
-and divide together (a division doubles them into a daughter agent). Every arrival,
+and divide together: an agent of at most half the lattice's weight s grows in place (its
+weight doubles), a larger one divides into a daughter agent of its weight, so agents
+founded by a few cells grow to the sample's weight before they take more sites (the
+sample keeps the whole's density of CAR T). Every arrival,
 division, death and egress is a flow of its cells in the patient's ledger
 (:mod:`tme_abm.biology.coupling`).
 """
@@ -193,12 +197,13 @@ class CarTCells(Population):
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        """Arrivals at vessel sites: from blood, agents of weight s at each replicate's
-        blood effector rate per vessel (``Systemic.arrival_rate_per_vessel``), of product
-        p with p's share of blood effectors and taken from blood (agents beyond what a
-        product's pool holds are trimmed, the last ones in key order first, to what is
-        left); plus the config's constant ``arrival_per_vessel_per_min`` (agents of
-        weight s, product 0, from outside the patient)."""
+        """Arrivals at vessel sites: from blood, a Poisson number of each replicate's
+        blood effectors (``Systemic.arrival_rate_per_vessel`` times the s patient vessels
+        a lattice vessel stands for) as one agent per vessel, all of product p with p's
+        share of blood effectors and taken from blood (agents beyond what a product's pool
+        holds are trimmed, the last ones in key order first, to what is left); plus the
+        config's constant ``arrival_per_vessel_per_min`` (agents of weight s, product 0,
+        from outside the patient)."""
         m = self.model
         xp = self.xp
         s = coupling.scale(m)
@@ -207,8 +212,8 @@ class CarTCells(Population):
         constant = self.params.arrival_per_vessel_per_min
         parts = []
         if (blood_rate > 0).any():
-            sites = self.arrivals_at_vessels(blood_rate, "arrive", "arrive")
-            parts.append(self._from_blood(sites, s, systemic))
+            sites, cells = self.arrivals_at_vessels(blood_rate, "arrive", "arrive", cells=s)
+            parts.append(self._join_fresh(*self._from_blood(sites, cells, systemic)))
         if constant > 0:
             sites = self.arrivals_at_vessels(constant, "arrive", "arrive_outside")
             host = m.backend.to_host(sites)
@@ -218,14 +223,14 @@ class CarTCells(Population):
             if len(host):
                 self.add(xp.asarray(sites), how="arrived", **self.new_cell_state(host, product, weight))
 
-    def _from_blood(self, sites, weight: float, systemic):
+    def _from_blood(self, sites, cells, systemic):
         """(sites, host sites, products, weights) of the agents arriving from blood at
-        ``sites`` ((k,)), of ``weight`` cells each but what a product's pool holds, each
+        ``sites`` ((k,)) with ``cells`` ((k,)) each but what a product's pool holds, each
         product's pool debited by their cells."""
         m = self.model
         host_sites = m.backend.to_host(sites)
         k = len(host_sites)
-        cells = np.full(k, float(weight))
+        cells = np.array(m.backend.to_host(cells), dtype=float)
         rep = host_sites // m.lattice.n_grid
         keys = crng.key_of(rep, host_sites % m.lattice.n_grid)
         product = np.zeros(k, dtype=np.int64)
@@ -245,6 +250,40 @@ class CarTCells(Population):
                 systemic[r].take(p, float(cells[wanted].sum()))
         keep = cells > 0
         return (sites[m.backend.xp.asarray(keep)], host_sites[keep], product[keep], cells[keep])
+
+    def _join_fresh(self, sites, host_sites, product, cells):
+        """Arrivals join an untouched agent of their product next to their site (one that
+        arrived and has not engaged: its exhaustion and divisions those of arrival) while
+        it has room below the lattice's weight s: fresh cells pooled at a vessel, so the
+        sample keeps about s cells per agent when many arrive and counts its founders one
+        by one when few do. Returns the arrivals that did not join (as given)."""
+        m, xp = self.model, self.xp
+        k = len(host_sites)
+        if k == 0 or len(self) == 0:
+            return sites, host_sites, product, cells
+        d = self.data
+        nb = m.lattice.neighbours(xp.asarray(host_sites), xp)  # (k, M)
+        owner = m.site_owner(self)[xp.maximum(nb, 0)]
+        owner = m.backend.to_host(xp.where(nb >= 0, owner, -1))
+        safe = np.maximum(owner, 0)
+        fresh = self.new_cell_state(m.backend.to_host(d["site"][xp.asarray(safe.reshape(-1))]),
+                                    m.backend.to_host(d["product"][xp.asarray(safe.reshape(-1))]))
+        cols = {c: m.backend.to_host(d[c][xp.asarray(safe.reshape(-1))]).reshape(owner.shape)
+                for c in ("product", "weight", "exhaustion", "divisions_left", "kills", "engaged_until")}
+        ok = ((owner >= 0) & (cols["product"] == product[:, None]) & (cols["kills"] == 0)
+              & np.isnan(cols["engaged_until"])
+              & (cols["exhaustion"] == fresh["exhaustion"].reshape(owner.shape))
+              & (cols["divisions_left"] == fresh["divisions_left"].reshape(owner.shape))
+              & (cols["weight"] + cells[:, None] <= coupling.scale(m)))
+        joins = ok.any(axis=1)
+        if not joins.any():
+            return sites, host_sites, product, cells
+        into = owner[np.flatnonzero(joins), ok[joins].argmax(axis=1)]  # the first such neighbour
+        add = np.zeros(len(self))
+        np.add.at(add, into, cells[joins])
+        d["weight"] += xp.asarray(add)
+        stay = ~joins
+        return sites[xp.asarray(stay)], host_sites[stay], product[stay], cells[stay]
 
     def move(self) -> None:
         mv = self.params.move
@@ -359,12 +398,26 @@ class CarTCells(Population):
         d["target"][cand] = tumor.data["id"][pick]
 
     def divide(self) -> None:
-        """Primed, non-exhausted, free cells with divisions left divide into a free neighbour."""
+        """Primed, non-exhausted, free agents with divisions left divide: in place (their
+        weight doubles) while it is at most half the lattice's weight s, else into a free
+        neighbour (a daughter agent of their weight)."""
         xp, m = self.xp, self.model
         d = self.data
         par = xp.flatnonzero((d["primed"] == 1) & ~self.engaged & ~self.exhausted & (d["divisions_left"] > 0))
         if par.size == 0:
             return
+        small = 2.0 * d["weight"][par] <= coupling.scale(m)
+        if bool(small.any()):
+            grow = par[small]
+            born = xp.zeros(len(self), dtype=xp.float64)
+            born[grow] = d["weight"][grow]
+            coupling.record_lattice(m, "lattice_born", m.weighted_count(self, born))
+            d["weight"][grow] *= 2.0
+            d["divisions_left"][grow] -= 1
+            d["primed"][grow] = 0
+            par = par[~small]
+            if par.size == 0:
+                return
         pid = d["id"][par]
         target = choose(m, free_neighbours(m, d["site"][par]), pid, self.streams("divide", part=1))
         win = resolve_conflicts(m, target, pid, self.streams("divide", part=2))

@@ -157,11 +157,16 @@ class Population(mesa.Agent):
         self.events[how] += n
         return n
 
-    def arrivals_at_vessels(self, rate_per_vessel_per_min, behaviour: str, purpose: str):
+    def arrivals_at_vessels(self, rate_per_vessel_per_min, behaviour: str, purpose: str, cells: float | None = None):
         """(k,) sites for cells arriving from blood this tick: each vessel site releases one
         cell with probability ``1 - exp(-rate * factor * dt)`` (factor: this population's
         rules for ``behaviour`` with the signals at the vessel) into a random free
         neighbour. The caller adds the cells.
+
+        With ``cells`` (the patient's vessels a lattice vessel stands for), a vessel site
+        releases a Poisson number of patient cells of mean ``cells * rate * factor * dt``
+        as one agent that holds them all (none when the number is 0), and ``(sites,
+        counts)`` ((k,) each) is returned.
 
         Args:
             rate_per_vessel_per_min: a scalar, or (R,) per replicate (host).
@@ -171,18 +176,24 @@ class Population(mesa.Agent):
         vessels = m.vessels_dev
         rate = np.asarray(rate_per_vessel_per_min, dtype=float)
         if not (rate > 0).any() or int(vessels.shape[0]) == 0:
-            return xp.zeros(0, dtype=xp.int64)
+            none = xp.zeros(0, dtype=xp.int64)
+            return none if cells is None else (none, xp.zeros(0, dtype=xp.float64))
         if rate.ndim:  # per replicate: each vessel gets its replicate's rate
             rate = xp.asarray(rate)[m.lattice.replicate_of(vessels, xp)]
         cache: dict = {}
         signals = {n: m.sense_signal(n, vessels, cache) for n in self.rules.behaviour_signals(behaviour)}
         factor = self.rules.factor(behaviour, signals)
-        prob = -xp.expm1(-rate * factor * m.dt_min)
-        go = crng.uniform(xp, m.seeds, m.steps, self.streams(purpose), m.vessel_keys) < prob
+        if cells is None:
+            prob = -xp.expm1(-rate * factor * m.dt_min)
+            go = crng.uniform(xp, m.seeds, m.steps, self.streams(purpose), m.vessel_keys) < prob
+        else:  # parts 5 and 6 (its normal approximation), apart from the choice's and the conflicts'
+            count = crng.poisson(xp, m.seeds, m.steps, self.streams(purpose, part=5), m.vessel_keys,
+                                 cells * rate * factor * m.dt_min)
+            go = count > 0
         src, keys = vessels[go], m.vessel_keys[go]
         target = choose(m, free_neighbours(m, src), keys, self.streams(purpose, part=1))
         win = resolve_conflicts(m, target, keys, self.streams(purpose, part=2))
-        return target[win]
+        return target[win] if cells is None else (target[win], count[go][win])
 
     def moved(self, sites: Array) -> None:
         """Take ``sites`` ((n,), a new array) as the cells' sites; the caller has updated
