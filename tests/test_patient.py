@@ -482,8 +482,9 @@ def test_bad_patient_settings_are_refused_with_the_key(patient, needle):
 
 
 @pytest.mark.parametrize("data, needle", [
-    ({"patient": {"burden_scale": 1e7}, "therapy": [{"kind": "infusion", "day": 0, "dose_cells": 1e6}]},
-     "therapy.0.dose_cells 1e+06 is below patient.burden_scale 1e+07"),
+    ({"tumor": {"archetype": "dispersed", "burden_cells": 1e12}, "patient": {"burden_scale": 1e5}},
+     "tumor.burden_cells: 10000000 tumor agents exceed the"),
+    ({"tumor": {"archetype": "solid", "burden_cells": 1e9}}, "tumor.burden_cells 1e+09: sets the sample of dispersed"),
     ({"tumor": {"antigen": {"negative_fraction": 1.5}}}, "tumor.antigen.negative_fraction"),
     ({"tumor": {"capacity_fold": 1}}, "tumor.capacity_fold 1: a disease at its carrying capacity"),
 ])

@@ -42,7 +42,7 @@ def ledger_config(**over):
             "car_t": {"initial_cells": 5, "arrival_per_vessel_per_min": 2e-4, "divide_probability": 0.9},
             "monocyte": {"initial_cells": 20}, "granulocyte": {"initial_cells": 20},
             "patient": {"burden_scale": 1e5, "normal_antigen_cells": 1e9, "circulating_tumor_fraction": 0.05,
-                        "marrow_homing": 3.0},
+                        "marrow_homing": 3.0, "extravasation_ul_per_min": 1e-4},  # a disease that takes many
             "therapy": EVERY_EVENT}
     data.update(over)
     return validate_config(data)
@@ -145,15 +145,26 @@ def test_rare_cells_are_counted_at_the_patient_scale():
     rng = np.random.default_rng(0)
     antigen = np.full(2000, 0.8)
     for weight in (1e3, 1e6, 5e7):
-        a, w = rare_cells(antigen, weight, 1e-6, rng)
+        a, w = rare_cells(antigen, np.full(2000, weight), 1e-6, rng)
         negative = w[a == 0].sum()
         assert abs(negative - 1e-6 * 2000 * weight) <= 1.0 and w.sum() == 2000 * weight
-    a, w = rare_cells(antigen, 1e3, 0.0, rng)
+    a, w = rare_cells(antigen, np.full(2000, 1e3), 0.0, rng)
     assert (a == 0.8).all() and (w == 1e3).all()
     m = TMEModel(scenario(tumor={"archetype": "dispersed", "initial_cells": 500,
                                  "antigen": {"negative_fraction": 0.01}}, patient={"burden_scale": 1e4}), backend=BE)
     neg = m.tumor.weight[m.tumor.antigen == 0].sum()
     assert neg == pytest.approx(0.01 * 500 * 1e4, abs=1.0)
+
+
+def test_dispersed_disease_is_sampled_from_the_patients_burden():
+    """burden_cells sets the sample: burden / weight agents share the patient's cells, so
+    a small disease is a few light agents and a large one many at the sample's weight."""
+    for cells, agents in ((3.5e6, 1), (2.5e9, 250), (1e10, 1000)):
+        cfg = scenario(tumor={"archetype": "dispersed", "burden_cells": cells, "antigen": {"negative_fraction": 0.0}},
+                       patient={"burden_scale": 1e7})
+        m = TMEModel(cfg, backend=BE)
+        assert len(m.tumor) == agents and m.tumor.weight.sum() == cells
+        assert m.tumor.weight.max() - m.tumor.weight.min() <= 1.0
 
 
 def test_the_disease_grows_with_its_doubling_time_towards_its_capacity():
@@ -217,6 +228,7 @@ def sampled_patient(scale: int, seeds: list[int]):
         "tumor": {"archetype": "dispersed", "initial_cells": n, "marrow_normal_cells": n},
         "monocyte": {"recruit_per_vessel_per_min": 0.0}, "granulocyte": {"recruit_per_vessel_per_min": 0.0},
         "patient": {"burden_scale": scale, "normal_antigen_cells": 0.0, "marrow_homing": 3.0,
+                    "extravasation_ul_per_min": 1e-4,  # as configs/scale_whole.yaml
                     "circulating_tumor_fraction": 0.05, "cr_below_cells": 10.0},
         "therapy": [{"kind": "lymphodepletion", "day": -3}, {"kind": "infusion", "day": 0, "dose_cells": 3e4}]})
     m = TMEModel(cfg, seeds=seeds)

@@ -337,7 +337,13 @@ class TumorConfig(_Population):
     """Centre of the spheroid in site coordinates, C order ([y, x] or [z, y, x]); null:
     the middle of the lattice."""
     initial_cells: Annotated[int, Field(ge=0)] = 200
-    """Cells scattered uniformly (archetypes dispersed and bulky)."""
+    """Cells scattered uniformly (archetypes dispersed and bulky), one agent of
+    ``patient.burden_scale`` patient cells each."""
+    burden_cells: Annotated[float, Field(gt=0, le=1e13)] | None = None
+    """Dispersed disease: the patient's tumor cells at the start, which set the sample
+    in place of ``initial_cells``: ``max(1, round(burden_cells / burden_scale))`` agents
+    share them, so the sample's infiltration follows the patient's (docs/model.md, "The
+    sample follows the patient")."""
     antigen: AntigenConfig = AntigenConfig()
     divide_per_min: NonNegFloat = parameter("tumor.divide_per_min")
     """Division rate at low density in full oxygen (~1/day): the cap of the Gompertz birth
@@ -726,10 +732,10 @@ class Config(Strict):
         if self.tumor.archetype in ("solid", "bulky"):
             self._check_spheroid()
         n_sites = int(np.prod(self.lattice.shape))
-        if self.tumor.archetype in ("dispersed", "bulky") and self.tumor.initial_cells > n_sites:
-            raise ValueError(
-                f"tumor.initial_cells {self.tumor.initial_cells} exceeds the {n_sites} lattice sites"
-            )
+        if self.tumor.archetype in ("dispersed", "bulky") and self.dispersed_agents > n_sites:
+            key = "burden_cells" if self.tumor.burden_cells is not None else "initial_cells"
+            raise ValueError(f"tumor.{key}: {self.dispersed_agents} tumor agents exceed the {n_sites} lattice sites "
+                             f"(raise patient.burden_scale or the lattice)")
         immune = {k: self.population(k).initial_cells for k in ("car_t", "monocyte", "granulocyte")}
         if sum(immune.values()) > n_sites:
             shown = ", ".join(f"{k}.initial_cells {n}" for k, n in immune.items() if n)
@@ -756,17 +762,24 @@ class Config(Strict):
                 raise ValueError(f"fields.{name}.new: {name} is a default field; new: true declares other names")
 
     def _check_sample(self) -> None:
-        """The sample must be able to hold what the patient sends it, and the disease must
-        have a growth law."""
-        t, scale = self.tumor, self.patient.burden_scale
+        """The disease must have a growth law, and only dispersed disease is sampled from
+        its burden."""
+        t = self.tumor
         if t.gompertz_per_min is None and t.capacity_fold == 1:
             raise ValueError("tumor.capacity_fold 1: a disease at its carrying capacity has no doubling time; "
                              "set tumor.gompertz_per_min, or a capacity_fold above 1")
-        for i, e in enumerate(self.therapy):
-            if e.kind == "infusion" and e.dose_cells < scale:
-                raise ValueError(f"therapy.{i}.dose_cells {e.dose_cells:g} is below patient.burden_scale {scale:g}: "
-                                 f"each CAR T of the sample stands for burden_scale cells, so it could hold none "
-                                 f"of the dose (lower burden_scale)")
+        if t.burden_cells is not None and t.archetype != "dispersed":
+            raise ValueError(f"tumor.burden_cells {t.burden_cells:g}: sets the sample of dispersed disease only "
+                             f"(archetype {t.archetype}); a lesion's sample is its radius_sites")
+
+    @property
+    def dispersed_agents(self) -> int:
+        """Tumor agents scattered at the start (archetypes dispersed and bulky):
+        ``tumor.initial_cells``, or ``max(1, round(burden_cells / burden_scale))``."""
+        t = self.tumor
+        if t.burden_cells is None or t.archetype != "dispersed":
+            return t.initial_cells
+        return max(1, round(t.burden_cells / self.patient.burden_scale))
 
     @property
     def tumor_center_sites(self) -> list[float]:

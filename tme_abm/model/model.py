@@ -29,30 +29,41 @@ _SETUP = crng.streams(6, "setup", ("vessels", "cells"))
 generator of its own seeded by the replicate's seed (a change to one moves no draw of the other)."""
 
 
-def rare_cells(antigen: np.ndarray, weight: float, frequency: float,
+def rare_cells(antigen: np.ndarray, weight: np.ndarray, frequency: float,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-existing antigen-negative cells at the patient's scale: of the ``k`` initial
-    agents of ``weight`` cells each (antigen densities ``antigen``, (k,)), ``frequency``
-    x the patient's cells (rounded at random to a whole number) are antigen-negative.
-    Whole agents become antigen-negative, and one more carries the remainder (the cells
-    it gives up join another agent). Returns (antigen, weight), (k,) each (host)."""
+    """Pre-existing antigen-negative cells at the patient's scale: of the initial agents
+    (antigen densities ``antigen`` and ``weight`` cells each, (k,)), ``frequency`` x
+    the patient's cells (rounded at random to a whole number) are antigen-negative:
+    whole agents in a random order, and one more that keeps the remainder (the cells it
+    gives up join another agent; a sample of one agent cannot split it, and keeps the
+    remainder antigen-positive). Returns (antigen, weight), (k,) each (host)."""
     k = len(antigen)
-    w = np.full(k, float(weight))
+    w = np.asarray(weight, dtype=float).copy()
     if k == 0 or frequency <= 0:
         return antigen, w
-    exact = frequency * k * weight
+    exact = frequency * w.sum()
     cells = math.floor(exact) + (rng.random() < exact - math.floor(exact))
-    full, rest = divmod(cells, weight)
-    chosen = rng.permutation(k)[:int(full) + (rest > 0) + 1]
+    order = rng.permutation(k)
+    ahead = np.cumsum(w[order]) - w[order]
+    whole = order[ahead + w[order] <= cells]  # agents wholly antigen-negative
     antigen = antigen.copy()
-    antigen[chosen[:int(full) + (rest > 0)]] = 0.0
-    if rest > 0:
-        w[chosen[int(full)]] = rest
-        if len(chosen) > int(full) + 1:
-            w[chosen[-1]] += weight - rest
-        else:  # every agent was needed: the last holds the rest, nothing is given up
-            w[chosen[int(full)]] = weight
+    antigen[whole] = 0.0
+    rest = cells - w[whole].sum()
+    if rest > 0 and len(whole) < k - 1:  # the split agent's other cells join an antigen-positive agent
+        split, other = order[len(whole)], order[len(whole) + 1]
+        antigen[split] = 0.0
+        w[other] += w[split] - rest
+        w[split] = rest
     return antigen, w
+
+
+def initial_weights(n_agents: int, cells: float | None, scale: float) -> np.ndarray:
+    """(n,) patient cells of the initial tumor agents: ``scale`` each, or, given the
+    disease's ``cells``, those cells shared by the agents as evenly as whole numbers allow."""
+    if cells is None:
+        return np.full(n_agents, float(scale))
+    base, extra = divmod(int(round(cells)), n_agents)
+    return base + (np.arange(n_agents) < extra).astype(float)
 
 
 def _check_room(key: str, wanted: int, free: int) -> None:
@@ -261,12 +272,15 @@ class TMEModel(mesa.Model):
                 sites = sites[occ[r, sites] == 0]
             if t.archetype in ("dispersed", "bulky"):
                 free = np.setdiff1d(np.flatnonzero(occ[r] == 0), sites)
-                _check_room("tumor.initial_cells", t.initial_cells, len(free))
-                extra = rng.choice(free, size=t.initial_cells, replace=False)
+                n = cfg.dispersed_agents
+                _check_room("tumor.initial_cells", n, len(free))
+                extra = rng.choice(free, size=n, replace=False)
                 sites = np.sort(np.concatenate([sites, extra]))
             tumor_sites.append(r * lat.n_grid + sites)
-            a, w = rare_cells(self.tumor.initial_antigen(len(sites), rng), coupling.scale(self),
-                              t.antigen.negative_fraction, rng)
+            cells = t.burden_cells if t.archetype == "dispersed" else None
+            a, w = rare_cells(self.tumor.initial_antigen(len(sites), rng),
+                              initial_weights(len(sites), cells, coupling.scale(self)), t.antigen.negative_fraction,
+                              rng)
             antigen.append(a)
             weight.append(w)
             lineage.append(self.tumor.next_id[r] + np.arange(len(sites)))

@@ -104,7 +104,8 @@ class CarTCells(Population):
     ends (NaN when free); ``target`` int64 id of the engaged tumor cell (-1);
     ``primed`` int8, 1 when an engagement triggered a division not yet made;
     ``product`` int8 index of the product (its edits); ``birth_min`` float64;
-    ``weight`` float64 patient cells the agent stands for (an integer).
+    ``weight`` float64 patient cells the agent stands for (an integer); ``origin``
+    int32 index of the vessel it arrived at from blood (-1: placed, or born).
     """
 
     key_columns = ("target",)
@@ -129,13 +130,15 @@ class CarTCells(Population):
         "product": ("int8", 0),
         "birth_min": ("float64", 0.0),
         "weight": ("float64", 1.0),
+        "origin": ("int32", -1),
     }
 
-    def new_cell_state(self, sites, product=0, weight=None) -> dict:
+    def new_cell_state(self, sites, product=0, weight=None, origin=None) -> dict:
         """Columns of new agents at ``sites`` ((k,) host) of ``product`` (an int, or (k,)
         ints): the initial exhaustion and divisions of that product in each agent's
-        replicate (they depend on the patient at infusion, see systemic.Product), and
-        ``weight`` ((k,), default the lattice's weight s)."""
+        replicate (they depend on the patient at infusion, see systemic.Product),
+        ``weight`` ((k,), default the lattice's weight s) and the vessel they arrived at
+        from blood (``origin``, (k,) vessel indices; default -1, none)."""
         m = self.model
         sites = np.asarray(sites)
         k = len(sites)
@@ -148,7 +151,8 @@ class CarTCells(Population):
                 "exhausted": (exhaustion[rep, product] >= 1.0 - 1e-9).astype(np.int8),
                 "divisions_left": divisions[rep, product],
                 "product": product.astype(np.int8), "birth_min": np.full(k, m.time_min),
-                "weight": np.full(k, coupling.scale(m)) if weight is None else np.asarray(weight, dtype=float)}
+                "weight": np.full(k, coupling.scale(m)) if weight is None else np.asarray(weight, dtype=float),
+                "origin": np.full(k, -1, dtype=np.int32) if origin is None else np.asarray(origin, dtype=np.int32)}
 
     @property
     def engaged(self):
@@ -197,93 +201,88 @@ class CarTCells(Population):
     # ---- stages --------------------------------------------------------------------
 
     def arrive(self) -> None:
-        """Arrivals at vessel sites: from blood, a Poisson number of each replicate's
-        blood effectors (``Systemic.arrival_rate_per_vessel`` times the s patient vessels
-        a lattice vessel stands for) as one agent per vessel, all of product p with p's
-        share of blood effectors and taken from blood (agents beyond what a product's pool
-        holds are trimmed, the last ones in key order first, to what is left); plus the
+        """Arrivals at vessel sites. From blood: each lattice vessel stands for s of the
+        patient's, so a Poisson number of each replicate's blood effectors arrives there
+        in a tick (``Systemic.arrival_rate_per_vessel`` x s x dt), all of product p with
+        p's share of blood effectors. They join the agent that last arrived at that vessel
+        while it is untouched (not yet engaged, exhaustion and divisions those of arrival)
+        and has room below s, else form a new agent in a free neighbour site (none free:
+        they do not arrive). So the founders of the disease's CAR T are counted one by one
+        when few arrive, and agents hold about s cells when many do (the sample keeps the
+        whole's density of CAR T). What arrives is taken from blood (never more than a
+        product's pool holds: the last arrivals in key order are trimmed). Plus the
         config's constant ``arrival_per_vessel_per_min`` (agents of weight s, product 0,
         from outside the patient)."""
         m = self.model
-        xp = self.xp
         s = coupling.scale(m)
         systemic = [rep.systemic for rep in m.replicas]
         blood_rate = np.array([x.arrival_rate_per_vessel().sum() for x in systemic])
-        constant = self.params.arrival_per_vessel_per_min
-        parts = []
         if (blood_rate > 0).any():
-            sites, cells = self.arrivals_at_vessels(blood_rate, "arrive", "arrive", cells=s)
-            parts.append(self._join_fresh(*self._from_blood(sites, cells, systemic)))
+            self._from_blood(*self.arrivals_at_vessels(blood_rate, "arrive", "arrive", cells=s), systemic)
+        constant = self.params.arrival_per_vessel_per_min
         if constant > 0:
             sites = self.arrivals_at_vessels(constant, "arrive", "arrive_outside")
             host = m.backend.to_host(sites)
             coupling.record(m, "placed", np.bincount(host // m.lattice.n_grid, minlength=m.replicates) * s)
-            parts.append((sites, host, np.zeros(len(host), dtype=np.int64), np.full(len(host), s)))
-        for sites, host, product, weight in parts:
             if len(host):
-                self.add(xp.asarray(sites), how="arrived", **self.new_cell_state(host, product, weight))
+                self.add(sites, how="arrived", **self.new_cell_state(host, 0))
 
-    def _from_blood(self, sites, cells, systemic):
-        """(sites, host sites, products, weights) of the agents arriving from blood at
-        ``sites`` ((k,)) with ``cells`` ((k,)) each but what a product's pool holds, each
-        product's pool debited by their cells."""
-        m = self.model
-        host_sites = m.backend.to_host(sites)
-        k = len(host_sites)
-        cells = np.array(m.backend.to_host(cells), dtype=float)
-        rep = host_sites // m.lattice.n_grid
-        keys = crng.key_of(rep, host_sites % m.lattice.n_grid)
-        product = np.zeros(k, dtype=np.int64)
+    def _from_blood(self, vessel, cells, target, systemic) -> None:
+        """Place arrivals from blood: ``vessel`` ((k,) indices into the model's vessel
+        sites), ``cells`` ((k,) patient cells) and ``target`` ((k,) a free site won for
+        each, -1 for none), host arrays."""
+        m, xp = self.model, self.xp
+        vessel, cells, target = (np.asarray(m.backend.to_host(a)) for a in (vessel, cells, target))
+        cells = cells.astype(float)
+        if len(vessel) == 0:
+            return
+        keys = m.backend.to_host(m.vessel_keys)[vessel]
+        rep = m.backend.to_host(m.vessels_dev)[vessel] // m.lattice.n_grid
+        product = np.zeros(len(vessel), dtype=np.int64)
         for r in np.unique(rep):
             mine = np.flatnonzero(rep == r)
             pools = systemic[r].effectors()
             v = crng.uniform(np, m.seeds, m.steps, self.streams("arrive", part=4), keys[mine])
             product[mine] = np.minimum(np.searchsorted(np.cumsum(pools) / pools.sum(), v, side="right"),
                                        len(pools) - 1)
-            for p in range(len(pools)):
-                wanted = mine[product[mine] == p]
-                if not len(wanted):
-                    continue
+        into = self._current_agent(vessel, product, cells)
+        arriving = (into >= 0) | (target >= 0)
+        for r in np.unique(rep):  # what each product's pool holds, in key order
+            for p in np.unique(product[rep == r]):
+                wanted = np.flatnonzero(arriving & (rep == r) & (product == p))
                 wanted = wanted[np.argsort(keys[wanted])]
                 ahead = np.cumsum(cells[wanted]) - cells[wanted]
-                cells[wanted] = np.clip(np.floor(pools[p]) - ahead, 0.0, cells[wanted])  # what the pool holds
-                systemic[r].take(p, float(cells[wanted].sum()))
-        keep = cells > 0
-        return (sites[m.backend.xp.asarray(keep)], host_sites[keep], product[keep], cells[keep])
+                cells[wanted] = np.clip(np.floor(systemic[r].effectors()[p]) - ahead, 0.0, cells[wanted])
+                systemic[r].take(int(p), float(cells[wanted].sum()))
+        join = arriving & (into >= 0) & (cells > 0)
+        if join.any():
+            add = np.zeros(len(self))
+            np.add.at(add, into[join], cells[join])
+            self.data["weight"] += xp.asarray(add)
+        new = arriving & ~join & (target >= 0) & (cells > 0)
+        if new.any():
+            self.add(xp.asarray(target[new]), how="arrived",
+                     **self.new_cell_state(target[new], product[new], cells[new], origin=vessel[new]))
 
-    def _join_fresh(self, sites, host_sites, product, cells):
-        """Arrivals join an untouched agent of their product next to their site (one that
-        arrived and has not engaged: its exhaustion and divisions those of arrival) while
-        it has room below the lattice's weight s: fresh cells pooled at a vessel, so the
-        sample keeps about s cells per agent when many arrive and counts its founders one
-        by one when few do. Returns the arrivals that did not join (as given)."""
-        m, xp = self.model, self.xp
-        k = len(host_sites)
-        if k == 0 or len(self) == 0:
-            return sites, host_sites, product, cells
-        d = self.data
-        nb = m.lattice.neighbours(xp.asarray(host_sites), xp)  # (k, M)
-        owner = m.site_owner(self)[xp.maximum(nb, 0)]
-        owner = m.backend.to_host(xp.where(nb >= 0, owner, -1))
-        safe = np.maximum(owner, 0)
-        fresh = self.new_cell_state(m.backend.to_host(d["site"][xp.asarray(safe.reshape(-1))]),
-                                    m.backend.to_host(d["product"][xp.asarray(safe.reshape(-1))]))
-        cols = {c: m.backend.to_host(d[c][xp.asarray(safe.reshape(-1))]).reshape(owner.shape)
-                for c in ("product", "weight", "exhaustion", "divisions_left", "kills", "engaged_until")}
-        ok = ((owner >= 0) & (cols["product"] == product[:, None]) & (cols["kills"] == 0)
-              & np.isnan(cols["engaged_until"])
-              & (cols["exhaustion"] == fresh["exhaustion"].reshape(owner.shape))
-              & (cols["divisions_left"] == fresh["divisions_left"].reshape(owner.shape))
-              & (cols["weight"] + cells[:, None] <= coupling.scale(m)))
-        joins = ok.any(axis=1)
-        if not joins.any():
-            return sites, host_sites, product, cells
-        into = owner[np.flatnonzero(joins), ok[joins].argmax(axis=1)]  # the first such neighbour
-        add = np.zeros(len(self))
-        np.add.at(add, into, cells[joins])
-        d["weight"] += xp.asarray(add)
-        stay = ~joins
-        return sites[xp.asarray(stay)], host_sites[stay], product[stay], cells[stay]
+    def _current_agent(self, vessel, product, cells) -> np.ndarray:
+        """(k,) index of the agent that last arrived at each of ``vessel`` ((k,) host)
+        if it is untouched, of ``product`` and has room for ``cells`` below s; else -1."""
+        m = self.model
+        if len(self) == 0:
+            return np.full(len(vessel), -1, dtype=np.int64)
+        d = {c: m.backend.to_host(self.data[c]) for c in ("origin", "product", "weight", "kills", "engaged_until",
+                                                           "exhaustion", "divisions_left", "id", "site")}
+        untouched = self.new_cell_state(d["site"], d["product"])
+        fresh = ((d["origin"] >= 0) & (d["kills"] == 0) & np.isnan(d["engaged_until"])
+                 & (d["exhaustion"] == untouched["exhaustion"]) & (d["divisions_left"] == untouched["divisions_left"]))
+        idx = np.flatnonzero(fresh)
+        latest = np.full(int(m.vessels_dev.shape[0]), -1, dtype=np.int64)
+        order = idx[np.argsort(d["id"][idx], kind="stable")]  # the last arrival at a vessel wins
+        latest[d["origin"][order]] = order
+        into = latest[vessel]
+        ok = (into >= 0) & (d["product"][np.maximum(into, 0)] == product) & \
+            (d["weight"][np.maximum(into, 0)] + cells <= coupling.scale(m))
+        return np.where(ok, into, -1)
 
     def move(self) -> None:
         mv = self.params.move

@@ -163,10 +163,11 @@ class Population(mesa.Agent):
         rules for ``behaviour`` with the signals at the vessel) into a random free
         neighbour. The caller adds the cells.
 
-        With ``cells`` (the patient's vessels a lattice vessel stands for), a vessel site
-        releases a Poisson number of patient cells of mean ``cells * rate * factor * dt``
-        as one agent that holds them all (none when the number is 0), and ``(sites,
-        counts)`` ((k,) each) is returned.
+        With ``cells`` (the patient's vessels a lattice vessel stands for), each vessel
+        site releases a Poisson number of patient cells of mean ``cells * rate * factor *
+        dt``, and ``(vessel, counts, target)`` is returned for the vessels that release
+        any ((k,) each: the index into the model's vessel sites, the cells, the free site
+        won for them or -1).
 
         Args:
             rate_per_vessel_per_min: a scalar, or (R,) per replicate (host).
@@ -177,7 +178,7 @@ class Population(mesa.Agent):
         rate = np.asarray(rate_per_vessel_per_min, dtype=float)
         if not (rate > 0).any() or int(vessels.shape[0]) == 0:
             none = xp.zeros(0, dtype=xp.int64)
-            return none if cells is None else (none, xp.zeros(0, dtype=xp.float64))
+            return none if cells is None else (none, xp.zeros(0, dtype=xp.float64), none)
         if rate.ndim:  # per replicate: each vessel gets its replicate's rate
             rate = xp.asarray(rate)[m.lattice.replicate_of(vessels, xp)]
         cache: dict = {}
@@ -193,7 +194,9 @@ class Population(mesa.Agent):
         src, keys = vessels[go], m.vessel_keys[go]
         target = choose(m, free_neighbours(m, src), keys, self.streams(purpose, part=1))
         win = resolve_conflicts(m, target, keys, self.streams(purpose, part=2))
-        return target[win] if cells is None else (target[win], count[go][win])
+        if cells is None:
+            return target[win]
+        return xp.flatnonzero(go), count[go], xp.where(win, target, -1)
 
     def moved(self, sites: Array) -> None:
         """Take ``sites`` ((n,), a new array) as the cells' sites; the caller has updated
