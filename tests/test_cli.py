@@ -262,7 +262,7 @@ def test_version_and_unexpected_errors_in_one_line_unless_debug(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("tme-abm ")
     odd = tmp_path / "odd.h5"  # a run file whose config is a number: not a case the readers know
     with h5py.File(odd, "w") as f:
-        f.attrs["format"] = "tme_abm-run-3"
+        f.attrs["format"] = "tme_abm-run-4"
         f["config"] = 3
     r = cli("summarize", odd)
     assert r.returncode == 1 and "Traceback" not in r.stderr

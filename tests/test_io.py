@@ -222,7 +222,7 @@ def test_bad_files_give_a_clear_error(tmp_path, reference):
     with h5py.File(old, "r+") as f:
         f.attrs["format"] = "tme_abm-run-2"
     with pytest.raises(RunFileError, match="old.h5: run file format 'tme_abm-run-2'; this version of tme_abm reads "
-                                           "'tme_abm-run-3' .*written by tme_abm "):
+                                           "'tme_abm-run-4' .*written by tme_abm "):
         tme_abm.open_run(old)
     with pytest.raises(RunFileError, match="no such file"):
         tme_abm.open_run(tmp_path / "missing.h5")

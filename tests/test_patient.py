@@ -26,7 +26,7 @@ from tme_abm.model import TMEModel
 BE = make_backend("numpy", "float64")
 
 
-QUIET = dict(distribution_out_per_min=0.0, distribution_in_per_min=0.0, egress_per_min=0.0, expansion_per_min=0.0,
+QUIET = dict(distribution_out_per_min=0.0, distribution_in_per_min=0.0, expansion_per_min=0.0,
              homeostatic_per_min=0.0, contraction_per_min=0.0, memory_per_min=0.0, memory_decay_per_min=0.0,
              recall_per_min=0.0, blood_kills_per_min=0.0, normal_antigen_renewal_per_min=0.0,
              circulating_exchange_per_min=0.0, activation_per_min=0.0, deactivation_per_min=0.0,

@@ -492,8 +492,6 @@ class PatientConfig(Strict):
     """Blood to other tissues (the distribution phase)."""
     distribution_in_per_min: NonNegFloat = parameter("patient.distribution_in_per_min")
     """Other tissues back to blood."""
-    egress_per_min: NonNegFloat = parameter("patient.egress_per_min")
-    """Disease back to blood."""
     expansion_per_min: Annotated[float, Field(ge=0, le=0.01)] = parameter("patient.expansion_per_min")
     """Antigen-driven proliferation of an effector that meets antigen all the time."""
     homeostatic_per_min: Annotated[float, Field(ge=0, le=0.01)] = parameter("patient.homeostatic_per_min")

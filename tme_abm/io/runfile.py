@@ -1,6 +1,6 @@
 """HDF5 run files: the layout, crash-safe appends, checkpoints, and the checks readers share.
 
-The layout (format ``tme_abm-run-3``) is documented in docs/output.md. Every group that
+The layout (format ``tme_abm-run-4``) is documented in docs/output.md. Every group that
 holds arrays is a NetCDF-4 style group (HDF5 dimension scales) with CF-1.10 attributes
 (UDUNITS ``units``, ``long_name``), so
 ``xarray.open_dataset(path, engine="h5netcdf", group="timeseries")`` (or ``"fields"``,
@@ -36,7 +36,7 @@ from ..engine.lattice import axis_names
 from ..model import column_attrs
 from ..version import __version__
 
-FORMAT = "tme_abm-run-3"
+FORMAT = "tme_abm-run-4"
 CONVENTIONS = "CF-1.10"
 ROW_BLOCK = 500
 """Time-series rows buffered between writes (one resize per column per block) ..."""
