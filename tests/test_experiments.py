@@ -31,11 +31,11 @@ from tme_abm.studies.statistics import adjusted_p, auc_table, roc_auc, wilson
 from tme_abm.studies.sweep import Executor, SweepError, design_points
 from tme_abm.viz.study_figures import experiment_figures
 
-NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "debulking", "engineering", "myeloid", "solid_vs_heme",
-         "surrogate"]
+NAMES = ["a2ar_adenosine", "antigen_escape", "burden", "burden_scan", "debulking", "engineering", "myeloid",
+         "scale_consistency", "solid_vs_heme", "surrogate"]
 VERDICTS = {"reproduced", "same direction, not significant", "not reproduced (no difference)",
             "not reproduced (opposite direction)", "not reproduced (opposite direction), significant",
-            "inconclusive (no data)"}
+            "inconclusive (no data)", "agree (no difference found)", "differ"}
 
 
 @pytest.fixture(scope="module")

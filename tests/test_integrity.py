@@ -53,7 +53,7 @@ def wait_for(condition, proc, what: str, timeout: float = 300) -> None:
 
 def test_a_second_writer_is_refused_and_the_first_run_completes_intact(tmp_path):
     out = tmp_path / "live.h5"
-    first = start("run", QUICK, "--out", out, "-q", "--set", "time.duration_days=2")
+    first = start("run", QUICK, "--out", out, "-q", "--set", "time.duration_days=8")  # long enough to meet
     try:
         wait_for(lambda: out.exists() and out.with_name("live.h5.lock").exists(), first, "the run started")
         for args in (["--overwrite"], []):
@@ -61,7 +61,7 @@ def test_a_second_writer_is_refused_and_the_first_run_completes_intact(tmp_path)
             assert second.returncode != 0 and "Traceback" not in second.stderr
             (line,) = [x for x in second.stderr.splitlines() if not x.startswith("warning:")]
             assert line.startswith(f"error: {out}: another run is writing it (pid {first.pid} on ")
-        resumed = cli("run", QUICK, "--resume", out, "-q", "--set", "time.duration_days=2")
+        resumed = cli("run", QUICK, "--resume", out, "-q", "--set", "time.duration_days=8")
         assert resumed.returncode != 0 and f"pid {first.pid}" in resumed.stderr
         stdout, stderr = first.communicate(timeout=600)
     finally:
@@ -69,9 +69,9 @@ def test_a_second_writer_is_refused_and_the_first_run_completes_intact(tmp_path)
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, stderr
     r = tme_abm.open_run(out)
-    assert r.status == "complete" and len(r.timeseries) == 2 * 240 + 1
+    assert r.status == "complete" and len(r.timeseries) == 8 * 240 + 1
     with h5py.File(out, "r") as f:  # a plain HDF5 reader agrees
-        assert f["timeseries/time"].shape == (481,)
+        assert f["timeseries/time"].shape == (8 * 240 + 1,)
     assert not out.with_name("live.h5.lock").exists()
 
 

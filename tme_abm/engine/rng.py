@@ -202,7 +202,7 @@ def binomial(xp, seed, tick: int, stream: int, ids, n, p, u=None):
         limit = int(BINOMIAL_EXACT_BELOW + 12 * BINOMIAL_EXACT_BELOW ** 0.5) + 2
         for j in range(1, limit):
             more = (cdf < v) & (ks < ns)
-            if not bool(more.any()):
+            if xp is np and not more.any():  # on a device every step is taken: no host read
                 break
             pmf = pmf * (ns - j + 1) / j * ratio
             cdf = cdf + pmf
@@ -235,7 +235,7 @@ def poisson(xp, seed, tick: int, stream: int, ids, lam):
         k = xp.zeros_like(m)
         for j in range(1, int(BINOMIAL_EXACT_BELOW + 12 * BINOMIAL_EXACT_BELOW ** 0.5) + 2):
             more = cdf < v
-            if not bool(more.any()):
+            if xp is np and not more.any():  # on a device every step is taken: no host read
                 break
             pmf = pmf * m / j
             cdf = cdf + pmf

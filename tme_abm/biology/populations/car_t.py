@@ -406,8 +406,8 @@ class CarTCells(Population):
         if par.size == 0:
             return
         small = 2.0 * d["weight"][par] <= coupling.scale(m)
-        if bool(small.any()):
-            grow = par[small]
+        grow = par[small]
+        if grow.size:
             born = xp.zeros(len(self), dtype=xp.float64)
             born[grow] = d["weight"][grow]
             coupling.record_lattice(m, "lattice_born", m.weighted_count(self, born))

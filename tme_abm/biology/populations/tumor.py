@@ -129,7 +129,7 @@ class TumorCells(Population):
         gone = left <= 0
         d["state"][idx[gone]] = state[gone] if getattr(state, "ndim", 0) else state
         d["death_min"][idx[gone]] = m.time_min
-        self.events["died"] += int(gone.sum())
+        self.events["died"] += int(xp.flatnonzero(gone).shape[0])
         weights = xp.zeros(len(self), dtype=xp.float64)
         weights[idx] = dead
         coupling.record_lattice(m, "tumor_died", m.weighted_count(self, weights))
