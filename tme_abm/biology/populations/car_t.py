@@ -218,7 +218,8 @@ class CarTCells(Population):
         systemic = [rep.systemic for rep in m.replicas]
         blood_rate = np.array([x.arrival_rate_per_vessel().sum() for x in systemic])
         if (blood_rate > 0).any():
-            self._from_blood(*self.arrivals_at_vessels(blood_rate, "arrive", "arrive", cells=s), systemic)
+            vessel, cells, target = self.arrivals_at_vessels(blood_rate, "arrive", "arrive", cells=s)
+            self._from_blood(vessel, cells, target, systemic)
         constant = self.params.arrival_per_vessel_per_min
         if constant > 0:
             sites = self.arrivals_at_vessels(constant, "arrive", "arrive_outside")
