@@ -157,7 +157,6 @@ class TMEModel(mesa.Model):
         self.vessels_dev = xp.asarray(self.lattice.vessel_sites, dtype=xp.int64)
         self.vessel_keys = crng.key_of(self.vessels_dev // n_grid, self.vessels_dev % n_grid, xp)
         """(k,) random-number keys of the vessel sites (replicate and site within it)."""
-        self.vessels_per_replicate = np.bincount(self.lattice.vessel_sites // n_grid, minlength=n_rep)
         pf = lc.perfusion
         lesion = self.lattice.sphere_sites(cfg.tumor_center_sites, cfg.tumor.radius_sites) \
             if cfg.tumor.archetype in ("solid", "bulky") else np.zeros(0, np.int64)
