@@ -18,7 +18,12 @@ import pandas as pd
 
 from ..biology.outcomes import OUTCOME_UNITS
 from ..config import Config, ConfigError, load_yaml, validate_config
-from .runfile import TIME_COLUMN, RunFileError, reading
+from .lock import held
+from .runfile import TIME_COLUMN, RunFileError, reading, verify
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+"""Files whose every checksum was read, by (path, mtime in ns, size): a file opened again
+unchanged is not read twice."""
 
 
 class Run:
@@ -30,7 +35,7 @@ class Run:
         config_yaml: the resolved config as YAML text.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, check: bool = True):
         self.path = Path(path)
         with reading(self.path) as f:
             self.attrs = {k: _py(v) for k, v in f.attrs.items()}
@@ -38,6 +43,14 @@ class Run:
             for group in ("timeseries", "fields", "cells", "checkpoint"):
                 if group not in f:
                     raise RunFileError(f"{self.path}: run file lacks the /{group} group (incomplete file)")
+            # a file being written changes under the reader (a chunk may be read half
+            # rewritten): its checksums are read once the writer is done
+            if check and not (self.status == "running" and held(self.path)):
+                st = self.path.stat()
+                key = (str(self.path.resolve()), st.st_mtime_ns, st.st_size)
+                if key not in _VERIFIED:
+                    verify(f)
+                    _VERIFIED.add(key)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
@@ -190,9 +203,11 @@ class Run:
         return info
 
 
-def open_run(path) -> Run:
-    """Open one run file (raises :class:`~tme_abm.io.runfile.RunFileError` if it is not one)."""
-    return Run(path)
+def open_run(path, check: bool = True) -> Run:
+    """Open one run file (raises :class:`~tme_abm.io.runfile.RunFileError` if it is not
+    one). With ``check``, every dataset is read once to verify its checksums (a corrupt
+    dataset raises, naming it); the check reads the whole file, once per version of it."""
+    return Run(path, check)
 
 
 def run_paths(where) -> list[Path]:
@@ -209,11 +224,12 @@ def run_paths(where) -> list[Path]:
 
 def open_runs(where) -> pd.DataFrame:
     """One row per run file found at ``where`` (a folder, searched recursively for
-    ``*.h5``, or a glob pattern): path, name, seed, status, error and every outcome.
-    Files that cannot be read as runs get status ``unreadable`` and the reason in
-    ``error``, so one bad file does not hide the others."""
+    ``*.h5``, a glob pattern, or a list of files): path, name, seed, status, error and
+    every outcome. Files that cannot be read as runs (or fail their checksums) get
+    status ``unreadable`` and the reason in ``error``, so one bad file does not hide
+    the others."""
     rows = []
-    paths = run_paths(where)
+    paths = [Path(p) for p in where] if isinstance(where, list | tuple) else run_paths(where)
     for p in paths:
         try:
             info = open_run(p).summary()

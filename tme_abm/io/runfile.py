@@ -23,7 +23,10 @@ back to the checkpoint's time and continues (tme_abm.io.runner).
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,8 +71,53 @@ class RunFileError(ValueError):
     truncated, or written by something else)."""
 
 
+class DiskFullError(RunFileError):
+    """The disk holding a run file is full, or too full for the next write (the file
+    keeps its last checkpoint and resumes from it once there is space)."""
+
+
+MARGIN_BYTES = 2**20
+"""Free space every write leaves on the run file's disk beyond its own bytes (HDF5's
+metadata and the failure record): a write that would leave less stops the run first,
+with :class:`DiskFullError`, so the disk never fills under HDF5."""
+
+
+def free_bytes(path) -> int:
+    """Free bytes, for this user, on the disk that holds ``path`` (a file or folder that
+    may not exist yet: its nearest existing ancestor's disk)."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) reports a full disk: a
+    :class:`DiskFullError`, an OSError with ENOSPC, or an h5py error carrying HDF5's
+    ``errno = 28``."""
+    while exc is not None:
+        if isinstance(exc, DiskFullError) or isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "errno = 28" in str(exc) or os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def starting_path(path: Path) -> Path:
+    """Where :meth:`RunFile.create` writes a new file's layout before renaming it to ``path``."""
+    return path.with_name(f".{path.name}.start")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fixed_size(dtype) -> bool:
+    """Whether HDF5 filters (the checksum) apply to ``dtype``: not to variable-length
+    strings, whose chunks hold only references into the file's heap."""
+    dt = np.dtype(dtype)
+    return dt.kind != "O" and h5py.check_vlen_dtype(dt) is None
 
 
 def _scale(group, name: str, *, data=None, dtype="f8", growing: bool = False, chunk: int = 1024,
@@ -77,7 +125,7 @@ def _scale(group, name: str, *, data=None, dtype="f8", growing: bool = False, ch
     """A 1-D dimension scale (a netCDF dimension, and its coordinate unless ``variable``
     is false) with CF attributes ``attrs``."""
     if growing:
-        ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,))
+        ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,), fletcher32=True)
     else:
         ds = group.create_dataset(name, data=np.asarray(data, dtype=dtype))
     ds.make_scale(name if variable else _DIMENSION_ONLY)
@@ -90,7 +138,8 @@ def _growing(group, name: str, dims, dtype, *, chunk: tuple[int, ...] = (1024,),
     attributes ``attrs``."""
     inner = tuple(len(d) for d in dims[1:])
     kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress else {}
-    ds = group.create_dataset(name, shape=(0, *inner), maxshape=(None, *inner), dtype=dtype, chunks=chunk, **kw)
+    ds = group.create_dataset(name, shape=(0, *inner), maxshape=(None, *inner), dtype=dtype, chunks=chunk,
+                              fletcher32=_fixed_size(dtype), **kw)
     for axis, d in enumerate(dims):
         ds.dims[axis].attach_scale(d)
     ds.attrs.update(attrs)
@@ -113,6 +162,7 @@ class RunFile:
 
     def __init__(self, f: h5py.File):
         self.f = f
+        self.detached = False
         self.path = Path(f.filename)
         stored = [k for k in f["timeseries"] if k != "time"]
         self._columns: list[str] | None = [TIME_COLUMN, *stored] if stored else None
@@ -137,7 +187,11 @@ class RunFile:
             raise FileExistsError(f"{path}: output file exists; choose another --out, pass --overwrite, "
                                   f"or --resume it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w", track_order=True)
+        # the layout is written under a temporary name and renamed complete: a kill at any
+        # moment leaves either no file (the run starts again) or one that resumes
+        start = starting_path(path)
+        start.unlink(missing_ok=True)  # a start killed before its rename
+        f = h5py.File(start, "w", track_order=True)
         f.attrs.update({"Conventions": CONVENTIONS, "title": "tme_abm run",
                         "source": f"tme_abm {__version__}", "format": FORMAT, "package_version": __version__,
                         "status": "running", "started_utc": _now(), **attrs})
@@ -172,8 +226,9 @@ class RunFile:
 
         ck = f.create_group("checkpoint")
         ck.attrs.update({"latest": "", "tick": -1, "time_min": np.nan})
-        f.flush()
-        return cls(f)
+        f.close()
+        os.replace(start, path)
+        return cls(h5py.File(path, "r+"))
 
     @classmethod
     def reopen(cls, path) -> RunFile:
@@ -215,6 +270,7 @@ class RunFile:
         if not self._rows:
             return
         block = np.asarray(self._rows, dtype=np.float64)
+        self._room(block.nbytes)
         ts = self.f["timeseries"]
         for j, k in enumerate(self._columns):
             _append(ts["time" if k == TIME_COLUMN else k], block[:, j])
@@ -223,6 +279,7 @@ class RunFile:
 
     def snapshot_fields(self, time_min: float, names, values: np.ndarray) -> None:
         """Append one snapshot of every field; ``values`` is (F, *shape) on the host."""
+        self._room(values.nbytes)
         fg = self.f["fields"]
         for i, name in enumerate(names):
             _append(fg[name], values[i][None])
@@ -231,6 +288,7 @@ class RunFile:
 
     def snapshot_cells(self, time_min: float, table: dict[str, np.ndarray]) -> None:
         """Append one cell snapshot; ``table`` maps :data:`CELL_COLUMNS` to (n,) arrays."""
+        self._room(sum(np.asarray(v).nbytes for v in table.values()))
         cg = self.f["cells"]
         n = len(table["type"])
         for name in CELL_COLUMNS:
@@ -263,13 +321,16 @@ class RunFile:
         """Store a model state (``tme_abm.model.get_state``) in the slot not holding the
         latest one, then point ``/checkpoint`` at it."""
         self.flush_rows()
+        self._room(sum(v.nbytes for v in arrays.values()))
         ck = self.f["checkpoint"]
         slot = _SLOTS[1] if ck.attrs["latest"] == _SLOTS[0] else _SLOTS[0]
         if slot in ck:
             del ck[slot]
         g = ck.create_group(slot)
         for k, v in arrays.items():
-            kw = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if v.size > 4096 else {}
+            kw: dict = {"chunks": True, "fletcher32": True} if v.size and _fixed_size(v.dtype) else {}
+            if v.size > 4096:
+                kw.update(compression="gzip", compression_opts=1, shuffle=True)
             g.create_dataset(k, data=v, **kw)
         g.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
         self.f.flush()
@@ -321,6 +382,36 @@ class RunFile:
         self.f.attrs["status"] = "running"
         self.f.attrs["resumed_utc"] = _now()
         self.f.flush()
+
+    # ---- a full disk ---------------------------------------------------------------------
+
+    def _room(self, nbytes: int) -> None:
+        """Stop, before writing anything, a write of ``nbytes`` that would leave less
+        than :data:`MARGIN_BYTES` free."""
+        free = free_bytes(self.path)
+        if free < nbytes + MARGIN_BYTES:
+            raise DiskFullError(f"{self.path}: disk full: {free / 2**20:.1f} MiB free, the next write needs "
+                                f"{(nbytes + MARGIN_BYTES) / 2**20:.1f} MiB")
+
+    def detach(self) -> None:
+        """Close the file without writing another byte to it: after a write failed
+        with the disk full, HDF5's cache holds changes that reference space it could
+        not write, and flushing them would corrupt the file (or crash HDF5). Its
+        descriptor is pointed at /dev/null first, so the close writes there and the
+        file stays as its last flush left it: what a kill at that moment leaves, which
+        resumes from its latest checkpoint."""
+        if not self.f.id.valid:
+            return
+        self.detached = True
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, self.f.id.get_vfd_handle())
+        finally:
+            os.close(null)
+        try:
+            self.f.close()
+        except Exception:  # HDF5 reports its failed flush; nothing reaches the file
+            pass
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -374,3 +465,28 @@ def reading(path):
         raise RunFileError(f"{path}: run file is corrupt or incomplete: {type(exc).__name__}: {exc}") from None
     finally:
         f.close()
+
+
+def verify(f: h5py.File) -> None:
+    """Read every dataset of an open run file once, so that HDF5 checks each chunk's
+    Fletcher-32 checksum; a chunk that fails (or cannot be read or decompressed) raises
+    :class:`RunFileError` naming the dataset. Reads chunk by chunk: memory stays at one
+    chunk of the largest dataset."""
+    bad: list[str] = []
+
+    def check(name, obj):
+        if bad or not isinstance(obj, h5py.Dataset):
+            return
+        try:
+            if obj.chunks is None or obj.size == 0:
+                obj[()]
+            else:
+                for sel in obj.iter_chunks():
+                    obj[sel]
+        except (OSError, ValueError, TypeError) as exc:
+            bad.append(f"/{name}: {str(exc).splitlines()[0]}")
+
+    f.visititems(check)
+    if bad:
+        raise RunFileError(f"{f.filename}: corrupt data in {bad[0]} (a checksum or a compressed chunk does not "
+                           f"match what was written; the file cannot be trusted)")

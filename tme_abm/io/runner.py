@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import Config, load_yaml, run_work
+from ..config import Config, load_yaml, output_estimate_bytes, run_work
 from ..engine.backend import make_backend
 from ..model import TMEModel, set_state
 from .lock import WriterLock
-from .runfile import RunFile, RunFileError, reading
+from .runfile import MARGIN_BYTES, DiskFullError, RunFile, RunFileError, disk_full, free_bytes, reading
 from .writers import output_writers
 
 
@@ -125,14 +125,19 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
             raise RunFileError(f"{path}: is a directory; --out names the run file (e.g. {path / (cfg.name + '.h5')})")
     with ExitStack() as stack:
         stop = stack.enter_context(_signals_raise())
+        locks = []
         for path in paths:
-            lock = WriterLock(path, "another run is writing it")
+            lock = WriterLock(path, "another run is writing it", reserve=MARGIN_BYTES)
             try:
                 lock.acquire()
             except OSError as exc:
+                if disk_full(exc):
+                    raise _disk_full(cfgs, paths) from None
                 raise RunFileError(f"{path}: cannot write the run file there: {exc.strerror or exc}") from None
             stack.enter_context(lock)
+            locks.append(lock)
         targets = [_target(c, path, overwrite, resume) for c, path in zip(cfgs, paths)]
+        _check_space(cfgs, targets, resume)
         model = TMEModel(cfg, backend=backend, seeds=[c.seed for c in cfgs])
         stack.callback(model.fields.solver.close)
         run_files: list[RunFile] = []
@@ -151,7 +156,10 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
                 for run_file, state in zip(run_files, states):
                     run_file.rewind(None if state is None else model.time_min,
                                     [] if state is None else state[1]["event_log"])
-        except BaseException:
+        except BaseException as exc:
+            if disk_full(exc):
+                _stop_on_full_disk(run_files, locks, exc)
+                raise _disk_full(cfgs, targets) from None
             for run_file in run_files:
                 run_file.f.close()
             raise
@@ -164,6 +172,9 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
                 run_file.f.attrs["wall_seconds"] = wall
                 run_file.write_outcomes(model.replicas[r].outcomes())
         except BaseException as exc:
+            if disk_full(exc):
+                _stop_on_full_disk(run_files, locks, exc)
+                raise _disk_full(cfgs, targets) from None
             for run_file in run_files:
                 run_file.finish("failed", f"{type(exc).__name__}: {exc}")
             raise
@@ -179,6 +190,47 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
                                    f"this run's results are lost")
             if target != path:
                 os.replace(target, path)
+
+
+def _check_space(cfgs: list[Config], targets: list[Path], resume: bool) -> None:
+    """Refuse to start (or resume) a run whose files would not fit on their disk."""
+    need = _space_needed(cfgs, targets)
+    free = free_bytes(targets[0])
+    if free < need + MARGIN_BYTES:
+        then = "resume it" if resume else "run it again, or write elsewhere (--out)"
+        raise DiskFullError(f"{targets[0].parent}: disk full: {free / 2**20:.1f} MiB free, the run needs "
+                            f"~{(need + MARGIN_BYTES) / 2**20:.1f} MiB; free space and {then}")
+
+
+def _space_needed(cfgs: list[Config], targets: list[Path]) -> int:
+    """Bytes the run files still need: the estimate less what they already hold."""
+    held = sum(t.stat().st_size for t in targets if t.exists())
+    return max(output_estimate_bytes(cfgs[0], len(cfgs)) - held, 0)
+
+
+def _stop_on_full_disk(run_files: list[RunFile], locks: list[WriterLock], exc: BaseException) -> None:
+    """Close the run files of a run stopped by a full disk so that each keeps its last
+    checkpoint. A write that failed half-way leaves HDF5's cache referencing space that
+    was never written, and HDF5 must flush it to leave a consistent file: the locks'
+    reserves are released first to give it room. A file that still cannot be closed
+    is detached (:meth:`RunFile.detach`)."""
+    if not isinstance(exc, DiskFullError):  # the run's own check stops before writing: the margin is there
+        for lock in locks:
+            lock.release_reserve()
+    for run_file in run_files:
+        try:
+            run_file.finish("failed", f"{type(exc).__name__}: {exc}")
+        except Exception:  # any failure to close: the file is left as its last flush
+            run_file.detach()
+
+
+def _disk_full(cfgs: list[Config], targets: list[Path]) -> DiskFullError:
+    """The one-line error of a run stopped by a full disk."""
+    need = _space_needed(cfgs, targets)
+    then = ("its files keep the last checkpoint: free space and resume it" if any(t.exists() for t in targets)
+            else "nothing was written: free space and run it again")
+    return DiskFullError(f"disk full: {free_bytes(targets[0]) / 2**20:.1f} MiB free in {targets[0].parent}, the run "
+                         f"needs ~{(need + MARGIN_BYTES) / 2**20:.1f} MiB more; {then}")
 
 
 def _target(cfg: Config, path: Path, overwrite: bool, resume: bool) -> Path:
@@ -244,6 +296,7 @@ def _advance(model: TMEModel, run_files: list[RunFile], cfgs: list[Config], quie
             for w in writers:
                 if w.due(model, last):
                     w.write(model)
+                    stop.check()
             if show and model.recorded():  # the rows of recorded ticks only: they are made then anyway
                 row = model.current_rows()[0]
                 bar.set_postfix(day=f"{model.day:.2f}", tumor=int(row["tumor_alive"]),
@@ -282,13 +335,16 @@ def _flat(d, prefix: str = "") -> dict:
 
 
 class _Stop:
-    """The signal that asked a run to stop. Its handler raises at once; where that lands
-    in a weakref callback or a ``__del__``, Python passes the exception to
-    ``sys.unraisablehook`` and carries on, so the run raises it again after the tick
-    (:meth:`check`) and the hook stays quiet about it."""
+    """The signal that asked a run to stop, or a write that failed unseen. A signal's
+    handler raises at once; where that lands in a weakref callback or a ``__del__``,
+    Python passes the exception to ``sys.unraisablehook`` and carries on, so the run
+    raises it again after the tick (:meth:`check`) and the hook stays quiet about it.
+    h5py reports a write that fails while it frees an object the same way: the run
+    raises it after the write."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.failed_write: BaseException | None = None
 
     def exception(self) -> BaseException:
         return RunTerminated("received SIGTERM") if self.signum == signal.SIGTERM else KeyboardInterrupt()
@@ -296,6 +352,8 @@ class _Stop:
     def check(self) -> None:
         if self.signum is not None:
             raise self.exception()
+        if self.failed_write is not None:
+            raise self.failed_write
 
 
 @contextmanager
@@ -315,8 +373,12 @@ def _signals_raise():
     previous_hook = sys.unraisablehook
 
     def unraisable(info):
-        # the stop is raised again after the tick: no "Exception ignored" traceback for it
-        if stop.signum is None or not isinstance(info.exc_value, KeyboardInterrupt | RunTerminated):
+        # the stop is raised again after the tick: no "Exception ignored" traceback for it;
+        # h5py reports a write that failed while it freed an object here, and the run
+        # stops after the write (one line, not a traceback per failed HDF5 call)
+        if disk_full(info.exc_value):
+            stop.failed_write = stop.failed_write or info.exc_value
+        elif stop.signum is None or not isinstance(info.exc_value, KeyboardInterrupt | RunTerminated):
             previous_hook(info)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
