@@ -20,9 +20,12 @@ from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
 
-from .config import ConfigError, accuracy_warnings, load_config  # noqa: E402
-from .engine.backend import BACKEND_CHOICES, BackendError  # noqa: E402
 from .version import __version__  # noqa: E402
+
+# Nothing else of tme_abm (NumPy, pydantic, h5py) is imported here: each command imports
+# what it needs, so `tme-abm --version` and `--help` start in about 0.1 s of CPU.
+BACKEND_CHOICES = ("auto", "numpy", "cupy")
+"""The --backend values (tme_abm.engine.backend.BACKEND_CHOICES, checked equal by the tests)."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="tme_abm: agent-based tumor microenvironment simulator under CAR T therapy.")
@@ -48,10 +51,13 @@ _DEBUG = {"traceback": False}
 @app.callback()
 def _options(
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="say more (e.g. the backend that backend auto chose)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """tme_abm: agent-based tumor microenvironment simulator under CAR T therapy."""
     _DEBUG["traceback"] = debug
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
 
 
 @contextmanager
@@ -97,14 +103,20 @@ def _overrides(set_: list[str] | None, backend: str | None = None, seed: int | N
 
 def _load(config: Path, set_: list[str] | None, backend: str | None = None, seed: int | None = None,
           days: float | None = None):
+    """The config file ``config`` (or the shipped config of that name) with the command
+    line's overrides, validated; a problem is a one-line error."""
+    from .config import ConfigError, load_config
+    from .config.shipped import find_config
+
     items, labels = _overrides(set_, backend, seed, days)
     try:
-        return load_config(config, items, labels)
+        return load_config(find_config(config), items, labels)
     except ConfigError as exc:
         _fail(str(exc))
 
 
-CONFIG = typer.Argument(..., metavar="CONFIG", help="YAML config file")
+CONFIG = typer.Argument(..., metavar="CONFIG", help="YAML config file, or the name of a shipped config "
+                                                    "(tme-abm configs lists them)")
 SET = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key, e.g. --set seed=3 "
                                                              "(repeatable; the value is YAML)")
 BACKEND = typer.Option(None, metavar="auto|numpy|cupy", help="array backend (overrides the config)")
@@ -134,8 +146,11 @@ def run(
     quiet: bool = QUIET,
 ) -> None:
     """Run one config (or a batch of replicates of it) and write HDF5 run files."""
+    from .config import ConfigError, accuracy_warnings
+    from .engine.backend import BackendError
     from .io import RunFileError, default_output_path
     from .io.lock import LockedError
+    from .io.runfile import DiskFullError
     from .io.runner import RunTerminated, pending_path, replicates_of, run_batch
 
     cfg = _load(config, set_, backend, seed)
@@ -155,8 +170,15 @@ def run(
             _fail(f"{target}: is a file; with --replicates, --out names a folder for the replicates' run files")
         cfgs, paths = replicates_of(cfg, replicates, target)
         target.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["tme-abm", "run", str(config), *(a for s in set_ or [] for a in ("--set", s)),
+                          *(["--seed", str(seed)] if seed is not None else []),
+                          *(["--backend", backend] if backend is not None else []),
+                          *(["--replicates", str(replicates)] if replicates > 1 else []), "--resume", str(target)])
     try:
         run_batch(cfgs, paths, overwrite=overwrite, quiet=quiet, resume=resume is not None)
+    except DiskFullError as exc:
+        written = any(p.exists() or pending_path(p).exists() for p in paths)
+        _fail(f"{exc}{f' with: {command}' if written and str(exc).endswith('resume it') else ''}", 1)
     except (ConfigError, BackendError, RunFileError, LockedError) as exc:
         _fail(str(exc))
     except FileExistsError as exc:
@@ -166,10 +188,6 @@ def run(
         what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, RunTerminated) else ("interrupted (Ctrl-C)", 130)
         if not any(p.exists() or pending_path(p).exists() for p in paths):
             _fail(f"{what} before {target} was written", code)
-        command = shlex.join(["tme-abm", "run", str(config), *(a for s in set_ or [] for a in ("--set", s)),
-                              *(["--seed", str(seed)] if seed is not None else []),
-                              *(["--backend", backend] if backend is not None else []),
-                              *(["--replicates", str(replicates)] if replicates > 1 else []), "--resume", str(target)])
         files = "the run file records status failed; continue it" if replicates == 1 else \
             "the replicates' run files record status failed; continue them"
         _fail(f"{what}: {files} with: {command}", code)
@@ -191,6 +209,8 @@ def summarize(
             table = calibration_table(run_file)
             info = table.to_dict(orient="records")
             text = table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+            for path, reason in table.attrs["skipped"]:
+                typer.echo(f"note: skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
         else:
             info, text = summarize_run(open_run(run_file))
     except RunFileError as exc:
@@ -249,6 +269,14 @@ def view(
 
     if (path is None) == (live is None):
         _fail("give a PATH to view or --live CONFIG, not both")
+    if live is not None:
+        from .config import ConfigError
+        from .config.shipped import find_config
+
+        try:
+            live = find_config(live)
+        except ConfigError as exc:
+            _fail(str(exc))
     target = path if path is not None else live
     if not target.exists():
         _fail(f"{target}: no such {'file or folder' if path is not None else 'config'}")
@@ -259,15 +287,26 @@ def view(
 
 @app.command()
 def validate(
-    config: Path = CONFIG,
+    config: Path = typer.Argument(..., metavar="FILE", help="a config (a file, or a shipped config's name), or a "
+                                                            "sweep or experiment spec"),
     set_: list[str] | None = SET,
 ) -> None:
-    """Check a config; exit 0 if valid, non-zero with the problems otherwise."""
-    from .config import check_memory, memory_estimate_bytes
+    """Check a config, or a sweep or experiment spec (every point's config); exit 0 if
+    valid, non-zero with the problem otherwise."""
+    from .config import ConfigError, accuracy_warnings, check_memory, memory_estimate_bytes, read_yaml
+    from .config.shipped import find_config
     from .engine.backend import host_available_memory_bytes, make_backend
     from .model import TMEModel
 
-    cfg = _load(config, set_)
+    try:
+        path = find_config(config)
+        data = read_yaml(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if "design" in data or "experiment" in data:  # the keys a spec has and a config does not
+        _validate_spec(path, set_)
+        return
+    cfg = _load(path, set_)
     try:
         check_memory(cfg, host_available_memory_bytes())
         # building the model places the initial cells, which can fail only then
@@ -280,6 +319,41 @@ def validate(
         f"{config}: valid ({cfg.lattice.dims}D {cfg.lattice.shape}, {len(cfg.enabled_fields)} fields, "
         f"{cfg.time.n_ticks} ticks, ~{memory_estimate_bytes(cfg) / 2**20:.1f} MiB)"
     )
+
+
+def _validate_spec(path: Path, set_: list[str] | None) -> None:
+    """``tme-abm validate`` of a sweep or experiment spec: the spec, its experiment block,
+    and the base config with each design point."""
+    from .config import ConfigError, load_config
+
+    with _needs_extras("validate"):
+        from .studies.experiments import experiment_config
+        from .studies.sweep import SweepError, design_points, load_spec, task_overrides
+
+    try:
+        spec, base = load_spec(path, extra_set=set_)
+        if spec.experiment is not None:
+            experiment_config(spec, path)
+        points = design_points(spec)
+        for i, point in enumerate(points):
+            try:
+                load_config(base, task_overrides(spec, point))
+            except ConfigError as exc:
+                raise SweepError(f"{path}: design point {i} ({point}) does not validate: {exc}") from None
+    except SweepError as exc:
+        _fail(str(exc))
+    kind = "experiment" if spec.experiment is not None else "sweep"
+    typer.echo(f"{path}: valid {kind} spec ({len(points)} points x {spec.replicates} replicates, base {base.name})")
+
+
+@app.command()
+def configs() -> None:
+    """List the shipped configs (run one by name: tme-abm run NAME) and the experiments."""
+    from .config.shipped import describe, shipped_configs
+
+    for name, path in shipped_configs().items():
+        typer.echo(f"{name}: {describe(path)}")
+    typer.echo("experiments: tme-abm experiment --list")
 
 
 @app.command()
@@ -416,6 +490,7 @@ def bench_diffusion_cmd(
 ) -> None:
     """Voxel-field updates per second of one field step (LOD, steady or implicit)."""
     from .bench import bench_diffusion
+    from .engine.backend import BackendError
 
     if dtype not in ("float32", "float64"):
         _fail(f"--dtype {dtype!r} is not one of float32, float64")
@@ -453,6 +528,8 @@ def bench_model_cmd(
 ) -> None:
     """Agent-updates per second and wall time per simulated day of a whole model run."""
     from .bench import bench_model
+    from .config import ConfigError
+    from .engine.backend import BackendError
 
     cfg = _load(config, set_, backend, days=days)
     try:
@@ -490,6 +567,8 @@ def bench_fields_cmd(
 ) -> None:
     """Accuracy of each field after one field solve against a converged reference."""
     from .bench import field_accuracy
+    from .config import ConfigError
+    from .engine.backend import BackendError
 
     cfg = _load(config, [*(set_ or []), "dtype=float64", "backend=numpy"], None)
     try:

@@ -27,6 +27,25 @@ _Loader.add_implicit_resolver(
 )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (YAML leaves it to the reader; PyYAML keeps
+    the last silently)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in first:
+            raise DuplicateKeyError(f"duplicate key {key!r} on lines {first[key]} and {line}")
+        first[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def load_yaml(text: str) -> Any:
     """Parse YAML text (configs, specs, ``--set`` values, the config stored in run files)."""
     return yaml.load(text, Loader=_Loader)
@@ -59,8 +78,10 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             last = i == len(path) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {item!r}: {'.'.join(path[:i]) or 'the config'} is a list of "
-                                      f"{len(node)}; {part!r} is not an index of it")
+                    indices = f"indices 0 to {len(node) - 1}" if node else "no index"
+                    raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is a list of {len(node)} "
+                                      f"entr{'y' if len(node) == 1 else 'ies'} ({indices}); {part!r} is not one of "
+                                      f"them")
                 if last:
                     node[int(part)] = value
                 else:
@@ -95,6 +116,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
     try:
         data = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{p}: {exc}; give each key once") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     if data is None:

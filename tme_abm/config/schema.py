@@ -674,11 +674,17 @@ class OutputConfig(Strict):
     """Voxels below this oxygen count as hypoxic in the time series."""
 
 
+FILE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""A name that becomes part of a file name (a run's, a sweep's): no folder separators,
+and no leading dot, so neither ``..`` nor a hidden file."""
+
+
 class Config(Strict):
     """A complete, validated run configuration."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "run"
-    """Run name: the default output file is runs/<name>.h5."""
+    name: Annotated[str, Field(min_length=1, pattern=FILE_NAME)] = "run"
+    """Run name: the default output file is runs/<name>.h5 (a plain file name: letters, digits, _ . -, not
+    starting with a dot)."""
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     """The seed of every random draw of the run (docs/model.md, "Time, probabilities, random numbers")."""
     backend: Literal["auto", "numpy", "cupy"] = "auto"

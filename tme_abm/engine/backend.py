@@ -176,7 +176,7 @@ def make_backend(requested: str | None = "auto", dtype: str = "float32", work: f
     np_dtype = np.dtype(dtype)
     if name == "auto" and work is not None and work < AUTO_GPU_MIN_WORK:
         if not _auto_notice_logged:
-            log.warning("backend auto: %.3g site-fields per tick is below %.3g, where a GPU starts to pay; using "
+            log.info("backend auto: %.3g site-fields per tick is below %.3g, where a GPU starts to pay; using "
                         "NumPy on the CPU (--backend cupy to use a GPU anyway)", work, AUTO_GPU_MIN_WORK)
             _auto_notice_logged = True
         return Backend("numpy", np, np_dtype, "cpu")
@@ -187,7 +187,7 @@ def make_backend(requested: str | None = "auto", dtype: str = "float32", work: f
             props = cupy.cuda.runtime.getDeviceProperties(dev.id)
             label = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             if name == "auto" and not _auto_notice_logged:
-                log.warning("backend auto: using CuPy on cuda:%s %s", dev.id, label)
+                log.info("backend auto: using CuPy on cuda:%s %s", dev.id, label)
                 _auto_notice_logged = True
             return Backend("cupy", cupy, np_dtype, f"cuda:{dev.id} {label}")
         if name == "cupy":
@@ -196,7 +196,7 @@ def make_backend(requested: str | None = "auto", dtype: str = "float32", work: f
                 "`pip install 'tme-abm[cuda12]'` on a machine with a CUDA GPU, or use --backend numpy"
             )
         if not _auto_notice_logged:
-            log.warning("backend auto: %s; using NumPy on the CPU", reason)
+            log.info("backend auto: %s; using NumPy on the CPU", reason)
             _auto_notice_logged = True
     return Backend("numpy", np, np_dtype, "cpu")
 

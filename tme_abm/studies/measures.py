@@ -123,15 +123,23 @@ def calibration_table(where) -> pd.DataFrame:
     """The patient-level and lesion calibration of the complete runs at ``where`` (a folder or glob,
     as :func:`open_runs`): per measure of :data:`CALIBRATION_MEASURES`, the number of
     runs it is defined in and its median, quartiles and range; then the share of runs
-    with any CRS and with severe CRS (grade >= 3)."""
+    with any CRS and with severe CRS (grade >= 3). Files that are not readable run files
+    (or fail their checksums) are left out, each with its reason, in the table's
+    ``attrs["skipped"]`` as (path, reason) pairs."""
     per_run = []
+    skipped: list[tuple[str, str]] = []
     for p in run_paths(where):
-        run = open_run(p)
+        try:
+            run = open_run(p)
+        except RunFileError as exc:
+            skipped.append((str(p), str(exc)))
+            continue
         if run.status != "complete":
             continue
         per_run.append({**calibration(run), **{k: run.outcomes[k] for k in ("expansion_fold", "crs_duration_days")}})
     if not per_run:
-        raise RunFileError(f"{where}: no complete run files found")
+        why = f" ({len(skipped)} unreadable: {skipped[0][1]})" if skipped else ""
+        raise RunFileError(f"{where}: no complete run files found{why}")
     df = pd.DataFrame(per_run)
     crs = df["max_crs_grade"] >= 1
     rows = []
@@ -145,7 +153,9 @@ def calibration_table(where) -> pd.DataFrame:
                          ("share with severe CRS (grade >= 3)", (df["max_crs_grade"] >= 3).mean())):
         rows.append({"measure": label, "runs": len(df), "median": float(share), "q25": math.nan, "q75": math.nan,
                      "min": math.nan, "max": math.nan})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["skipped"] = skipped
+    return table
 
 
 def summarize_run(run: Run) -> tuple[dict, str]:

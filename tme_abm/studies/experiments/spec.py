@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from ...config import ConfigError, Strict, format_validation_error, load_config
+from ...config.shipped import config_dirs
 from ..errors import SweepError
 from ..sweep import SweepSpec, design_points, load_spec, task_overrides
 
@@ -133,12 +134,9 @@ class ExperimentConfig(Strict):
 
 
 def _spec_dirs() -> list[Path]:
-    """Where experiments live: ``configs/experiments`` under the working directory, then in
-    the installed package (a wheel ships the configs as ``tme_abm/configs``), then under
-    the source tree (an editable install or a checkout)."""
-    package = Path(__file__).resolve().parents[2]
-    dirs = [root / EXPERIMENTS_DIR for root in (Path.cwd(), package, package.parent)]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]
+    """Where experiments live: ``experiments/`` in each folder of shipped configs
+    (:func:`tme_abm.config.shipped.config_dirs`)."""
+    return [d / "experiments" for d in config_dirs() if (d / "experiments").is_dir()]
 
 
 def find(name: str | Path) -> Path:
