@@ -13,6 +13,7 @@ docs/sweeps.md describes specs, clusters and the summary.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import logging
@@ -33,6 +34,7 @@ from SALib.sample import latin, morris, sobol
 from tqdm import tqdm
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, load_yaml, read_yaml
+from ..config.schema import FILE_NAME
 from ..engine import rng as crng
 from ..engine.backend import cuda_device_count
 from ..io import RunFileError, open_run
@@ -78,7 +80,7 @@ class ClusterConfig(Strict):
 
 
 class SweepSpec(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, pattern=FILE_NAME)
     base: str
     """The base config (a path relative to the spec file)."""
     set: dict[str, Any] = {}
@@ -424,8 +426,25 @@ def _run_locked(spec: SweepSpec, base: Path, out: Path, executor: Executor) -> p
         table.close()
         client.close()
         if cluster is not None:
-            cluster.close()
+            close_cluster(cluster)
     return read_table(out)
+
+
+WORKER_EXIT_S = 60.0
+"""How long a local worker process may take to exit when its cluster closes."""
+
+
+def close_cluster(cluster) -> None:
+    """Close a cluster this process started. A local cluster's nannies stop their worker
+    processes first, each given :data:`WORKER_EXIT_S` to exit: Dask's own close waits 4 s
+    and then kills the process with a warning, which a worker of a loaded machine,
+    tearing down NumPy, Numba and HDF5 at its exit, can take longer than."""
+    if isinstance(cluster, LocalCluster):
+        async def stop_workers():
+            await asyncio.gather(*(w.close(timeout=WORKER_EXIT_S) for w in cluster.workers.values()))
+
+        cluster.sync(stop_workers)
+    cluster.close()
 
 
 def _write_manifest(spec: SweepSpec, base: Path, out: Path) -> None:
