@@ -109,12 +109,22 @@ def draw_cells(ax, cells: pd.DataFrame, geometry: Geometry, z: int | None = None
     label_axes(ax)
 
 
+def colour_limits(lo: float, hi: float) -> tuple[float, float]:
+    """The colour scale of values from ``lo`` to ``hi``; a uniform field (``hi == lo``)
+    gets 5% of its value either side (or +-1 at zero), so it is drawn in the middle
+    colour and its colour bar reads the value, not an offset on a 1e-12 span."""
+    if hi > lo:
+        return lo, hi
+    pad = 0.05 * abs(lo) or 1.0
+    return lo - pad, lo + pad
+
+
 def draw_field(ax, plane: np.ndarray, spacing_um: float, vmin: float | None = None, vmax: float | None = None):
     """Draw one field plane ``(ny, nx)`` as a heatmap on ``ax``; returns the image."""
     ny, nx = plane.shape
-    lo = float(np.nanmin(plane)) if vmin is None else vmin
-    hi = float(np.nanmax(plane)) if vmax is None else vmax
-    im = ax.imshow(plane, origin="lower", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
+    lo, hi = colour_limits(float(np.nanmin(plane)) if vmin is None else vmin,
+                           float(np.nanmax(plane)) if vmax is None else vmax)
+    im = ax.imshow(plane, origin="lower", cmap="viridis", vmin=lo, vmax=hi,
                    extent=extent(np.arange(nx) * spacing_um, np.arange(ny) * spacing_um))
     label_axes(ax)
     return im

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..io.readers import Run, open_run
 from ..io.runfile import RunFileError
 from ..studies.measures import summarize_run
-from .lattice import COLOURS, Geometry, draw_cells, extent, label_axes, legend_handles
+from .lattice import COLOURS, Geometry, colour_limits, draw_cells, extent, label_axes, legend_handles
 
 
 def mark_events(ax, events: list[dict]) -> None:
@@ -73,15 +73,22 @@ def populations_figure(run: Run, ts, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def systemic_figure(run: Run, ts, path: Path) -> None:
+def systemic_figure(run: Run, ts, path: Path) -> Figure:
     fig = Figure(figsize=(8, 6))
     top, bottom = fig.subplots(2, 1, sharex=True)
+    absent = []
     for col, label in (("burden", "tumor burden"), ("blood_car_t", "blood CAR T")):
         y = ts[col].to_numpy()
-        top.plot(ts["day"], np.where(y > 0, y, np.nan), label=label)
+        if np.any(y > 0):  # a log axis shows no zeros: a series with nothing above zero gets no entry
+            top.plot(ts["day"], np.where(y > 0, y, np.nan), label=label)
+        else:
+            absent.append(f"{label}: 0 throughout")
+    if absent:
+        top.text(0.01, 0.03, "; ".join(absent), transform=top.transAxes, fontsize=8)
     top.set_yscale("log")
     top.set_ylabel("cells (patient)")
-    top.legend(fontsize=8)
+    if top.get_legend_handles_labels()[0]:
+        top.legend(fontsize=8)
     mark_events(top, run.events)
     c = ts["systemic_cytokine"].to_numpy()
     bottom.plot(ts["day"], c, color="tab:red", label="systemic cytokine")
@@ -97,6 +104,7 @@ def systemic_figure(run: Run, ts, path: Path) -> None:
     top.set_title(f"{run.path.name}: blood CAR T, cytokine and CRS")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
@@ -111,18 +119,18 @@ def fields_figure(run: Run, start_day: float, days, path: Path) -> Figure:
         units = {n: ds[n].attrs.get("units", "") for n in names}
         snap_days = [start_day + float(ds["time"].values[i]) / 1440 for i in idx]
         extent_um = extent(ds["x"].values, ds["y"].values)
-    fig = Figure(figsize=(2.8 * len(idx) + 1.2, 2.4 * len(names)))
+    # constrained layout: titles clear of the tick labels above them, and no wide margins
+    fig = Figure(figsize=(2.6 * len(idx) + 1.0, 2.3 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), len(idx), squeeze=False)
     for r, name in enumerate(names):
-        lo = min(float(np.nanmin(p)) for p in planes[name])
-        hi = max(float(np.nanmax(p)) for p in planes[name])
+        lo, hi = colour_limits(min(float(np.nanmin(p)) for p in planes[name]),
+                               max(float(np.nanmax(p)) for p in planes[name]))
         for c, plane in enumerate(planes[name]):
             ax = axes[r, c]
-            im = ax.imshow(plane, origin="lower", extent=extent_um, vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
-                           cmap="viridis")
+            im = ax.imshow(plane, origin="lower", extent=extent_um, vmin=lo, vmax=hi, cmap="viridis")
             label_axes(ax, bottom=r == len(names) - 1, left=c == 0)
             ax.set_title(f"{name}, day {snap_days[c]:.1f}", fontsize=8)
-        fig.colorbar(im, ax=list(axes[r]), shrink=0.8).set_label(units[name], fontsize=7)
+        fig.colorbar(im, ax=list(axes[r]), shrink=0.9).set_label(units[name], fontsize=7)
     fig.suptitle(f"{run.path.name}: fields" + (" (middle z slice)" if three_d else ""))
     fig.savefig(path, dpi=100)
     return fig

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...io.readers import Run, open_run, open_runs
+from ...io.readers import Run, open_run, open_runs, run_paths
 from ...io.runfile import RunFileError
 from ...studies.errors import SweepError
 from ...studies.experiments.analysis import arm_table, per_run, timecourse
@@ -114,6 +114,21 @@ class RunFrames:
         return self.run.field(name, i, z=z), float(self.field_times[i])
 
 
+def _runs_under(root: Path) -> pd.DataFrame:
+    """:func:`open_runs` of the run files under ``root``, each path resolved (symbolic
+    links included) before anything is read: one that leads outside ``root`` is not
+    opened and gets status ``refused``. Paths are relative to ``root``."""
+    inside, refused = [], []
+    for p in run_paths(root):
+        target = p.resolve()
+        (inside if target == root or root in target.parents else refused).append(p)
+    table = open_runs([p.resolve() for p in inside]) if inside else pd.DataFrame(columns=["path", "name", "status"])
+    table["path"] = [str(Path(p).relative_to(root)) for p in table["path"]]
+    rows = [{"path": str(p.relative_to(root)), "status": "refused",
+             "error": "a link to a file outside this folder: not opened"} for p in refused]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if rows else table
+
+
 class FolderRuns:
     """The runs under a folder, labelled by arm: an experiment's arms, a sweep's points,
     or (any other folder) each config's name.
@@ -121,8 +136,9 @@ class FolderRuns:
     Attributes:
         kind: ``experiment``, ``sweep`` or ``runs``; names: the arms in order;
         runs: one row per complete run (path relative to the folder, arm, seed and every
-        outcome); failed: runs that did not complete, per arm; arms: per-arm rates with
-        Wilson 95% intervals and medians (:func:`arm_table`).
+        outcome); failed: runs that did not complete, per arm; problems: those runs'
+        path, status and error; arms: per-arm rates with Wilson 95% intervals and
+        medians (:func:`arm_table`).
     """
 
     def __init__(self, root: Path):
@@ -140,15 +156,15 @@ class FolderRuns:
         else:
             self.kind = "runs"
             try:
-                table = open_runs(self.root)
+                table = _runs_under(self.root)
             except RunFileError as exc:
                 raise ViewError(str(exc)) from None
-            table["path"] = [str(Path(p).resolve().relative_to(self.root)) for p in table["path"]]
-            labels = table["name"].fillna("unreadable").astype(str)
+            labels = table["name"].fillna(table["status"]).astype(str)
             self.names = list(dict.fromkeys(labels))
             table["point"] = [self.names.index(n) for n in labels]
         self.runs = per_run(table, self.names).reset_index(drop=True)
         bad = table[table["status"] != "complete"]
+        self.problems = bad[[c for c in ("path", "status", "error") if c in bad]].reset_index(drop=True)
         self.failed = pd.Series([self.names[p] for p in bad["point"]], dtype=object).value_counts()
         self.arms = arm_table(self.runs, self.names, self.failed)
 

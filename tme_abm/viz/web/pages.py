@@ -107,8 +107,12 @@ def RunView(path: Path):
         solara.SliderInt("snapshot", value=i, on_value=set_index, min=0, max=len(times) - 1)
         solara.Div(children=[solara.Text(f"day {frames.day(t):.2f} (time {t:g} min)")], classes=["tme-time"])
         FieldControls(frames.field_names, field, set_field, frames.shape, zz if zz is not None else 0, set_z)
-        cells = frames.cells_at(t)
-        plane = frames.field_at(field, t, zz) if field else None
+        try:
+            cells = frames.cells_at(t)
+            plane = frames.field_at(field, t, zz) if field else None
+        except RunFileError as exc:  # a file changed or damaged since it was opened
+            ErrorLine(str(exc))
+            return
         FramePanel(cells[0] if cells else None,
                    f"cells, day {frames.day(cells[1]):.2f}" if cells else "cells",
                    plane[0] if plane else None,
@@ -159,6 +163,9 @@ def FolderView(root: Path):
         if len(runs):
             fig = timecourse_figure(data.timecourses(), data.names)
             solara.Div(children=[solara.FigureMatplotlib(fig, format="png")], classes=["tme-timecourses"])
+        if len(data.problems):
+            Heading("not complete (not opened, unreadable, failed or running)", 4)
+            Table(data.problems, ["tme-problems"])
         Heading("runs (a cell's menu opens its run)", 4)
         columns = [c for c in RUN_COLUMNS if c in runs]
         with solara.Row():
