@@ -59,6 +59,17 @@ def assert_same_run(a, b):
             assert np.array_equal(da[k], db[k], equal_nan=da[k].dtype.kind == "f"), k
 
 
+def flip_bits(path, dataset: str, chunk: int) -> None:
+    """Invert 64 bytes in the middle of one stored chunk of ``dataset`` (a damaged disk)."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(chunk)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        block = fh.read(64)
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(b ^ 0xFF for b in block))
+
+
 def fail_at_tick(monkeypatch, tick: int) -> None:
     """Make every model's step raise at ``tick`` (``monkeypatch.undo()`` ends it)."""
     original = TMEModel.step

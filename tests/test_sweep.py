@@ -263,3 +263,36 @@ def test_outcome_table_is_appended_row_by_row_and_read_as_the_last_row_per_task(
     again.append(row(2, 0, "complete", 3.0))
     again.close()
     assert len(read_table(tmp_path)) == 4
+
+
+def _exit_slowly(marker: str) -> None:
+    """In a worker: at its exit, take 6 s, then leave ``marker`` (a worker killed at its
+    exit leaves none)."""
+    import atexit  # noqa: PLC0415 - runs inside the worker process
+
+    def slow():
+        time.sleep(6)
+        Path(marker).write_text("exited")
+
+    atexit.register(slow)
+
+
+@pytest.mark.slow
+def test_a_sweep_lets_its_workers_exit_instead_of_killing_them(tmp_path, monkeypatch):
+    """Dask kills a worker that takes more than 4 s to exit when its cluster closes, and
+    logs "Worker process still alive ... killing"; a loaded machine's workers can take
+    that long to tear down."""
+    import tme_abm.studies.sweep as sweep  # noqa: PLC0415 - the module whose client is wrapped
+
+    real = sweep._client
+    marker = tmp_path / "exited"
+
+    def slow_client(spec, executor):
+        client, cluster = real(spec, executor)
+        client.run(_exit_slowly, str(marker))
+        return client, cluster
+
+    monkeypatch.setattr(sweep, "_client", slow_client)
+    table = run_sweep(spec_file(tmp_path, replicates=1), tmp_path / "out", Executor(workers=1, progress=False))
+    assert (table["status"] == "complete").all()
+    assert marker.read_text() == "exited"

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import flip_bits
 from matplotlib.colors import to_rgb
 from PIL import Image
 
 from tme_abm.config import load_config
-from tme_abm.io import RunFileError, open_run, run
+from tme_abm.io import Run, RunFileError, open_run, run
 from tme_abm.studies.experiments import analyse
 from tme_abm.studies.sweep import Executor, load_spec, run_spec
 from tme_abm.viz.web.data import FolderRuns, RunFrames, ViewError, resolve_under
@@ -97,6 +98,37 @@ def test_paths_outside_the_served_folder_are_refused(site, tmp_path):
         link.unlink()
     with pytest.raises(ViewError, match="no such file"):
         resolve_under(root, "missing.h5")
+
+
+def _damaged_folder(site, tmp_path) -> Path:
+    """A folder with a good run, a copy with flipped bits in one field snapshot, and a
+    link to a run outside it."""
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    shutil.copy(site["run"], folder / "good.h5")
+    shutil.copy(site["run"], folder / "corrupt.h5")
+    flip_bits(folder / "corrupt.h5", "fields/oxygen", 2)
+    (folder / "link.h5").symlink_to(site["outside"])
+    return folder
+
+
+def test_a_folder_lists_a_link_outside_as_refused_without_reading_it(site, tmp_path, monkeypatch):
+    folder = _damaged_folder(site, tmp_path)
+    opened = []
+    real = Run.__init__
+
+    def recording(self, path, check=True):
+        opened.append(Path(path).resolve())
+        real(self, path, check)
+
+    monkeypatch.setattr(Run, "__init__", recording)
+    data = FolderRuns(folder)
+    assert site["outside"].resolve() not in opened and (folder / "good.h5").resolve() in opened
+    problems = data.problems.set_index("path")
+    assert problems.loc["link.h5", "status"] == "refused" and "outside this folder" in problems.loc["link.h5", "error"]
+    assert problems.loc["corrupt.h5", "status"] == "unreadable"
+    assert "corrupt data in /fields/oxygen" in problems.loc["corrupt.h5", "error"]
+    assert list(data.runs["path"]) == ["good.h5"]
 
 
 def test_run_frames_show_the_last_snapshot_at_or_before_the_slider_time(site):
@@ -350,6 +382,12 @@ class Page:
             time.sleep(0.5)
         return last
 
+    def text(self) -> str:
+        """What the page shows, as text."""
+        from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+        return self.d.find_element(By.TAG_NAME, "body").text
+
     def console_errors(self) -> list[str]:
         return [e["message"] for e in self.d.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -426,6 +464,27 @@ def test_experiment_page_shows_arms_and_refuses_paths_outside(site, browser):
         page.type_into("path under this folder", typed)
         assert page.text_changes(".tme-run-title", f"{clicked}: status complete").startswith(Path(typed).name)
         assert page.console_errors() == []
+    finally:
+        s.close()
+
+
+def test_corrupt_data_and_links_outside_are_lines_in_the_page_not_tracebacks(site, browser, tmp_path):
+    folder = _damaged_folder(site, tmp_path)
+    s = Served(str(folder))
+    try:
+        page = Page(browser, s.url)
+        problems = page.text_when(".tme-problems", lambda t: "link.h5" in t and "corrupt.h5" in t)
+        assert "refused" in problems and "corrupt data in /fields/oxygen" in problems
+        page.type_into("path under this folder", "corrupt.h5")
+        page.text_when(".tme-error", lambda t: "corrupt data in /fields/oxygen" in t)
+        assert "Traceback" not in page.text()
+    finally:
+        s.close()
+    s = Served(str(folder / "corrupt.h5"))
+    try:
+        page = Page(browser, s.url)
+        page.text_when(".tme-error", lambda t: "corrupt.h5: corrupt data in /fields/oxygen" in t)
+        assert "Traceback" not in page.text()
     finally:
         s.close()
 
