@@ -11,6 +11,7 @@ writer meets a full disk, so that it can still close its file properly).
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import os
 import socket
@@ -84,9 +85,11 @@ class WriterLock:
         if self.reserve:
             try:
                 os.posix_fallocate(fd, self._info_bytes, self.reserve)
-            except OSError:
-                self.release()
-                raise
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    self.release()
+                    raise
+                # a file system that cannot allocate ahead: the lock holds no reserve there
         return self
 
     def release_reserve(self) -> None:
