@@ -209,9 +209,11 @@ else:
 sys.argv = ["tme-abm", *sys.argv[3:]]
 main()
 """
-# flushes 1-4 fall before the first checkpoint is complete (file created, t = 0 rows,
-# snapshots); 5-6 in the first checkpoint; later ones between checkpoints and events;
-# 29 after the last write but the status
+# flushes 1-3 fall before the first checkpoint is complete (the t = 0 snapshots and rows;
+# the file's creation is renamed complete and has no flush: a kill there is
+# test_faults.py's first-milliseconds test); 4-5 in the first checkpoint (its slot, then
+# the pointer); later ones between checkpoints and events; 29 after the last write but
+# the status
 KILL_POINTS = [("flush", k) for k in (1, 2, 3, 4, 5, 6, 9, 14, 20, 25, 29)] + [("checkpoint", k) for k in (1, 3)]
 
 
