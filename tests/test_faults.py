@@ -7,6 +7,7 @@ file that is not a run, the quickstart's assessment day, the memory message)."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -240,6 +241,16 @@ def test_a_sweep_named_as_a_path_is_refused(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     r = cli("validate", tmp_path / "s.yaml")
     assert r.returncode == 2 and "name: value '..' is not allowed" in r.stderr, r.stderr
+
+
+def test_an_experiment_name_is_a_name_not_a_path_out_of_the_experiments_folder(tmp_path):
+    from tme_abm.studies.errors import SweepError  # noqa: PLC0415 - the sweeps extra
+    from tme_abm.studies.experiments import find  # noqa: PLC0415
+
+    assert find("burden").name == "burden.yaml"
+    for name in ("../sweeps/burden", "../baseline", ".hidden"):
+        with pytest.raises(SweepError, match=f"no experiment {re.escape(repr(name))}"):
+            find(name)
 
 
 def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path):

@@ -5,12 +5,14 @@ experiments by name and loads them (docs/sweeps.md, "Experiments")."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from ...config import ConfigError, Strict, format_validation_error, load_config
+from ...config.schema import FILE_NAME
 from ...config.shipped import config_dirs
 from ..errors import SweepError
 from ..sweep import SweepSpec, design_points, load_spec, task_overrides
@@ -144,7 +146,7 @@ def find(name: str | Path) -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.exists():
         return p
-    for d in _spec_dirs():
+    for d in _spec_dirs() if re.fullmatch(FILE_NAME, str(name)) else []:  # a name, not a path out of the folder
         if (d / f"{name}.yaml").exists():
             return d / f"{name}.yaml"
     raise SweepError(f"no experiment {str(name)!r}: expected a spec file or one of {', '.join(available()) or 'none'} "
