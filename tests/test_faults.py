@@ -6,6 +6,7 @@ file that is not a run, the quickstart's assessment day, the memory message)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import h5py
 import numpy as np
@@ -68,6 +70,55 @@ def test_a_disk_that_fills_mid_run_stops_it_and_resume_equals_an_uninterrupted_r
     r = open_run(path)
     assert r.status == "failed" and r.attrs["error"].startswith("DiskFullError")
     assert int(h5py.File(path, "r")["checkpoint"].attrs["tick"]) >= 120
+    monkeypatch.undo()
+    run(small(), path, quiet=True, resume=True)
+    assert_same_run(path, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["raised", "unraisable"])
+def test_a_write_that_meets_a_full_disk_gives_back_the_reserve_and_the_run_resumes(tmp_path, monkeypatch, reference,
+                                                                                   how):
+    """The race the free-space check cannot see: a write fails with ENOSPC, raised from
+    h5py, or reported by h5py while it frees an object (sys.unraisablehook, the run goes
+    on). The run stops after that write, gives back its lock's reserve before closing
+    the file, and resumes to the uninterrupted run."""
+    path = tmp_path / "race.h5"
+    lock = path.with_name(path.name + ".lock")
+    real_checkpoint, real_append = runfile.RunFile.write_checkpoint, runfile._append
+    state = {"armed": False, "fired": False, "lock_bytes": None}
+
+    def checkpoint(self, arrays, meta):
+        real_checkpoint(self, arrays, meta)
+        state["armed"] = meta["steps"] >= 120
+
+    def append(ds, values):
+        if state["armed"] and not state["fired"] and ds.name.startswith("/fields/"):
+            state["fired"] = True
+            state["lock_bytes"] = lock.stat().st_size
+            error = OSError(errno.ENOSPC, "Can't write data (file write failed: errno = 28, error message = "
+                                          "'No space left on device')")
+            if how == "raised":
+                raise error
+            sys.unraisablehook(types.SimpleNamespace(exc_type=OSError, exc_value=error, exc_traceback=None,
+                                                     err_msg="Exception ignored in", object=None))
+        real_append(ds, values)
+
+    monkeypatch.setattr(runfile.RunFile, "write_checkpoint", checkpoint)
+    monkeypatch.setattr(runfile, "_append", append)
+    seen = {}
+    real_finish = runfile.RunFile.finish
+
+    def finish(self, status="complete", error=None):
+        seen["lock_bytes_at_close"] = lock.stat().st_size
+        real_finish(self, status, error)
+
+    monkeypatch.setattr(runfile.RunFile, "finish", finish)
+    with pytest.raises(DiskFullError, match="its files keep the last checkpoint: free space and resume it$"):
+        run(small(), path, quiet=True)
+    assert state["lock_bytes"] >= runfile.MARGIN_BYTES  # the reserve was held while the run wrote
+    assert seen["lock_bytes_at_close"] < 4096  # and given back before the file was closed
+    assert open_run(path).status == "failed"
     monkeypatch.undo()
     run(small(), path, quiet=True, resume=True)
     assert_same_run(path, reference)
