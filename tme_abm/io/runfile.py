@@ -162,7 +162,6 @@ class RunFile:
 
     def __init__(self, f: h5py.File):
         self.f = f
-        self.detached = False
         self.path = Path(f.filename)
         stored = [k for k in f["timeseries"] if k != "time"]
         self._columns: list[str] | None = [TIME_COLUMN, *stored] if stored else None
@@ -402,7 +401,6 @@ class RunFile:
         resumes from its latest checkpoint."""
         if not self.f.id.valid:
             return
-        self.detached = True
         null = os.open(os.devnull, os.O_RDWR)
         try:
             os.dup2(null, self.f.id.get_vfd_handle())
