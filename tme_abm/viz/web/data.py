@@ -30,6 +30,11 @@ class ViewError(ValueError):
     """A path or a folder the view cannot show (one line: what and why)."""
 
 
+def _is_under(root: Path, target: Path) -> bool:
+    """Whether the resolved ``target`` is the resolved ``root`` or lies under it."""
+    return target == root or root in target.parents
+
+
 def resolve_under(root: Path, path: str | Path) -> Path:
     """``path`` (relative to ``root``, or absolute) resolved through ``..`` and symbolic
     links; refused unless it is ``root`` or lies under it."""
@@ -38,7 +43,7 @@ def resolve_under(root: Path, path: str | Path) -> Path:
     if not text:
         raise ViewError("no path given")
     target = (root / text).resolve()
-    if target != root and root not in target.parents:
+    if not _is_under(root, target):
         raise ViewError(f"{text}: outside the folder this view serves ({root}); only files under it open")
     if not target.exists():
         raise ViewError(f"{text}: no such file under {root}")
@@ -120,8 +125,7 @@ def _runs_under(root: Path) -> pd.DataFrame:
     opened and gets status ``refused``. Paths are relative to ``root``."""
     inside, refused = [], []
     for p in run_paths(root):
-        target = p.resolve()
-        (inside if target == root or root in target.parents else refused).append(p)
+        (inside if _is_under(root, p.resolve()) else refused).append(p)
     table = open_runs([p.resolve() for p in inside]) if inside else pd.DataFrame(columns=["path", "name", "status"])
     table["path"] = [str(Path(p).relative_to(root)) for p in table["path"]]
     rows = [{"path": str(p.relative_to(root)), "status": "refused",
