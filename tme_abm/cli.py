@@ -177,8 +177,7 @@ def run(
     try:
         run_batch(cfgs, paths, overwrite=overwrite, quiet=quiet, resume=resume is not None)
     except DiskFullError as exc:
-        written = any(p.exists() or pending_path(p).exists() for p in paths)
-        _fail(f"{exc}{f' with: {command}' if written and str(exc).endswith('resume it') else ''}", 1)
+        _fail(f"{exc} with: {command}" if exc.resumable else str(exc), 1)
     except (ConfigError, BackendError, RunFileError, LockedError) as exc:
         _fail(str(exc))
     except FileExistsError as exc:

@@ -72,8 +72,13 @@ class RunFileError(ValueError):
 
 
 class DiskFullError(RunFileError):
-    """The disk holding a run file is full, or too full for the next write (the file
-    keeps its last checkpoint and resumes from it once there is space)."""
+    """The disk holding a run file is full, or too full for the next write; with
+    ``resumable``, the run's files keep their last checkpoint and ``--resume`` continues
+    them once there is space."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 MARGIN_BYTES = 2**20

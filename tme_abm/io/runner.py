@@ -227,10 +227,11 @@ def _stop_on_full_disk(run_files: list[RunFile], locks: list[WriterLock], exc: B
 def _disk_full(cfgs: list[Config], targets: list[Path]) -> DiskFullError:
     """The one-line error of a run stopped by a full disk."""
     need = _space_needed(cfgs, targets)
-    then = ("its files keep the last checkpoint: free space and resume it" if any(t.exists() for t in targets)
+    written = any(t.exists() for t in targets)
+    then = ("its files keep the last checkpoint: free space and resume it" if written
             else "nothing was written: free space and run it again")
     return DiskFullError(f"disk full: {free_bytes(targets[0]) / 2**20:.1f} MiB free in {targets[0].parent}, the run "
-                         f"needs ~{(need + MARGIN_BYTES) / 2**20:.1f} MiB more; {then}")
+                         f"needs ~{(need + MARGIN_BYTES) / 2**20:.1f} MiB more; {then}", resumable=written)
 
 
 def _target(cfg: Config, path: Path, overwrite: bool, resume: bool) -> Path:
