@@ -209,7 +209,7 @@ def test_a_kill_in_the_first_milliseconds_leaves_no_file_or_one_that_resumes(tmp
     ref = tmp_path / "ref.h5"
     run(load_config(BASELINE, SHORT), ref, quiet=True)
     env = {**os.environ, "TME_ABM_BACKEND": "numpy"}
-    for delay in (0.0, 0.003, 0.01, 0.03):
+    for delay in (0.0, 0.005, 0.02):
         path = tmp_path / f"k{delay}.h5"
         proc = subprocess.Popen([sys.executable, "-m", "tme_abm.cli", "run", BASELINE, "--out", path, "-q", *sets],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -391,44 +391,6 @@ def test_summarize_of_a_folder_skips_a_file_that_is_not_a_run_with_a_note(tmp_pa
     (note,) = error_lines(r)
     assert note == f"note: skipped {tmp_path / 'other.h5'}: HDF5 file but not a tme_abm run file (no 'format' " \
                    f"attribute 'tme_abm-run-N')", note
-
-
-# ---- shipped configs by name, from an installed wheel --------------------------------------
-
-@pytest.mark.slow
-def test_an_installed_wheel_runs_and_lists_its_configs_by_name_from_any_folder(tmp_path):
-    pytest.importorskip("hatchling")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    (wheel,) = (tmp_path / "dist").glob("tme_abm-*.whl")
-    site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "TME_ABM_BACKEND": "numpy"}
-
-    def tme(*args):
-        return subprocess.run([sys.executable, "-m", "tme_abm.cli", *map(str, args)], capture_output=True, text=True,
-                              cwd=elsewhere, env=env, timeout=600)
-
-    listed = tme("configs")
-    assert listed.returncode == 0, listed.stderr
-    names = [line.split(":")[0] for line in listed.stdout.splitlines()]
-    assert {"quickstart", "baseline", "mrd"} <= set(names)
-    assert any(line.startswith("quickstart: Quickstart") for line in listed.stdout.splitlines())
-    done = tme("run", "quickstart", "--set", "time.duration_days=0.02", "--set", "lattice.shape=[30, 30]",
-               "--set", "tumor.radius_sites=5", "-q")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "runs/quickstart.h5" and (elsewhere / "runs" / "quickstart.h5").exists()
-    assert open_run(elsewhere / "runs" / "quickstart.h5").status == "complete"
-    for name in ("quickstart.yaml", "configs/quickstart.yaml", "experiments/burden.yaml"):
-        r = tme("validate", name)
-        assert r.returncode == 0 and "valid" in r.stdout, (name, r.stderr)
-    r = tme("run", "no_such_config")
-    assert r.returncode == 2 and "no_such_config: config file not found" in r.stderr and "quickstart" in r.stderr
 
 
 # ---- pictures ---------------------------------------------------------------------------------

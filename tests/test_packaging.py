@@ -1,5 +1,6 @@
 """The CUDA sources live in the top-level kernels/ and ship inside the wheel; a checkout
-(or editable install) and an installed wheel both find them; every kernel file compiles
+(or editable install) and an installed wheel both find them, and the installed wheel
+runs its shipped configs by name from any folder; every kernel file compiles
 with nvcc; CuPy kernels match their NumPy twins."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tme_abm.engine.backend as backend_module
 from tme_abm.config import load_config, run_work
 from tme_abm.engine.backend import BackendError, kernel_source, make_backend
 from tme_abm.engine.diffusion import NOFLUX, DiffusionSolver, FieldGrid, Sources
+from tme_abm.io import open_run
 
 ROOT = Path(__file__).parent.parent
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
@@ -35,20 +37,29 @@ def test_kernels_live_at_the_top_and_a_checkout_finds_them():
         kernel_source("nowhere")
 
 
-@pytest.mark.slow
-def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The package built as a wheel and installed with --target outside the repository:
+    (the wheel, the folder it is installed in)."""
     pytest.importorskip("hatchling")
+    tmp = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    (wheel,) = (tmp_path / "dist").glob("tme_abm-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    for k in KERNELS:
-        assert f"tme_abm/kernels/{k.name}" in names
-    target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+    (built,) = (tmp / "dist").glob("tme_abm-*.whl")
+    site = tmp / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(built)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    return built, site
+
+
+@pytest.mark.slow
+def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path, wheel):
+    built, target = wheel
+    names = zipfile.ZipFile(built).namelist()
+    for k in KERNELS:
+        assert f"tme_abm/kernels/{k.name}" in names
     code = "from tme_abm.engine.backend import kernel_source; print(kernel_source('lod_sweep'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
@@ -62,6 +73,34 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'burden'" in out.stdout and str(target / "tme_abm" / "configs" / "experiments") in out.stdout
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_runs_and_lists_its_configs_by_name_from_any_folder(tmp_path, wheel):
+    _, site = wheel
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "TME_ABM_BACKEND": "numpy"}
+
+    def tme(*args):
+        return subprocess.run([sys.executable, "-m", "tme_abm.cli", *map(str, args)], capture_output=True, text=True,
+                              cwd=elsewhere, env=env, timeout=600)
+
+    listed = tme("configs")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split(":")[0] for line in listed.stdout.splitlines()]
+    assert {"quickstart", "baseline", "mrd"} <= set(names)
+    assert any(line.startswith("quickstart: Quickstart") for line in listed.stdout.splitlines())
+    done = tme("run", "quickstart", "--set", "time.duration_days=0.02", "--set", "lattice.shape=[30, 30]",
+               "--set", "tumor.radius_sites=5", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "runs/quickstart.h5" and (elsewhere / "runs" / "quickstart.h5").exists()
+    assert open_run(elsewhere / "runs" / "quickstart.h5").status == "complete"
+    for name in ("quickstart.yaml", "configs/quickstart.yaml", "experiments/burden.yaml"):
+        r = tme("validate", name)
+        assert r.returncode == 0 and "valid" in r.stdout, (name, r.stderr)
+    r = tme("run", "no_such_config")
+    assert r.returncode == 2 and "no_such_config: config file not found" in r.stderr and "quickstart" in r.stderr
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
