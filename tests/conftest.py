@@ -1,10 +1,13 @@
-"""Shared fixtures: backends to parametrise over (NumPy always, CuPy where a device exists)."""
+"""Shared fixtures: backends to parametrise over (NumPy always, CuPy where a device exists),
+and one uninterrupted small run that the run-file tests compare with and copy."""
 
 from __future__ import annotations
 
 import pytest
+from helpers import small
 
 from tme_abm.engine.backend import _cupy_device_usable, make_backend
+from tme_abm.io import run
 
 _CUPY, _REASON = _cupy_device_usable()
 
@@ -21,3 +24,12 @@ def backend64(request, monkeypatch):
 @pytest.fixture
 def has_cuda():
     return _CUPY is not None
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the small baseline (tests/helpers.py, ``small()``): read and
+    copied, never written."""
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    run(small(), path, quiet=True)
+    return path

@@ -39,14 +39,6 @@ def error_lines(r: subprocess.CompletedProcess) -> list[str]:
     return [line for line in r.stderr.splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted small run."""
-    path = tmp_path_factory.mktemp("ref") / "ref.h5"
-    run(small(), path, quiet=True)
-    return path
-
-
 # ---- a full disk --------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -24,14 +24,6 @@ from tme_abm.io.runfile import CELL_COLUMNS, RunFile
 from tme_abm.model import TMEModel, cell_table
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted small run (and the config it used)."""
-    path = tmp_path_factory.mktemp("ref") / "ref.h5"
-    run(small(), path, quiet=True)
-    return path
-
-
 @pytest.mark.slow
 def test_round_trip_of_every_array_written_by_the_model(reference):
     """Step the same config by hand and compare every row, snapshot and outcome the
