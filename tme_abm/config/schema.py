@@ -552,6 +552,22 @@ class PatientConfig(Strict):
     """MRD-negative: tumor cells below this share of ``marrow_cells``."""
 
 
+PER_REPLICATE = "patient."
+"""The config keys that may differ between the replicates of one batch (each replicate
+then has its own config, :attr:`tme_abm.model.model.Replica.config`): those under
+``patient``, read only by each replicate's own patient and outcomes, except
+:data:`SHARED_BY_BATCH`. Every other key shapes arrays the replicates share (the
+lattice, fields, populations' rates, the therapy timeline): replicates that differ there
+run in separate batches (docs/sweeps.md, "Batches")."""
+SHARED_BY_BATCH = ("patient.burden_scale",)
+"""Patient keys the whole batch shares: the lattice's weight sets its initial cells."""
+
+
+def per_replicate(key: str) -> bool:
+    """Whether dotted config ``key`` may differ between the replicates of one batch."""
+    return key.startswith(PER_REPLICATE) and key not in SHARED_BY_BATCH
+
+
 class _Event(Strict):
     day: float
     """Day relative to the (first) infusion, day 0."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import Config, load_yaml, output_estimate_bytes, run_work
+from ..config.schema import per_replicate
 from ..engine.backend import make_backend
 from ..model import TMEModel, set_state
 from .lock import WriterLock
@@ -72,7 +73,8 @@ def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False,
               resume: bool = False) -> list[Path]:
     """Run replicates of one config in one model, in lockstep (docs/architecture.md, "The
     replicate axis"), each to its own run file, as :func:`run` runs one: ``cfgs`` may
-    differ only in ``seed``, ``name`` and ``output.path``; ``paths[r]`` is replicate r's
+    differ only in ``seed``, ``name``, ``output.path`` and the keys that may differ per
+    replicate (:func:`~tme_abm.config.schema.per_replicate`); ``paths[r]`` is replicate r's
     file. Each file equals the one :func:`run` writes for its config, bit for bit (apart
     from wall-clock attributes), and resumes like one: with ``resume``, the replicates
     whose latest checkpoints are at the same tick continue together."""
@@ -95,14 +97,27 @@ def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False,
     return paths
 
 
+_OWN = ("seed", "name", "output.path")
+"""Keys every replicate of a batch has its own value of."""
+
+
 def _check_batch(cfgs: list[Config]) -> None:
-    """Refuse replicates whose configs differ in more than seed, name and output path."""
+    """Refuse replicates whose configs differ in more than seed, name, output path and
+    the keys that may differ per replicate."""
     first = cfgs[0].model_dump(mode="json")
     for c in cfgs[1:]:
-        diff = _differing_keys(first, c.model_dump(mode="json"), ("seed", "name", "output.path"))
+        diff = [k for k in _differing_keys(first, c.model_dump(mode="json"), _OWN) if not per_replicate(k)]
         if diff:
             raise ValueError(f"replicates of one batch differ in {', '.join(diff[:8])}; a batch runs one config "
-                             f"with several seeds")
+                             f"with several seeds and patient parameters")
+
+
+def replicate_params(cfgs: list[Config]) -> list[dict] | None:
+    """Each replicate's values of the keys in which the configs of a batch differ (besides
+    seed, name and output path), for :class:`TMEModel`'s ``params``; None if none differ."""
+    dumps = [_flat(c.model_dump(mode="json")) for c in cfgs]
+    keys = sorted({k for d in dumps[1:] for k in d if k not in _OWN and d.get(k) != dumps[0].get(k)})
+    return [{k: d[k] for k in keys} for d in dumps] if keys else None
 
 
 def _checkpoint_tick(path: Path) -> int | None:
@@ -138,7 +153,7 @@ def _run_batch(cfgs: list[Config], paths: list[Path], overwrite: bool, quiet: bo
             locks.append(lock)
         targets = [_target(c, path, overwrite, resume) for c, path in zip(cfgs, paths)]
         _check_space(cfgs, targets, resume)
-        model = TMEModel(cfg, backend=backend, seeds=[c.seed for c in cfgs])
+        model = TMEModel(cfg, backend=backend, seeds=[c.seed for c in cfgs], params=replicate_params(cfgs))
         stack.callback(model.fields.solver.close)
         run_files: list[RunFile] = []
         states = []

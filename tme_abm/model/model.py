@@ -4,6 +4,8 @@ the patient and the therapy timeline, and steps them through the staged schedule
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import mesa
 import numpy as np
@@ -17,7 +19,8 @@ from ..biology.perfusion import microvessel_map
 from ..biology.populations import CarTCells, Granulocytes, Monocytes, Population, TumorCells
 from ..biology.populations.car_t import car_t_rules
 from ..biology.rules import RuleSet
-from ..config import ConfigError, check_memory, resolve_config, run_work
+from ..config import Config, ConfigError, check_memory, resolve_config, run_work
+from ..config.schema import SHARED_BY_BATCH, per_replicate
 from ..engine import rng as crng
 from ..engine.backend import Array, Backend, make_backend
 from ..engine.lattice import VESSEL, Lattice, vessel_sites
@@ -73,20 +76,39 @@ def _check_room(key: str, wanted: int, free: int) -> None:
                           f"the cells placed before)")
 
 
+def replicate_configs(cfg: Config, seeds: Sequence[int],
+                      params: Sequence[Mapping[str, Any]] | None) -> list[Config]:
+    """One config per replicate: ``cfg`` with the replicate's seed and its ``params``
+    (dotted key -> value, keys that may differ per replicate only)."""
+    if params is None:
+        return [cfg if s == cfg.seed else resolve_config(cfg, s) for s in seeds]
+    if len(params) != len(seeds):
+        raise ValueError(f"params: {len(params)} parameter sets for {len(seeds)} replicates")
+    shared = sorted({k for p in params for k in p if not per_replicate(k)})
+    if shared:
+        raise ValueError(f"params: {', '.join(shared)} cannot differ between the replicates of one batch "
+                         f"(only patient keys other than {', '.join(SHARED_BY_BATCH)} can); run such values "
+                         f"in separate models")
+    return [resolve_config(cfg, s, dict(p)) for s, p in zip(seeds, params)]
+
+
 class Replica:
     """One replicate of a model: its seed and its patient (systemic compartment, history,
     therapy event log). A single run is a model with one replica.
 
     Attributes:
-        index: the replicate's position in the batch; seed: its seed;
+        index: the replicate's position in the batch; seed: its seed; config: its config;
         systemic: its :class:`~tme_abm.biology.patient.Systemic`;
         history: its patient-level :class:`~tme_abm.biology.outcomes.History`;
         event_log: its fired therapy events (host dicts).
     """
 
-    def __init__(self, model: TMEModel, index: int, seed: int, systemic: Systemic):
+    def __init__(self, model: TMEModel, index: int, seed: int, config: Config):
         self.model, self.index, self.seed = model, index, seed
-        self.systemic = systemic
+        self.config = config
+        """This replicate's config: the model's, with its own seed and its own values of
+        the keys that may differ per replicate (:func:`~tme_abm.config.schema.per_replicate`)."""
+        self.systemic = Systemic.for_patient(config.patient, seed)
         self.marrow_normal = float(model.config.tumor.marrow_normal_cells)
         """Normal marrow cells sharing this replicate's niche (:mod:`~tme_abm.biology.growth`)."""
         self.history = History()
@@ -98,7 +120,7 @@ class Replica:
 
     def outcomes(self) -> dict:
         """Outcomes from this replicate's patient-level history (:mod:`tme_abm.biology.outcomes`)."""
-        return compute_outcomes(self.history, self.systemic, self.model.config.patient)
+        return compute_outcomes(self.history, self.systemic, self.config.patient)
 
 
 class TMEModel(mesa.Model):
@@ -118,24 +140,31 @@ class TMEModel(mesa.Model):
     replicates, with the replicate as a leading axis that no neighbourhood, diffusion or
     move crosses (docs/architecture.md, "The replicate axis"); each has its own seed and
     patient (``model.replicas``). Replicate r of a batch equals the single run with its
-    seed, bit for bit.
+    seed, bit for bit. The replicates may also differ in the patient's parameters
+    (``params``): replicate r then equals the single run of the config with its seed and
+    its parameters, bit for bit.
 
     Args:
         config: a Config, a YAML path or a raw mapping (default: all defaults).
         backend: a Backend; default built from ``config.backend`` and ``config.dtype``.
         seed: overrides ``config.seed``.
         seeds: one seed per replicate: a batch (default: one run with the config's seed).
+        params: one mapping of dotted config keys to values per replicate (as many as
+            ``seeds``), each replicate's own values of keys that may differ between
+            replicates (:func:`~tme_abm.config.schema.per_replicate`; any other key is
+            refused with a ValueError): e.g. the points of a design, run as one batch.
         **overrides: dotted config keys, e.g. ``TMEModel("configs/baseline.yaml",
             **{"car_t.initial_cells": 200})`` (this is how ``mesa.batch_run`` varies them).
     """
 
     def __init__(self, config=None, *, backend: Backend | None = None, seed: int | None = None,
-                 seeds=None, **overrides):
+                 seeds=None, params: Sequence[Mapping[str, Any]] | None = None, **overrides):
         cfg = resolve_config(config, seed, overrides)
         self.seeds = (cfg.seed,) if seeds is None else tuple(int(x) for x in seeds)
         """One seed per replicate."""
         if not self.seeds:
             raise ValueError("seeds: a batch needs at least one replicate")
+        configs = replicate_configs(cfg, self.seeds, params)
         super().__init__(rng=self.seeds[0])
         self.config = cfg
         self.replicates = n_rep = len(self.seeds)
@@ -172,12 +201,12 @@ class TMEModel(mesa.Model):
 
         prod = cfg.car_t.product
         self.replicas = []
-        for r, s in enumerate(self.seeds):
-            patient = Systemic.for_patient(cfg.patient, s)
+        for r, (s, c) in enumerate(zip(self.seeds, configs)):
+            rep = Replica(self, r, s, c)
             # product 0: the cells a config places on the lattice (car_t.initial_cells), none in blood
-            patient.add_product(Product(edits=list(prod.edits), fitness=1.0,
-                                        initial_exhaustion=prod.initial_exhaustion, divisions=prod.divisions))
-            self.replicas.append(Replica(self, r, s, patient))
+            rep.systemic.add_product(Product(edits=list(prod.edits), fitness=1.0,
+                                             initial_exhaustion=prod.initial_exhaustion, divisions=prod.divisions))
+            self.replicas.append(rep)
         products = self.replicas[0].systemic.products
         self.tumor = TumorCells(self, cfg.tumor, RuleSet([cfg.tumor.rules], xp))
         self.car_t = CarTCells(self, cfg.car_t, car_t_rules(cfg.car_t.rules, cfg.edits, products, xp))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import logging
 import time
 import traceback
@@ -34,7 +35,7 @@ from SALib.sample import latin, morris, sobol
 from tqdm import tqdm
 
 from ..config import ConfigError, Strict, format_validation_error, load_config, load_yaml, read_yaml
-from ..config.schema import FILE_NAME
+from ..config.schema import FILE_NAME, per_replicate
 from ..engine import rng as crng
 from ..engine.backend import cuda_device_count
 from ..io import RunFileError, open_run
@@ -213,26 +214,39 @@ def tasks(spec: SweepSpec) -> list[Task]:
 
 
 def task_overrides(spec: SweepSpec, params: dict) -> list[str]:
-    items = {**spec.set, **params}
+    """The ``KEY=VALUE`` overrides of a point: the spec's ``set`` and the point's values."""
+    return overrides_of({**spec.set, **params})
+
+
+def overrides_of(items: dict) -> list[str]:
+    """``KEY=VALUE`` overrides of dotted keys and their values."""
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for k, v in items.items()]
 
 
 def batches(todo: list[Task], size: int) -> list[list[Task]]:
-    """The tasks in batches of at most ``size`` replicates of one point each (a batch
-    runs in one model, :func:`tme_abm.io.runner.run_batch`)."""
+    """The tasks in batches of at most ``size`` replicates each (a batch runs in one
+    model, :func:`tme_abm.io.runner.run_batch`): replicates of one point, or of points
+    that differ only in keys that may differ per replicate (the patient's parameters,
+    :func:`~tme_abm.config.schema.per_replicate`), in (point, replicate) order."""
+    def shared(t: Task) -> str:
+        return json.dumps({k: v for k, v in t.params.items() if not per_replicate(k)}, sort_keys=True)
+
     out = []
-    for _, group in itertools.groupby(sorted(todo, key=lambda t: (t.point, t.replicate)), key=lambda t: t.point):
+    order = sorted(todo, key=lambda t: (shared(t), t.point, t.replicate))
+    for _, group in itertools.groupby(order, key=shared):
         group = list(group)
         out += [group[i:i + size] for i in range(0, len(group), size)]
-    return out
+    return sorted(out, key=lambda b: (b[0].point, b[0].replicate))
 
 
-def run_tasks(base: str, overrides: list[str], batch: list[Task], out_dir: str) -> list[dict]:
-    """Run a batch of replicates of one point on a worker (or skip those complete):
-    returns their outcome rows. Never raises: an error is recorded in the rows (status
-    failed) and, where a run started, its file. Interrupted runs resume from their
-    checkpoints, the others start afresh, each group in one model."""
+def run_tasks(base: str, common: dict, batch: list[Task], out_dir: str) -> list[dict]:
+    """Run a batch of tasks on a worker (or skip those complete): replicates of points
+    that differ at most in per-replicate keys, each with the ``common`` overrides (the
+    spec's ``set``) and its point's values. Returns their outcome rows. Never raises: an
+    error is recorded in the rows (status failed) and, where a run started, its file.
+    Interrupted runs resume from their checkpoints, the others start afresh, each group
+    in one model."""
     t0 = time.perf_counter()
     rows, cfgs, paths, status = [], [], [], []
     for task in batch:
@@ -241,7 +255,8 @@ def run_tasks(base: str, overrides: list[str], batch: list[Task], out_dir: str) 
                      "path": str(path.relative_to(out_dir)), "ran": False})
         paths.append(path)
         try:
-            cfgs.append(load_config(base, [*overrides, f"seed={task.seed}", f"name={task.name}"]))
+            cfgs.append(load_config(base, [*overrides_of({**common, **task.params}), f"seed={task.seed}",
+                                           f"name={task.name}"]))
         except Exception as exc:  # recorded, so the other tasks go on
             cfgs.append(None)
             _failed(rows[-1], exc)
@@ -369,13 +384,13 @@ gain per replicate levels off there, and smaller batches keep workers busy)."""
 
 def default_batch(spec: SweepSpec, base: Path, gpus: Sequence[int] | None) -> int:
     """Replicates per batch when ``--batch`` is not given: on GPU workers (``--gpus``, or a
-    base config with ``backend: cupy``) all replicates of a point; else at most
-    :data:`CPU_BATCH`."""
+    base config with ``backend: cupy``) the replicates of a point (at least
+    :data:`CPU_BATCH`); else :data:`CPU_BATCH`."""
     try:
         backend = load_config(base, task_overrides(spec, {})).backend
     except ConfigError:
         backend = "numpy"
-    return spec.replicates if gpus or backend == "cupy" else min(spec.replicates, CPU_BATCH)
+    return max(spec.replicates, CPU_BATCH) if gpus or backend == "cupy" else CPU_BATCH
 
 
 def run_sweep(spec_path, out_dir, executor: Executor = Executor(), *,
@@ -411,7 +426,7 @@ def _run_locked(spec: SweepSpec, base: Path, out: Path, executor: Executor) -> p
     client, cluster = _client(spec, executor)
     table = TableAppender(out, swept_keys(spec))
     try:
-        futures = [client.submit(run_tasks, str(base), task_overrides(spec, b[0].params), b, str(out),
+        futures = [client.submit(run_tasks, str(base), spec.set, b, str(out),
                                  key=f"{spec.name}-{b[0].name}-{len(b)}", pure=False) for b in batches(todo, size)]
         bar = tqdm(total=len(todo), unit="replicate", desc=spec.name, disable=not executor.progress)
         for fut in as_completed(futures):
