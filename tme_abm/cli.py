@@ -33,8 +33,8 @@ bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Benchmarks (speed figures for reports).")
 app.add_typer(bench_app, name="bench")
 
-EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps", "solara": "view",
-          "uvicorn": "view", "altair": "view", "networkx": "view"}
+EXTRAS = {"matplotlib": "report", "dask": "sweeps", "distributed": "sweeps", "SALib": "sweeps", "sklearn": "sweeps",
+          "solara": "view", "uvicorn": "view", "altair": "view", "networkx": "view"}
 """Top-level modules of the optional extras, and the extra that installs each."""
 
 
@@ -305,6 +305,18 @@ def validate(
     if "design" in data or "experiment" in data:  # the keys a spec has and a config does not
         _validate_spec(path, set_)
         return
+    if "targets" in data:  # a calibration spec
+        with _needs_extras("validate"):
+            from .studies.calibration import load_calibration
+            from .studies.sweep import SweepError
+        try:
+            cal, base = load_calibration(path)
+        except SweepError as exc:
+            _fail(str(exc))
+        m = cal.method
+        typer.echo(f"{path}: valid calibration spec ({len(cal.parameters)} parameters, {len(cal.targets)} targets; "
+                   f"{m.waves} waves x {m.points} points x {m.replicates} replicates, config {base.name})")
+        return
     cfg = _load(path, set_)
     try:
         check_memory(cfg, host_available_memory_bytes())
@@ -378,6 +390,49 @@ def sweep(
     ran = int(table["ran"].sum()) if "ran" in table else 0
     typer.echo(f"{out}: {len(table)} runs, {failed} failed, {ran} run now; table {out / 'outcomes.csv'}")
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    spec: str = typer.Argument(..., metavar="SPEC", help="calibration spec: a file, or a shipped one's name "
+                                                         "(configs/calibration/NAME.yaml)"),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
+                                    help="folder (default runs/calibration/NAME); a rerun continues it"),
+    workers: int | None = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    gpus: str | None = GPUS,
+    batch: int | None = BATCH,
+    adopt: bool = typer.Option(False, "--adopt", help="write the chosen parameters into the defaults "
+                                                      "(biology/data/parameters.csv) with their provenance, if every "
+                                                      "target is within its tolerance"),
+    quiet: bool = QUIET,
+) -> None:
+    """Calibrate a config's free parameters to declared targets by history matching
+    (docs/calibration.md): waves of batched runs, the chosen point confirmed, a report."""
+    from .config import ConfigError
+
+    with _needs_extras("calibrate"):
+        from .studies.calibration import adopt as adopt_chosen
+        from .studies.calibration import calibrate as run_calibration
+        from .studies.calibration import find_calibration
+        from .studies.sweep import SweepError
+
+    try:
+        path = find_calibration(spec)
+        folder = out or Path("runs") / "calibration" / path.stem
+        doc = run_calibration(path, folder, _executor(workers, scheduler, gpus, batch, quiet))
+        for name, t in doc["targets"].items():
+            typer.echo(f"{name}: {t['confirmed']:.4g} (target {t['target']:g} +/- {t['tolerance']:g}) "
+                       f"{'within' if t['within'] else 'MISSED'}")
+        typer.echo(f"{folder}: chosen {', '.join(f'{k}={v:.4g}' for k, v in doc['parameters'].items())}; "
+                   f"report {folder / 'report.md'}")
+        if adopt:
+            keys = adopt_chosen(folder)
+            typer.echo(f"adopted as defaults: {', '.join(keys)}")
+    except (SweepError, ConfigError) as exc:
+        _fail(str(exc))
+    if not doc["all_within"]:
         raise typer.Exit(1)
 
 

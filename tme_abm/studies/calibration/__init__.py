@@ -1,0 +1,9 @@
+"""Calibration: a declared spec, history matching with Gaussian-process emulators run as
+batched sweeps, the chosen point confirmed, and its adoption as the defaults
+(docs/calibration.md)."""
+
+from .report import adopt
+from .run import calibrate
+from .spec import CalibrationSpec, find_calibration, load_calibration
+
+__all__ = ["CalibrationSpec", "adopt", "calibrate", "find_calibration", "load_calibration"]
