@@ -34,7 +34,9 @@ SHORT = {"lattice.shape": [30, 30], "tumor.radius_sites": 5, "backend": "numpy",
 def test_which_keys_may_differ_per_replicate():
     assert per_replicate("patient.expansion_per_min") and per_replicate("patient.crs.fever")
     assert not per_replicate("patient.burden_scale")  # the lattice's weight sets its initial cells
-    assert not per_replicate("car_t.kill_probability") and not per_replicate("seed")
+    assert per_replicate("car_t.kill_probability") and per_replicate("tumor.capacity_fold")
+    assert not per_replicate("tumor.divide_per_min") and not per_replicate("car_t.move.speed_um_per_min")
+    assert not per_replicate("seed") and not per_replicate("lattice.shape")
 
 
 def test_a_key_the_replicates_share_is_refused(tmp_path):
@@ -46,6 +48,17 @@ def test_a_key_the_replicates_share_is_refused(tmp_path):
             for s, d in ((1, 1e-4), (2, 2e-4))]
     with pytest.raises(ValueError, match="differ in tumor.divide_per_min"):
         run_batch(cfgs, [tmp_path / "a.h5", tmp_path / "b.h5"], quiet=True)
+
+
+def test_each_cell_reads_its_replicates_rate_and_each_niche_its_growth():
+    m = TMEModel(load_config(BASELINE, [*SMALL, *EVENTS]), seeds=[1, 2],
+                 params=[{"car_t.kill_probability": 0.25, "tumor.doubling_days": 10.0},
+                         {"car_t.kill_probability": 0.75, "tumor.doubling_days": 40.0}])
+    rep = m.lattice.replicate_of(m.car_t.data["site"], np)
+    assert set(rep) == {0, 1}
+    assert np.array_equal(m.car_t.rate("kill_probability"), np.where(rep == 0, 0.25, 0.75))
+    assert m.car_t.rate("divide_probability") == m.config.car_t.divide_probability  # shared: the config's float
+    assert m.gompertz[0] == pytest.approx(4 * m.gompertz[1])
 
 
 def test_replicate_params_are_the_keys_in_which_the_configs_differ():
@@ -60,11 +73,15 @@ def test_replicate_params_are_the_keys_in_which_the_configs_differ():
 
 @pytest.mark.slow
 def test_each_replicate_with_its_parameters_equals_its_single_run_bit_for_bit(tmp_path):
-    """The small baseline with every therapy event, three replicates with their own seeds
-    and patient parameters in one batch, against the three single runs."""
-    thetas = [{"patient.expansion_per_min": 2.0e-3, "patient.marrow_homing": 1.0},
-              {"patient.expansion_per_min": 5.0e-4, "patient.marrow_homing": 4.0},
-              {"patient.expansion_per_min": 1.0e-3, "patient.marrow_homing": 0.5}]
+    """The small baseline with every therapy event, three replicates with their own seeds,
+    patient parameters, CAR T rates and disease growth in one batch, against the three
+    single runs."""
+    thetas = [{"patient.expansion_per_min": 2.0e-3, "patient.marrow_homing": 1.0, "car_t.kill_probability": 0.9,
+               "car_t.engage_per_min": 0.2, "tumor.capacity_fold": 2.0, "tumor.doubling_days": 10.0},
+              {"patient.expansion_per_min": 5.0e-4, "patient.marrow_homing": 4.0, "car_t.kill_probability": 0.3,
+               "car_t.death_per_min": 1e-3, "car_t.divide_probability": 0.1, "tumor.marrow_normal_cells": 50},
+              {"patient.expansion_per_min": 1.0e-3, "patient.marrow_homing": 0.5,
+               "car_t.exhaustion_per_engagement": 0.2, "tumor.carrying_capacity_cells": 300_000_000}]
     cfgs = [load_config(BASELINE, [*SMALL, *EVENTS, f"seed={7 + r}", f"name=r{r}",
                                    *(f"{k}={v}" for k, v in theta.items())]) for r, theta in enumerate(thetas)]
     batched = run_batch(cfgs, [tmp_path / f"b{r}.h5" for r in range(3)], quiet=True)

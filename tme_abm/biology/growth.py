@@ -30,9 +30,10 @@ def gompertz_rate_per_min(tumor) -> float:
     return math.log(2.0) / (tumor.doubling_days * 1440.0 * math.log(tumor.capacity_fold))
 
 
-def gompertz_birth_per_min(n_cells, capacity, alpha_per_min: float, loss_per_min: float, r_max_per_min: float,
+def gompertz_birth_per_min(n_cells, capacity, alpha_per_min, loss_per_min: float, r_max_per_min: float,
                            xp=np):
-    """(R,) per-cell birth rate b(N) for (R,) cell counts ``n_cells`` and capacities."""
+    """(R,) per-cell birth rate b(N) for (R,) cell counts ``n_cells``, capacities and
+    Gompertz rates ``alpha_per_min`` (or one rate for all)."""
     n = xp.maximum(xp.asarray(n_cells, dtype=xp.float64), 1e-300)
     b = loss_per_min + alpha_per_min * xp.log(xp.asarray(capacity, dtype=xp.float64) / n)
     return xp.clip(b, 0.0, r_max_per_min)

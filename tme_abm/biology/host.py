@@ -22,9 +22,21 @@ if TYPE_CHECKING:  # types only: these modules import this one
     from .populations import CarTCells, Granulocytes, Monocytes, Population, TumorCells
 
 
-class Patient(Protocol):
-    """A replicate's patient, as the biology sees it."""
+PER_REPLICATE_RATES = ("tumor.doubling_days", "tumor.gompertz_per_min", "tumor.capacity_fold",
+                       "tumor.carrying_capacity_cells", "tumor.marrow_normal_cells",
+                       "car_t.kill_probability", "car_t.divide_probability", "car_t.engage_per_min",
+                       "car_t.death_per_min", "car_t.exhaustion_per_engagement")
+"""Lattice parameters each replicate of a batch may have its own value of (besides the
+patient's): the disease's growth (its Gompertz rate and carrying capacity, per
+replicate) and the CAR T cells' rates, which each cell reads as its replicate's value
+(:meth:`~tme_abm.biology.populations.population.Population.rate`)."""
 
+
+class Patient(Protocol):
+    """A replicate's patient, as the biology sees it: its config (its own values of the
+    per-replicate keys) and its systemic compartment."""
+
+    config: Any
     systemic: Systemic
 
 
@@ -35,7 +47,8 @@ class Host(Protocol):
     backend, lattice and fields; ``occupancy`` and ``engaged_map``
     ((n_sites,) int8: codes of the cells at each site, engaged CAR T); ``vessels_dev`` and
     ``vessel_keys`` ((k,) vessel sites and their random-number keys); ``capacity_dev``
-    ((R,) carrying capacity of each replicate's niche); the clock (``steps`` ticks done,
+    ((R,) carrying capacity of each replicate's niche) and ``gompertz_dev`` ((R,) its
+    Gompertz rate, 1/min); the clock (``steps`` ticks done,
     ``time_min``, ``dt_min``); ``seeds`` (one per replicate) and ``replicas`` (each
     replicate's patient); the four populations.
     """
@@ -49,6 +62,7 @@ class Host(Protocol):
     vessels_dev: Array
     vessel_keys: Array
     capacity_dev: Array
+    gompertz_dev: Array
     seeds: tuple[int, ...]
     steps: int
     time_min: float
@@ -68,11 +82,6 @@ class Host(Protocol):
 
     def weighted_count(self, pop: Population, weights: Array) -> Array:
         """(R,) float64 sum of ``weights`` over the cells of ``pop`` per replicate."""
-        ...
-
-    @property
-    def gompertz_per_min(self) -> float:
-        """The disease's Gompertz rate alpha (1/min)."""
         ...
 
     def host_counts(self, *counts: Array) -> np.ndarray:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..biology.defaults import default_edits, default_fields, default_rules, parameter
+from ..biology.host import PER_REPLICATE_RATES
 from ..biology.perfusion import max_density_per_mm2
 from ..biology.populations import BEHAVIOURS, CELL_TYPES, CONTACT_TYPES, STATE_SIGNALS
 from ..engine.diffusion import quasi_steady
@@ -552,20 +553,20 @@ class PatientConfig(Strict):
     """MRD-negative: tumor cells below this share of ``marrow_cells``."""
 
 
-PER_REPLICATE = "patient."
-"""The config keys that may differ between the replicates of one batch (each replicate
-then has its own config, :attr:`tme_abm.model.model.Replica.config`): those under
-``patient``, read only by each replicate's own patient and outcomes, except
-:data:`SHARED_BY_BATCH`. Every other key shapes arrays the replicates share (the
-lattice, fields, populations' rates, the therapy timeline): replicates that differ there
-run in separate batches (docs/sweeps.md, "Batches")."""
+PER_REPLICATE = ("patient.",)
+"""Config keys (prefixes) that may differ between the replicates of one batch (each
+replicate then has its own config, :attr:`tme_abm.model.model.Replica.config`): those
+under ``patient``, read only by each replicate's own patient and outcomes, except
+:data:`SHARED_BY_BATCH`; and :data:`~tme_abm.biology.host.PER_REPLICATE_RATES`. Every other key shapes what
+the replicates share (the lattice, the fields, the other rates, the therapy timeline):
+replicates that differ there run in separate batches (docs/sweeps.md, "Batches")."""
 SHARED_BY_BATCH = ("patient.burden_scale",)
 """Patient keys the whole batch shares: the lattice's weight sets its initial cells."""
 
 
 def per_replicate(key: str) -> bool:
     """Whether dotted config ``key`` may differ between the replicates of one batch."""
-    return key.startswith(PER_REPLICATE) and key not in SHARED_BY_BATCH
+    return (key.startswith(PER_REPLICATE) and key not in SHARED_BY_BATCH) or key in PER_REPLICATE_RATES
 
 
 class _Event(Strict):

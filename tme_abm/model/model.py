@@ -13,6 +13,7 @@ import numpy as np
 from ..biology import coupling, therapy
 from ..biology.fields import FieldSet
 from ..biology.growth import gompertz_rate_per_min, niche_step
+from ..biology.host import PER_REPLICATE_RATES
 from ..biology.outcomes import History, compute_outcomes
 from ..biology.patient import Product, Systemic
 from ..biology.perfusion import microvessel_map
@@ -87,8 +88,8 @@ def replicate_configs(cfg: Config, seeds: Sequence[int],
     shared = sorted({k for p in params for k in p if not per_replicate(k)})
     if shared:
         raise ValueError(f"params: {', '.join(shared)} cannot differ between the replicates of one batch "
-                         f"(only patient keys other than {', '.join(SHARED_BY_BATCH)} can); run such values "
-                         f"in separate models")
+                         f"(patient keys other than {', '.join(SHARED_BY_BATCH)} can, and "
+                         f"{', '.join(PER_REPLICATE_RATES)}); run such values in separate models")
     return [resolve_config(cfg, s, dict(p)) for s, p in zip(seeds, params)]
 
 
@@ -109,7 +110,7 @@ class Replica:
         """This replicate's config: the model's, with its own seed and its own values of
         the keys that may differ per replicate (:func:`~tme_abm.config.schema.per_replicate`)."""
         self.systemic = Systemic.for_patient(config.patient, seed)
-        self.marrow_normal = float(model.config.tumor.marrow_normal_cells)
+        self.marrow_normal = float(config.tumor.marrow_normal_cells)
         """Normal marrow cells sharing this replicate's niche (:mod:`~tme_abm.biology.growth`)."""
         self.history = History()
         self.event_log: list[dict] = []
@@ -314,14 +315,19 @@ class TMEModel(mesa.Model):
             lineage.append(self.tumor.next_id[r] + np.arange(len(sites)))
         self.tumor.seed_cells(np.concatenate(tumor_sites), np.concatenate(antigen), np.concatenate(lineage),
                               np.concatenate(weight))
-        capacity = t.carrying_capacity_cells
-        self.capacity = np.array([float(capacity) if capacity is not None else
-                                  t.capacity_fold * (len(s) + t.marrow_normal_cells) or np.inf for s in tumor_sites])
+        tc = [rep.config.tumor for rep in self.replicas]
+        self.capacity = np.array([float(c.carrying_capacity_cells) if c.carrying_capacity_cells is not None else
+                                  c.capacity_fold * (len(s) + c.marrow_normal_cells) or np.inf
+                                  for c, s in zip(tc, tumor_sites)])
         """(R,) carrying capacity of each replicate's niche, in cells of the lattice's weight
         (host): the config's, or ``tumor.capacity_fold`` x the initial tumor and normal
         marrow cells (a disease that grows towards a ceiling well above it); infinite
         (space alone limits growth) when a lattice starts with neither."""
         self.capacity_dev = self.backend.xp.asarray(self.capacity)
+        self.gompertz = np.array([gompertz_rate_per_min(c) for c in tc])
+        """(R,) the Gompertz rate alpha of each replicate's disease (1/min, host;
+        :func:`~tme_abm.biology.growth.gompertz_rate_per_min`)."""
+        self.gompertz_dev = self.backend.xp.asarray(self.gompertz)
         for pop, n in ((self.car_t, cfg.car_t.initial_cells), (self.monocytes, cfg.monocyte.initial_cells),
                        (self.granulocytes, cfg.granulocyte.initial_cells)):
             if n:
@@ -388,11 +394,6 @@ class TMEModel(mesa.Model):
         tumor agents; the patient adds circulating tumor cells)."""
         return coupling.burden(self)
 
-    @property
-    def gompertz_per_min(self) -> float:
-        """The disease's Gompertz rate alpha (1/min; :func:`~tme_abm.biology.growth.gompertz_rate_per_min`)."""
-        return gompertz_rate_per_min(self.config.tumor)
-
     def marrow_normal(self) -> np.ndarray:
         """(R,) normal marrow cells of each replicate's niche (host)."""
         return np.array([rep.marrow_normal for rep in self.replicas])
@@ -429,7 +430,7 @@ class TMEModel(mesa.Model):
             lesion = coupling.lesion(self, counts, r)
             rep.systemic.advance(self.time_min - self.dt_min, self.dt_min, lesion)
             rep.marrow_normal = niche_step(rep.marrow_normal, lesion.burden / s, self.capacity[r],
-                                           self.gompertz_per_min, t.apoptosis_per_min, t.divide_per_min, self.dt_min)
+                                           float(self.gompertz[r]), t.apoptosis_per_min, t.divide_per_min, self.dt_min)
         self._remember(counts)
 
     def _remember(self, counts: np.ndarray | None = None) -> None:

@@ -307,7 +307,7 @@ class CarTCells(Population):
         weight = d["weight"][ending]
         pairs = xp.where(alive, xp.minimum(tumor.data["weight"][safe], weight), 0.0)
         met = xp.where(alive, pairs / weight, 1.0)
-        p_kill = p.kill_probability * self.factor("kill", ending)
+        p_kill = self.rate("kill_probability", ending) * self.factor("kill", ending)
         killed = crng.binomial(xp, m.seeds, m.steps, self.streams("kill"), ids, pairs, xp.minimum(p_kill, 1.0))
         kill = killed > 0
         victims, cells = pos[kill], killed[kill]
@@ -317,12 +317,12 @@ class CarTCells(Population):
             self.bystanders(victims)
         self._killed = m.weighted_count(tumor, before - tumor.alive_weight())
         d["kills"][ending[kill]] += 1
-        inc = p.exhaustion_per_engagement * self.factor("exhaust", ending) * met
+        inc = self.rate("exhaustion_per_engagement", ending) * self.factor("exhaust", ending) * met
         d["exhaustion"][ending] = xp.minimum(d["exhaustion"][ending] + inc, 1.0)
         d["exhaustion_fixed"][ending] = xp.minimum(d["exhaustion_fixed"][ending] + p.exhaustion_irreversible * inc,
                                                    d["exhaustion"][ending])
         d["exhausted"][ending] = xp.where(d["exhaustion"][ending] >= 1.0 - 1e-9, 1, d["exhausted"][ending])
-        p_div = p.divide_probability * self.factor("divide", ending) * met
+        p_div = self.rate("divide_probability", ending) * self.factor("divide", ending) * met
         prime = (self.uniform("prime", ids) < p_div) & (d["divisions_left"][ending] > 0)
         d["primed"][ending[prime]] = 1
         d["engaged_until"][ending] = np.nan
@@ -389,7 +389,7 @@ class CarTCells(Population):
         cand, pick, ids = cand[has], pick[has], ids[has]
         if cand.size == 0:
             return
-        rate = p.engage_per_min * self.factor("engage", cand, {"antigen": tumor.data["antigen"][pick]})
+        rate = self.rate("engage_per_min", cand) * self.factor("engage", cand, {"antigen": tumor.data["antigen"][pick]})
         go = self.uniform("engage", ids) < rate_to_prob(rate, m.dt_min, xp)
         cand, pick, ids = cand[go], pick[go], ids[go]
         win = resolve_conflicts(m, pick, ids, self.streams("engage", part=1))
@@ -457,16 +457,16 @@ class CarTCells(Population):
         """A binomial number of each agent's members die at ``death_per_min`` x the death
         rules; an agent of one cell dies when ``u < p`` (as :meth:`draw` decides), and
         an agent goes with its last member."""
-        xp, p, m = self.xp, self.params, self.model
+        xp, m = self.xp, self.model
         if len(self) == 0:
             return
         w = self.data["weight"]
         u = self.uniform("death")
-        bound = p.death_per_min * self.rules.max_factor("death") * m.dt_min
+        bound = self.rate("death_per_min") * self.rules.max_factor("death") * m.dt_min
         cand = xp.flatnonzero((u < bound * (1.0 + 1e-12)) | (w > 1))
         if cand.size == 0:
             return
-        prob = -xp.expm1(-p.death_per_min * self.factor("death", cand) * m.dt_min)
+        prob = -xp.expm1(-self.rate("death_per_min", cand) * self.factor("death", cand) * m.dt_min)
         dead = crng.binomial(xp, m.seeds, m.steps, self.streams("death"), self.data["id"][cand], w[cand], prob,
                              u=u[cand])
         lost = xp.zeros(len(self), dtype=xp.float64)

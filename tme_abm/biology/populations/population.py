@@ -16,7 +16,7 @@ import numpy as np
 from ...engine import rng as crng
 from ...engine.backend import Array
 from ...engine.moves import choose, free_neighbours, resolve_conflicts
-from ..host import Host
+from ..host import PER_REPLICATE_RATES, Host
 from ..rules import RuleSet
 
 
@@ -93,6 +93,24 @@ class Population(mesa.Agent):
         self._env_version = -1
         self.events = {"born": 0, "arrived": 0, "died": 0, "cleared": 0, "left": 0}
         """Cells of each fate this tick, all replicates together (zeroed every tick)."""
+        self._rates: dict[str, Array] = {}
+        """(R,) device values of the rates in which the replicates' configs differ."""
+        for key in PER_REPLICATE_RATES:
+            section, name = key.split(".")
+            if section == self.kind:
+                values = [getattr(getattr(rep.config, section), name) for rep in model.replicas]
+                if any(v != values[0] for v in values):
+                    self._rates[name] = self.xp.asarray(np.array(values, dtype=np.float64))
+
+    def rate(self, name: str, idx: Array | None = None):
+        """The parameter ``name`` of this population for the cells ``idx`` ((k,) indices;
+        default all): the config's float where every replicate has the same value, else
+        (k,) each cell's replicate's value (:data:`~tme_abm.config.schema.PER_REPLICATE_RATES`)."""
+        values = self._rates.get(name)
+        if values is None:
+            return getattr(self.params, name)
+        sites = self.data["site"] if idx is None else self.data["site"][idx]
+        return values[self.model.lattice.replicate_of(sites, self.xp)]
 
     def __len__(self) -> int:
         return int(self.data["site"].shape[0])

@@ -143,7 +143,7 @@ class TumorCells(Population):
         normal = m.marrow_normal()
         if normal.any():  # a host-to-device copy only where normal marrow cells share the niche
             n = n + xp.asarray(normal)
-        return gompertz_birth_per_min(n, m.capacity_dev, m.gompertz_per_min, p.apoptosis_per_min,
+        return gompertz_birth_per_min(n, m.capacity_dev, m.gompertz_dev, p.apoptosis_per_min,
                                       p.divide_per_min, xp)
 
     def divide(self) -> None:
