@@ -17,7 +17,17 @@ from ...io import open_run
 from ...io.lock import LockedError, WriterLock
 from ..errors import SweepError
 from ..sweep import DesignConfig, Executor, SweepSpec, run_spec
-from . import matching as hm
+from .matching import (
+    design_frame,
+    distance,
+    emulators,
+    first_design,
+    from_unit,
+    implausibility,
+    next_design,
+    read_design,
+    survivors,
+)
 from .report import write_report
 from .spec import CalibrationSpec, load_calibration
 from .targets import STREAMS, point_statistics, run_measures
@@ -91,17 +101,17 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
         design_csv = folder / "design.csv"
         alive = None
         if wave > 1:  # the candidates the waves so far leave (the same again on a rerun)
-            alive = hm.survivors(spec, hm.emulators(np.vstack(xs), np.vstack(stats), np.vstack(variances)), wave)
+            alive = survivors(spec, emulators(np.vstack(xs), np.vstack(stats), np.vstack(variances)), wave)
             fractions.append(alive.fraction)
             print(f"{spec.name}: after wave {wave - 1}, {alive.fraction:.2%} of the prior space is not ruled out")
             if len(alive.survivors) == 0:
                 break
         if design_csv.exists():
-            u = hm.read_design(spec, design_csv)
+            u = read_design(spec, design_csv)
         else:
-            u = hm.first_design(spec) if alive is None else hm.next_design(spec, alive, wave)
+            u = first_design(spec) if alive is None else next_design(spec, alive, wave)
             folder.mkdir(parents=True, exist_ok=True)
-            hm.design_frame(spec, u).to_csv(design_csv, index=False)
+            design_frame(spec, u).to_csv(design_csv, index=False)
         design = pd.read_csv(design_csv)
         points = [{k: float(row[k]) for k in spec.parameters} for _, row in design.iterrows()]
         table = run_spec(wave_spec(spec, f"{spec.name}_w{wave:02d}", (wave,), points, m.replicates), base, folder,
@@ -114,11 +124,11 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
                                  pd.DataFrame(s, columns=list(spec.targets)),
                                  pd.DataFrame(v, columns=[f"var_{k}" for k in spec.targets])], axis=1))
     x_all, s_all, v_all = np.vstack(xs), np.vstack(stats), np.vstack(variances)
-    ems = hm.emulators(x_all, s_all, v_all)
-    final = hm.survivors(spec, ems, m.waves + 1)
+    ems = emulators(x_all, s_all, v_all)
+    final = survivors(spec, ems, m.waves + 1)
     points_df = pd.concat(frames, ignore_index=True)
-    points_df["distance"] = hm.distance(spec, s_all)
-    points_df["implausibility"] = hm.implausibility(spec, ems, x_all)
+    points_df["distance"] = distance(spec, s_all)
+    points_df["implausibility"] = implausibility(spec, ems, x_all)
     points_df.to_csv(out / POINTS, index=False)
     best = int(np.argmin(points_df["distance"].to_numpy()))
     chosen = {k: float(points_df[k].iloc[best]) for k in spec.parameters}
@@ -126,6 +136,6 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
     table = run_spec(wave_spec(spec, f"{spec.name}_confirm", (0, 1), [chosen], m.confirm_replicates), base, folder,
                      executor)
     c_stats, c_var = _statistics(spec, folder, table)
-    pd.DataFrame(hm.from_unit(spec, final.survivors)).to_csv(out / "nonimplausible.csv", index=False)
+    pd.DataFrame(from_unit(spec, final.survivors)).to_csv(out / "nonimplausible.csv", index=False)
     return write_report(spec, out, chosen, c_stats[0], c_var[0], points_df, final.fraction, fractions,
-                        hm.from_unit(spec, final.survivors))
+                        from_unit(spec, final.survivors))
