@@ -84,6 +84,18 @@ def test_a_spec_names_its_problems(tmp_path):
             load_calibration(write_spec(tmp_path, {**good, **change}))
 
 
+def test_the_shipped_spec_validates_by_name_and_a_bad_one_is_one_line(tmp_path):
+    r = cli("validate", "heme_cd19")
+    assert r.returncode == 0 and "valid calibration spec (8 parameters, 9 targets" in r.stdout
+    doc = yaml.safe_load((ROOT / "configs" / "calibration" / "heme_cd19.yaml").read_text())
+    doc["config"] = str(ROOT / "configs" / "heme_marrow.yaml")
+    doc["targets"]["severe_crs"]["value"] = 1.7
+    r = cli("calibrate", write_spec(tmp_path, doc), "--out", tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "targets.severe_crs: a rate's value must be in [0, 1], got 1.7" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
 def test_unit_coordinates_round_trip_and_log_priors_are_uniform_in_log10():
     spec = CalibrationSpec.model_validate(spec_doc({k: {**t, "value": 1.0} for k, t in TARGETS.items()}))
     u = to_unit(spec, TRUTH)

@@ -66,13 +66,16 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path, wheel):
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == target / "tme_abm" / "kernels" / "lod_sweep.cu"
     # the configs ship too: outside the repository the installed package lists its experiments
-    for cfg in ("quickstart.yaml", "experiments/burden.yaml", "sweeps/burden.yaml"):
+    for cfg in ("quickstart.yaml", "experiments/burden.yaml", "sweeps/burden.yaml", "calibration/heme_cd19.yaml"):
         assert f"tme_abm/configs/{cfg}" in names
-    code = "from tme_abm.studies.experiments import available, find; print(available(), find('burden'))"
+    code = ("from tme_abm.studies.experiments import available, find; "
+            "from tme_abm.studies.calibration import find_calibration, load_calibration; "
+            "print(available(), find('burden'), load_calibration(find_calibration('heme_cd19'))[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'burden'" in out.stdout and str(target / "tme_abm" / "configs" / "experiments") in out.stdout
+    assert str(target / "tme_abm" / "configs" / "heme_marrow.yaml") in out.stdout  # the spec finds its config
 
 
 @pytest.mark.slow

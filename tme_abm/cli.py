@@ -17,6 +17,7 @@ import shlex  # noqa: E402
 import sys  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 import typer  # noqa: E402
 
@@ -74,7 +75,7 @@ def _needs_extras(command: str):
               f"pip install 'tme-abm[{EXTRAS[top]}]'")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -299,6 +300,9 @@ def validate(
 
     try:
         path = find_config(config)
+    except ConfigError as exc:
+        path = _shipped_calibration(config) or _fail(str(exc))
+    try:
         data = read_yaml(path)
     except ConfigError as exc:
         _fail(str(exc))
@@ -330,6 +334,14 @@ def validate(
         f"{config}: valid ({cfg.lattice.dims}D {cfg.lattice.shape}, {len(cfg.enabled_fields)} fields, "
         f"{cfg.time.n_ticks} ticks, ~{memory_estimate_bytes(cfg) / 2**20:.1f} MiB)"
     )
+
+
+def _shipped_calibration(name: Path) -> Path | None:
+    """The shipped calibration spec a bare ``name`` names (``tme-abm validate heme_cd19``)."""
+    from .config.shipped import config_dirs
+
+    found = [d / "calibration" / f"{name}.yaml" for d in config_dirs() if name.parent == Path(".")]
+    return next((p for p in found if p.is_file()), None)
 
 
 def _validate_spec(path: Path, set_: list[str] | None) -> None:
