@@ -34,7 +34,8 @@ def gompertz_birth_per_min(n_cells, capacity, alpha_per_min, loss_per_min: float
                            xp=np):
     """(R,) per-cell birth rate b(N) for (R,) cell counts ``n_cells``, capacities and
     Gompertz rates ``alpha_per_min`` (or one rate for all)."""
-    n = xp.maximum(xp.asarray(n_cells, dtype=xp.float64), 1e-300)
+    # an empty niche (N = 0) births at r_max; its floor keeps K / N finite for any capacity
+    n = xp.maximum(xp.asarray(n_cells, dtype=xp.float64), 1e-30)
     b = loss_per_min + alpha_per_min * xp.log(xp.asarray(capacity, dtype=xp.float64) / n)
     return xp.clip(b, 0.0, r_max_per_min)
 

@@ -109,7 +109,7 @@ def _check_batch(cfgs: list[Config]) -> None:
         diff = [k for k in _differing_keys(first, c.model_dump(mode="json"), _OWN) if not per_replicate(k)]
         if diff:
             raise ValueError(f"replicates of one batch differ in {', '.join(diff[:8])}; a batch runs one config "
-                             f"with several seeds and patient parameters")
+                             f"with several seeds and per-replicate parameters")
 
 
 def replicate_params(cfgs: list[Config]) -> list[dict] | None:

@@ -82,7 +82,7 @@ def replicate_configs(cfg: Config, seeds: Sequence[int],
     """One config per replicate: ``cfg`` with the replicate's seed and its ``params``
     (dotted key -> value, keys that may differ per replicate only)."""
     if params is None:
-        return [cfg if s == cfg.seed else resolve_config(cfg, s) for s in seeds]
+        return [cfg.model_copy(update={"seed": s}) for s in seeds]  # nothing else differs: no validation
     if len(params) != len(seeds):
         raise ValueError(f"params: {len(params)} parameter sets for {len(seeds)} replicates")
     shared = sorted({k for p in params for k in p if not per_replicate(k)})
@@ -141,9 +141,9 @@ class TMEModel(mesa.Model):
     replicates, with the replicate as a leading axis that no neighbourhood, diffusion or
     move crosses (docs/architecture.md, "The replicate axis"); each has its own seed and
     patient (``model.replicas``). Replicate r of a batch equals the single run with its
-    seed, bit for bit. The replicates may also differ in the patient's parameters
-    (``params``): replicate r then equals the single run of the config with its seed and
-    its parameters, bit for bit.
+    seed, bit for bit. The replicates may also differ in parameters (``params``: the
+    patient's, the disease's growth, the CAR T cells' rates): replicate r then equals the
+    single run of the config with its seed and its parameters, bit for bit.
 
     Args:
         config: a Config, a YAML path or a raw mapping (default: all defaults).
