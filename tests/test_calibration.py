@@ -21,7 +21,7 @@ from tme_abm.config import load_config
 from tme_abm.io import open_run
 from tme_abm.io.runner import run_batch
 from tme_abm.studies.calibration import adopt, load_calibration
-from tme_abm.studies.calibration.matching import Emulator, from_unit, to_unit
+from tme_abm.studies.calibration.matching import Emulator, distance, from_unit, next_design, survivors, to_unit
 from tme_abm.studies.calibration.spec import CalibrationSpec
 from tme_abm.studies.calibration.targets import point_statistics, run_measures, statistic, variance
 from tme_abm.studies.errors import SweepError
@@ -128,6 +128,22 @@ def test_the_emulator_interpolates_a_smooth_function_within_its_error():
     mu, var = em.predict(xt)
     err = np.abs(mu - (np.sin(3 * xt[:, 0]) + xt[:, 1] ** 2))
     assert err.max() < 0.05 and (err <= 3 * np.sqrt(var) + 1e-3).mean() > 0.95
+
+
+def test_implausibility_rules_out_exactly_the_points_whose_statistic_misses_its_tolerance():
+    """An emulator that knows f(u) = u (the first coordinate) almost exactly: with the
+    target z and tolerance tol, the points not ruled out are those with |u - z| < tol."""
+    doc = spec_doc({"cytokine": {**TARGETS["cytokine"], "value": 0.4, "tolerance": 0.1}}, candidates=2000)
+    spec = CalibrationSpec.model_validate(doc)
+    x = np.random.default_rng(1).random((40, 2))
+    ems = [Emulator(x, x[:, 0], np.full(40, 1e-10))]
+    alive = survivors(spec, ems, wave=2)
+    u = alive.survivors[:, 0]
+    assert u.min() > 0.29 and u.max() < 0.51 and alive.fraction == pytest.approx(0.2, abs=0.03)
+    design = next_design(spec, alive, wave=2)
+    assert len(design) == spec.method.points and all(0.29 < v < 0.51 for v in design[:, 0])
+    # a simulated point's distance: its largest miss in tolerances
+    assert list(distance(spec, np.array([[0.45], [0.2], [np.nan]]))) == pytest.approx([0.5, 2.0, np.inf])
 
 
 def _calibrate(spec: Path, out: Path, *extra: str) -> subprocess.Popen:
