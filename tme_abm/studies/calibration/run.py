@@ -103,7 +103,8 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
         if wave > 1:  # the candidates the waves so far leave (the same again on a rerun)
             alive = survivors(spec, emulators(np.vstack(xs), np.vstack(stats), np.vstack(variances)), wave)
             fractions.append(alive.fraction)
-            print(f"{spec.name}: after wave {wave - 1}, {alive.fraction:.2%} of the prior space is not ruled out")
+            print(f"{spec.name}: after wave {wave - 1}, {alive.fraction:.2%} of the prior space is not ruled out",
+                  flush=True)
             if len(alive.survivors) == 0:
                 break
         if design_csv.exists():
@@ -114,6 +115,8 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
             design_frame(spec, u).to_csv(design_csv, index=False)
         design = pd.read_csv(design_csv)
         points = [{k: float(row[k]) for k in spec.parameters} for _, row in design.iterrows()]
+        print(f"{spec.name}: wave {wave} of {m.waves}: {len(points)} points x {m.replicates} patients in {folder}",
+              flush=True)
         table = run_spec(wave_spec(spec, f"{spec.name}_w{wave:02d}", (wave,), points, m.replicates), base, folder,
                          executor)
         s, v = _statistics(spec, folder, table)
@@ -133,6 +136,7 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
     best = int(np.argmin(points_df["distance"].to_numpy()))
     chosen = {k: float(points_df[k].iloc[best]) for k in spec.parameters}
     folder = out / "confirm"
+    print(f"{spec.name}: the chosen point x {m.confirm_replicates} patients in {folder}", flush=True)
     table = run_spec(wave_spec(spec, f"{spec.name}_confirm", (0, 1), [chosen], m.confirm_replicates), base, folder,
                      executor)
     c_stats, c_var = _statistics(spec, folder, table)
