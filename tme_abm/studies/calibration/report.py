@@ -39,9 +39,10 @@ def commit() -> str:
 
 def write_report(spec: CalibrationSpec, out: Path, chosen: dict, stats: np.ndarray, var: np.ndarray,
                  points: pd.DataFrame, final_fraction: float, fractions: list[float],
-                 nonimplausible: list[dict]) -> dict:
+                 nonimplausible: list[dict], code: str) -> dict:
     """Write ``chosen.yaml``, ``report.md`` and ``figures/`` into ``out``; returns what
-    ``chosen.yaml`` holds."""
+    ``chosen.yaml`` holds (``code``: the commit of the process that finished it; the
+    declaration's is in ``calibration.yaml``)."""
     declared = yaml.safe_load((out / "calibration.yaml").read_text())
     spec_file = Path(declared["spec_file"])
     targets = {}
@@ -55,8 +56,9 @@ def write_report(spec: CalibrationSpec, out: Path, chosen: dict, stats: np.ndarr
         "confirm_replicates": spec.method.confirm_replicates,
         "non_implausible_fraction": {"after_each_wave": fractions + [final_fraction]},
         "provenance": {"spec_file": str(spec_file), "spec_sha256": _sha256(spec_file),
-                       "declared_at": declared.get("declared_at"), "config": declared["config"],
-                       "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit(),
+                       "declared_at": declared.get("declared_at"), "declared_commit": declared.get("declared_commit"),
+                       "config": declared["config"], "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "commit": code,
                        "runs": int(len(points) * spec.method.replicates + spec.method.confirm_replicates)},
     }
     (out / CHOSEN).write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -83,9 +85,10 @@ def _markdown(spec: CalibrationSpec, doc: dict, points: pd.DataFrame, figures: l
               "|---|---|---|---|---|---|---|"]
     for name, r in doc["targets"].items():
         t = spec.targets[name]
+        cond = f" = {t.equals}" if t.equals is not None else f" >= {t.at_least:g}" if t.at_least is not None else ""
         stat = t.statistic + (f" q={t.q:g}" if t.q else "") + (f" ({t.transform})" if t.transform != "none" else "")
         se = f" ({r['standard_error']:.3g})" if r["standard_error"] is not None else ""
-        lines.append(f"| {name} | {stat} of {t.measure}{f' on day {t.day:g}' if t.day is not None else ''} | "
+        lines.append(f"| {name} | {stat} of {t.measure}{f' on day {t.day:g}' if t.day is not None else ''}{cond} | "
                      f"{t.value:g} | {t.tolerance:g} | {r['confirmed']:.4g}{se} | {'yes' if r['within'] else 'no'} "
                      f"| {t.source} |")
     frac = ", ".join(f"{f:.2%}" for f in doc["non_implausible_fraction"]["after_each_wave"])

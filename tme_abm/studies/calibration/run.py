@@ -28,7 +28,7 @@ from .matching import (
     read_design,
     survivors,
 )
-from .report import write_report
+from .report import commit, write_report
 from .spec import CalibrationSpec, load_calibration
 from .targets import STREAMS, point_statistics, run_measures
 
@@ -50,7 +50,7 @@ def calibrate(spec_path, out_dir, executor: Executor = Executor()) -> dict:
         raise SweepError(str(exc)) from None
     try:
         _declare(spec, base, Path(spec_path), out)
-        return _calibrate(spec, base, out, executor)
+        return _calibrate(spec, base, out, executor, commit())
     finally:
         lock.release()
 
@@ -66,6 +66,7 @@ def _declare(spec: CalibrationSpec, base: Path, path: Path, out: Path) -> None:
             raise SweepError(f"{out}: holds a different calibration ({DECLARED} differs); use another --out")
         return
     doc["declared_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    doc["declared_commit"] = commit()
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -93,7 +94,8 @@ def _statistics(spec: CalibrationSpec, folder: Path, table: pd.DataFrame) -> tup
     return np.array(stats), np.array(var)
 
 
-def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor) -> dict:
+def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor, code: str) -> dict:
+    """The waves, the confirmation and the report; ``code``: the commit this process runs."""
     m = spec.method
     frames, xs, stats, variances, fractions = [], [], [], [], []
     for wave in range(1, m.waves + 1):
@@ -142,4 +144,4 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor)
     c_stats, c_var = _statistics(spec, folder, table)
     pd.DataFrame(from_unit(spec, final.survivors)).to_csv(out / "nonimplausible.csv", index=False)
     return write_report(spec, out, chosen, c_stats[0], c_var[0], points_df, final.fraction, fractions,
-                        from_unit(spec, final.survivors))
+                        from_unit(spec, final.survivors), code)
