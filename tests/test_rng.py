@@ -16,6 +16,7 @@ from scipy import stats
 
 import tme_abm.bench
 import tme_abm.model
+import tme_abm.studies.calibration
 import tme_abm.studies.statistics
 import tme_abm.studies.sweep
 from tme_abm.engine import rng as crng
@@ -34,7 +35,8 @@ def _decode(stream: int) -> tuple[int, int, int, int]:
 def test_the_owners_are_the_scheduler_the_populations_the_therapy_setup_patient_and_studies():
     assert [(s.code, s.name) for s in OWNERS] == [(0, "schedule"), (1, "tumor"), (2, "car_t"), (3, "monocyte"),
                                                    (4, "granulocyte"), (5, "therapy"), (6, "setup"), (7, "patient"),
-                                                   (8, "sweep"), (9, "statistics"), (10, "bench")]
+                                                   (8, "sweep"), (9, "statistics"), (10, "bench"),
+                                                   (11, "calibration")]
 
 
 def test_no_random_generator_is_seeded_outside_the_registry():
