@@ -33,12 +33,17 @@ from .spec import CalibrationSpec
 from .targets import STREAMS
 
 
+def _bounds(prior) -> tuple[float, float]:
+    """A prior's ends in its unit cube's scale (log10 for a log prior)."""
+    return (math.log10(prior.low), math.log10(prior.high)) if prior.log else (prior.low, prior.high)
+
+
 def to_unit(spec: CalibrationSpec, values: dict[str, float]) -> np.ndarray:
     """(D,) a point's coordinates in the unit cube of the priors."""
     out = []
     for k, p in spec.parameters.items():
-        lo, hi, v = (math.log10(p.low), math.log10(p.high), math.log10(values[k])) if p.log else (p.low, p.high,
-                                                                                                   values[k])
+        lo, hi = _bounds(p)
+        v = math.log10(values[k]) if p.log else values[k]
         out.append((v - lo) / (hi - lo))
     return np.array(out)
 
@@ -49,10 +54,9 @@ def from_unit(spec: CalibrationSpec, u: np.ndarray) -> list[dict[str, float]]:
     for row in np.atleast_2d(u):
         point = {}
         for (k, p), x in zip(spec.parameters.items(), row):
-            if p.log:
-                point[k] = float(10.0 ** (math.log10(p.low) + x * (math.log10(p.high) - math.log10(p.low))))
-            else:
-                point[k] = float(p.low + x * (p.high - p.low))
+            lo, hi = _bounds(p)
+            v = lo + x * (hi - lo)
+            point[k] = float(10.0**v if p.log else v)
         out.append(point)
     return out
 

@@ -47,20 +47,11 @@ def statistic(target: Target, values: list) -> float:
     every statistic but a rate, where they count as not meeting it)."""
     if target.statistic == "rate":
         if target.equals is not None:
-            hit = [v == target.equals or (isinstance(v, float) and v == _number(target.equals)) for v in values]
+            hit = [v == target.equals for v in values]
         else:
             hit = [isinstance(v, int | float) and v >= target.at_least for v in values]
         return float(np.mean(hit)) if values else math.nan
-    x = _transformed(target, values)
-    if x.size == 0:
-        return math.nan
-    if target.statistic == "mean":
-        return float(x.mean())
-    if target.statistic == "median":
-        return float(np.median(x))
-    if target.statistic == "quantile":
-        return float(np.quantile(x, target.q))
-    return float(x.std(ddof=1)) if x.size > 1 else math.nan
+    return _summary(target, _transformed(target, values))
 
 
 def variance(target: Target, values: list, seed: int) -> float:
@@ -77,27 +68,29 @@ def variance(target: Target, values: list, seed: int) -> float:
     if target.statistic == "mean":
         return float(x.var(ddof=1) / x.size)
     rng = crng.generator(seed, STREAMS("bootstrap"))
-    draws = [_raw_statistic(target, rng.choice(x, x.size)) for _ in range(BOOTSTRAP)]
+    draws = [_summary(target, rng.choice(x, x.size)) for _ in range(BOOTSTRAP)]
     return float(np.nanvar(draws, ddof=1))
 
 
-def _raw_statistic(target: Target, x: np.ndarray) -> float:
-    """The statistic of values already transformed."""
-    return statistic(target.model_copy(update={"transform": "none"}), list(x))
+def _summary(target: Target, x: np.ndarray) -> float:
+    """The statistic (not a rate) of finite, transformed measures ``x`` ((n,))."""
+    if x.size == 0:
+        return math.nan
+    if target.statistic == "mean":
+        return float(x.mean())
+    if target.statistic == "median":
+        return float(np.median(x))
+    if target.statistic == "quantile":
+        return float(np.quantile(x, target.q))
+    return float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
 def _transformed(target: Target, values: list) -> np.ndarray:
+    """(n,) the finite measures among ``values``, after the target's transform."""
     x = np.array([float(v) for v in values if isinstance(v, int | float) and math.isfinite(float(v))])
     if target.transform == "log10":
         x = np.log10(np.maximum(x, 1e-6))  # a measure of 0 (no cells left) counts as 1e-6
     return x
-
-
-def _number(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def point_statistics(spec: CalibrationSpec, measures: list[dict], seed: int) -> tuple[np.ndarray, np.ndarray]:
