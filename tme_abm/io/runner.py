@@ -84,7 +84,7 @@ def run_batch(cfgs: list[Config], paths: list[Path], *, overwrite: bool = False,
     if len(set(paths)) != len(paths):
         raise RunFileError(f"a batch writes each replicate to its own file; repeated: "
                            f"{sorted(str(p) for p in paths if paths.count(p) > 1)[0]}")
-    _check_batch(cfgs)
+    replicate_params(cfgs)  # refuses a batch of configs that differ where replicates cannot
     if resume:
         groups: dict = {}
         for i, path in enumerate(paths):
@@ -101,22 +101,16 @@ _OWN = ("seed", "name", "output.path")
 """Keys every replicate of a batch has its own value of."""
 
 
-def _check_batch(cfgs: list[Config]) -> None:
-    """Refuse replicates whose configs differ in more than seed, name, output path and
-    the keys that may differ per replicate."""
-    first = cfgs[0].model_dump(mode="json")
-    for c in cfgs[1:]:
-        diff = [k for k in _differing_keys(first, c.model_dump(mode="json"), _OWN) if not per_replicate(k)]
-        if diff:
-            raise ValueError(f"replicates of one batch differ in {', '.join(diff[:8])}; a batch runs one config "
-                             f"with several seeds and per-replicate parameters")
-
-
 def replicate_params(cfgs: list[Config]) -> list[dict] | None:
     """Each replicate's values of the keys in which the configs of a batch differ (besides
-    seed, name and output path), for :class:`TMEModel`'s ``params``; None if none differ."""
+    seed, name and output path), for :class:`TMEModel`'s ``params``; None if none differ.
+    Raises ValueError naming the keys a batch shares that differ."""
     dumps = [_flat(c.model_dump(mode="json")) for c in cfgs]
     keys = sorted({k for d in dumps[1:] for k in d if k not in _OWN and d.get(k) != dumps[0].get(k)})
+    shared = [k for k in keys if not per_replicate(k)]
+    if shared:
+        raise ValueError(f"replicates of one batch differ in {', '.join(shared[:8])}; a batch runs one config "
+                         f"with several seeds and per-replicate parameters")
     return [{k: d[k] for k in keys} for d in dumps] if keys else None
 
 
