@@ -69,7 +69,8 @@ def test_wheel_ships_kernels_and_installed_package_finds_them(tmp_path, wheel):
     for cfg in ("quickstart.yaml", "experiments/burden.yaml", "sweeps/burden.yaml", "calibration/heme_cd19.yaml"):
         assert f"tme_abm/configs/{cfg}" in names
     code = ("from tme_abm.studies.experiments import available, find; "
-            "from tme_abm.studies.calibration import find_calibration, load_calibration; "
+            "from tme_abm.config.shipped import find_calibration; "
+            "from tme_abm.studies.calibration import load_calibration; "
             "print(available(), find('burden'), load_calibration(find_calibration('heme_cd19'))[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)

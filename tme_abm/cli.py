@@ -294,14 +294,17 @@ def validate(
     """Check a config, or a sweep or experiment spec (every point's config); exit 0 if
     valid, non-zero with the problem otherwise."""
     from .config import ConfigError, accuracy_warnings, check_memory, memory_estimate_bytes, read_yaml
-    from .config.shipped import find_config
+    from .config.shipped import find_calibration, find_config
     from .engine.backend import host_available_memory_bytes, make_backend
     from .model import TMEModel
 
     try:
         path = find_config(config)
     except ConfigError as exc:
-        path = _shipped_calibration(config) or _fail(str(exc))
+        try:  # a shipped calibration spec by name (tme-abm validate heme_cd19)
+            path = find_calibration(config)
+        except ConfigError:
+            _fail(str(exc))
     try:
         data = read_yaml(path)
     except ConfigError as exc:
@@ -334,14 +337,6 @@ def validate(
         f"{config}: valid ({cfg.lattice.dims}D {cfg.lattice.shape}, {len(cfg.enabled_fields)} fields, "
         f"{cfg.time.n_ticks} ticks, ~{memory_estimate_bytes(cfg) / 2**20:.1f} MiB)"
     )
-
-
-def _shipped_calibration(name: Path) -> Path | None:
-    """The shipped calibration spec a bare ``name`` names (``tme-abm validate heme_cd19``)."""
-    from .config.shipped import config_dirs
-
-    found = [d / "calibration" / f"{name}.yaml" for d in config_dirs() if name.parent == Path(".")]
-    return next((p for p in found if p.is_file()), None)
 
 
 def _validate_spec(path: Path, set_: list[str] | None) -> None:
@@ -423,11 +418,11 @@ def calibrate(
     """Calibrate a config's free parameters to declared targets by history matching
     (docs/calibration.md): waves of batched runs, the chosen point confirmed, a report."""
     from .config import ConfigError
+    from .config.shipped import find_calibration
 
     with _needs_extras("calibrate"):
         from .studies.calibration import adopt as adopt_chosen
         from .studies.calibration import calibrate as run_calibration
-        from .studies.calibration import find_calibration
         from .studies.sweep import SweepError
 
     try:

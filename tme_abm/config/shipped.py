@@ -58,3 +58,12 @@ def find_config(text: str | Path) -> Path:
     names = ", ".join(shipped_configs()) or "none"
     raise ConfigError(f"{text}: config file not found (neither a file here nor a shipped config; shipped: {names}; "
                       f"tme-abm configs describes them)")
+
+
+def find_calibration(text: str | Path) -> Path:
+    """A calibration spec: a file, or a shipped one by name (``heme_cd19``, in
+    ``configs/calibration/``); ConfigError if neither."""
+    p = Path(text)
+    if p.exists() or p.is_absolute() or len(p.parts) > 1:
+        return p
+    return find_config(Path(FOLDER) / "calibration" / p.name)

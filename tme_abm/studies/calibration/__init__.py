@@ -4,6 +4,6 @@ batched sweeps, the chosen point confirmed, and its adoption as the defaults
 
 from .report import adopt
 from .run import calibrate
-from .spec import CalibrationSpec, find_calibration, load_calibration
+from .spec import CalibrationSpec, load_calibration
 
-__all__ = ["CalibrationSpec", "adopt", "calibrate", "find_calibration", "load_calibration"]
+__all__ = ["CalibrationSpec", "adopt", "calibrate", "load_calibration"]

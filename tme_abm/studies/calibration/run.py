@@ -74,7 +74,7 @@ def wave_spec(spec: CalibrationSpec, name: str, seed_words: tuple[int, ...], poi
               replicates: int) -> SweepSpec:
     """The sweep of one wave (or of the confirmation): the points, their replicates, the
     spec's overrides, and seeds of its own."""
-    seed = crng.derived_seed(spec.seed, STREAMS("wave"), *seed_words) % (2**31)
+    seed = crng.derived_seed(spec.seed, STREAMS("wave"), *seed_words)
     return SweepSpec(name=name, base="", set=copy.deepcopy(spec.set), seed=seed, replicates=replicates,
                      design=DesignConfig(kind="list", points=points))
 
@@ -142,6 +142,6 @@ def _calibrate(spec: CalibrationSpec, base: Path, out: Path, executor: Executor,
     table = run_spec(wave_spec(spec, f"{spec.name}_confirm", (0, 1), [chosen], m.confirm_replicates), base, folder,
                      executor)
     c_stats, c_var = _statistics(spec, folder, table)
-    pd.DataFrame(from_unit(spec, final.survivors)).to_csv(out / "nonimplausible.csv", index=False)
-    return write_report(spec, out, chosen, c_stats[0], c_var[0], points_df, final.fraction, fractions,
-                        from_unit(spec, final.survivors), code)
+    region = from_unit(spec, final.survivors)
+    pd.DataFrame(region).to_csv(out / "nonimplausible.csv", index=False)
+    return write_report(spec, out, chosen, c_stats[0], c_var[0], points_df, final.fraction, fractions, region, code)

@@ -18,7 +18,6 @@ from ...config.shipped import find_config
 from ..errors import SweepError
 from ..sweep import overrides_of
 
-CALIBRATION_DIR = Path("configs") / "calibration"
 RUN_MEASURES = ("peak_blood_car_t_per_ul", "blood_car_t_per_ul_day_28", "blood_car_t_per_ul_day_90")
 """Per-run measures besides the outcomes (:func:`tme_abm.studies.measures.calibration`)."""
 SERIES = ("blood_car_t_per_ul", "blood_car_t", "systemic_cytokine", "crs_grade", "burden_relative", "tumor_alive")
@@ -105,14 +104,6 @@ class CalibrationSpec(Strict):
     parameters: dict[str, Prior] = Field(min_length=1)
     targets: dict[str, Target] = Field(min_length=1)
     method: Method = Method()
-
-
-def find_calibration(text: str | Path) -> Path:
-    """A calibration spec: a file, or a shipped one by name (``heme_cd19``)."""
-    p = Path(text)
-    if p.exists() or p.is_absolute() or len(p.parts) > 1:
-        return p
-    return find_config(CALIBRATION_DIR / p.name)
 
 
 def load_calibration(path) -> tuple[CalibrationSpec, Path]:
